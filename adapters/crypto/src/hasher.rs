@@ -1,0 +1,104 @@
+//! argon2id with the OWASP parameters (19 MiB, 2 passes, 1 lane). Each hash runs on the
+//! blocking pool, and a semaphore caps how many run at once, so a login flood queues for
+//! the hasher instead of starving every other request of CPU.
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash as Phc, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use async_trait::async_trait;
+use nexus_ports::identity::{Password, PasswordHash};
+use nexus_ports::ports::PasswordHasher;
+use nexus_ports::{Error, Result};
+use tokio::sync::Semaphore;
+
+/// Memory cost in KiB (19 MiB).
+const MEMORY_KIB: u32 = 19 * 1024;
+/// Passes over memory.
+const ITERATIONS: u32 = 2;
+/// Lanes.
+const PARALLELISM: u32 = 1;
+
+/// argon2id [`PasswordHasher`].
+pub struct Argon2Hasher {
+    argon: Argon2<'static>,
+    permits: Arc<Semaphore>,
+    dummy: PasswordHash,
+}
+
+impl Argon2Hasher {
+    /// A hasher running at most `max_concurrent` hashes at once (at least one). Computes
+    /// the dummy hash for unknown users once, here.
+    pub fn new(max_concurrent: usize) -> Result<Self> {
+        let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).map_err(Error::internal)?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let dummy = hash_blocking(&argon, "nexus dummy password for unknown users")?;
+        Ok(Self { argon, permits: Arc::new(Semaphore::new(max_concurrent.max(1))), dummy })
+    }
+
+    /// Runs `work` on the blocking pool once a permit is free. The permit moves into the
+    /// blocking task, so a cancelled request cannot free it while its hash still runs.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce(&Argon2<'static>) -> T + Send + 'static) -> Result<T> {
+        let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(Error::internal)?;
+        let argon = self.argon.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work(&argon)
+        })
+        .await
+        .map_err(Error::internal)
+    }
+}
+
+fn hash_blocking(argon: &Argon2<'_>, password: &str) -> Result<PasswordHash> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(Error::internal)?;
+    let salt = SaltString::encode_b64(&salt).map_err(Error::internal)?;
+    let phc = argon.hash_password(password.as_bytes(), &salt).map_err(Error::internal)?;
+    Ok(PasswordHash::from_phc(phc.to_string()))
+}
+
+#[async_trait]
+impl PasswordHasher for Argon2Hasher {
+    async fn hash(&self, password: &Password) -> Result<PasswordHash> {
+        let password = password.clone();
+        self.run(move |argon| hash_blocking(argon, password.expose())).await?
+    }
+
+    async fn verify(&self, password: &Password, hash: &PasswordHash) -> Result<bool> {
+        let (password, hash) = (password.clone(), hash.clone());
+        self.run(move |argon| match Phc::new(hash.as_phc()) {
+            Ok(phc) => argon.verify_password(password.expose().as_bytes(), &phc).is_ok(),
+            Err(_) => false,
+        })
+        .await
+    }
+
+    fn dummy_hash(&self) -> PasswordHash {
+        self.dummy.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
+        let hasher = Argon2Hasher::new(2).unwrap();
+        let password = Password::choose("correct horse".into()).unwrap();
+        let hash = hasher.hash(&password).await.unwrap();
+        assert!(hash.as_phc().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{}", hash.as_phc());
+        assert!(hasher.verify(&password, &hash).await.unwrap());
+        assert!(!hasher.verify(&Password::presented("wrong horse".into()).unwrap(), &hash).await.unwrap());
+        assert_ne!(hasher.hash(&password).await.unwrap(), hash, "salts must differ");
+    }
+
+    #[tokio::test]
+    async fn malformed_or_dummy_hashes_never_match() {
+        let hasher = Argon2Hasher::new(1).unwrap();
+        let password = Password::presented("anything".into()).unwrap();
+        assert!(!hasher.verify(&password, &PasswordHash::from_phc("not a phc".into())).await.unwrap());
+        assert!(!hasher.verify(&password, &hasher.dummy_hash()).await.unwrap());
+    }
+}

@@ -1,0 +1,142 @@
+//! HS256 access tokens. The algorithm is pinned (a token claiming any other is refused),
+//! and `iss`, `sub`, `iat`, `exp`, `jti` and the token type are all required and checked;
+//! expiry is checked against the caller's clock, with no leeway.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use nexus_ports::identity::UserId;
+use nexus_ports::ports::AccessTokens;
+use nexus_ports::tokens::{AccessClaims, AccessToken};
+use nexus_ports::{Error, Result};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The shortest signing secret accepted: 256 bits, the HS256 output size.
+pub const MIN_SECRET_BYTES: usize = 32;
+const ISSUER: &str = "nexus";
+const ACCESS_TYPE: &str = "access";
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    iat: i64,
+    exp: i64,
+    iss: String,
+    typ: String,
+    jti: String,
+}
+
+/// [`AccessTokens`] as HS256 JWTs.
+pub struct JwtAccessTokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+}
+
+impl JwtAccessTokens {
+    /// Tokens signed with `secret` that live for `ttl`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] when the secret is shorter than [`MIN_SECRET_BYTES`] or the
+    /// lifetime is not positive.
+    pub fn new(secret: &[u8], ttl: Duration) -> Result<Self> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(Error::invalid(format!("the JWT secret must be at least {MIN_SECRET_BYTES} bytes")));
+        }
+        if ttl <= Duration::zero() {
+            return Err(Error::invalid("the access-token lifetime must be positive"));
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "sub"]);
+        validation.validate_exp = false; // checked below against the caller's clock
+        validation.leeway = 0;
+        Ok(Self {
+            encoding: EncodingKey::from_secret(secret).map_err(Error::internal)?,
+            decoding: DecodingKey::from_secret(secret).map_err(Error::internal)?,
+            validation,
+            ttl,
+        })
+    }
+}
+
+fn rejected() -> Error {
+    Error::unauthorized("invalid or expired access token")
+}
+
+impl AccessTokens for JwtAccessTokens {
+    fn issue(&self, user_id: &UserId, now: DateTime<Utc>) -> Result<AccessToken> {
+        let expires_at = now + self.ttl;
+        let claims = Claims {
+            sub: user_id.to_string(),
+            iat: now.timestamp(),
+            exp: expires_at.timestamp(),
+            iss: ISSUER.to_owned(),
+            typ: ACCESS_TYPE.to_owned(),
+            jti: Uuid::new_v4().simple().to_string(),
+        };
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(Error::internal)?;
+        Ok(AccessToken { token, expires_at })
+    }
+
+    fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims> {
+        let claims = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| rejected())?.claims;
+        if claims.typ != ACCESS_TYPE || claims.jti.is_empty() || claims.exp <= now.timestamp() {
+            return Err(rejected());
+        }
+        let at = |secs| Utc.timestamp_opt(secs, 0).single().ok_or_else(rejected);
+        Ok(AccessClaims {
+            user_id: UserId::parse(&claims.sub).map_err(|_| rejected())?,
+            token_id: claims.jti,
+            issued_at: at(claims.iat)?,
+            expires_at: at(claims.exp)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn tokens() -> JwtAccessTokens {
+        JwtAccessTokens::new(SECRET, Duration::minutes(15)).unwrap()
+    }
+
+    #[test]
+    fn issued_tokens_verify_until_they_expire() {
+        let (tokens, user, now) = (tokens(), UserId::generate(), Utc::now());
+        let issued = tokens.issue(&user, now).unwrap();
+        let claims = tokens.verify(&issued.token, now).unwrap();
+        assert_eq!(claims.user_id, user);
+        assert_eq!(claims.expires_at.timestamp(), (now + Duration::minutes(15)).timestamp());
+        assert!(tokens.verify(&issued.token, now + Duration::minutes(15)).is_err());
+        assert_ne!(tokens.issue(&user, now).unwrap().token, issued.token, "jti makes every token unique");
+    }
+
+    #[test]
+    fn forged_foreign_and_unsigned_tokens_are_refused() {
+        let (tokens, now) = (tokens(), Utc::now());
+        let issued = tokens.issue(&UserId::generate(), now).unwrap();
+        let other = JwtAccessTokens::new(b"another secret that is long enough!", Duration::minutes(15)).unwrap();
+        assert!(other.verify(&issued.token, now).is_err());
+        assert!(tokens.verify("garbage", now).is_err());
+        // alg "none" with the same claims
+        let claims = issued.token.split('.').nth(1).unwrap();
+        let none = format!("{}.{claims}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#));
+        assert!(tokens.verify(&none, now).is_err());
+        // a token of another type
+        let refresh_typed = Claims { sub: UserId::generate().to_string(), iat: now.timestamp(), exp: now.timestamp() + 60, iss: ISSUER.into(), typ: "refresh".into(), jti: "x".into() };
+        let token = encode(&Header::new(Algorithm::HS256), &refresh_typed, &EncodingKey::from_secret(SECRET).unwrap()).unwrap();
+        assert!(tokens.verify(&token, now).is_err());
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(JwtAccessTokens::new(b"short", Duration::minutes(1)).is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! Nexus stores on sea-orm, for SQLite (the embedded default) and PostgreSQL. Migrations
+//! run when a [`SqlStore`] connects; driver errors become core errors inside this crate.
+#![forbid(unsafe_code)]
+
+mod entity;
+mod error;
+mod migration;
+mod refresh_tokens;
+mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod users;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nexus_ports::ports::HealthCheck;
+use nexus_ports::{Error, Result};
+use sea_orm::sqlx::sqlite::SqliteJournalMode;
+use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend};
+use sea_orm_migration::MigratorTrait;
+
+/// How long to wait for a connection before answering "unavailable".
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a SQLite writer waits for another writer's lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection pool to the database, implementing every store port.
+#[derive(Clone)]
+pub struct SqlStore {
+    db: DatabaseConnection,
+}
+
+impl SqlStore {
+    /// Connects to `url` (`sqlite://file.db`, `sqlite::memory:` or `postgres://...`) and
+    /// brings the schema up to date. A SQLite file is created when missing.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the database cannot be reached, [`Error::InvalidRequest`]
+    /// for a URL of an unsupported kind, [`Error::Internal`] when a migration fails.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let url = normalise_url(url)?;
+        let mut options = ConnectOptions::new(url.clone());
+        options
+            .connect_timeout(CONNECT_TIMEOUT)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o| o.journal_mode(SqliteJournalMode::Wal).busy_timeout(SQLITE_BUSY_TIMEOUT).foreign_keys(true));
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            // Every connection to an in-memory database is a database of its own.
+            options.max_connections(1).min_connections(1);
+        }
+        let db = sea_orm::Database::connect(options).await.map_err(|err| {
+            tracing::warn!(error = %err, "cannot connect to the database");
+            Error::Unavailable(format!("cannot connect to the database: {err}"))
+        })?;
+        migration::Migrator::up(&db, None).await.map_err(|err| Error::Internal(format!("database migration failed: {err}")))?;
+        Ok(Self { db })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Closes the pool.
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+}
+
+/// Accepts `sqlite:` and `postgres:`/`postgresql:` URLs; a SQLite URL without a `mode`
+/// gets `mode=rwc` so that its file is created when missing.
+fn normalise_url(url: &str) -> Result<String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(url.to_owned());
+    }
+    if !url.starts_with("sqlite:") {
+        return Err(Error::invalid("the database URL must start with sqlite: or postgres://"));
+    }
+    if url.contains(":memory:") || url.contains("mode=") {
+        return Ok(url.to_owned());
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{separator}mode=rwc"))
+}
+
+#[async_trait]
+impl HealthCheck for SqlStore {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    async fn check(&self) -> Result<()> {
+        let ping = self.db.execute_unprepared("SELECT 1");
+        match tokio::time::timeout(CONNECT_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(error::db(err)),
+            Err(_) => Err(Error::Unavailable("the database did not answer in time".to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalised() {
+        assert_eq!(normalise_url("sqlite://nexus.db").unwrap(), "sqlite://nexus.db?mode=rwc");
+        assert_eq!(normalise_url("sqlite://n.db?mode=ro").unwrap(), "sqlite://n.db?mode=ro");
+        assert_eq!(normalise_url("sqlite::memory:").unwrap(), "sqlite::memory:");
+        assert_eq!(normalise_url("postgres://u@h/db").unwrap(), "postgres://u@h/db");
+        assert!(normalise_url("mysql://x").is_err());
+    }
+}

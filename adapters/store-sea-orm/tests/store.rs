@@ -1,0 +1,147 @@
+//! The store ports against real databases: every case runs on a fresh SQLite file and on a
+//! fresh PostgreSQL database (skipped when PostgreSQL is unreachable, unless `CI` is set).
+
+use chrono::{Duration, Utc};
+use nexus_ports::Error;
+use nexus_ports::identity::{DisplayName, Email, NewUser, PasswordHash, User, UserId};
+use nexus_ports::ports::{HealthCheck, RefreshTokenStore, SettingsStore, UserStore};
+use nexus_ports::tokens::{FamilyId, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
+use nexus_store_sea_orm::SqlStore;
+use nexus_store_sea_orm::testing::{TestDatabase, fresh_postgres, fresh_sqlite};
+
+/// Runs `case` once on SQLite and once on PostgreSQL, each on a database of its own.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::run(super::fresh_sqlite(), super::$case).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = super::fresh_postgres().await {
+                    super::run(db, super::$case).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_both_backends!(users_are_unique_by_email, rotation_has_one_winner_and_detects_reuse, rotation_refuses_unknown_and_expired, racing_rotations_across_pools_have_one_winner, settings_keep_the_first_value, migrations_are_idempotent_and_health_answers);
+
+async fn run<F: AsyncFnOnce(&str)>(db: TestDatabase, case: F) {
+    case(&db.url).await;
+    db.drop_database().await;
+}
+
+fn new_user(email: &str) -> NewUser {
+    NewUser {
+        user: User { id: UserId::generate(), email: Email::parse(email).unwrap(), display_name: DisplayName::parse("Ada").unwrap(), created_at: Utc::now() },
+        password_hash: PasswordHash::from_phc("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+    }
+}
+
+async fn user_with_token(store: &SqlStore, expires_in: Duration) -> (UserId, SecretDigest) {
+    let new = new_user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
+    store.insert_user(&new).await.unwrap();
+    let digest = SecretDigest::of(&uuid::Uuid::new_v4().to_string());
+    let now = Utc::now();
+    let record = RefreshTokenRecord { digest, user_id: new.user.id, family_id: FamilyId::generate(), issued_at: now, expires_at: now + expires_in };
+    store.insert_refresh_token(&record).await.unwrap();
+    (new.user.id, digest)
+}
+
+fn replacement() -> Replacement {
+    let now = Utc::now();
+    Replacement { digest: SecretDigest::of(&uuid::Uuid::new_v4().to_string()), issued_at: now, expires_at: now + Duration::days(30) }
+}
+
+async fn users_are_unique_by_email(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let first = new_user("Ada@Example.com");
+    store.insert_user(&first).await.unwrap();
+    let again = store.insert_user(&new_user("ada@example.COM")).await;
+    assert!(matches!(again, Err(Error::AlreadyExists(_))), "{again:?}");
+
+    let found = store.find_credentials(&Email::parse("ADA@example.com").unwrap()).await.unwrap().unwrap();
+    assert_eq!(found.user.id, first.user.id);
+    assert_eq!(found.password_hash, first.password_hash);
+    assert_eq!(found.user.created_at.timestamp_micros(), first.user.created_at.timestamp_micros());
+    assert_eq!(store.find_user(&first.user.id).await.unwrap().unwrap().email.as_str(), "ada@example.com");
+    assert!(store.find_user(&UserId::generate()).await.unwrap().is_none());
+    assert!(store.find_credentials(&Email::parse("nobody@example.com").unwrap()).await.unwrap().is_none());
+}
+
+async fn rotation_has_one_winner_and_detects_reuse(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let (user, first) = user_with_token(&store, Duration::days(1)).await;
+    let next = replacement();
+    let rotated = store.rotate_refresh_token(&first, &next, Utc::now()).await.unwrap();
+    let Rotation::Rotated { user_id, family_id } = rotated else { panic!("{rotated:?}") };
+    assert_eq!(user_id, user);
+
+    // The replacement is live and in the same family; the first is now a replay.
+    let again = store.rotate_refresh_token(&first, &replacement(), Utc::now()).await.unwrap();
+    assert_eq!(again, Rotation::Reused { user_id: user, family_id });
+    assert_eq!(store.revoke_family(&family_id, Utc::now()).await.unwrap(), 1, "only the live replacement is left to revoke");
+    let after = store.rotate_refresh_token(&next.digest, &replacement(), Utc::now()).await.unwrap();
+    assert!(matches!(after, Rotation::Reused { .. }), "{after:?}");
+}
+
+async fn rotation_refuses_unknown_and_expired(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    assert_eq!(store.rotate_refresh_token(&SecretDigest::of("nope"), &replacement(), Utc::now()).await.unwrap(), Rotation::Unknown);
+    let (_, expiring) = user_with_token(&store, Duration::seconds(1)).await;
+    let later = Utc::now() + Duration::seconds(5);
+    assert_eq!(store.rotate_refresh_token(&expiring, &replacement(), later).await.unwrap(), Rotation::Expired);
+    // Refusing an expired token changed nothing: it is expired, not reused.
+    assert_eq!(store.rotate_refresh_token(&expiring, &replacement(), later).await.unwrap(), Rotation::Expired);
+}
+
+async fn racing_rotations_across_pools_have_one_winner(url: &str) {
+    // Two pools stand for two Nexus processes sharing the database.
+    let (a, b) = (SqlStore::connect(url).await.unwrap(), SqlStore::connect(url).await.unwrap());
+    let (_, digest) = user_with_token(&a, Duration::days(1)).await;
+    let racers = (0..16).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move { store.rotate_refresh_token(&digest, &replacement(), Utc::now()).await })
+    });
+    let outcomes: Vec<Rotation> = futures_join(racers).await;
+    let winners = outcomes.iter().filter(|o| matches!(o, Rotation::Rotated { .. })).count();
+    let losers = outcomes.iter().filter(|o| matches!(o, Rotation::Reused { .. })).count();
+    assert_eq!((winners, losers), (1, 15), "{outcomes:?}");
+}
+
+async fn futures_join(handles: impl Iterator<Item = tokio::task::JoinHandle<nexus_ports::Result<Rotation>>>) -> Vec<Rotation> {
+    let mut out = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        out.push(handle.await.unwrap().unwrap());
+    }
+    out
+}
+
+async fn settings_keep_the_first_value(url: &str) {
+    let (a, b) = (SqlStore::connect(url).await.unwrap(), SqlStore::connect(url).await.unwrap());
+    let (x, y) = tokio::join!(a.get_or_insert_setting("jwt_secret", "first"), b.get_or_insert_setting("jwt_secret", "second"));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x, y);
+    assert_eq!(a.get_or_insert_setting("jwt_secret", "third").await.unwrap(), x);
+}
+
+async fn migrations_are_idempotent_and_health_answers(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    store.insert_user(&new_user("kept@example.com")).await.unwrap();
+    store.close().await;
+    let reopened = SqlStore::connect(url).await.unwrap();
+    assert!(reopened.find_credentials(&Email::parse("kept@example.com").unwrap()).await.unwrap().is_some());
+    assert_eq!(reopened.name(), "database");
+    reopened.check().await.unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_database_is_unavailable_fast() {
+    let started = std::time::Instant::now();
+    let result = SqlStore::connect("postgres://postgres@127.0.0.1:1/none").await;
+    assert!(matches!(result, Err(Error::Unavailable(_))), "{:?}", result.err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}

@@ -1,0 +1,55 @@
+//! The one error enum of the core. Adapters translate their driver errors into it by
+//! intent (a unique-constraint violation is [`Error::AlreadyExists`]); the HTTP layer turns
+//! it into a status code and an `{"error": ...}` body in exactly one place.
+
+/// Result with the core [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, by intent rather than by cause.
+///
+/// The message of every variant but [`Error::Internal`] is written for the API client; the
+/// message of `Internal` is for the log only and is never sent to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The thing asked for does not exist (or the caller may not know it exists).
+    #[error("{0}")]
+    NotFound(String),
+    /// Creating the thing would duplicate a unique one.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request is malformed or fails validation.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Credentials are missing, invalid or expired.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request conflicts with the current state (other than a duplicate).
+    #[error("{0}")]
+    Conflict(String),
+    /// A dependency (database, cluster, node) cannot be reached right now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure; the detail is for the log.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidRequest`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidRequest(message.into())
+    }
+
+    /// Shorthand for [`Error::Unauthorized`].
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::Unauthorized(message.into())
+    }
+
+    /// Shorthand for [`Error::Internal`].
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::Internal(detail.to_string())
+    }
+}

@@ -1,0 +1,16 @@
+//! Nexus domain: the types the core speaks in and the ports (traits) it needs from the
+//! outside world. Nothing here performs I/O or knows a framework; adapters implement the
+//! ports, the core calls them.
+//!
+//! Every port is `Send + Sync + 'static` and documents, under `# Errors`, which [`Error`]
+//! variants it returns so that each adapter translates its driver errors the same way.
+#![forbid(unsafe_code)]
+
+pub mod agents;
+pub mod error;
+pub mod identity;
+pub mod ports;
+pub mod tenancy;
+pub mod tokens;
+
+pub use error::{Error, Result};

@@ -1,0 +1,120 @@
+//! The ports: what the core needs from the outside world, named by capability.
+//!
+//! Stores return [`Error::Unavailable`] when their backend cannot be reached and
+//! [`Error::Internal`] for anything unexpected; the further variants each method may return
+//! are listed under its `# Errors`.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+#[allow(unused_imports)] // named in the docs
+use crate::Error;
+use crate::Result;
+use crate::identity::{Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
+use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
+
+/// Users and their credentials.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Stores a new user.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when a user with the same (normalised) email exists.
+    async fn insert_user(&self, user: &NewUser) -> Result<()>;
+
+    /// The user with this email and its password hash, if any.
+    async fn find_credentials(&self, email: &Email) -> Result<Option<UserCredentials>>;
+
+    /// The user with this id, if any.
+    async fn find_user(&self, id: &UserId) -> Result<Option<User>>;
+}
+
+/// Refresh tokens, by digest.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait RefreshTokenStore: Send + Sync + 'static {
+    /// Stores a new token (the first of a family, at login or registration).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when the digest is already stored.
+    async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> Result<()>;
+
+    /// Rotates the token with digest `presented` as one atomic step: when it is live (not
+    /// revoked, not expired at `now`) it is revoked and `replacement` joins its family. Of
+    /// any number of concurrent rotations of one token, across processes sharing the
+    /// store, exactly one sees [`Rotation::Rotated`].
+    async fn rotate_refresh_token(&self, presented: &SecretDigest, replacement: &Replacement, now: DateTime<Utc>) -> Result<Rotation>;
+
+    /// Revokes every live token of a family; returns how many it revoked.
+    async fn revoke_family(&self, family: &FamilyId, now: DateTime<Utc>) -> Result<u64>;
+}
+
+/// Server-wide settings that must survive restarts and be shared by every replica.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait SettingsStore: Send + Sync + 'static {
+    /// The value stored under `key`; when there is none, stores `candidate` and returns it.
+    /// Replicas racing on an empty store all get the one value that was stored first.
+    async fn get_or_insert_setting(&self, key: &str, candidate: &str) -> Result<String>;
+}
+
+/// A dependency whose health decides readiness.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait HealthCheck: Send + Sync + 'static {
+    /// The name under which readiness reports this check (`database`, `cluster`...).
+    fn name(&self) -> &'static str;
+
+    /// Answers once the dependency has answered a trivial request.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when it does not answer in time.
+    async fn check(&self) -> Result<()>;
+}
+
+/// Password hashing, with bounded cost per call.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait PasswordHasher: Send + Sync + 'static {
+    /// A salted hash of the password.
+    async fn hash(&self, password: &Password) -> Result<PasswordHash>;
+
+    /// Whether `password` matches `hash`. A malformed hash does not match.
+    async fn verify(&self, password: &Password, hash: &PasswordHash) -> Result<bool>;
+
+    /// A valid hash of no one's password, so that checking a login for an unknown user
+    /// costs what checking a known one costs.
+    fn dummy_hash(&self) -> PasswordHash;
+}
+
+/// Signs and verifies access tokens.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+pub trait AccessTokens: Send + Sync + 'static {
+    /// A signed token for the user, issued at `now`.
+    fn issue(&self, user_id: &UserId, now: DateTime<Utc>) -> Result<AccessToken>;
+
+    /// The claims of a token that this server signed and that has not expired at `now`.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for any token that is malformed, forged, of another type or
+    /// issuer, or expired.
+    fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims>;
+}
+
+/// Random secrets for clients.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+pub trait SecretGenerator: Send + Sync + 'static {
+    /// A new secret of at least 256 random bits, text-safe, starting with `prefix`.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the random source fails.
+    fn generate(&self, prefix: &'static str) -> Result<OpaqueSecret>;
+}
+
+/// The time.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> DateTime<Utc>;
+}

@@ -1,0 +1,138 @@
+//! Tenants (the unit of isolation: a namespace, a node, agents and API keys) and the
+//! tenant-scoped API keys that programmatic clients present.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::identity::DisplayName;
+use crate::tokens::SecretDigest;
+use crate::{Error, Result};
+
+/// A tenant's id; shown to clients as `t_<32 hex digits>`. The same uuid names its
+/// cluster resources (`tenant-<uuid>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TenantId(Uuid);
+
+impl TenantId {
+    const PREFIX: &'static str = "t_";
+
+    /// A new random id.
+    pub fn generate() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Wraps a stored uuid.
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+
+    /// The uuid behind the id, as stored.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+
+    /// Parses the client form `t_<hex>`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] when the text is not a tenant id.
+    pub fn parse(text: &str) -> Result<Self> {
+        text.strip_prefix(Self::PREFIX)
+            .and_then(|hex| Uuid::try_parse(hex).ok())
+            .map(Self)
+            .ok_or_else(|| Error::invalid("malformed tenant id"))
+    }
+
+    /// The name of the tenant's custom resource and namespace: `tenant-<uuid>`.
+    pub fn cr_name(&self) -> String {
+        format!("tenant-{}", self.0.hyphenated())
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", Self::PREFIX, self.0.simple())
+    }
+}
+
+/// What the tenant's node runs as (`ASTROMESH_ROLE`), e.g. `full`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeProfile(String);
+
+impl NodeProfile {
+    /// The profile a tenant gets when none is asked for.
+    pub const DEFAULT: &'static str = "full";
+
+    /// Validates a profile: a lower-case word of letters, digits and hyphens, at most 63 long.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] otherwise.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 63
+            && raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok { Ok(Self(raw.to_owned())) } else { Err(Error::invalid("nodeProfile must be a lower-case word of letters, digits and hyphens")) }
+    }
+
+    /// The profile.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for NodeProfile {
+    fn default() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+}
+
+/// Where a tenant's provisioning stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TenantPhase {
+    Pending,
+    Provisioning,
+    Ready,
+    Error,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub display_name: DisplayName,
+    pub node_profile: NodeProfile,
+    pub max_agents: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A tenant-scoped API key as stored: its digest and label, never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub digest: SecretDigest,
+    pub tenant_id: TenantId,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_id_forms() {
+        let id = TenantId::generate();
+        assert_eq!(TenantId::parse(&id.to_string()).unwrap(), id);
+        assert!(id.cr_name().starts_with("tenant-") && id.cr_name().len() == 43);
+        assert!(TenantId::parse("usr_00").is_err());
+    }
+
+    #[test]
+    fn node_profile_rules() {
+        assert_eq!(NodeProfile::default().as_str(), "full");
+        assert!(NodeProfile::parse("gateway-2").is_ok());
+        assert!(NodeProfile::parse("Full").is_err());
+        assert!(NodeProfile::parse("").is_err());
+    }
+}
