@@ -1,1 +1,95 @@
-fn main() {}
+//! The `nexus` binary: parses configuration, sets up logging, and serves (or prints the
+//! OpenAPI document).
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use nexus::config::{Cli, Command, LogFormat, ServeConfig};
+use poem::listener::{Listener, TcpListener};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Openapi { yaml }) => {
+            print!("{}", if yaml { nexus::http::openapi_yaml() } else { nexus::http::openapi_json() });
+            ExitCode::SUCCESS
+        }
+        Some(Command::Serve) | None => {
+            init_logging(&cli.serve);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot start the async runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(serve(cli.serve))
+        }
+    }
+}
+
+fn init_logging(config: &ServeConfig) {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|err| {
+        eprintln!("NEXUS_LOG {:?} is not a valid filter ({err}); using \"info\"", config.log);
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: ServeConfig) -> ExitCode {
+    let nexus = match nexus::bootstrap::build(&config).await {
+        Ok(nexus) => nexus,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let acceptor = match TcpListener::bind(config.listen).into_acceptor().await {
+        Ok(acceptor) => acceptor,
+        Err(err) => {
+            tracing::error!(error = %err, listen = %config.listen, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(listen = %config.listen, "nexus serving");
+    match nexus::http::serve(acceptor, nexus, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("nexus stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

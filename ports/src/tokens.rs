@@ -129,12 +129,13 @@ pub struct AccessClaims {
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccessToken {
     pub token: String,
+    pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
 
 impl fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccessToken").field("token", &"<redacted>").field("expires_at", &self.expires_at).finish()
+        f.debug_struct("AccessToken").field("token", &"<redacted>").field("issued_at", &self.issued_at).field("expires_at", &self.expires_at).finish()
     }
 }
 

@@ -77,7 +77,7 @@ impl AccessTokens for JwtAccessTokens {
             jti: Uuid::new_v4().simple().to_string(),
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(Error::internal)?;
-        Ok(AccessToken { token, expires_at })
+        Ok(AccessToken { token, issued_at: now, expires_at })
     }
 
     fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims> {

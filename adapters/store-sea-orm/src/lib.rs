@@ -95,7 +95,10 @@ impl HealthCheck for SqlStore {
         let ping = self.db.execute_unprepared("SELECT 1");
         match tokio::time::timeout(CONNECT_TIMEOUT, ping).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(error::db(err)),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "database health check failed");
+                Err(Error::Unavailable(error::UNAVAILABLE.to_owned()))
+            }
             Err(_) => Err(Error::Unavailable("the database did not answer in time".to_owned())),
         }
     }

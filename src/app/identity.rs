@@ -1,0 +1,177 @@
+//! Identity use cases: register, login, rotate a refresh token, and resolve the caller of
+//! an access token.
+//!
+//! Sessions: each registration or login starts a refresh-token *family*. Refreshing rotates
+//! the presented token (revoked, replaced within the family, atomically in the store). A
+//! token presented again after its rotation is a replay, whether by a thief or by a racing
+//! client: the whole family is revoked and the holder must log in again.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use nexus_ports::identity::{DisplayName, Email, NewUser, Password, User, UserId};
+use nexus_ports::ports::{AccessTokens, Clock, PasswordHasher, RefreshTokenStore, SecretGenerator, UserStore};
+use nexus_ports::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation};
+use nexus_ports::{Error, Result};
+
+/// Prefix of refresh tokens, so a leaked one is recognisable.
+const REFRESH_PREFIX: &str = "nxr_";
+const BAD_LOGIN: &str = "invalid email or password";
+
+/// What a client sends to register.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub email: String,
+    pub password: String,
+    /// Defaults to the local part of the email.
+    pub display_name: Option<String>,
+}
+
+/// An access token and the refresh token to renew it.
+#[derive(Debug, Clone)]
+pub struct TokenPair {
+    pub access: AccessToken,
+    pub refresh: OpaqueSecret,
+    pub refresh_expires_at: DateTime<Utc>,
+}
+
+/// A signed-in user with fresh tokens.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: User,
+    pub tokens: TokenPair,
+}
+
+/// The identity use cases.
+pub struct IdentityService {
+    users: Arc<dyn UserStore>,
+    refresh_tokens: Arc<dyn RefreshTokenStore>,
+    hasher: Arc<dyn PasswordHasher>,
+    access_tokens: Arc<dyn AccessTokens>,
+    secrets: Arc<dyn SecretGenerator>,
+    clock: Arc<dyn Clock>,
+    refresh_ttl: Duration,
+}
+
+impl IdentityService {
+    /// Wires the use cases to their ports; refresh tokens live for `refresh_ttl`.
+    pub fn new(
+        users: Arc<dyn UserStore>,
+        refresh_tokens: Arc<dyn RefreshTokenStore>,
+        hasher: Arc<dyn PasswordHasher>,
+        access_tokens: Arc<dyn AccessTokens>,
+        secrets: Arc<dyn SecretGenerator>,
+        clock: Arc<dyn Clock>,
+        refresh_ttl: Duration,
+    ) -> Self {
+        Self { users, refresh_tokens, hasher, access_tokens, secrets, clock, refresh_ttl }
+    }
+
+    /// Creates an account and signs it in.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a bad email, password or display name;
+    /// [`Error::AlreadyExists`] when the email is taken (compared case-insensitively).
+    pub async fn register(&self, registration: Registration) -> Result<Session> {
+        let email = Email::parse(&registration.email)?;
+        let password = Password::choose(registration.password)?;
+        let display_name = DisplayName::parse(registration.display_name.as_deref().unwrap_or(email.local_part()))?;
+        // Fails fast without hashing in the common case; the store's unique index decides races.
+        if self.users.find_credentials(&email).await?.is_some() {
+            return Err(taken());
+        }
+        let password_hash = self.hasher.hash(&password).await?;
+        let user = User { id: UserId::generate(), email, display_name, created_at: self.clock.now() };
+        self.users.insert_user(&NewUser { user: user.clone(), password_hash }).await.map_err(|err| match err {
+            Error::AlreadyExists(_) => taken(),
+            other => other,
+        })?;
+        tracing::info!(user = %user.id, "user registered");
+        self.start_session(user).await
+    }
+
+    /// Signs a user in. Unknown emails and wrong passwords get the same error after the
+    /// same work (a verification against a dummy hash), so neither answer nor timing tells
+    /// which emails have accounts.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for bad credentials; [`Error::InvalidRequest`] for a password
+    /// over the length limit.
+    pub async fn login(&self, email: &str, password: String) -> Result<Session> {
+        let password = Password::presented(password)?;
+        let credentials = match Email::parse(email) {
+            Ok(email) => self.users.find_credentials(&email).await?,
+            Err(_) => None,
+        };
+        let hash = credentials.as_ref().map_or_else(|| self.hasher.dummy_hash(), |c| c.password_hash.clone());
+        let matches = self.hasher.verify(&password, &hash).await?;
+        match credentials {
+            Some(credentials) if matches => self.start_session(credentials.user).await,
+            _ => Err(Error::unauthorized(BAD_LOGIN)),
+        }
+    }
+
+    /// Exchanges a refresh token for a new pair, revoking the presented one.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for an unknown, expired or already-used token; a used one
+    /// also revokes every token of its family.
+    pub async fn rotate_refresh(&self, presented: &str) -> Result<TokenPair> {
+        let presented = OpaqueSecret::new(presented.to_owned());
+        let now = self.clock.now();
+        let refresh = self.secrets.generate(REFRESH_PREFIX)?;
+        let replacement = Replacement { digest: refresh.digest(), issued_at: now, expires_at: now + self.refresh_ttl };
+        match self.refresh_tokens.rotate_refresh_token(&presented.digest(), &replacement, now).await? {
+            Rotation::Rotated { user_id, .. } => {
+                let access = self.access_tokens.issue(&user_id, now)?;
+                Ok(TokenPair { access, refresh, refresh_expires_at: replacement.expires_at })
+            }
+            Rotation::Reused { user_id, family_id } => {
+                let revoked = self.refresh_tokens.revoke_family(&family_id, now).await?;
+                tracing::warn!(user = %user_id, revoked, "refresh token presented after rotation: its session was revoked");
+                Err(Error::unauthorized("refresh token has already been used; the session was revoked, log in again"))
+            }
+            Rotation::Expired => Err(Error::unauthorized("refresh token has expired; log in again")),
+            Rotation::Unknown => Err(Error::unauthorized("invalid refresh token")),
+        }
+    }
+
+    /// The verified claims of a bearer access token.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for any token that is not a live one of ours.
+    pub fn authenticate(&self, bearer: &str) -> Result<AccessClaims> {
+        self.access_tokens.verify(bearer, self.clock.now())
+    }
+
+    /// The user an access token was issued to.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] when that user no longer exists.
+    pub async fn current_user(&self, claims: &AccessClaims) -> Result<User> {
+        self.users.find_user(&claims.user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))
+    }
+
+    async fn start_session(&self, user: User) -> Result<Session> {
+        let now = self.clock.now();
+        let access = self.access_tokens.issue(&user.id, now)?;
+        let refresh = self.secrets.generate(REFRESH_PREFIX)?;
+        let record = RefreshTokenRecord {
+            digest: refresh.digest(),
+            user_id: user.id,
+            family_id: FamilyId::generate(),
+            issued_at: now,
+            expires_at: now + self.refresh_ttl,
+        };
+        self.refresh_tokens.insert_refresh_token(&record).await?;
+        Ok(Session { user, tokens: TokenPair { access, refresh, refresh_expires_at: record.expires_at } })
+    }
+}
+
+fn taken() -> Error {
+    Error::AlreadyExists("a user with this email already exists".to_owned())
+}
+
+#[cfg(test)]
+#[path = "identity_tests.rs"]
+mod tests;

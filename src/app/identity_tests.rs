@@ -1,0 +1,194 @@
+//! Identity use cases against mockall doubles of every port.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use mockall::predicate::eq;
+use nexus_ports::Error;
+use nexus_ports::identity::{DisplayName, Email, PasswordHash, User, UserCredentials, UserId};
+use nexus_ports::ports::{MockAccessTokens, MockClock, MockPasswordHasher, MockRefreshTokenStore, MockSecretGenerator, MockUserStore};
+use nexus_ports::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, Rotation};
+
+use super::{IdentityService, Registration};
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+}
+
+const TTL_DAYS: i64 = 30;
+
+/// One double per port; each test sets the expectations it needs, so any other call fails.
+#[derive(Default)]
+struct Ports {
+    users: MockUserStore,
+    refresh: MockRefreshTokenStore,
+    hasher: MockPasswordHasher,
+    access: MockAccessTokens,
+    secrets: MockSecretGenerator,
+}
+
+impl Ports {
+    fn service(self) -> IdentityService {
+        let mut clock = MockClock::new();
+        clock.expect_now().returning(now);
+        IdentityService::new(
+            Arc::new(self.users),
+            Arc::new(self.refresh),
+            Arc::new(self.hasher),
+            Arc::new(self.access),
+            Arc::new(self.secrets),
+            Arc::new(clock),
+            Duration::days(TTL_DAYS),
+        )
+    }
+
+    /// Expects one new session: an access token and a stored refresh token.
+    fn expect_session(&mut self) {
+        self.access.expect_issue().times(1).returning(|_, at| Ok(AccessToken { token: "jwt".into(), issued_at: at, expires_at: at + Duration::minutes(15) }));
+        self.secrets.expect_generate().with(eq("nxr_")).times(1).returning(|_| Ok(OpaqueSecret::new("nxr_secret".into())));
+        self.refresh
+            .expect_insert_refresh_token()
+            .withf(|record| record.digest == OpaqueSecret::new("nxr_secret".into()).digest() && record.expires_at == now() + Duration::days(TTL_DAYS))
+            .times(1)
+            .returning(|_| Ok(()));
+    }
+}
+
+fn stored_user() -> UserCredentials {
+    UserCredentials {
+        user: User { id: UserId::generate(), email: Email::parse("ada@example.com").unwrap(), display_name: DisplayName::parse("Ada").unwrap(), created_at: now() },
+        password_hash: PasswordHash::from_phc("$argon2id$real".into()),
+    }
+}
+
+fn registration(email: &str, password: &str, display_name: Option<&str>) -> Registration {
+    Registration { email: email.into(), password: password.into(), display_name: display_name.map(Into::into) }
+}
+
+#[tokio::test]
+async fn register_normalises_hashes_stores_and_starts_a_session() {
+    let mut ports = Ports::default();
+    ports.users.expect_find_credentials().times(1).returning(|_| Ok(None));
+    ports.hasher.expect_hash().times(1).returning(|_| Ok(PasswordHash::from_phc("$argon2id$new".into())));
+    ports
+        .users
+        .expect_insert_user()
+        .withf(|new| new.user.email.as_str() == "ada@example.com" && new.user.display_name.as_str() == "ada" && new.password_hash.as_phc() == "$argon2id$new")
+        .times(1)
+        .returning(|_| Ok(()));
+    ports.expect_session();
+    let session = ports.service().register(registration(" Ada@Example.com", "long enough", None)).await.unwrap();
+    assert_eq!(session.user.email.as_str(), "ada@example.com");
+    assert_eq!(session.tokens.refresh.expose(), "nxr_secret");
+    assert_eq!(session.tokens.refresh_expires_at, now() + Duration::days(TTL_DAYS));
+}
+
+#[tokio::test]
+async fn register_refuses_bad_input_before_any_port_is_called() {
+    let service = Ports::default().service();
+    for (email, password, name) in [("nope", "long enough", None), ("a@b.co", "short", None), ("a@b.co", &"x".repeat(1025), None), ("a@b.co", "long enough", Some("  "))] {
+        let result = service.register(registration(email, password, name)).await;
+        assert!(matches!(result, Err(Error::InvalidRequest(_))), "{email} {name:?}: {result:?}");
+    }
+}
+
+#[tokio::test]
+async fn register_of_a_taken_email_is_a_conflict_without_hashing() {
+    let mut ports = Ports::default();
+    ports.users.expect_find_credentials().returning(|_| Ok(Some(stored_user())));
+    let result = ports.service().register(registration("ADA@example.com", "long enough", None)).await;
+    assert_eq!(result.unwrap_err(), Error::AlreadyExists("a user with this email already exists".into()));
+}
+
+#[tokio::test]
+async fn register_losing_the_insert_race_is_a_conflict() {
+    let mut ports = Ports::default();
+    ports.users.expect_find_credentials().returning(|_| Ok(None));
+    ports.hasher.expect_hash().returning(|_| Ok(PasswordHash::from_phc("h".into())));
+    ports.users.expect_insert_user().returning(|_| Err(Error::AlreadyExists("users.email".into())));
+    let result = ports.service().register(registration("ada@example.com", "long enough", None)).await;
+    assert_eq!(result.unwrap_err(), Error::AlreadyExists("a user with this email already exists".into()));
+}
+
+#[tokio::test]
+async fn login_checks_the_stored_hash_and_starts_a_session() {
+    let mut ports = Ports::default();
+    ports.users.expect_find_credentials().with(eq(Email::parse("ada@example.com").unwrap())).returning(|_| Ok(Some(stored_user())));
+    ports.hasher.expect_verify().withf(|_, hash| hash.as_phc() == "$argon2id$real").times(1).returning(|_, _| Ok(true));
+    ports.expect_session();
+    let session = ports.service().login("Ada@example.com", "long enough".into()).await.unwrap();
+    assert_eq!(session.user.display_name.as_str(), "Ada");
+}
+
+#[tokio::test]
+async fn login_failures_look_alike_and_cost_a_verification() {
+    // Unknown email, malformed email, wrong password: one message, one verification each.
+    for (email, known) in [("ghost@example.com", false), ("not an email", false), ("ada@example.com", true)] {
+        let mut ports = Ports::default();
+        ports.users.expect_find_credentials().returning(move |_| Ok(known.then(stored_user)));
+        ports.hasher.expect_dummy_hash().times(usize::from(!known)).returning(|| PasswordHash::from_phc("$argon2id$dummy".into()));
+        let expected = if known { "$argon2id$real" } else { "$argon2id$dummy" };
+        ports.hasher.expect_verify().withf(move |_, hash| hash.as_phc() == expected).times(1).returning(|_, _| Ok(false));
+        let result = ports.service().login(email, "wrong password".into()).await;
+        assert_eq!(result.unwrap_err(), Error::Unauthorized("invalid email or password".into()), "{email}");
+    }
+}
+
+#[tokio::test]
+async fn login_refuses_oversized_passwords_without_hashing() {
+    let result = Ports::default().service().login("ada@example.com", "x".repeat(1025)).await;
+    assert!(matches!(result, Err(Error::InvalidRequest(_))));
+}
+
+fn rotating(outcome: Rotation) -> Ports {
+    let mut ports = Ports::default();
+    ports.secrets.expect_generate().returning(|_| Ok(OpaqueSecret::new("nxr_next".into())));
+    ports
+        .refresh
+        .expect_rotate_refresh_token()
+        .withf(|presented, replacement, at| *presented == OpaqueSecret::new("nxr_old".into()).digest() && replacement.digest == OpaqueSecret::new("nxr_next".into()).digest() && *at == now())
+        .times(1)
+        .returning(move |_, _, _| Ok(outcome.clone()));
+    ports
+}
+
+#[tokio::test]
+async fn refresh_rotates_a_live_token() {
+    let user = UserId::generate();
+    let mut ports = rotating(Rotation::Rotated { user_id: user, family_id: FamilyId::generate() });
+    ports.access.expect_issue().with(eq(user), eq(now())).returning(|_, at| Ok(AccessToken { token: "jwt2".into(), issued_at: at, expires_at: at }));
+    let pair = ports.service().rotate_refresh("nxr_old").await.unwrap();
+    assert_eq!((pair.access.token.as_str(), pair.refresh.expose()), ("jwt2", "nxr_next"));
+}
+
+#[tokio::test]
+async fn refresh_reuse_revokes_the_whole_family() {
+    let family = FamilyId::generate();
+    let mut ports = rotating(Rotation::Reused { user_id: UserId::generate(), family_id: family });
+    ports.refresh.expect_revoke_family().with(eq(family), eq(now())).times(1).returning(|_, _| Ok(2));
+    assert!(matches!(ports.service().rotate_refresh("nxr_old").await, Err(Error::Unauthorized(_))));
+}
+
+#[tokio::test]
+async fn refresh_refuses_expired_and_unknown_tokens() {
+    for outcome in [Rotation::Expired, Rotation::Unknown] {
+        let result = rotating(outcome.clone()).service().rotate_refresh("nxr_old").await;
+        assert!(matches!(result, Err(Error::Unauthorized(_))), "{outcome:?}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_of_vanished_users_are_refused() {
+    let mut ports = Ports::default();
+    ports.users.expect_find_user().returning(|_| Ok(None));
+    let claims = AccessClaims { user_id: UserId::generate(), token_id: "j".into(), issued_at: now(), expires_at: now() };
+    assert!(matches!(ports.service().current_user(&claims).await, Err(Error::Unauthorized(_))));
+}
+
+#[tokio::test]
+async fn store_outages_pass_through_as_unavailable() {
+    let mut ports = Ports::default();
+    ports.users.expect_find_credentials().returning(|_| Err(Error::Unavailable("the database is unavailable".into())));
+    let result = ports.service().login("ada@example.com", "whatever1".into()).await;
+    assert!(matches!(result, Err(Error::Unavailable(_))));
+}

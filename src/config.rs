@@ -1,0 +1,72 @@
+//! Command line and environment configuration. Every flag has an environment variable;
+//! the flag wins when both are given.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Nexus: the multi-tenant control plane for Astromesh AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "nexus", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Print the OpenAPI document (JSON, or YAML with --yaml) and exit.
+    Openapi {
+        /// Print YAML instead of JSON.
+        #[arg(long)]
+        yaml: bool,
+    },
+}
+
+/// How to serve.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "NEXUS_LISTEN", default_value = "0.0.0.0:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// Database URL: `sqlite://file.db` (created when missing) or `postgres://...`.
+    #[arg(long, env = "NEXUS_DATABASE_URL", default_value = "sqlite://nexus.db", global = true)]
+    pub database_url: String,
+
+    /// Secret that signs access tokens (at least 32 bytes). Without it a random secret is
+    /// generated once and kept in the database, so tokens survive restarts.
+    #[arg(long, env = "NEXUS_JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Lifetime of access tokens.
+    #[arg(long, env = "NEXUS_ACCESS_TTL", default_value = "15m", global = true)]
+    pub access_ttl: humantime::Duration,
+
+    /// Lifetime of refresh tokens.
+    #[arg(long, env = "NEXUS_REFRESH_TTL", default_value = "30d", global = true)]
+    pub refresh_ttl: humantime::Duration,
+
+    /// How many password hashes may run at once (default: the number of CPUs).
+    #[arg(long, env = "NEXUS_HASH_CONCURRENCY", global = true)]
+    pub hash_concurrency: Option<usize>,
+
+    /// Log filter, in `tracing` syntax (`info`, `nexus=debug,info`...).
+    #[arg(long, env = "NEXUS_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = "NEXUS_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

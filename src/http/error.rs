@@ -1,0 +1,151 @@
+//! Errors on the wire: every failure is `{"error": "<message>"}` with its status.
+//!
+//! [`ApiError`] is what operations return; its type parameter names the statuses the
+//! operation documents. Core errors become statuses in [`status_of`], the one mapping;
+//! poem's own errors (parse, auth, 404, 405, 415...) are rendered by [`render`].
+
+use std::any::Any;
+use std::marker::PhantomData;
+
+use nexus_ports::Error;
+use poem::http::StatusCode;
+use poem::web::Json;
+use poem::{IntoResponse, Response};
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiResponse, Object};
+
+/// The body of every failure.
+#[derive(Debug, Object, serde::Serialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person to read.
+    pub error: String,
+}
+
+/// The statuses an operation documents for its failures.
+pub(crate) trait ErrorSet: Send + Sync + 'static {
+    const STATUSES: &'static [u16];
+}
+
+macro_rules! error_sets {
+    ($($(#[$doc:meta])* $name:ident = [$($status:literal),*];)*) => {$(
+        $(#[$doc])*
+        pub(crate) struct $name;
+        impl ErrorSet for $name {
+            const STATUSES: &'static [u16] = &[$($status),*];
+        }
+    )*};
+}
+
+error_sets! {
+    /// Creating an account.
+    RegisterErrors = [400, 409, 413, 415, 500, 503];
+    /// Exchanging credentials or a refresh token for tokens.
+    CredentialErrors = [400, 401, 413, 415, 500, 503];
+    /// Any operation behind authentication that reads only.
+    AuthenticatedErrors = [401, 500, 503];
+}
+
+fn describe(status: u16) -> &'static str {
+    match status {
+        400 => "The request is malformed or fails validation.",
+        401 => "Credentials are missing, invalid or expired.",
+        403 => "The caller may not do this.",
+        404 => "No such resource.",
+        409 => "The request conflicts with existing state.",
+        413 => "The request body is too large.",
+        415 => "The request body's content type is not accepted.",
+        502 => "An upstream node could not be reached.",
+        503 => "A dependency is unavailable; retry later.",
+        _ => "An unexpected failure; the details are in the server log.",
+    }
+}
+
+/// A failure of an operation documenting the statuses of `S`.
+pub(crate) struct ApiError<S> {
+    status: StatusCode,
+    message: String,
+    set: PhantomData<fn() -> S>,
+}
+
+impl<S> ApiError<S> {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), set: PhantomData }
+    }
+}
+
+/// The one mapping of core errors to statuses. Internal details are logged, not sent.
+pub(crate) fn status_of(err: Error) -> (StatusCode, String) {
+    match err {
+        Error::NotFound(m) => (StatusCode::NOT_FOUND, m),
+        Error::AlreadyExists(m) | Error::Conflict(m) => (StatusCode::CONFLICT, m),
+        Error::InvalidRequest(m) => (StatusCode::BAD_REQUEST, m),
+        Error::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+        Error::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+        Error::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+        Error::Internal(detail) => {
+            tracing::error!(%detail, "internal error");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+        }
+    }
+}
+
+impl<S> From<Error> for ApiError<S> {
+    fn from(err: Error) -> Self {
+        let (status, message) = status_of(err);
+        Self::new(status, message)
+    }
+}
+
+pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    Json(ErrorBody { error: message.into() }).with_status(status).into_response()
+}
+
+impl<S> From<ApiError<S>> for poem::Error {
+    fn from(err: ApiError<S>) -> Self {
+        poem::Error::from_response(json_error(err.status, err.message))
+    }
+}
+
+impl<S: ErrorSet> ApiResponse for ApiError<S> {
+    fn meta() -> MetaResponses {
+        let responses = S::STATUSES
+            .iter()
+            .map(|&status| MetaResponse {
+                description: describe(status),
+                status: Some(status),
+                status_range: None,
+                content: vec![MetaMediaType { content_type: "application/json; charset=utf-8", schema: ErrorBody::schema_ref() }],
+                headers: vec![],
+            })
+            .collect();
+        MetaResponses { responses }
+    }
+
+    fn register(registry: &mut Registry) {
+        ErrorBody::register(registry);
+    }
+}
+
+/// Renders any error that reached the top as JSON. Errors from [`ApiError`] already are;
+/// poem's own (unparseable body, missing credentials, unknown route...) get their message.
+pub(crate) async fn render(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    let status = err.status();
+    let message = if err.is::<poem_openapi::error::AuthorizationError>() {
+        "missing credentials: send Authorization: Bearer <access token>".to_owned()
+    } else if status.is_server_error() {
+        tracing::error!(error = %err, "unhandled error");
+        "internal error".to_owned()
+    } else {
+        err.to_string()
+    };
+    json_error(status, message)
+}
+
+/// The answer when a handler panicked: a plain 500, the panic already logged by the hook.
+pub(crate) fn panicked(_panic: Box<dyn Any + Send + 'static>) -> Response {
+    json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}

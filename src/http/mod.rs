@@ -1,0 +1,85 @@
+//! The HTTP layer: poem-openapi operations over the use cases. Handlers are thin: parse,
+//! call one use case, convert. The layer owns its DTOs and maps core errors to statuses in
+//! one place (`error`). Operation ids are `resource_verb`; SDKs generated from the
+//! document see them, so renaming one is a breaking change.
+
+mod auth;
+mod body_limit;
+mod error;
+mod health;
+mod identity;
+
+use poem::listener::Acceptor;
+use poem::middleware::{AddData, CatchPanic, Tracing};
+use poem::{Endpoint, EndpointExt, Route, Server};
+use poem_openapi::{OpenApiService, Tags};
+
+use crate::app::SharedNexus;
+
+pub use error::ErrorBody;
+
+/// The largest request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Accounts, logins and token rotation.
+    Auth,
+    /// The authenticated caller.
+    Me,
+    /// Liveness and readiness probes.
+    Health,
+}
+
+type Apis = (health::HealthApi, identity::AuthApi, identity::MeApi);
+
+/// The OpenAPI service: every operation, with no state attached (handlers read the
+/// shared [`crate::app::Nexus`] from request data).
+pub(crate) fn openapi() -> OpenApiService<Apis, ()> {
+    OpenApiService::new((health::HealthApi, identity::AuthApi, identity::MeApi), "Nexus", env!("CARGO_PKG_VERSION"))
+        .description(
+            "Multi-tenant control plane for Astromesh AI agents. Every failure answers \
+             `{\"error\": \"<message>\"}` with the status that says what went wrong.",
+        )
+}
+
+/// The OpenAPI document as pretty JSON, exactly as committed under `openapi/`.
+pub fn openapi_json() -> String {
+    let mut spec = openapi().spec();
+    spec.push('\n');
+    spec
+}
+
+/// The OpenAPI document as YAML.
+pub fn openapi_yaml() -> String {
+    openapi().spec_yaml()
+}
+
+/// The whole HTTP application: the API, `/openapi.json`, Swagger UI at `/docs`, with the
+/// body limit, JSON errors for everything, panics caught, and an access log.
+pub fn endpoint(nexus: SharedNexus) -> impl Endpoint {
+    let api = openapi();
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .with(AddData::new(nexus))
+        .with(body_limit::BodyLimit::new(BODY_LIMIT))
+        .catch_all_error(error::render)
+        .with(CatchPanic::new().with_handler(error::panicked))
+        .with(Tracing)
+}
+
+/// Serves `nexus` on `acceptor` until `shutdown` resolves, then lets in-flight requests
+/// finish for up to 30 seconds.
+///
+/// # Errors
+/// The I/O error that stopped the server.
+pub async fn serve(acceptor: impl Acceptor + 'static, nexus: SharedNexus, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+    Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(endpoint(nexus), shutdown, Some(SHUTDOWN_GRACE)).await
+}

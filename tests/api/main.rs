@@ -1,0 +1,12 @@
+//! Black-box tests over HTTP: a real Nexus listening on a loopback port, driven by an HTTP
+//! client. Cases that touch the database run on SQLite and on PostgreSQL. One binary, so
+//! the suite links once.
+
+mod support;
+
+mod concurrency;
+mod health;
+mod identity;
+mod input;
+mod openapi_doc;
+mod restart;

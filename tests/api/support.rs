@@ -1,0 +1,157 @@
+//! The harness: start a Nexus on a fresh database, call it, stop it.
+
+use std::time::Duration;
+
+use nexus::config::{LogFormat, ServeConfig};
+use nexus_store_sea_orm::testing::{TestDatabase, fresh_postgres, fresh_sqlite};
+use poem::listener::{Acceptor, Listener, TcpListener};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Which database a case runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named case (an `async fn(Backend)`) once per backend.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$case(crate::support::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$case(crate::support::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_backends;
+
+/// A fresh database of the backend; `None` when PostgreSQL is unreachable outside CI
+/// (inside CI that panics instead).
+pub async fn database(backend: Backend) -> Option<TestDatabase> {
+    match backend {
+        Backend::Sqlite => Some(fresh_sqlite()),
+        Backend::Postgres => fresh_postgres().await,
+    }
+}
+
+/// Configuration for a test server on `database_url`.
+pub fn config(database_url: &str) -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: database_url.to_owned(),
+        jwt_secret: None,
+        access_ttl: Duration::from_secs(15 * 60).into(),
+        refresh_ttl: Duration::from_secs(30 * 24 * 3600).into(),
+        hash_concurrency: None,
+        log: "warn".to_owned(),
+        log_format: LogFormat::Text,
+    }
+}
+
+/// A running Nexus.
+pub struct Server {
+    pub base: String,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// An answer: status and JSON body (`Value::Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `error` message, asserting the body has the `{"error": "..."}` shape.
+    pub fn error(&self) -> &str {
+        let message = self.body.get("error").and_then(Value::as_str).unwrap_or_else(|| panic!("no error message in {self:?}"));
+        assert!(!message.is_empty());
+        message
+    }
+
+    /// A string field of the body.
+    pub fn str(&self, field: &str) -> String {
+        self.body[field].as_str().unwrap_or_else(|| panic!("no string {field} in {self:?}")).to_owned()
+    }
+}
+
+impl Server {
+    /// Starts a Nexus with `config`.
+    pub async fn start(config: ServeConfig) -> Self {
+        let nexus = nexus::bootstrap::build(&config).await.expect("nexus starts");
+        let acceptor = TcpListener::bind(config.listen).into_acceptor().await.expect("bind");
+        let port = acceptor.local_addr()[0].as_socket_addr().expect("tcp").port();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(nexus::http::serve(acceptor, nexus, async move {
+            let _ = stopped.await;
+        }));
+        Self { base: format!("http://127.0.0.1:{port}"), client: reqwest::Client::new(), stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops it gracefully and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server stopped cleanly");
+        }
+    }
+
+    /// Sends a request; `body` goes as JSON unless it is a string (then raw, with `content_type`).
+    pub async fn send(&self, method: Method, path: &str, bearer: Option<&str>, content_type: Option<&str>, body: Option<Vec<u8>>) -> Answer {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body read");
+        Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.send(Method::POST, path, None, Some("application/json"), Some(body.to_string().into_bytes())).await
+    }
+
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> Answer {
+        self.send(Method::GET, path, bearer, None, None).await
+    }
+
+    /// Registers `email` with a valid password; asserts 201 and returns the answer.
+    pub async fn register(&self, email: &str) -> Answer {
+        let answer = self.post("/auth/register", &json!({"email": email, "password": PASSWORD, "displayName": "Tester"})).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+        answer
+    }
+}
+
+/// The password every test user registers with.
+pub const PASSWORD: &str = "a-strong-password";
+
+/// Starts a server on a fresh database of `backend`, runs `case`, stops it and drops the
+/// database. Skips (returns) when PostgreSQL is unreachable outside CI.
+pub async fn with_server<F: AsyncFnOnce(&Server)>(backend: Backend, case: F) {
+    let Some(db) = database(backend).await else { return };
+    let server = Server::start(config(&db.url)).await;
+    case(&server).await;
+    server.stop().await;
+    db.drop_database().await;
+}
