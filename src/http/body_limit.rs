@@ -1,11 +1,24 @@
 //! Caps request bodies. A declared `Content-Length` over the limit is refused before any
-//! byte is read; a body without one (chunked) is read up to the limit and refused past it.
+//! byte is kept; a body without one (chunked) is read up to the limit and refused past it.
 //! poem's `SizeLimit` would answer 411 to every request without `Content-Length`.
+//!
+//! Most HTTP/1.1 clients read no answer before they have sent their whole body, so a
+//! refusal is only seen if the body is consumed: a moderately oversized body (up to
+//! [`DRAIN_MAX`], within [`DRAIN_TIMEOUT`]) is read and thrown away first. Anything larger
+//! is refused at once with `Connection: close`, since the connection is then unusable.
 
-use poem::http::{StatusCode, header};
+use std::time::Duration;
+
+use poem::http::{HeaderValue, StatusCode, header};
 use poem::{Body, Endpoint, Middleware, Request, Result};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::error::json_error;
+
+/// The most bytes of a refused body read and thrown away.
+const DRAIN_MAX: u64 = 8 * 1024 * 1024;
+/// The longest time spent throwing a refused body away.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct BodyLimit {
     limit: usize,
@@ -30,33 +43,48 @@ pub(crate) struct BodyLimitEndpoint<E> {
     limit: usize,
 }
 
+/// Reads and discards up to `max` bytes; whether the body ended within that and in time.
+async fn drain(reader: impl AsyncRead + Unpin, max: u64) -> bool {
+    let mut bounded = reader.take(max + 1);
+    let copied = tokio::time::timeout(DRAIN_TIMEOUT, tokio::io::copy(&mut bounded, &mut tokio::io::sink())).await;
+    matches!(copied, Ok(Ok(n)) if n <= max)
+}
+
 impl<E: Endpoint> BodyLimitEndpoint<E> {
-    fn too_large(&self) -> poem::Error {
-        poem::Error::from_response(json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {} bytes", self.limit)))
+    fn too_large(&self, drained: bool) -> poem::Error {
+        let mut response = json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {} bytes", self.limit));
+        if !drained {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        poem::Error::from_response(response)
     }
+}
+
+fn declared_length(req: &Request) -> Result<Option<u64>> {
+    let Some(value) = req.headers().get(header::CONTENT_LENGTH) else { return Ok(None) };
+    let length = value.to_str().ok().and_then(|text| text.parse::<u64>().ok());
+    length.map(Some).ok_or_else(|| poem::Error::from_response(json_error(StatusCode::BAD_REQUEST, "malformed Content-Length")))
 }
 
 impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
     type Output = E::Output;
 
     async fn call(&self, mut req: Request) -> Result<Self::Output> {
-        match req.headers().get(header::CONTENT_LENGTH) {
-            Some(declared) => {
-                let declared = declared
-                    .to_str()
-                    .ok()
-                    .and_then(|text| text.parse::<u64>().ok())
-                    .ok_or_else(|| poem::Error::from_response(json_error(StatusCode::BAD_REQUEST, "malformed Content-Length")))?;
-                if declared > self.limit as u64 {
-                    return Err(self.too_large());
-                }
+        let limit = self.limit as u64;
+        match declared_length(&req)? {
+            Some(declared) if declared > limit => {
+                let drained = declared <= DRAIN_MAX && drain(req.take_body().into_async_read(), declared).await;
+                return Err(self.too_large(drained));
             }
+            Some(_) => {}
             None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
-                let bytes = req.take_body().into_bytes_limit(self.limit).await.map_err(|err| match err {
-                    poem::error::ReadBodyError::PayloadTooLarge => self.too_large(),
-                    other => other.into(),
-                })?;
-                req.set_body(Body::from_bytes(bytes));
+                let mut reader = req.take_body().into_async_read();
+                let mut kept = Vec::new();
+                (&mut reader).take(limit + 1).read_to_end(&mut kept).await.map_err(|err| poem::Error::from_string(format!("cannot read the request body: {err}"), StatusCode::BAD_REQUEST))?;
+                if kept.len() as u64 > limit {
+                    return Err(self.too_large(drain(reader, DRAIN_MAX).await));
+                }
+                req.set_body(Body::from_vec(kept));
             }
             None => {}
         }

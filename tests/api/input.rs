@@ -62,3 +62,45 @@ async fn bad_requests_get_their_4xx(backend: Backend) {
     })
     .await;
 }
+
+/// Writes a raw HTTP/1.1 request and reads until the server has answered and closed.
+async fn raw_exchange(server: &Server, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let _ = stream.write_all(body).await; // the server may stop reading early
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the server neither answered nor closed");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn huge_declared_bodies_are_refused_at_once_and_chunked_ones_past_the_limit() {
+    with_server(Backend::Sqlite, async |server: &Server| {
+        let huge = "POST /auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n";
+        let answer = raw_exchange(server, huge, b"{\"email\":").await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+        assert!(answer.contains("request body exceeds 1048576 bytes"), "{answer}");
+
+        let chunked = "POST /auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        let mut body = Vec::new();
+        for _ in 0..20 {
+            body.extend_from_slice(format!("{:x}\r\n", 100_000).as_bytes());
+            body.extend(std::iter::repeat_n(b' ', 100_000));
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        let answer = raw_exchange(server, chunked, &body).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+        // A small chunked body within the limit is read as usual.
+        let json = br#"{"email":"chunky@example.com","password":"a-strong-password"}"#;
+        let small = format!("{:x}\r\n{}\r\n0\r\n\r\n", json.len(), String::from_utf8_lossy(json));
+        let answer = raw_exchange(server, chunked, small.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    })
+    .await;
+}
