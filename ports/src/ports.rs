@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::Error;
 use crate::Result;
 use crate::identity::{Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
+use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
 use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
 
 /// Users and their credentials.
@@ -48,6 +49,75 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
 
     /// Revokes every live token of a family; returns how many it revoked.
     async fn revoke_family(&self, family: &FamilyId, now: DateTime<Utc>) -> Result<u64>;
+}
+
+/// Tenants and who owns them.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait TenantStore: Send + Sync + 'static {
+    /// Stores a new tenant.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when the id is taken; [`Error::NotFound`] when its owner
+    /// does not exist.
+    async fn insert_tenant(&self, tenant: &Tenant) -> Result<()>;
+
+    /// The tenant with this id, if any.
+    async fn find_tenant(&self, id: &TenantId) -> Result<Option<Tenant>>;
+
+    /// The tenants a user owns, oldest first.
+    async fn list_tenants_of(&self, owner: &UserId) -> Result<Vec<Tenant>>;
+
+    /// Every tenant, oldest first (to re-apply them to the cluster at start-up).
+    async fn list_all_tenants(&self) -> Result<Vec<Tenant>>;
+
+    /// Deletes a tenant and, in the same step, its API keys; whether it existed.
+    async fn delete_tenant(&self, id: &TenantId) -> Result<bool>;
+}
+
+/// Tenant-scoped API keys, by digest.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync + 'static {
+    /// Stores a new key.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when the digest is stored already; [`Error::NotFound`] when
+    /// its tenant does not exist.
+    async fn insert_key(&self, key: &ApiKey) -> Result<()>;
+
+    /// The key with this digest and its tenant, in one indexed lookup.
+    async fn find_key(&self, digest: &SecretDigest) -> Result<Option<(ApiKey, Tenant)>>;
+
+    /// A tenant's keys, oldest first.
+    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKey>>;
+
+    /// Deletes a key of the tenant; whether it existed there.
+    async fn delete_key(&self, tenant: &TenantId, digest: &SecretDigest) -> Result<bool>;
+
+    /// Records when keys were last used, keeping the later time where one is stored already.
+    /// Keys that no longer exist are passed over.
+    async fn record_key_usage(&self, usage: &[(SecretDigest, DateTime<Utc>)]) -> Result<()>;
+}
+
+/// The cluster that runs tenants' nodes and agents (in memory, or Kubernetes).
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait ClusterBackend: Send + Sync + 'static {
+    /// Makes the tenant's namespace and node exist; applying it again changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the cluster cannot be reached.
+    async fn provision_tenant(&self, tenant: &Tenant) -> Result<TenantStatus>;
+
+    /// What the cluster has of the tenant; [`TenantStatus::pending`] when nothing.
+    async fn tenant_status(&self, id: &TenantId) -> Result<TenantStatus>;
+
+    /// Removes the tenant's namespace and node; removing an absent tenant succeeds.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the cluster cannot be reached.
+    async fn deprovision_tenant(&self, id: &TenantId) -> Result<()>;
 }
 
 /// Server-wide settings that must survive restarts and be shared by every replica.

@@ -6,7 +6,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::identity::DisplayName;
+use crate::identity::{DisplayName, MAX_DISPLAY_NAME_CHARS, UserId};
 use crate::tokens::SecretDigest;
 use crate::{Error, Result};
 
@@ -100,10 +100,58 @@ pub enum TenantPhase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
     pub id: TenantId,
+    /// The user who created it and alone manages it.
+    pub owner: UserId,
     pub display_name: DisplayName,
     pub node_profile: NodeProfile,
+    /// Quota: how many agents it may run.
     pub max_agents: u32,
     pub created_at: DateTime<Utc>,
+}
+
+/// What the cluster reports of a tenant's runtime resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantStatus {
+    pub phase: TenantPhase,
+    /// The namespace holding its resources, once provisioned.
+    pub namespace: Option<String>,
+    /// Where its astromesh-node answers, once provisioned.
+    pub node_endpoint: Option<String>,
+    /// Why it is in `Error`, if it is.
+    pub message: Option<String>,
+}
+
+impl TenantStatus {
+    /// Not provisioned (yet).
+    pub fn pending() -> Self {
+        Self { phase: TenantPhase::Pending, namespace: None, node_endpoint: None, message: None }
+    }
+}
+
+/// A tenant-scoped API key's label: trimmed, 1 to 100 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLabel(String);
+
+impl KeyLabel {
+    /// Validates a label.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] when it is blank, too long or holds control characters.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let label = raw.trim();
+        if label.is_empty() {
+            return Err(Error::invalid("label must not be blank"));
+        }
+        if label.chars().count() > MAX_DISPLAY_NAME_CHARS || label.chars().any(char::is_control) {
+            return Err(Error::invalid(format!("label must be at most {MAX_DISPLAY_NAME_CHARS} characters, without control characters")));
+        }
+        Ok(Self(label.to_owned()))
+    }
+
+    /// The label.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// A tenant-scoped API key as stored: its digest and label, never its value.
@@ -111,7 +159,7 @@ pub struct Tenant {
 pub struct ApiKey {
     pub digest: SecretDigest,
     pub tenant_id: TenantId,
-    pub label: String,
+    pub label: KeyLabel,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
 }
@@ -126,6 +174,13 @@ mod tests {
         assert_eq!(TenantId::parse(&id.to_string()).unwrap(), id);
         assert!(id.cr_name().starts_with("tenant-") && id.cr_name().len() == 43);
         assert!(TenantId::parse("usr_00").is_err());
+    }
+
+    #[test]
+    fn key_labels_are_trimmed_and_bounded() {
+        assert_eq!(KeyLabel::parse(" ci ").unwrap().as_str(), "ci");
+        assert!(KeyLabel::parse("").is_err());
+        assert!(KeyLabel::parse(&"k".repeat(101)).is_err());
     }
 
     #[test]

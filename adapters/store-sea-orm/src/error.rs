@@ -10,8 +10,10 @@ pub(crate) const UNAVAILABLE: &str = "the database is unavailable";
 
 /// Translates a database error; `what` names the thing for an `AlreadyExists` message.
 pub(crate) fn translate(err: DbErr, what: &str) -> Error {
-    if let Some(SqlErr::UniqueConstraintViolation(_)) = err.sql_err() {
-        return Error::AlreadyExists(format!("{what} already exists"));
+    match err.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => return Error::AlreadyExists(format!("{what} already exists")),
+        Some(SqlErr::ForeignKeyConstraintViolation(_)) => return Error::NotFound(format!("{what} refers to a record that does not exist")),
+        _ => {}
     }
     if is_outage(&err) {
         tracing::warn!(error = %err, "database unavailable");

@@ -2,11 +2,13 @@
 //! run when a [`SqlStore`] connects; driver errors become core errors inside this crate.
 #![forbid(unsafe_code)]
 
+mod api_keys;
 mod entity;
 mod error;
 mod migration;
 mod refresh_tokens;
 mod settings;
+mod tenants;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod users;

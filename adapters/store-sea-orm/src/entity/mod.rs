@@ -1,6 +1,8 @@
 //! sea-orm entities: the rows as stored. Converted to and from domain types only in the
 //! store modules beside them.
 
+pub(crate) mod api_keys;
 pub(crate) mod refresh_tokens;
 pub(crate) mod settings;
+pub(crate) mod tenants;
 pub(crate) mod users;

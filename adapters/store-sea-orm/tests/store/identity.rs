@@ -1,5 +1,4 @@
-//! The store ports against real databases: every case runs on a fresh SQLite file and on a
-//! fresh PostgreSQL database (skipped when PostgreSQL is unreachable, unless `CI` is set).
+//! Users, refresh tokens, settings, migrations and health.
 
 use chrono::{Duration, Utc};
 use nexus_ports::Error;
@@ -7,34 +6,12 @@ use nexus_ports::identity::{DisplayName, Email, NewUser, PasswordHash, User, Use
 use nexus_ports::ports::{HealthCheck, RefreshTokenStore, SettingsStore, UserStore};
 use nexus_ports::tokens::{FamilyId, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
 use nexus_store_sea_orm::SqlStore;
-use nexus_store_sea_orm::testing::{TestDatabase, fresh_postgres, fresh_sqlite};
 
-/// Runs `case` once on SQLite and once on PostgreSQL, each on a database of its own.
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::run(super::fresh_sqlite(), super::$case).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = super::fresh_postgres().await {
-                    super::run(db, super::$case).await;
-                }
-            }
-        }
-    )*};
-}
+use crate::on_both_backends;
 
 on_both_backends!(users_are_unique_by_email, rotation_has_one_winner_and_detects_reuse, rotation_refuses_unknown_and_expired, racing_rotations_across_pools_have_one_winner, settings_keep_the_first_value, migrations_are_idempotent_and_health_answers);
 
-async fn run<F: AsyncFnOnce(&str)>(db: TestDatabase, case: F) {
-    case(&db.url).await;
-    db.drop_database().await;
-}
-
-fn new_user(email: &str) -> NewUser {
+pub(crate) fn new_user(email: &str) -> NewUser {
     NewUser {
         user: User { id: UserId::generate(), email: Email::parse(email).unwrap(), display_name: DisplayName::parse("Ada").unwrap(), created_at: Utc::now() },
         password_hash: PasswordHash::from_phc("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),

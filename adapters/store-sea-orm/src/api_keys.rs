@@ -1,0 +1,87 @@
+//! [`ApiKeyStore`] on the `api_keys` table. Authentication looks a key up by its digest
+//! (the primary key) joined with its tenant: one indexed query, no password hash.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use nexus_ports::ports::ApiKeyStore;
+use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId};
+use nexus_ports::tokens::SecretDigest;
+use nexus_ports::{Error, Result};
+use sea_orm::sea_query::{Condition, Expr};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+
+use crate::entity::{api_keys, tenants};
+use crate::error::{db, translate};
+use crate::tenants::tenant;
+use crate::SqlStore;
+
+fn key(row: api_keys::Model) -> Result<ApiKey> {
+    Ok(ApiKey {
+        digest: SecretDigest::from_hex(&row.digest).map_err(|_| Error::Internal(format!("stored key digest {:?} is not hex", row.digest)))?,
+        tenant_id: TenantId::from_uuid(row.tenant_id),
+        label: KeyLabel::parse(&row.label)?,
+        created_at: row.created_at,
+        last_used_at: row.last_used_at,
+    })
+}
+
+#[async_trait]
+impl ApiKeyStore for SqlStore {
+    async fn insert_key(&self, k: &ApiKey) -> Result<()> {
+        let row = api_keys::ActiveModel {
+            digest: Set(k.digest.to_hex()),
+            tenant_id: Set(k.tenant_id.as_uuid()),
+            label: Set(k.label.as_str().to_owned()),
+            created_at: Set(k.created_at),
+            last_used_at: Set(k.last_used_at),
+        };
+        api_keys::Entity::insert(row).exec_without_returning(&self.db).await.map_err(|e| translate(e, "API key"))?;
+        Ok(())
+    }
+
+    async fn find_key(&self, digest: &SecretDigest) -> Result<Option<(ApiKey, Tenant)>> {
+        let found = api_keys::Entity::find_by_id(digest.to_hex()).find_also_related(tenants::Entity).one(&self.db).await.map_err(db)?;
+        match found {
+            Some((k, Some(t))) => Ok(Some((key(k)?, tenant(t)?))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKey>> {
+        let rows = api_keys::Entity::find()
+            .filter(api_keys::Column::TenantId.eq(tenant.as_uuid()))
+            .order_by_asc(api_keys::Column::CreatedAt)
+            .order_by_asc(api_keys::Column::Digest)
+            .all(&self.db)
+            .await
+            .map_err(db)?;
+        rows.into_iter().map(key).collect()
+    }
+
+    async fn delete_key(&self, tenant: &TenantId, digest: &SecretDigest) -> Result<bool> {
+        let deleted = api_keys::Entity::delete_many()
+            .filter(api_keys::Column::TenantId.eq(tenant.as_uuid()))
+            .filter(api_keys::Column::Digest.eq(digest.to_hex()))
+            .exec(&self.db)
+            .await
+            .map_err(db)?;
+        Ok(deleted.rows_affected > 0)
+    }
+
+    async fn record_key_usage(&self, usage: &[(SecretDigest, DateTime<Utc>)]) -> Result<()> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await.map_err(db)?;
+        for (digest, at) in usage {
+            api_keys::Entity::update_many()
+                .col_expr(api_keys::Column::LastUsedAt, Expr::value(*at))
+                .filter(api_keys::Column::Digest.eq(digest.to_hex()))
+                .filter(Condition::any().add(api_keys::Column::LastUsedAt.is_null()).add(api_keys::Column::LastUsedAt.lt(*at)))
+                .exec(&txn)
+                .await
+                .map_err(db)?;
+        }
+        txn.commit().await.map_err(db)
+    }
+}

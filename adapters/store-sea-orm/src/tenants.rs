@@ -1,0 +1,71 @@
+//! [`TenantStore`] on the `tenants` table.
+
+use async_trait::async_trait;
+use nexus_ports::identity::{DisplayName, UserId};
+use nexus_ports::ports::TenantStore;
+use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId};
+use nexus_ports::{Error, Result};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+
+use crate::entity::{api_keys, tenants};
+use crate::error::{db, translate};
+use crate::SqlStore;
+
+/// A stored row as a domain tenant.
+pub(crate) fn tenant(row: tenants::Model) -> Result<Tenant> {
+    Ok(Tenant {
+        id: TenantId::from_uuid(row.id),
+        owner: UserId::from_uuid(row.owner_id),
+        display_name: DisplayName::parse(&row.display_name)?,
+        node_profile: NodeProfile::parse(&row.node_profile)?,
+        max_agents: u32::try_from(row.max_agents).map_err(Error::internal)?,
+        created_at: row.created_at,
+    })
+}
+
+fn tenants(rows: Vec<tenants::Model>) -> Result<Vec<Tenant>> {
+    rows.into_iter().map(tenant).collect()
+}
+
+#[async_trait]
+impl TenantStore for SqlStore {
+    async fn insert_tenant(&self, t: &Tenant) -> Result<()> {
+        let row = tenants::ActiveModel {
+            id: Set(t.id.as_uuid()),
+            owner_id: Set(t.owner.as_uuid()),
+            display_name: Set(t.display_name.as_str().to_owned()),
+            node_profile: Set(t.node_profile.as_str().to_owned()),
+            max_agents: Set(i32::try_from(t.max_agents).map_err(Error::internal)?),
+            created_at: Set(t.created_at),
+        };
+        tenants::Entity::insert(row).exec_without_returning(&self.db).await.map_err(|e| translate(e, "tenant"))?;
+        Ok(())
+    }
+
+    async fn find_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        tenants::Entity::find_by_id(id.as_uuid()).one(&self.db).await.map_err(db)?.map(tenant).transpose()
+    }
+
+    async fn list_tenants_of(&self, owner: &UserId) -> Result<Vec<Tenant>> {
+        let rows = tenants::Entity::find()
+            .filter(tenants::Column::OwnerId.eq(owner.as_uuid()))
+            .order_by_asc(tenants::Column::CreatedAt)
+            .order_by_asc(tenants::Column::Id)
+            .all(&self.db)
+            .await
+            .map_err(db)?;
+        tenants(rows)
+    }
+
+    async fn list_all_tenants(&self) -> Result<Vec<Tenant>> {
+        tenants(tenants::Entity::find().order_by_asc(tenants::Column::CreatedAt).order_by_asc(tenants::Column::Id).all(&self.db).await.map_err(db)?)
+    }
+
+    async fn delete_tenant(&self, id: &TenantId) -> Result<bool> {
+        let txn = self.db.begin().await.map_err(db)?;
+        api_keys::Entity::delete_many().filter(api_keys::Column::TenantId.eq(id.as_uuid())).exec(&txn).await.map_err(db)?;
+        let deleted = tenants::Entity::delete_by_id(id.as_uuid()).exec(&txn).await.map_err(db)?.rows_affected;
+        txn.commit().await.map_err(db)?;
+        Ok(deleted > 0)
+    }
+}
