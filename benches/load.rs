@@ -81,6 +81,9 @@ async fn main() {
         access_ttl: Duration::from_secs(3600).into(),
         refresh_ttl: Duration::from_secs(86400).into(),
         hash_concurrency: None,
+        cluster: nexus::config::ClusterKind::Memory,
+        node_url: "http://127.0.0.1:8000".into(),
+        max_agents: 50,
         log: "error".into(),
         log_format: LogFormat::Text,
     };

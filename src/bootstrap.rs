@@ -1,16 +1,18 @@
 //! The composition root: builds the adapters the configuration names and wires them into
 //! the use cases. The only module that sees every adapter.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use nexus_cluster_memory::MemoryCluster;
 use nexus_crypto::{Argon2Hasher, JwtAccessTokens, OsSecrets};
-use nexus_ports::ports::{Clock, HealthCheck, SecretGenerator, SettingsStore};
+use nexus_ports::ports::{AccessTokens, ClusterBackend, Clock, HealthCheck, SecretGenerator, SettingsStore};
 use nexus_ports::{Error, Result};
 use nexus_store_sea_orm::SqlStore;
 
-use crate::app::{IdentityService, Nexus, Readiness, SharedNexus};
-use crate::config::ServeConfig;
+use crate::app::key_usage::FLUSH_EVERY;
+use crate::app::{AccessService, IdentityService, KeyUsage, Nexus, Readiness, SharedNexus, TenancyService};
+use crate::config::{ClusterKind, ServeConfig};
 
 /// Settings key of the generated JWT secret.
 const JWT_SECRET_KEY: &str = "jwt_secret";
@@ -26,40 +28,45 @@ impl Clock for SystemClock {
     }
 }
 
-/// Connects the store (running its migrations) and wires every use case.
+/// The configured signing secret, or the one generated once and kept in the database.
+async fn jwt_secret(config: &ServeConfig, store: &SqlStore) -> Result<String> {
+    if let Some(secret) = &config.jwt_secret {
+        return Ok(secret.clone());
+    }
+    tracing::warn!("NEXUS_JWT_SECRET is not set: signing tokens with a generated secret kept in the database");
+    let candidate = OsSecrets.generate("")?;
+    store.get_or_insert_setting(JWT_SECRET_KEY, candidate.expose()).await
+}
+
+fn lifetime(value: humantime::Duration, name: &str) -> Result<chrono::Duration> {
+    chrono::Duration::from_std(*value).ok().filter(|d| *d > chrono::Duration::zero()).ok_or_else(|| Error::invalid(format!("{name} must be positive and below 100 years")))
+}
+
+/// Connects the store (running its migrations), builds the cluster backend, wires every
+/// use case, re-applies stored tenants to the cluster and starts the background tasks.
 ///
 /// # Errors
 /// [`Error::Unavailable`] when the database cannot be reached; [`Error::InvalidRequest`]
 /// for configuration that cannot work (a short JWT secret, a zero lifetime).
 pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
-    let store = SqlStore::connect(&config.database_url).await?;
-    let secret = match &config.jwt_secret {
-        Some(secret) => secret.clone(),
-        None => {
-            tracing::warn!("NEXUS_JWT_SECRET is not set: signing tokens with a generated secret kept in the database");
-            let candidate = OsSecrets.generate("")?;
-            store.get_or_insert_setting(JWT_SECRET_KEY, candidate.expose()).await?
-        }
-    };
-    let access_ttl = chrono::Duration::from_std(*config.access_ttl).map_err(|_| Error::invalid("NEXUS_ACCESS_TTL is too long"))?;
-    let refresh_ttl = chrono::Duration::from_std(*config.refresh_ttl).map_err(|_| Error::invalid("NEXUS_REFRESH_TTL is too long"))?;
-    if refresh_ttl <= chrono::Duration::zero() {
-        return Err(Error::invalid("NEXUS_REFRESH_TTL must be positive"));
-    }
+    let (access_ttl, refresh_ttl) = (lifetime(config.access_ttl, "NEXUS_ACCESS_TTL")?, lifetime(config.refresh_ttl, "NEXUS_REFRESH_TTL")?);
+    let store = Arc::new(SqlStore::connect(&config.database_url).await?);
+    let access_tokens: Arc<dyn AccessTokens> = Arc::new(JwtAccessTokens::new(jwt_secret(config, &store).await?.as_bytes(), access_ttl)?);
     let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let hasher = Argon2Hasher::new(hash_concurrency)?;
-    let access_tokens = JwtAccessTokens::new(secret.as_bytes(), access_ttl)?;
+    let cluster = match config.cluster {
+        ClusterKind::Memory => Arc::new(MemoryCluster::new(config.node_url.clone())),
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let secrets: Arc<dyn SecretGenerator> = Arc::new(OsSecrets);
+    let key_usage = Arc::new(KeyUsage::new(store.clone()));
 
-    let store = Arc::new(store);
-    let identity = IdentityService::new(
-        store.clone(),
-        store.clone(),
-        Arc::new(hasher),
-        Arc::new(access_tokens),
-        Arc::new(OsSecrets),
-        Arc::new(SystemClock),
-        refresh_ttl,
-    );
-    let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>]);
-    Ok(Arc::new(Nexus { identity, readiness }))
+    let identity = IdentityService::new(store.clone(), store.clone(), Arc::new(Argon2Hasher::new(hash_concurrency)?), access_tokens.clone(), secrets.clone(), clock.clone(), refresh_ttl);
+    let access = AccessService::new(access_tokens, store.clone(), store.clone(), clock.clone(), key_usage.clone());
+    let tenancy = TenancyService::new(store.clone(), store.clone(), cluster.clone() as Arc<dyn ClusterBackend>, secrets, clock, key_usage.clone(), config.max_agents);
+    let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster as Arc<dyn HealthCheck>]);
+
+    let reapplied = tenancy.reapply_all().await?;
+    tracing::info!(tenants = reapplied, "stored tenants applied to the cluster");
+    let flusher = tokio::spawn(key_usage.clone().run(FLUSH_EVERY));
+    Ok(Arc::new(Nexus { identity, access, tenancy, readiness, key_usage, background: Mutex::new(vec![flusher]) }))
 }

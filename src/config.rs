@@ -55,6 +55,19 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_HASH_CONCURRENCY", global = true)]
     pub hash_concurrency: Option<usize>,
 
+    /// Where tenants' nodes and agents run. `memory`: in this process, for local
+    /// development and tests.
+    #[arg(long, env = "NEXUS_CLUSTER", value_enum, default_value = "memory", global = true)]
+    pub cluster: ClusterKind,
+
+    /// The astromesh-node every tenant uses with the in-memory cluster.
+    #[arg(long, env = "NEXUS_NODE_URL", default_value = "http://127.0.0.1:8000", global = true)]
+    pub node_url: String,
+
+    /// How many agents a new tenant may run.
+    #[arg(long, env = "NEXUS_MAX_AGENTS", default_value_t = 50, global = true)]
+    pub max_agents: u32,
+
     /// Log filter, in `tracing` syntax (`info`, `nexus=debug,info`...).
     #[arg(long, env = "NEXUS_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -62,6 +75,12 @@ pub struct ServeConfig {
     /// Log format.
     #[arg(long, env = "NEXUS_LOG_FORMAT", value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
+}
+
+/// Which cluster backend runs tenants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterKind {
+    Memory,
 }
 
 /// How log lines are written.

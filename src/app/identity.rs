@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use nexus_ports::identity::{DisplayName, Email, NewUser, Password, User, UserId};
 use nexus_ports::ports::{AccessTokens, Clock, PasswordHasher, RefreshTokenStore, SecretGenerator, UserStore};
-use nexus_ports::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation};
+use nexus_ports::tokens::{AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation};
 use nexus_ports::{Error, Result};
 
 /// Prefix of refresh tokens, so a leaked one is recognisable.
@@ -136,20 +136,12 @@ impl IdentityService {
         }
     }
 
-    /// The verified claims of a bearer access token.
-    ///
-    /// # Errors
-    /// [`Error::Unauthorized`] for any token that is not a live one of ours.
-    pub fn authenticate(&self, bearer: &str) -> Result<AccessClaims> {
-        self.access_tokens.verify(bearer, self.clock.now())
-    }
-
     /// The user an access token was issued to.
     ///
     /// # Errors
     /// [`Error::Unauthorized`] when that user no longer exists.
-    pub async fn current_user(&self, claims: &AccessClaims) -> Result<User> {
-        self.users.find_user(&claims.user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))
+    pub async fn current_user(&self, user_id: &UserId) -> Result<User> {
+        self.users.find_user(user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))
     }
 
     async fn start_session(&self, user: User) -> Result<Session> {

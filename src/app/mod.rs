@@ -1,18 +1,42 @@
 //! The core: use cases written only against the ports, split by resource. Nothing here
 //! knows HTTP, SQL or a framework; the HTTP layer calls these and converts the results.
 
+pub mod access;
 pub mod health;
 pub mod identity;
+pub mod key_usage;
+pub mod tenancy;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+pub use access::{AccessService, Credentials, Principal};
 pub use health::{CheckOutcome, Readiness};
 pub use identity::{IdentityService, Registration, Session, TokenPair};
+pub use key_usage::KeyUsage;
+pub use tenancy::{NewKey, TenancyService, TenantState};
 
 /// Every use case of the running service, shared by the HTTP handlers.
 pub struct Nexus {
     pub identity: IdentityService,
+    pub access: AccessService,
+    pub tenancy: TenancyService,
     pub readiness: Readiness,
+    pub key_usage: Arc<KeyUsage>,
+    /// Background tasks, stopped by [`Nexus::shutdown`].
+    pub background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Nexus {
+    /// Stops the background tasks and writes what they had pending.
+    pub async fn shutdown(&self) {
+        let tasks = std::mem::take(&mut *self.background.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for task in tasks {
+            task.abort();
+        }
+        if let Err(err) = self.key_usage.flush().await {
+            tracing::warn!(error = %err, "could not record API key usage at shutdown");
+        }
+    }
 }
 
 /// The handle handlers hold.

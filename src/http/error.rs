@@ -42,8 +42,12 @@ error_sets! {
     RegisterErrors = [400, 409, 413, 415, 500, 503];
     /// Exchanging credentials or a refresh token for tokens.
     CredentialErrors = [400, 401, 413, 415, 500, 503];
-    /// Any operation behind authentication that reads only.
-    AuthenticatedErrors = [401, 500, 503];
+    /// An operation behind authentication without a body.
+    AuthenticatedErrors = [400, 401, 403, 500, 503];
+    /// An operation behind authentication with a JSON body.
+    AuthenticatedWriteErrors = [400, 401, 403, 413, 415, 500, 503];
+    /// An operation behind authentication on one resource that may be missing.
+    AuthenticatedItemErrors = [400, 401, 403, 404, 500, 503];
 }
 
 fn describe(status: u16) -> &'static str {

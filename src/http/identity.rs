@@ -2,14 +2,17 @@
 
 use chrono::{DateTime, Utc};
 use nexus_ports::identity::User;
+use nexus_ports::tenancy::Tenant;
 use poem::web::Data;
+use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Union};
 
 use super::ApiTags;
-use super::auth::BearerAuth;
+use super::auth::Caller;
 use super::error::{ApiError, AuthenticatedErrors, CredentialErrors, RegisterErrors};
-use crate::app::{Registration, Session, SharedNexus, TokenPair};
+use super::text::Text;
+use crate::app::{Principal, Registration, Session, SharedNexus, TokenPair};
 
 /// A new account.
 #[derive(Object)]
@@ -17,27 +20,27 @@ use crate::app::{Registration, Session, SharedNexus, TokenPair};
 struct RegisterRequest {
     /// Compared case-insensitively and stored lower-case.
     #[oai(validator(max_length = 254))]
-    email: String,
+    email: Text,
     /// 8 to 1024 characters.
     #[oai(write_only)]
-    password: String,
+    password: Text,
     /// 1 to 100 characters; defaults to the part of the email before the `@`.
-    display_name: Option<String>,
+    display_name: Option<Text>,
 }
 
 /// Credentials to log in with.
 #[derive(Object)]
 struct LoginRequest {
-    email: String,
+    email: Text,
     #[oai(write_only)]
-    password: String,
+    password: Text,
 }
 
 /// A refresh token to rotate.
 #[derive(Object)]
 #[oai(rename_all = "camelCase")]
 struct RefreshRequest {
-    refresh_token: String,
+    refresh_token: Text,
 }
 
 /// A user, as clients see it.
@@ -106,10 +109,37 @@ enum RegisterResponse {
     Created(Json<AuthSession>),
 }
 
-/// The caller authenticated as a user.
+/// A tenant, as a caller's scope.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct TenantRef {
+    /// `t_` and 32 hex digits.
+    id: String,
+    /// `tenant-<uuid>`.
+    cr_name: String,
+    display_name: String,
+}
+
+impl From<&Tenant> for TenantRef {
+    fn from(tenant: &Tenant) -> Self {
+        Self { id: tenant.id.to_string(), cr_name: tenant.id.cr_name(), display_name: tenant.display_name.as_str().to_owned() }
+    }
+}
+
+/// The caller authenticated as a user by an access token.
 #[derive(Object)]
 struct UserPrincipal {
     user: UserView,
+    /// The tenant named by `X-Tenant-ID`, when the request named one.
+    tenant: Option<TenantRef>,
+}
+
+/// The caller authenticated by a tenant's API key.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct ApiKeyPrincipal {
+    tenant: TenantRef,
+    key_label: String,
 }
 
 /// Who the caller is; `kind` says which credential it presented.
@@ -118,6 +148,8 @@ struct UserPrincipal {
 enum Me {
     #[oai(mapping = "user")]
     User(UserPrincipal),
+    #[oai(mapping = "apiKey")]
+    ApiKey(ApiKeyPrincipal),
 }
 
 pub(crate) struct AuthApi;
@@ -128,7 +160,7 @@ impl AuthApi {
     #[oai(path = "/auth/register", method = "post", operation_id = "auth_register")]
     async fn register(&self, nexus: Data<&SharedNexus>, body: Json<RegisterRequest>) -> Result<RegisterResponse, ApiError<RegisterErrors>> {
         let Json(RegisterRequest { email, password, display_name }) = body;
-        let session = nexus.identity.register(Registration { email, password, display_name }).await?;
+        let session = nexus.identity.register(Registration { email: email.0, password: password.0, display_name: display_name.map(|name| name.0) }).await?;
         Ok(RegisterResponse::Created(Json(session.into())))
     }
 
@@ -136,7 +168,7 @@ impl AuthApi {
     #[oai(path = "/auth/login", method = "post", operation_id = "auth_login")]
     async fn login(&self, nexus: Data<&SharedNexus>, body: Json<LoginRequest>) -> Result<Json<AuthSession>, ApiError<CredentialErrors>> {
         let Json(LoginRequest { email, password }) = body;
-        Ok(Json(nexus.identity.login(&email, password).await?.into()))
+        Ok(Json(nexus.identity.login(&email, password.0).await?.into()))
     }
 
     /// Rotate a refresh token: it is revoked and a new access and refresh token issued.
@@ -152,10 +184,29 @@ pub(crate) struct MeApi;
 
 #[OpenApi(tag = "ApiTags::Me")]
 impl MeApi {
-    /// The caller: the user behind the access token.
+    /// The caller: the user behind an access token (and the tenant its `X-Tenant-ID`
+    /// names, which it must own), or the tenant behind an API key.
     #[oai(path = "/api/v1/me", method = "get", operation_id = "me_get")]
-    async fn me(&self, nexus: Data<&SharedNexus>, auth: BearerAuth) -> Result<Json<Me>, ApiError<AuthenticatedErrors>> {
-        let user = nexus.identity.current_user(&auth.0).await?;
-        Ok(Json(Me::User(UserPrincipal { user: (&user).into() })))
+    async fn me(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+    ) -> Result<Json<Me>, ApiError<AuthenticatedErrors>> {
+        let me = match &caller.0 {
+            Principal::User(user_id) => {
+                let user = nexus.identity.current_user(user_id).await?;
+                let tenant = match tenant_id.0.as_deref() {
+                    Some(named) => Some(TenantRef::from(&nexus.access.tenant_scope(&caller.0, Some(named)).await?)),
+                    None => None,
+                };
+                Me::User(UserPrincipal { user: (&user).into(), tenant })
+            }
+            Principal::ApiKey { key, tenant } => {
+                nexus.access.tenant_scope(&caller.0, tenant_id.0.as_deref()).await?;
+                Me::ApiKey(ApiKeyPrincipal { tenant: tenant.into(), key_label: key.label.as_str().to_owned() })
+            }
+        };
+        Ok(Json(me))
     }
 }

@@ -8,6 +8,8 @@ mod body_limit;
 mod error;
 mod health;
 mod identity;
+mod tenants;
+mod text;
 
 use poem::listener::Acceptor;
 use poem::middleware::{AddData, CatchPanic, Tracing};
@@ -30,16 +32,22 @@ enum ApiTags {
     Auth,
     /// The authenticated caller.
     Me,
+    /// Tenants: the unit of isolation, with a namespace and a node of its own. These routes
+    /// act for a user: they need a user's access token, and refuse API keys with 403.
+    Tenants,
+    /// Tenant-scoped API keys for programmatic clients. Managing them needs a user's access
+    /// token; API keys are refused with 403.
+    Keys,
     /// Liveness and readiness probes.
     Health,
 }
 
-type Apis = (health::HealthApi, identity::AuthApi, identity::MeApi);
+type Apis = (health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi);
 
 /// The OpenAPI service: every operation, with no state attached (handlers read the
 /// shared [`crate::app::Nexus`] from request data).
 pub(crate) fn openapi() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((health::HealthApi, identity::AuthApi, identity::MeApi), "Nexus", env!("CARGO_PKG_VERSION"))
+    OpenApiService::new((health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi), "Nexus", env!("CARGO_PKG_VERSION"))
         .description(
             "Multi-tenant control plane for Astromesh AI agents. Every failure answers \
              `{\"error\": \"<message>\"}` with the status that says what went wrong.",
@@ -75,11 +83,13 @@ pub fn endpoint(nexus: SharedNexus) -> impl Endpoint {
         .with(Tracing)
 }
 
-/// Serves `nexus` on `acceptor` until `shutdown` resolves, then lets in-flight requests
-/// finish for up to 30 seconds.
+/// Serves `nexus` on `acceptor` until `shutdown` resolves, lets in-flight requests finish
+/// for up to 30 seconds, then stops the background tasks (writing what they had pending).
 ///
 /// # Errors
 /// The I/O error that stopped the server.
 pub async fn serve(acceptor: impl Acceptor + 'static, nexus: SharedNexus, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
-    Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(endpoint(nexus), shutdown, Some(SHUTDOWN_GRACE)).await
+    let served = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(endpoint(nexus.clone()), shutdown, Some(SHUTDOWN_GRACE)).await;
+    nexus.shutdown().await;
+    served
 }

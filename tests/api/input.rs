@@ -27,6 +27,8 @@ fn cases() -> Vec<Case> {
         ("missing password", register, Some("application/json"), json(json!({"email": "new@example.com"})), bad),
         ("missing email", register, Some("application/json"), json(json!({"password": PASSWORD})), bad),
         ("email of the wrong type", register, Some("application/json"), json(json!({"email": 42, "password": PASSWORD})), bad),
+        ("password that is a number", register, Some("application/json"), json(json!({"email": "new@example.com", "password": 12345678})), bad),
+        ("display name that is a boolean", register, Some("application/json"), json(json!({"email": "new@example.com", "password": PASSWORD, "displayName": true})), bad),
         ("array body", register, Some("application/json"), json(json!([1, 2])), bad),
         ("malformed JSON", register, Some("application/json"), b"{\"email\":".to_vec(), bad),
         ("empty body", register, Some("application/json"), Vec::new(), bad),

@@ -8,5 +8,7 @@ mod concurrency;
 mod health;
 mod identity;
 mod input;
+mod matrix;
 mod openapi_doc;
 mod restart;
+mod tenancy;

@@ -23,6 +23,12 @@ fn document_describes_every_route_its_security_and_error_bodies() {
         ("/api/v1/me", "get", "me_get"),
         ("/healthz", "get", "health_live"),
         ("/readyz", "get", "health_ready"),
+        ("/api/v1/tenants", "post", "tenant_create"),
+        ("/api/v1/tenants", "get", "tenant_list"),
+        ("/api/v1/tenants/{id}", "delete", "tenant_delete"),
+        ("/api/v1/tenants/{id}/keys", "post", "key_create"),
+        ("/api/v1/tenants/{id}/keys", "get", "key_list"),
+        ("/api/v1/tenants/{id}/keys/{hash}", "delete", "key_revoke"),
     ];
     for (path, method, id) in operations {
         let operation = &doc["paths"][path][method];
@@ -34,8 +40,16 @@ fn document_describes_every_route_its_security_and_error_bodies() {
             }
         }
     }
-    assert_eq!(doc["paths"]["/api/v1/me"]["get"]["security"][0]["bearer"], serde_json::json!([]));
+    // Every /api/v1 operation offers both schemes as alternatives; /me documents X-Tenant-ID.
+    for (path, operations) in doc["paths"].as_object().unwrap().iter().filter(|(p, _)| p.starts_with("/api/v1")) {
+        for (method, operation) in operations.as_object().unwrap() {
+            assert_eq!(operation["security"], serde_json::json!([{"bearer": []}, {"apiKey": []}]), "{method} {path}");
+        }
+    }
+    assert_eq!(doc["paths"]["/api/v1/me"]["get"]["parameters"][0]["name"], "X-Tenant-ID");
+    assert_eq!(doc["paths"]["/api/v1/me"]["get"]["parameters"][0]["in"], "header");
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert_eq!(doc["components"]["securitySchemes"]["apiKey"]["name"], "X-API-Key");
     assert_eq!(doc["paths"]["/auth/register"]["post"]["responses"]["409"]["content"]["application/json; charset=utf-8"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
 }
 

@@ -52,6 +52,9 @@ pub fn config(database_url: &str) -> ServeConfig {
         access_ttl: Duration::from_secs(15 * 60).into(),
         refresh_ttl: Duration::from_secs(30 * 24 * 3600).into(),
         hash_concurrency: None,
+        cluster: nexus::config::ClusterKind::Memory,
+        node_url: "http://127.0.0.1:8000".to_owned(),
+        max_agents: 50,
         log: "warn".to_owned(),
         log_format: LogFormat::Text,
     }
@@ -133,6 +136,41 @@ impl Server {
 
     pub async fn get(&self, path: &str, bearer: Option<&str>) -> Answer {
         self.send(Method::GET, path, bearer, None, None).await
+    }
+
+    /// Sends a request with these headers and an optional JSON body.
+    pub async fn call(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Answer {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body read");
+        Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+    }
+
+    /// Registers `email` and returns its access token.
+    pub async fn user(&self, email: &str) -> String {
+        self.register(email).await.str("accessToken")
+    }
+
+    /// Creates a tenant as the user of `token`; asserts 201 and returns its view.
+    pub async fn tenant(&self, token: &str, name: &str) -> Answer {
+        let answer = self.call(Method::POST, "/api/v1/tenants", &[("authorization", &format!("Bearer {token}"))], Some(&json!({"displayName": name}))).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+        answer
+    }
+
+    /// Creates an API key of the tenant as the user of `token`; asserts 201 and returns its view.
+    pub async fn key(&self, token: &str, tenant: &str, label: &str) -> Answer {
+        let path = format!("/api/v1/tenants/{tenant}/keys");
+        let answer = self.call(Method::POST, &path, &[("authorization", &format!("Bearer {token}"))], Some(&json!({"label": label}))).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+        answer
     }
 
     /// Registers `email` with a valid password; asserts 201 and returns the answer.

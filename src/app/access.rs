@@ -1,0 +1,123 @@
+//! Who is calling, and what they may reach. `authenticate` tries the bearer access token
+//! first; when it is absent or invalid, the API key. A user reaches a tenant it owns by
+//! naming it in `X-Tenant-ID`; an API key reaches its own tenant only.
+
+use std::sync::Arc;
+
+use nexus_ports::identity::UserId;
+use nexus_ports::ports::{AccessTokens, ApiKeyStore, Clock, TenantStore};
+use nexus_ports::tenancy::{ApiKey, Tenant, TenantId};
+use nexus_ports::tokens::SecretDigest;
+use nexus_ports::{Error, Result};
+
+use super::key_usage::KeyUsage;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A user, by access token.
+    User(UserId),
+    /// A tenant, by one of its API keys.
+    ApiKey { key: ApiKey, tenant: Tenant },
+}
+
+/// The credentials a request carried.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Credentials<'a> {
+    /// The token of `Authorization: Bearer <token>`.
+    pub bearer: Option<&'a str>,
+    /// The value of `X-API-Key`.
+    pub api_key: Option<&'a str>,
+}
+
+/// Authentication and authorization.
+pub struct AccessService {
+    tokens: Arc<dyn AccessTokens>,
+    keys: Arc<dyn ApiKeyStore>,
+    tenants: Arc<dyn TenantStore>,
+    clock: Arc<dyn Clock>,
+    usage: Arc<KeyUsage>,
+}
+
+/// The tenant with this id if `user` owns it. A tenant that does not exist is refused
+/// like one of another user's, so ids cannot be probed.
+///
+/// # Errors
+/// [`Error::Forbidden`] unless the user owns the tenant.
+pub(crate) async fn owned_tenant(tenants: &dyn TenantStore, user: &UserId, id: &TenantId) -> Result<Tenant> {
+    match tenants.find_tenant(id).await? {
+        Some(tenant) if tenant.owner == *user => Ok(tenant),
+        _ => Err(Error::Forbidden("you do not own this tenant".to_owned())),
+    }
+}
+
+impl AccessService {
+    /// Wires authentication to its ports.
+    pub fn new(tokens: Arc<dyn AccessTokens>, keys: Arc<dyn ApiKeyStore>, tenants: Arc<dyn TenantStore>, clock: Arc<dyn Clock>, usage: Arc<KeyUsage>) -> Self {
+        Self { tokens, keys, tenants, clock, usage }
+    }
+
+    /// Who the credentials belong to. An API key costs one indexed lookup by its SHA-256
+    /// digest, never a password hash; its use is noted off the request path.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] when neither credential is valid, saying why.
+    pub async fn authenticate(&self, credentials: Credentials<'_>) -> Result<Principal> {
+        let now = self.clock.now();
+        let mut refusal = None;
+        if let Some(token) = credentials.bearer {
+            match self.tokens.verify(token, now) {
+                Ok(claims) => return Ok(Principal::User(claims.user_id)),
+                Err(err) => refusal = Some(err),
+            }
+        }
+        if let Some(raw) = credentials.api_key {
+            let digest = SecretDigest::of(raw);
+            match self.keys.find_key(&digest).await? {
+                Some((key, tenant)) => {
+                    self.usage.record(digest, now);
+                    return Ok(Principal::ApiKey { key, tenant });
+                }
+                None => refusal = Some(Error::unauthorized("invalid or revoked API key")),
+            }
+        }
+        Err(refusal.unwrap_or_else(|| Error::unauthorized("missing credentials: send Authorization: Bearer <access token> or X-API-Key: <key>")))
+    }
+
+    /// The user behind a principal, for routes that act on a user's behalf.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] for an API key.
+    pub fn require_user(principal: &Principal) -> Result<UserId> {
+        match principal {
+            Principal::User(user) => Ok(*user),
+            Principal::ApiKey { .. } => Err(Error::Forbidden("this route acts for a user: send a user's access token (Authorization: Bearer), not an API key".to_owned())),
+        }
+    }
+
+    /// The tenant a request is scoped to: an API key's own tenant, or, for a user, the
+    /// tenant named by `X-Tenant-ID`, which it must own.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] when a user names no tenant or a malformed one;
+    /// [`Error::Forbidden`] when the user does not own it, or an API key's request names
+    /// another tenant.
+    pub async fn tenant_scope(&self, principal: &Principal, tenant_header: Option<&str>) -> Result<Tenant> {
+        match principal {
+            Principal::ApiKey { tenant, .. } => match tenant_header {
+                Some(named) if TenantId::parse(named).ok() != Some(tenant.id) => {
+                    Err(Error::Forbidden("this API key belongs to another tenant than X-Tenant-ID names".to_owned()))
+                }
+                _ => Ok(tenant.clone()),
+            },
+            Principal::User(user) => {
+                let named = tenant_header.ok_or_else(|| Error::invalid("X-Tenant-ID is required with a user access token on tenant-scoped routes"))?;
+                owned_tenant(self.tenants.as_ref(), user, &TenantId::parse(named)?).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "access_tests.rs"]
+mod tests;

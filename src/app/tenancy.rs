@@ -1,0 +1,177 @@
+//! Tenancy use cases: tenants (provisioned on the cluster as they are created) and their
+//! API keys. Every use case acts for a user and checks that it owns the tenant; a tenant
+//! that does not exist is refused like another user's, so ids cannot be probed.
+
+use std::sync::Arc;
+
+use nexus_ports::identity::{DisplayName, UserId};
+use nexus_ports::ports::{ApiKeyStore, Clock, ClusterBackend, SecretGenerator, TenantStore};
+use nexus_ports::tenancy::{ApiKey, KeyLabel, NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
+use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
+use nexus_ports::{Error, Result};
+
+use super::access::owned_tenant;
+use super::key_usage::KeyUsage;
+
+/// Prefix of API keys, so a leaked one is recognisable.
+const KEY_PREFIX: &str = "nxk_";
+
+/// A tenant with what the cluster reports of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantState {
+    pub tenant: Tenant,
+    pub status: TenantStatus,
+}
+
+/// A key just created: its value, shown once, and what is stored of it.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub raw: OpaqueSecret,
+    pub key: ApiKey,
+}
+
+/// The tenancy use cases.
+pub struct TenancyService {
+    tenants: Arc<dyn TenantStore>,
+    keys: Arc<dyn ApiKeyStore>,
+    cluster: Arc<dyn ClusterBackend>,
+    secrets: Arc<dyn SecretGenerator>,
+    clock: Arc<dyn Clock>,
+    usage: Arc<KeyUsage>,
+    max_agents: u32,
+}
+
+impl TenancyService {
+    /// Wires the use cases; new tenants get a quota of `max_agents`.
+    pub fn new(
+        tenants: Arc<dyn TenantStore>,
+        keys: Arc<dyn ApiKeyStore>,
+        cluster: Arc<dyn ClusterBackend>,
+        secrets: Arc<dyn SecretGenerator>,
+        clock: Arc<dyn Clock>,
+        usage: Arc<KeyUsage>,
+        max_agents: u32,
+    ) -> Self {
+        Self { tenants, keys, cluster, secrets, clock, usage, max_agents }
+    }
+
+    /// Creates a tenant owned by `owner` and provisions it. A cluster that fails leaves
+    /// the tenant stored in phase `Error`; it is provisioned again at the next start.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a bad display name or node profile.
+    pub async fn create_tenant(&self, owner: UserId, display_name: &str, node_profile: Option<&str>) -> Result<TenantState> {
+        let tenant = Tenant {
+            id: TenantId::generate(),
+            owner,
+            display_name: DisplayName::parse(display_name)?,
+            node_profile: node_profile.map(NodeProfile::parse).transpose()?.unwrap_or_default(),
+            max_agents: self.max_agents,
+            created_at: self.clock.now(),
+        };
+        self.tenants.insert_tenant(&tenant).await.map_err(|err| match err {
+            Error::NotFound(_) => Error::unauthorized("the user of this token no longer exists"),
+            other => other,
+        })?;
+        tracing::info!(tenant = %tenant.id, owner = %owner, "tenant created");
+        let status = self.provision(&tenant).await;
+        Ok(TenantState { tenant, status })
+    }
+
+    async fn provision(&self, tenant: &Tenant) -> TenantStatus {
+        self.cluster.provision_tenant(tenant).await.unwrap_or_else(|err| {
+            tracing::warn!(tenant = %tenant.id, error = %err, "provisioning failed");
+            TenantStatus { phase: TenantPhase::Error, message: Some(err.to_string()), ..TenantStatus::pending() }
+        })
+    }
+
+    /// The tenants `owner` owns, oldest first.
+    pub async fn list_tenants(&self, owner: &UserId) -> Result<Vec<TenantState>> {
+        let mut states = Vec::new();
+        for tenant in self.tenants.list_tenants_of(owner).await? {
+            let status = self.cluster.tenant_status(&tenant.id).await?;
+            states.push(TenantState { tenant, status });
+        }
+        Ok(states)
+    }
+
+    /// Deprovisions a tenant, then deletes it with its keys.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] unless `owner` owns it; [`Error::Unavailable`] when the cluster
+    /// cannot deprovision it now (the tenant is kept; retry).
+    pub async fn delete_tenant(&self, owner: &UserId, id: &str) -> Result<TenantId> {
+        let tenant = self.owned(owner, id).await?;
+        self.cluster.deprovision_tenant(&tenant.id).await?;
+        for key in self.keys.list_keys(&tenant.id).await? {
+            self.usage.forget(&key.digest);
+        }
+        self.tenants.delete_tenant(&tenant.id).await?;
+        tracing::info!(tenant = %tenant.id, "tenant deleted");
+        Ok(tenant.id)
+    }
+
+    /// Creates an API key for a tenant; its value is returned once and stored only as a digest.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] unless `owner` owns the tenant; [`Error::InvalidRequest`] for a bad label.
+    pub async fn create_key(&self, owner: &UserId, tenant: &str, label: &str) -> Result<NewKey> {
+        let label = KeyLabel::parse(label)?;
+        let tenant = self.owned(owner, tenant).await?;
+        let raw = self.secrets.generate(KEY_PREFIX)?;
+        let key = ApiKey { digest: raw.digest(), tenant_id: tenant.id, label, created_at: self.clock.now(), last_used_at: None };
+        self.keys.insert_key(&key).await?;
+        tracing::info!(tenant = %tenant.id, key = %key.digest, "API key created");
+        Ok(NewKey { raw, key })
+    }
+
+    /// A tenant's keys, oldest first, with their latest use.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] unless `owner` owns the tenant.
+    pub async fn list_keys(&self, owner: &UserId, tenant: &str) -> Result<Vec<ApiKey>> {
+        let tenant = self.owned(owner, tenant).await?;
+        let mut keys = self.keys.list_keys(&tenant.id).await?;
+        for key in &mut keys {
+            key.last_used_at = key.last_used_at.max(self.usage.noted(&key.digest));
+        }
+        Ok(keys)
+    }
+
+    /// Revokes a tenant's key; it stops working at once.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] unless `owner` owns the tenant; [`Error::InvalidRequest`] for a
+    /// malformed hash; [`Error::NotFound`] when the tenant has no such key.
+    pub async fn revoke_key(&self, owner: &UserId, tenant: &str, hash: &str) -> Result<SecretDigest> {
+        let tenant = self.owned(owner, tenant).await?;
+        let digest = SecretDigest::from_hex(hash)?;
+        if !self.keys.delete_key(&tenant.id, &digest).await? {
+            return Err(Error::NotFound("this tenant has no API key with this hash".to_owned()));
+        }
+        self.usage.forget(&digest);
+        tracing::info!(tenant = %tenant.id, key = %digest, "API key revoked");
+        Ok(digest)
+    }
+
+    /// Applies every stored tenant to the cluster again (at start-up: the in-memory cluster
+    /// starts empty, and a real one may have drifted). Returns how many were applied.
+    ///
+    /// # Errors
+    /// What the store answered; cluster failures are logged per tenant.
+    pub async fn reapply_all(&self) -> Result<usize> {
+        let tenants = self.tenants.list_all_tenants().await?;
+        for tenant in &tenants {
+            self.provision(tenant).await;
+        }
+        Ok(tenants.len())
+    }
+
+    async fn owned(&self, owner: &UserId, id: &str) -> Result<Tenant> {
+        owned_tenant(self.tenants.as_ref(), owner, &TenantId::parse(id)?).await
+    }
+}
+
+#[cfg(test)]
+#[path = "tenancy_tests.rs"]
+mod tests;

@@ -1,0 +1,199 @@
+//! `/api/v1/tenants` and their API keys. These act for a user: they take a user's access
+//! token, and an API key is refused with 403.
+
+use chrono::{DateTime, Utc};
+use nexus_ports::tenancy::{ApiKey, TenantPhase};
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+
+use super::ApiTags;
+use super::auth::Caller;
+use super::error::{ApiError, AuthenticatedErrors, AuthenticatedItemErrors, AuthenticatedWriteErrors};
+use super::text::Text;
+use crate::app::{AccessService, NewKey, SharedNexus, TenantState};
+
+/// Where a tenant's provisioning stands.
+#[derive(Enum)]
+pub(crate) enum TenantPhaseView {
+    Pending,
+    Provisioning,
+    Ready,
+    Error,
+}
+
+impl From<TenantPhase> for TenantPhaseView {
+    fn from(phase: TenantPhase) -> Self {
+        match phase {
+            TenantPhase::Pending => Self::Pending,
+            TenantPhase::Provisioning => Self::Provisioning,
+            TenantPhase::Ready => Self::Ready,
+            TenantPhase::Error => Self::Error,
+        }
+    }
+}
+
+/// A new tenant.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct CreateTenantRequest {
+    /// 1 to 100 characters.
+    display_name: Text,
+    /// What its node runs as (`ASTROMESH_ROLE`); defaults to `full`.
+    node_profile: Option<Text>,
+}
+
+/// A tenant.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub(crate) struct TenantView {
+    /// `t_` and 32 hex digits.
+    id: String,
+    /// Its custom resource and namespace name: `tenant-<uuid>`.
+    cr_name: String,
+    display_name: String,
+    node_profile: String,
+    /// How many agents it may run.
+    max_agents: u32,
+    phase: TenantPhaseView,
+    /// Its namespace, once provisioned.
+    namespace: Option<String>,
+    /// Where its astromesh-node answers, once provisioned.
+    node_endpoint: Option<String>,
+    /// Why it is in phase `Error`.
+    message: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<TenantState> for TenantView {
+    fn from(TenantState { tenant, status }: TenantState) -> Self {
+        Self {
+            id: tenant.id.to_string(),
+            cr_name: tenant.id.cr_name(),
+            display_name: tenant.display_name.as_str().to_owned(),
+            node_profile: tenant.node_profile.as_str().to_owned(),
+            max_agents: tenant.max_agents,
+            phase: status.phase.into(),
+            namespace: status.namespace,
+            node_endpoint: status.node_endpoint,
+            message: status.message,
+            created_at: tenant.created_at,
+        }
+    }
+}
+
+/// A new API key.
+#[derive(Object)]
+struct CreateKeyRequest {
+    /// What the key is for, 1 to 100 characters.
+    label: Text,
+}
+
+/// An API key just created. `rawKey` is shown this once: only its hash is stored.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct CreatedKeyView {
+    /// Send it as `X-API-Key`.
+    raw_key: String,
+    label: String,
+    /// SHA-256 of the key, hex: its id for listing and revoking.
+    hash: String,
+    created_at: DateTime<Utc>,
+}
+
+/// An API key, without its value.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct KeyView {
+    /// SHA-256 of the key, hex.
+    hash: String,
+    label: String,
+    created_at: DateTime<Utc>,
+    /// When it last authenticated a request.
+    last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKey> for KeyView {
+    fn from(key: ApiKey) -> Self {
+        Self { hash: key.digest.to_hex(), label: key.label.as_str().to_owned(), created_at: key.created_at, last_used_at: key.last_used_at }
+    }
+}
+
+/// A tenant was deleted.
+#[derive(Object)]
+struct DeletedView {
+    deleted: String,
+}
+
+/// A key was revoked.
+#[derive(Object)]
+struct RevokedView {
+    revoked: String,
+}
+
+#[derive(ApiResponse)]
+enum TenantCreated {
+    /// The tenant was created and provisioning started.
+    #[oai(status = 201)]
+    Created(Json<TenantView>),
+}
+
+#[derive(ApiResponse)]
+enum KeyCreated {
+    /// The key was created; its value is in `rawKey`, this once.
+    #[oai(status = 201)]
+    Created(Json<CreatedKeyView>),
+}
+
+pub(crate) struct TenantApi;
+
+#[OpenApi(tag = "ApiTags::Tenants")]
+impl TenantApi {
+    /// Create a tenant, with its namespace and node.
+    #[oai(path = "/api/v1/tenants", method = "post", operation_id = "tenant_create")]
+    async fn create(&self, nexus: Data<&SharedNexus>, caller: Caller, body: Json<CreateTenantRequest>) -> Result<TenantCreated, ApiError<AuthenticatedWriteErrors>> {
+        let user = AccessService::require_user(&caller.0)?;
+        let state = nexus.tenancy.create_tenant(user, &body.display_name, body.node_profile.as_deref()).await?;
+        Ok(TenantCreated::Created(Json(state.into())))
+    }
+
+    /// The caller's tenants, oldest first.
+    #[oai(path = "/api/v1/tenants", method = "get", operation_id = "tenant_list")]
+    async fn list(&self, nexus: Data<&SharedNexus>, caller: Caller) -> Result<Json<Vec<TenantView>>, ApiError<AuthenticatedErrors>> {
+        let user = AccessService::require_user(&caller.0)?;
+        Ok(Json(nexus.tenancy.list_tenants(&user).await?.into_iter().map(Into::into).collect()))
+    }
+
+    /// Delete a tenant: its node and namespace, its agents and its API keys.
+    #[oai(path = "/api/v1/tenants/:id", method = "delete", operation_id = "tenant_delete")]
+    async fn delete(&self, nexus: Data<&SharedNexus>, caller: Caller, id: Path<String>) -> Result<Json<DeletedView>, ApiError<AuthenticatedErrors>> {
+        let user = AccessService::require_user(&caller.0)?;
+        let deleted = nexus.tenancy.delete_tenant(&user, &id).await?;
+        Ok(Json(DeletedView { deleted: deleted.to_string() }))
+    }
+
+    /// Create an API key for a tenant.
+    #[oai(path = "/api/v1/tenants/:id/keys", method = "post", operation_id = "key_create", tag = "ApiTags::Keys")]
+    async fn create_key(&self, nexus: Data<&SharedNexus>, caller: Caller, id: Path<String>, body: Json<CreateKeyRequest>) -> Result<KeyCreated, ApiError<AuthenticatedWriteErrors>> {
+        let user = AccessService::require_user(&caller.0)?;
+        let NewKey { raw, key } = nexus.tenancy.create_key(&user, &id, &body.label).await?;
+        let view = CreatedKeyView { raw_key: raw.expose().to_owned(), label: key.label.as_str().to_owned(), hash: key.digest.to_hex(), created_at: key.created_at };
+        Ok(KeyCreated::Created(Json(view)))
+    }
+
+    /// A tenant's API keys, without their values.
+    #[oai(path = "/api/v1/tenants/:id/keys", method = "get", operation_id = "key_list", tag = "ApiTags::Keys")]
+    async fn list_keys(&self, nexus: Data<&SharedNexus>, caller: Caller, id: Path<String>) -> Result<Json<Vec<KeyView>>, ApiError<AuthenticatedErrors>> {
+        let user = AccessService::require_user(&caller.0)?;
+        Ok(Json(nexus.tenancy.list_keys(&user, &id).await?.into_iter().map(Into::into).collect()))
+    }
+
+    /// Revoke an API key; it stops working at once.
+    #[oai(path = "/api/v1/tenants/:id/keys/:hash", method = "delete", operation_id = "key_revoke", tag = "ApiTags::Keys")]
+    async fn revoke_key(&self, nexus: Data<&SharedNexus>, caller: Caller, id: Path<String>, hash: Path<String>) -> Result<Json<RevokedView>, ApiError<AuthenticatedItemErrors>> {
+        let user = AccessService::require_user(&caller.0)?;
+        let revoked = nexus.tenancy.revoke_key(&user, &id, &hash).await?;
+        Ok(Json(RevokedView { revoked: revoked.to_hex() }))
+    }
+}

@@ -1,0 +1,111 @@
+//! The authorization matrix: every `/api/v1` route called as each kind of caller, with the
+//! exact status each must get. A route added to the API but not to [`ROWS`] fails
+//! `every_api_route_is_in_the_matrix`, read from the generated OpenAPI document.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{Backend, Server, on_both_backends, with_server};
+
+/// Who calls.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    /// No credentials at all.
+    Nobody,
+    /// A bearer token that is not a token.
+    Garbage,
+    /// Another user's access token.
+    OtherUser,
+    /// An API key of another user's tenant.
+    OtherKey,
+    /// The owner's access token.
+    Owner,
+}
+
+const CALLERS: [Who; 5] = [Who::Nobody, Who::Garbage, Who::OtherUser, Who::OtherKey, Who::Owner];
+
+/// (method, path as in the document, JSON body, expected status per caller in [`CALLERS`] order).
+type Row = (&'static str, &'static str, Option<fn() -> Value>, [u16; 5]);
+
+const ROWS: &[Row] = &[
+    ("GET", "/api/v1/me", None, [401, 401, 200, 200, 200]),
+    ("POST", "/api/v1/tenants", Some(|| json!({"displayName": "matrix"})), [401, 401, 201, 403, 201]),
+    ("GET", "/api/v1/tenants", None, [401, 401, 200, 403, 200]),
+    ("DELETE", "/api/v1/tenants/{id}", None, [401, 401, 403, 403, 200]),
+    ("POST", "/api/v1/tenants/{id}/keys", Some(|| json!({"label": "matrix"})), [401, 401, 403, 403, 201]),
+    ("GET", "/api/v1/tenants/{id}/keys", None, [401, 401, 403, 403, 200]),
+    ("DELETE", "/api/v1/tenants/{id}/keys/{hash}", None, [401, 401, 403, 403, 200]),
+];
+
+/// The owner's tenant and key, and the credentials of everyone else.
+struct World {
+    owner: String,
+    tenant: String,
+    key_hash: String,
+    other_user: String,
+    other_key: String,
+}
+
+impl World {
+    async fn new(server: &Server, row: usize) -> Self {
+        let owner = server.user(&format!("owner{row}@example.com")).await;
+        let other_user = server.user(&format!("other{row}@example.com")).await;
+        let tenant = server.tenant(&owner, "owned").await.str("id");
+        let key_hash = server.key(&owner, &tenant, "owned").await.str("hash");
+        let others = server.tenant(&other_user, "theirs").await.str("id");
+        let other_key = server.key(&other_user, &others, "theirs").await.str("rawKey");
+        Self { owner, tenant, key_hash, other_user, other_key }
+    }
+
+    fn headers(&self, who: Who) -> Vec<(&'static str, String)> {
+        match who {
+            Who::Nobody => vec![],
+            Who::Garbage => vec![("authorization", "Bearer not-a-token".to_owned())],
+            Who::OtherUser => vec![("authorization", format!("Bearer {}", self.other_user))],
+            Who::OtherKey => vec![("x-api-key", self.other_key.clone())],
+            Who::Owner => vec![("authorization", format!("Bearer {}", self.owner))],
+        }
+    }
+
+    fn path(&self, template: &str) -> String {
+        template.replace("{id}", &self.tenant).replace("{hash}", &self.key_hash)
+    }
+}
+
+on_both_backends!(authorization_matrix);
+
+async fn authorization_matrix(backend: Backend) {
+    with_server(backend, async |server: &Server| {
+        for (row, (method, template, body, expected)) in ROWS.iter().enumerate() {
+            // A world per row: the owner's call may delete what the next row needs.
+            let world = World::new(server, row).await;
+            for (who, expected) in CALLERS.into_iter().zip(expected) {
+                let headers = world.headers(who);
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                let method = Method::from_bytes(method.as_bytes()).unwrap();
+                let answer = server.call(method.clone(), &world.path(template), &headers, body.map(|b| b()).as_ref()).await;
+                assert_eq!(answer.status, StatusCode::from_u16(*expected).unwrap(), "{method} {template} as {who:?}: {answer:?}");
+                if !answer.status.is_success() {
+                    answer.error();
+                }
+            }
+        }
+    })
+    .await;
+}
+
+#[test]
+fn every_api_route_is_in_the_matrix() {
+    let doc: Value = serde_json::from_str(&nexus::http::openapi_json()).unwrap();
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(path, _)| path.starts_with("/api/v1"))
+        .flat_map(|(path, operations)| operations.as_object().unwrap().keys().map(move |method| (method.to_uppercase(), path.clone())))
+        .collect();
+    let covered: BTreeSet<(String, String)> = ROWS.iter().map(|(method, path, _, _)| ((*method).to_owned(), (*path).to_owned())).collect();
+    assert_eq!(documented, covered, "every /api/v1 route must have a row in the authorization matrix (tests/api/matrix.rs)");
+}
