@@ -1,5 +1,7 @@
 //! Load benchmark: requests per second and latency of routes of one Nexus on loopback,
 //! each reported as a ratio to `GET /healthz` (the cost of HTTP alone) on the same server.
+//! The API-key row is the cost of tenant authentication: one indexed lookup by digest,
+//! usage noted in memory, no password hash.
 //!
 //! Bounded: every scenario runs for a fixed time with a fixed number of keep-alive
 //! connections, against 127.0.0.1 only. `cargo bench --bench load`; set
@@ -19,6 +21,7 @@ struct Scenario {
     method: reqwest::Method,
     path: &'static str,
     bearer: Option<String>,
+    api_key: Option<String>,
     body: Option<Value>,
 }
 
@@ -41,6 +44,9 @@ async fn run(client: &reqwest::Client, base: &str, scenario: &Scenario, connecti
             let mut request = client.request(scenario.method.clone(), format!("{base}{}", scenario.path));
             if let Some(token) = &scenario.bearer {
                 request = request.bearer_auth(token);
+            }
+            if let Some(key) = &scenario.api_key {
+                request = request.header("x-api-key", key);
             }
             if let Some(body) = &scenario.body {
                 request = request.json(body);
@@ -106,15 +112,24 @@ async fn main() {
         .await
         .expect("session");
     let token = session["accessToken"].as_str().expect("token").to_owned();
+    let created = |path: String, body: Value| {
+        let (client, token) = (&client, &token);
+        async move { client.post(path).bearer_auth(token).json(&body).send().await.expect("create").json::<Value>().await.expect("created") }
+    };
+    let tenant = created(format!("{base}/api/v1/tenants"), json!({"displayName": "bench"})).await;
+    let key = created(format!("{base}/api/v1/tenants/{}/keys", tenant["id"].as_str().expect("tenant id")), json!({"label": "bench"})).await;
+    let api_key = key["rawKey"].as_str().expect("raw key").to_owned();
 
     let scenarios = [
-        Scenario { name: "GET /healthz (no auth)", method: reqwest::Method::GET, path: "/healthz", bearer: None, body: None },
-        Scenario { name: "GET /api/v1/me (JWT)", method: reqwest::Method::GET, path: "/api/v1/me", bearer: Some(token), body: None },
+        Scenario { name: "GET /healthz (no auth)", method: reqwest::Method::GET, path: "/healthz", bearer: None, api_key: None, body: None },
+        Scenario { name: "GET /api/v1/me (API key)", method: reqwest::Method::GET, path: "/api/v1/me", bearer: None, api_key: Some(api_key), body: None },
+        Scenario { name: "GET /api/v1/me (JWT)", method: reqwest::Method::GET, path: "/api/v1/me", bearer: Some(token.clone()), api_key: None, body: None },
         Scenario {
             name: "POST /auth/login (argon2id)",
             method: reqwest::Method::POST,
             path: "/auth/login",
             bearer: None,
+            api_key: None,
             body: Some(json!({"email": "bench@example.com", "password": PASSWORD})),
         },
     ];
@@ -127,7 +142,7 @@ async fn main() {
     }
     // The hasher is bounded and off the async workers: other requests keep flowing while
     // logins saturate it.
-    let (healthz, login) = (&scenarios[0], &scenarios[2]);
+    let (healthz, login) = (&scenarios[0], &scenarios[3]);
     let (during, flood) = tokio::join!(run(&client, &base, healthz, connections, seconds), run(&client, &base, login, connections, seconds));
     let baseline = baseline.unwrap_or(1.0);
     report("GET /healthz during login flood", &during, baseline);

@@ -14,12 +14,12 @@ macro_rules! on_both_backends {
         mod $case {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                crate::run(nexus_store_sea_orm::testing::fresh_sqlite(), super::$case).await;
+                $crate::run(nexus_store_sea_orm::testing::fresh_sqlite(), super::$case).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 if let Some(db) = nexus_store_sea_orm::testing::fresh_postgres().await {
-                    crate::run(db, super::$case).await;
+                    $crate::run(db, super::$case).await;
                 }
             }
         }
