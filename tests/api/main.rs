@@ -11,4 +11,5 @@ mod input;
 mod matrix;
 mod openapi_doc;
 mod restart;
+mod secrets;
 mod tenancy;
