@@ -175,6 +175,25 @@ impl fmt::Debug for PasswordHash {
     }
 }
 
+/// Validates a short human-readable text field (`field` names it in errors): trimmed, 1 to
+/// 100 characters, no control characters.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] when it is blank, too long or holds control characters.
+pub(crate) fn short_text(raw: &str, field: &str) -> Result<String> {
+    let text = raw.trim();
+    if text.is_empty() {
+        return Err(Error::invalid(format!("{field} must not be blank")));
+    }
+    if text.chars().count() > MAX_DISPLAY_NAME_CHARS {
+        return Err(Error::invalid(format!("{field} must be at most {MAX_DISPLAY_NAME_CHARS} characters")));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(Error::invalid(format!("{field} must not contain control characters")));
+    }
+    Ok(text.to_owned())
+}
+
 /// A name to show for a user or a tenant: trimmed, 1 to 100 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayName(String);
@@ -185,17 +204,7 @@ impl DisplayName {
     /// # Errors
     /// [`Error::InvalidRequest`] when it is blank, too long or holds control characters.
     pub fn parse(raw: &str) -> Result<Self> {
-        let name = raw.trim();
-        if name.is_empty() {
-            return Err(Error::invalid("displayName must not be blank"));
-        }
-        if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
-            return Err(Error::invalid(format!("displayName must be at most {MAX_DISPLAY_NAME_CHARS} characters")));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(Error::invalid("displayName must not contain control characters"));
-        }
-        Ok(Self(name.to_owned()))
+        short_text(raw, "displayName").map(Self)
     }
 
     /// The name.

@@ -6,7 +6,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::identity::{DisplayName, MAX_DISPLAY_NAME_CHARS, UserId};
+use crate::identity::{DisplayName, UserId, short_text};
 use crate::tokens::SecretDigest;
 use crate::{Error, Result};
 
@@ -138,14 +138,7 @@ impl KeyLabel {
     /// # Errors
     /// [`Error::InvalidRequest`] when it is blank, too long or holds control characters.
     pub fn parse(raw: &str) -> Result<Self> {
-        let label = raw.trim();
-        if label.is_empty() {
-            return Err(Error::invalid("label must not be blank"));
-        }
-        if label.chars().count() > MAX_DISPLAY_NAME_CHARS || label.chars().any(char::is_control) {
-            return Err(Error::invalid(format!("label must be at most {MAX_DISPLAY_NAME_CHARS} characters, without control characters")));
-        }
-        Ok(Self(label.to_owned()))
+        short_text(raw, "label").map(Self)
     }
 
     /// The label.
@@ -181,6 +174,7 @@ mod tests {
         assert_eq!(KeyLabel::parse(" ci ").unwrap().as_str(), "ci");
         assert!(KeyLabel::parse("").is_err());
         assert!(KeyLabel::parse(&"k".repeat(101)).is_err());
+        assert!(KeyLabel::parse("a\nb").is_err());
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl Server {
         }
     }
 
-    /// Sends a request; `body` goes as JSON unless it is a string (then raw, with `content_type`).
+    /// Sends a raw request: an optional bearer token, content type and body bytes.
     pub async fn send(&self, method: Method, path: &str, bearer: Option<&str>, content_type: Option<&str>, body: Option<Vec<u8>>) -> Answer {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(token) = bearer {
@@ -124,10 +124,7 @@ impl Server {
         if let Some(body) = body {
             request = request.body(body);
         }
-        let response = request.send().await.expect("request sent");
-        let status = response.status();
-        let bytes = response.bytes().await.expect("body read");
-        Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+        answer(request).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
@@ -147,10 +144,7 @@ impl Server {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.expect("request sent");
-        let status = response.status();
-        let bytes = response.bytes().await.expect("body read");
-        Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+        answer(request).await
     }
 
     /// Registers `email` and returns its access token.
@@ -179,6 +173,14 @@ impl Server {
         assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
         answer
     }
+}
+
+/// Sends a request and reads its answer.
+async fn answer(request: reqwest::RequestBuilder) -> Answer {
+    let response = request.send().await.expect("request sent");
+    let status = response.status();
+    let bytes = response.bytes().await.expect("body read");
+    Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
 }
 
 /// The password every test user registers with.
