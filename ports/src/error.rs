@@ -29,12 +29,40 @@ pub enum Error {
     /// The request conflicts with the current state (other than a duplicate).
     #[error("{0}")]
     Conflict(String),
-    /// A dependency (database, cluster, node) cannot be reached right now.
+    /// A dependency of the service itself (database, cluster) cannot be reached right now.
     #[error("{0}")]
     Unavailable(String),
+    /// An upstream the request was relayed to (a tenant's node) failed or cannot be reached.
+    #[error("{0}")]
+    Upstream(String),
+    /// A document fails validation; each problem names its field.
+    #[error("{}", summarise(.0))]
+    InvalidFields(Vec<FieldError>),
     /// A bug or an unexpected failure; the detail is for the log.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// One validation problem of a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path of the field (`metadata.name`, `spec.model.primary.provider`).
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+fn summarise(problems: &[FieldError]) -> String {
+    match problems {
+        [] => "invalid document".to_owned(),
+        [one] => format!("invalid manifest: {}: {}", one.field, one.message),
+        [first, rest @ ..] => format!("invalid manifest: {}: {} (and {} more)", first.field, first.message, rest.len()),
+    }
 }
 
 impl Error {

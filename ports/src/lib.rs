@@ -13,4 +13,4 @@ pub mod ports;
 pub mod tenancy;
 pub mod tokens;
 
-pub use error::{Error, Result};
+pub use error::{Error, FieldError, Result};

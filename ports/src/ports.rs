@@ -10,6 +10,9 @@ use chrono::{DateTime, Utc};
 #[allow(unused_imports)] // named in the docs
 use crate::Error;
 use crate::Result;
+use serde_json::Value;
+
+use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion};
 use crate::identity::{Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
 use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
 use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
@@ -71,7 +74,7 @@ pub trait TenantStore: Send + Sync + 'static {
     /// Every tenant, oldest first (to re-apply them to the cluster at start-up).
     async fn list_all_tenants(&self) -> Result<Vec<Tenant>>;
 
-    /// Deletes a tenant and, in the same step, its API keys; whether it existed.
+    /// Deletes a tenant and, in the same step, its API keys and agents; whether it existed.
     async fn delete_tenant(&self, id: &TenantId) -> Result<bool>;
 }
 
@@ -100,6 +103,69 @@ pub trait ApiKeyStore: Send + Sync + 'static {
     async fn record_key_usage(&self, usage: &[(SecretDigest, DateTime<Utc>)]) -> Result<()>;
 }
 
+/// The agent registry: every tenant's agents with their manifests and version history,
+/// the durable record the cluster is re-applied from.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait AgentStore: Send + Sync + 'static {
+    /// Registers a new agent as version 1, unless the tenant already runs `max_agents`.
+    /// The quota check and the insert are one atomic step.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when the tenant has an agent of that name;
+    /// [`Error::Conflict`] when the quota is reached; [`Error::NotFound`] when the tenant
+    /// does not exist.
+    async fn insert_agent(&self, agent: &Agent, author: &str, max_agents: u32) -> Result<()>;
+
+    /// Replaces an agent's manifest and appends a version; returns the updated agent.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the tenant has no agent of that name.
+    async fn update_agent(&self, tenant: &TenantId, manifest: &AgentManifest, author: &str, at: DateTime<Utc>) -> Result<Agent>;
+
+    /// The tenant's agent of that name, if any.
+    async fn find_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<Agent>>;
+
+    /// The tenant's agents, by name.
+    async fn list_agents(&self, tenant: &TenantId) -> Result<Vec<Agent>>;
+
+    /// Every tenant's agents (to re-apply them to the cluster at start-up).
+    async fn list_all_agents(&self) -> Result<Vec<Agent>>;
+
+    /// Deletes an agent and its history; whether it existed.
+    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<bool>;
+
+    /// An agent's versions, oldest first (empty when there is no such agent).
+    async fn list_versions(&self, tenant: &TenantId, name: &AgentName) -> Result<Vec<AgentVersion>>;
+}
+
+/// A tenant's astromesh-node, reached at its endpoint.
+///
+/// Every method answers [`Error::Upstream`] when the node cannot be reached, times out, or
+/// answers with an error.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait NodeProxy: Send + Sync + 'static {
+    /// Registers (or replaces) an agent: `POST {node}/v1/agents`.
+    async fn register_agent(&self, node: &str, manifest: &Value) -> Result<()>;
+
+    /// Deploys a registered agent: `POST {node}/v1/agents/{name}/deploy`.
+    async fn deploy_agent(&self, node: &str, name: &AgentName) -> Result<()>;
+
+    /// Forgets an agent: `DELETE {node}/v1/agents/{name}`; an agent it does not know is fine.
+    async fn remove_agent(&self, node: &str, name: &AgentName) -> Result<()>;
+
+    /// The node's live view of an agent (its entry in the node's list, with the manifest it
+    /// stores), or `None` when the node does not know it.
+    async fn agent_view(&self, node: &str, name: &AgentName) -> Result<Option<Value>>;
+
+    /// The node's execution traces of an agent, at most `limit`: `GET {node}/v1/traces/`.
+    async fn agent_traces(&self, node: &str, name: &AgentName, limit: u32) -> Result<Value>;
+
+    /// The node's metrics: `GET {node}/v1/metrics/`.
+    async fn node_metrics(&self, node: &str) -> Result<Value>;
+}
+
 /// The cluster that runs tenants' nodes and agents (in memory, or Kubernetes).
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
@@ -113,11 +179,32 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// What the cluster has of the tenant; [`TenantStatus::pending`] when nothing.
     async fn tenant_status(&self, id: &TenantId) -> Result<TenantStatus>;
 
-    /// Removes the tenant's namespace and node; removing an absent tenant succeeds.
+    /// Removes the tenant's namespace and node (and its agent objects); removing an absent
+    /// tenant succeeds.
     ///
     /// # Errors
     /// [`Error::Unavailable`] when the cluster cannot be reached.
     async fn deprovision_tenant(&self, id: &TenantId) -> Result<()>;
+
+    /// Makes the desired agent object exist with this manifest. A new or changed manifest
+    /// bumps its generation, so it is reconciled again; the same one changes nothing.
+    async fn apply_agent(&self, tenant: &TenantId, manifest: &AgentManifest) -> Result<()>;
+
+    /// Asks for the agent object's deletion; it stays, marked `deleting`, until
+    /// [`ClusterBackend::forget_agent`] once the node forgot the agent.
+    async fn request_agent_deletion(&self, tenant: &TenantId, name: &AgentName) -> Result<()>;
+
+    /// The agent object, if any.
+    async fn agent_object(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<AgentObject>>;
+
+    /// Every agent object of every tenant.
+    async fn list_agent_objects(&self) -> Result<Vec<AgentObject>>;
+
+    /// Records what reconciling `observed_generation` of the object found.
+    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()>;
+
+    /// Removes the agent object for good (after its deletion was asked for and handled).
+    async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<()>;
 }
 
 /// Server-wide settings that must survive restarts and be shared by every replica.

@@ -20,6 +20,18 @@ use poem_openapi::{ApiResponse, Object};
 pub struct ErrorBody {
     /// What went wrong, for a person to read.
     pub error: String,
+    /// For a document that fails validation: every problem, with its field.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldProblem>>,
+}
+
+/// One validation problem of a document.
+#[derive(Debug, Object, serde::Serialize)]
+pub struct FieldProblem {
+    /// Dotted path of the field (`metadata.name`, `spec.model.primary.provider`).
+    pub field: String,
+    pub message: String,
 }
 
 /// The statuses an operation documents for its failures.
@@ -68,46 +80,52 @@ fn describe(status: u16) -> &'static str {
 /// A failure of an operation documenting the statuses of `S`.
 pub(crate) struct ApiError<S> {
     status: StatusCode,
-    message: String,
+    body: ErrorBody,
     set: PhantomData<fn() -> S>,
 }
 
-impl<S> ApiError<S> {
-    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), set: PhantomData }
-    }
-}
-
 /// The one mapping of core errors to statuses. Internal details are logged, not sent.
-pub(crate) fn status_of(err: Error) -> (StatusCode, String) {
+pub(crate) fn status_of(err: Error) -> (StatusCode, ErrorBody) {
+    let plain = |status, error| (status, ErrorBody { error, errors: None });
     match err {
-        Error::NotFound(m) => (StatusCode::NOT_FOUND, m),
-        Error::AlreadyExists(m) | Error::Conflict(m) => (StatusCode::CONFLICT, m),
-        Error::InvalidRequest(m) => (StatusCode::BAD_REQUEST, m),
-        Error::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
-        Error::Forbidden(m) => (StatusCode::FORBIDDEN, m),
-        Error::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+        Error::NotFound(m) => plain(StatusCode::NOT_FOUND, m),
+        Error::AlreadyExists(m) | Error::Conflict(m) => plain(StatusCode::CONFLICT, m),
+        Error::InvalidRequest(m) => plain(StatusCode::BAD_REQUEST, m),
+        Error::Unauthorized(m) => plain(StatusCode::UNAUTHORIZED, m),
+        Error::Forbidden(m) => plain(StatusCode::FORBIDDEN, m),
+        Error::Unavailable(m) => plain(StatusCode::SERVICE_UNAVAILABLE, m),
+        Error::Upstream(m) => plain(StatusCode::BAD_GATEWAY, m),
+        invalid @ Error::InvalidFields(_) => {
+            let error = invalid.to_string();
+            let Error::InvalidFields(problems) = invalid else { unreachable!("matched above") };
+            let errors = problems.into_iter().map(|p| FieldProblem { field: p.field, message: p.message }).collect();
+            (StatusCode::BAD_REQUEST, ErrorBody { error, errors: Some(errors) })
+        }
         Error::Internal(detail) => {
             tracing::error!(%detail, "internal error");
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
         }
     }
 }
 
 impl<S> From<Error> for ApiError<S> {
     fn from(err: Error) -> Self {
-        let (status, message) = status_of(err);
-        Self::new(status, message)
+        let (status, body) = status_of(err);
+        Self { status, body, set: PhantomData }
     }
 }
 
 pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
-    Json(ErrorBody { error: message.into() }).with_status(status).into_response()
+    json_body(status, ErrorBody { error: message.into(), errors: None })
+}
+
+fn json_body(status: StatusCode, body: ErrorBody) -> Response {
+    Json(body).with_status(status).into_response()
 }
 
 impl<S> From<ApiError<S>> for poem::Error {
     fn from(err: ApiError<S>) -> Self {
-        poem::Error::from_response(json_error(err.status, err.message))
+        poem::Error::from_response(json_body(err.status, err.body))
     }
 }
 

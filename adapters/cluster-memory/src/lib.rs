@@ -1,12 +1,13 @@
-//! The in-memory cluster backend: what a cluster would hold of each tenant, kept in a map.
-//! Every tenant's node is the one configured node endpoint. It forgets everything on
-//! restart; the core re-applies stored tenants at start-up.
+//! The in-memory cluster backend: what a cluster would hold of each tenant and agent,
+//! kept in maps. Every tenant's node is the one configured node endpoint. It forgets
+//! everything on restart; the core re-applies stored tenants and agents at start-up.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 
 use async_trait::async_trait;
+use nexus_ports::agents::{AgentManifest, AgentName, AgentObject, AgentStatus};
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::{Error, Result};
@@ -15,12 +16,17 @@ use nexus_ports::{Error, Result};
 pub struct MemoryCluster {
     node_endpoint: String,
     tenants: RwLock<HashMap<TenantId, TenantStatus>>,
+    agents: RwLock<HashMap<(TenantId, AgentName), AgentObject>>,
 }
 
 impl MemoryCluster {
     /// A cluster where every tenant's node answers at `node_endpoint`.
     pub fn new(node_endpoint: impl Into<String>) -> Self {
-        Self { node_endpoint: node_endpoint.into(), tenants: RwLock::default() }
+        Self { node_endpoint: node_endpoint.into(), tenants: RwLock::default(), agents: RwLock::default() }
+    }
+
+    fn agents(&self) -> Result<std::sync::RwLockWriteGuard<'_, HashMap<(TenantId, AgentName), AgentObject>>> {
+        self.agents.write().map_err(poisoned)
     }
 }
 
@@ -47,6 +53,53 @@ impl ClusterBackend for MemoryCluster {
 
     async fn deprovision_tenant(&self, id: &TenantId) -> Result<()> {
         self.tenants.write().map_err(poisoned)?.remove(id);
+        self.agents()?.retain(|(tenant, _), _| tenant != id);
+        Ok(())
+    }
+
+    async fn apply_agent(&self, tenant: &TenantId, manifest: &AgentManifest) -> Result<()> {
+        let mut agents = self.agents()?;
+        let key = (*tenant, manifest.name().clone());
+        match agents.get_mut(&key) {
+            Some(object) if object.manifest == *manifest && !object.deleting => {}
+            Some(object) => {
+                object.manifest = manifest.clone();
+                object.generation += 1;
+                object.deleting = false;
+            }
+            None => {
+                let object = AgentObject { tenant_id: *tenant, manifest: manifest.clone(), generation: 1, observed_generation: 0, status: AgentStatus::pending(), deleting: false };
+                agents.insert(key, object);
+            }
+        }
+        Ok(())
+    }
+
+    async fn request_agent_deletion(&self, tenant: &TenantId, name: &AgentName) -> Result<()> {
+        if let Some(object) = self.agents()?.get_mut(&(*tenant, name.clone())) {
+            object.deleting = true;
+        }
+        Ok(())
+    }
+
+    async fn agent_object(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<AgentObject>> {
+        Ok(self.agents.read().map_err(poisoned)?.get(&(*tenant, name.clone())).cloned())
+    }
+
+    async fn list_agent_objects(&self) -> Result<Vec<AgentObject>> {
+        Ok(self.agents.read().map_err(poisoned)?.values().cloned().collect())
+    }
+
+    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()> {
+        if let Some(object) = self.agents()?.get_mut(&(*tenant, name.clone())) {
+            object.observed_generation = observed_generation;
+            object.status = status.clone();
+        }
+        Ok(())
+    }
+
+    async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<()> {
+        self.agents()?.remove(&(*tenant, name.clone()));
         Ok(())
     }
 }
@@ -95,5 +148,39 @@ mod tests {
         cluster.deprovision_tenant(&tenant.id).await.unwrap();
         assert_eq!(cluster.tenant_status(&tenant.id).await.unwrap().phase, TenantPhase::Pending);
         cluster.check().await.unwrap();
+    }
+
+    fn manifest(model: &str) -> AgentManifest {
+        AgentManifest::parse(serde_json::json!({
+            "apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": "bot"},
+            "spec": {"model": {"primary": {"provider": "ollama", "model": model}}}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn agent_objects_track_generations_and_deletion() {
+        let cluster = MemoryCluster::new("http://node:8000");
+        let (tenant, name) = (TenantId::generate(), AgentName::parse("bot").unwrap());
+        cluster.apply_agent(&tenant, &manifest("a")).await.unwrap();
+        cluster.apply_agent(&tenant, &manifest("a")).await.unwrap();
+        let object = cluster.agent_object(&tenant, &name).await.unwrap().unwrap();
+        assert_eq!((object.generation, object.observed_generation, object.status.phase), (1, 0, nexus_ports::agents::AgentPhase::Pending));
+        cluster.apply_agent(&tenant, &manifest("b")).await.unwrap();
+        assert_eq!(cluster.agent_object(&tenant, &name).await.unwrap().unwrap().generation, 2, "a new manifest is a new generation");
+
+        let running = AgentStatus { phase: nexus_ports::agents::AgentPhase::Running, node_ack: true, last_synced_at: None, message: None };
+        cluster.set_agent_status(&tenant, &name, 2, &running).await.unwrap();
+        let object = cluster.agent_object(&tenant, &name).await.unwrap().unwrap();
+        assert_eq!((object.observed_generation, object.status), (2, running));
+
+        cluster.request_agent_deletion(&tenant, &name).await.unwrap();
+        assert!(cluster.list_agent_objects().await.unwrap()[0].deleting);
+        cluster.forget_agent(&tenant, &name).await.unwrap();
+        assert!(cluster.agent_object(&tenant, &name).await.unwrap().is_none());
+
+        cluster.apply_agent(&tenant, &manifest("a")).await.unwrap();
+        cluster.deprovision_tenant(&tenant).await.unwrap();
+        assert!(cluster.list_agent_objects().await.unwrap().is_empty(), "a tenant's agents go with it");
     }
 }

@@ -2,6 +2,7 @@
 //! run when a [`SqlStore`] connects; driver errors become core errors inside this crate.
 #![forbid(unsafe_code)]
 
+mod agents;
 mod api_keys;
 mod entity;
 mod error;

@@ -7,7 +7,7 @@ use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId};
 use nexus_ports::{Error, Result};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
 
-use crate::entity::{api_keys, tenants};
+use crate::entity::{agent_versions, agents, api_keys, tenants};
 use crate::error::{db, translate};
 use crate::SqlStore;
 
@@ -64,6 +64,8 @@ impl TenantStore for SqlStore {
     async fn delete_tenant(&self, id: &TenantId) -> Result<bool> {
         let txn = self.db.begin().await.map_err(db)?;
         api_keys::Entity::delete_many().filter(api_keys::Column::TenantId.eq(id.as_uuid())).exec(&txn).await.map_err(db)?;
+        agent_versions::Entity::delete_many().filter(agent_versions::Column::TenantId.eq(id.as_uuid())).exec(&txn).await.map_err(db)?;
+        agents::Entity::delete_many().filter(agents::Column::TenantId.eq(id.as_uuid())).exec(&txn).await.map_err(db)?;
         let deleted = tenants::Entity::delete_by_id(id.as_uuid()).exec(&txn).await.map_err(db)?.rows_affected;
         txn.commit().await.map_err(db)?;
         Ok(deleted > 0)

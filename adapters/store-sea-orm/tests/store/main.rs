@@ -4,6 +4,7 @@
 
 use nexus_store_sea_orm::testing::TestDatabase;
 
+mod agents;
 mod identity;
 mod tenancy;
 

@@ -1,0 +1,120 @@
+//! An in-process stand-in for astromesh-nodes: it remembers what it was told per node
+//! endpoint, acknowledges everything, and can be told to fail every call (as an
+//! unreachable node would), for tests and local runs without a node.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use nexus_ports::agents::AgentName;
+use nexus_ports::ports::NodeProxy;
+use nexus_ports::{Error, Result};
+use serde_json::{Value, json};
+
+/// An agent as the stub node holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StubAgent {
+    pub manifest: Value,
+    pub deployed: bool,
+}
+
+/// [`NodeProxy`] in memory.
+#[derive(Default)]
+pub struct StubNode {
+    failing: AtomicBool,
+    agents: Mutex<BTreeMap<(String, String), StubAgent>>,
+}
+
+impl StubNode {
+    /// A stub that acknowledges everything.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// From now on, fail every call (`true`) or acknowledge again (`false`).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// What the node at `node` holds of `name`.
+    pub fn agent(&self, node: &str, name: &str) -> Option<StubAgent> {
+        self.agents().get(&(node.to_owned(), name.to_owned())).cloned()
+    }
+
+    fn agents(&self) -> MutexGuard<'_, BTreeMap<(String, String), StubAgent>> {
+        self.agents.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn reachable(&self, node: &str) -> Result<()> {
+        if self.failing.load(Ordering::SeqCst) { Err(Error::Upstream(format!("the node at {node} cannot be reached (stub told to fail)"))) } else { Ok(()) }
+    }
+}
+
+#[async_trait]
+impl NodeProxy for StubNode {
+    async fn register_agent(&self, node: &str, manifest: &Value) -> Result<()> {
+        self.reachable(node)?;
+        let name = manifest["metadata"]["name"].as_str().ok_or_else(|| Error::Upstream("the stub node needs metadata.name".to_owned()))?;
+        self.agents().insert((node.to_owned(), name.to_owned()), StubAgent { manifest: manifest.clone(), deployed: false });
+        Ok(())
+    }
+
+    async fn deploy_agent(&self, node: &str, name: &AgentName) -> Result<()> {
+        self.reachable(node)?;
+        match self.agents().get_mut(&(node.to_owned(), name.to_string())) {
+            Some(agent) => {
+                agent.deployed = true;
+                Ok(())
+            }
+            None => Err(Error::Upstream(format!("the node at {node} answered 404 Not Found: Agent '{name}' not found"))),
+        }
+    }
+
+    async fn remove_agent(&self, node: &str, name: &AgentName) -> Result<()> {
+        self.reachable(node)?;
+        self.agents().remove(&(node.to_owned(), name.to_string()));
+        Ok(())
+    }
+
+    async fn agent_view(&self, node: &str, name: &AgentName) -> Result<Option<Value>> {
+        self.reachable(node)?;
+        Ok(self.agent(node, name.as_str()).map(|agent| {
+            let status = if agent.deployed { "deployed" } else { "draft" };
+            json!({"name": name.as_str(), "version": agent.manifest["metadata"]["version"], "status": status, "manifest": agent.manifest})
+        }))
+    }
+
+    async fn agent_traces(&self, node: &str, _name: &AgentName, _limit: u32) -> Result<Value> {
+        self.reachable(node)?;
+        Ok(json!({"traces": []}))
+    }
+
+    async fn node_metrics(&self, node: &str) -> Result<Value> {
+        self.reachable(node)?;
+        Ok(json!({"counters": {}, "histograms": {}}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn remembers_per_node_and_fails_on_demand() {
+        let stub = StubNode::new();
+        let name = AgentName::parse("bot").unwrap();
+        let manifest = json!({"metadata": {"name": "bot", "version": "1.0.0"}});
+        assert!(stub.deploy_agent("http://a", &name).await.is_err(), "deploying an unknown agent fails like a node's 404");
+        stub.register_agent("http://a", &manifest).await.unwrap();
+        stub.deploy_agent("http://a", &name).await.unwrap();
+        assert_eq!(stub.agent_view("http://a", &name).await.unwrap().unwrap()["status"], "deployed");
+        assert!(stub.agent_view("http://b", &name).await.unwrap().is_none());
+        stub.set_failing(true);
+        assert!(matches!(stub.node_metrics("http://a").await, Err(Error::Upstream(_))));
+        stub.set_failing(false);
+        stub.remove_agent("http://a", &name).await.unwrap();
+        assert!(stub.agent("http://a", "bot").is_none());
+    }
+}

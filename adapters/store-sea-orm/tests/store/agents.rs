@@ -1,0 +1,87 @@
+//! The agent registry: manifests, versions, quota.
+
+use chrono::Duration;
+use nexus_ports::Error;
+use nexus_ports::agents::{Agent, AgentManifest, AgentName};
+use nexus_ports::ports::{AgentStore, TenantStore, UserStore};
+use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId};
+use nexus_store_sea_orm::SqlStore;
+use serde_json::json;
+
+use crate::identity::new_user;
+use crate::{now, on_both_backends};
+
+on_both_backends!(agents_are_registered_with_their_history, the_quota_holds_under_racing_creates, agents_go_with_their_tenant);
+
+async fn tenant(store: &SqlStore) -> TenantId {
+    let user = new_user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
+    store.insert_user(&user).await.unwrap();
+    let tenant = Tenant { id: TenantId::generate(), owner: user.user.id, display_name: nexus_ports::identity::DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 50, created_at: now() };
+    store.insert_tenant(&tenant).await.unwrap();
+    tenant.id
+}
+
+fn manifest(name: &str, version: &str) -> AgentManifest {
+    AgentManifest::parse(json!({
+        "apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": name, "version": version},
+        "spec": {"model": {"primary": {"provider": "ollama", "model": "llama3.1:8b"}}, "unknown": {"kept": true}}
+    }))
+    .unwrap()
+}
+
+fn agent(tenant: TenantId, name: &str) -> Agent {
+    Agent { tenant_id: tenant, manifest: manifest(name, "1.0.0"), created_at: now(), updated_at: now() }
+}
+
+async fn agents_are_registered_with_their_history(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let t = tenant(&store).await;
+    let bot = agent(t, "bot");
+    store.insert_agent(&bot, "usr_a", 50).await.unwrap();
+    assert!(matches!(store.insert_agent(&bot, "usr_a", 50).await, Err(Error::AlreadyExists(_))));
+    let name = AgentName::parse("bot").unwrap();
+    assert_eq!(store.find_agent(&t, &name).await.unwrap(), Some(bot.clone()));
+    assert_eq!(store.find_agent(&t, &name).await.unwrap().unwrap().manifest.document()["spec"]["unknown"]["kept"], true);
+    assert!(store.find_agent(&TenantId::generate(), &name).await.unwrap().is_none());
+
+    let later = now() + Duration::seconds(5);
+    let updated = store.update_agent(&t, &manifest("bot", "1.1.0"), "key:ci", later).await.unwrap();
+    assert_eq!((updated.manifest.version(), updated.created_at, updated.updated_at), (Some("1.1.0"), bot.created_at, later));
+    let history = store.list_versions(&t, &name).await.unwrap();
+    assert_eq!(history.iter().map(|v| (v.number, v.version.as_deref(), v.author.as_str())).collect::<Vec<_>>(), vec![(1, Some("1.0.0"), "usr_a"), (2, Some("1.1.0"), "key:ci")]);
+    assert_eq!(history[1].checksum, manifest("bot", "1.1.0").checksum());
+    assert!(matches!(store.update_agent(&t, &manifest("ghost", "1.0.0"), "usr_a", later).await, Err(Error::NotFound(_))));
+
+    store.insert_agent(&agent(t, "alpha"), "usr_a", 50).await.unwrap();
+    let names: Vec<String> = store.list_agents(&t).await.unwrap().iter().map(|a| a.manifest.name().to_string()).collect();
+    assert_eq!(names, ["alpha", "bot"]);
+    assert_eq!(store.list_all_agents().await.unwrap().len(), 2);
+    assert!(store.delete_agent(&t, &name).await.unwrap());
+    assert!(!store.delete_agent(&t, &name).await.unwrap());
+    assert!(store.list_versions(&t, &name).await.unwrap().is_empty());
+    assert!(matches!(store.insert_agent(&agent(TenantId::generate(), "x"), "usr_a", 50).await, Err(Error::NotFound(_))));
+}
+
+async fn the_quota_holds_under_racing_creates(url: &str) {
+    let (a, b) = (SqlStore::connect(url).await.unwrap(), SqlStore::connect(url).await.unwrap());
+    let t = tenant(&a).await;
+    let racers = (0..10).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move { store.insert_agent(&agent(t, &format!("bot-{i}")), "usr_a", 3).await })
+    });
+    let mut outcomes = Vec::new();
+    for racer in racers.collect::<Vec<_>>() {
+        outcomes.push(racer.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 3, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| o.is_ok() || matches!(o, Err(Error::Conflict(_)))), "{outcomes:?}");
+    assert_eq!(a.list_agents(&t).await.unwrap().len(), 3);
+}
+
+async fn agents_go_with_their_tenant(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let t = tenant(&store).await;
+    store.insert_agent(&agent(t, "bot"), "usr_a", 50).await.unwrap();
+    assert!(store.delete_tenant(&t).await.unwrap());
+    assert!(store.list_all_agents().await.unwrap().is_empty());
+}
