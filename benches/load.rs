@@ -88,6 +88,8 @@ async fn main() {
         refresh_ttl: Duration::from_secs(86400).into(),
         hash_concurrency: None,
         cluster: nexus::config::ClusterKind::Memory,
+        node: nexus::config::NodeKind::Stub,
+        resync: Duration::from_secs(60).into(),
         node_url: "http://127.0.0.1:8000".into(),
         max_agents: 50,
         log: "error".into(),

@@ -6,13 +6,15 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use nexus_cluster_memory::MemoryCluster;
 use nexus_crypto::{Argon2Hasher, JwtAccessTokens, OsSecrets};
-use nexus_ports::ports::{AccessTokens, ClusterBackend, Clock, HealthCheck, SecretGenerator, SettingsStore};
+use nexus_node_http::HttpNode;
+use nexus_node_stub::StubNode;
+use nexus_ports::ports::{AccessTokens, ClusterBackend, Clock, HealthCheck, NodeProxy, SecretGenerator, SettingsStore};
 use nexus_ports::{Error, Result};
 use nexus_store_sea_orm::SqlStore;
 
 use crate::app::key_usage::FLUSH_EVERY;
-use crate::app::{AccessService, IdentityService, KeyUsage, Nexus, Readiness, SharedNexus, TenancyService};
-use crate::config::{ClusterKind, ServeConfig};
+use crate::app::{AccessService, AgentService, IdentityService, KeyUsage, Nexus, Readiness, Reconciler, SharedNexus, TenancyService};
+use crate::config::{ClusterKind, NodeKind, ServeConfig};
 
 /// Settings key of the generated JWT secret.
 const JWT_SECRET_KEY: &str = "jwt_secret";
@@ -42,8 +44,9 @@ fn lifetime(value: humantime::Duration, name: &str) -> Result<chrono::Duration> 
     chrono::Duration::from_std(*value).ok().filter(|d| *d > chrono::Duration::zero()).ok_or_else(|| Error::invalid(format!("{name} must be positive and below 100 years")))
 }
 
-/// Connects the store (running its migrations), builds the cluster backend, wires every
-/// use case, re-applies stored tenants to the cluster and starts the background tasks.
+/// Connects the store (running its migrations), builds the cluster backend and the node
+/// proxy, wires every use case, re-applies stored tenants and agents to the cluster and
+/// starts the background tasks (the reconcile loop, the key-usage writer).
 ///
 /// # Errors
 /// [`Error::Unavailable`] when the database cannot be reached; [`Error::InvalidRequest`]
@@ -56,17 +59,25 @@ pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
     let cluster = match config.cluster {
         ClusterKind::Memory => Arc::new(MemoryCluster::new(config.node_url.clone())),
     };
+    let node: Arc<dyn NodeProxy> = match config.node {
+        NodeKind::Stub => Arc::new(StubNode::new()),
+        NodeKind::Http => Arc::new(HttpNode::new()?),
+    };
+    let resync = (*config.resync).max(std::time::Duration::from_millis(100));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secrets: Arc<dyn SecretGenerator> = Arc::new(OsSecrets);
     let key_usage = Arc::new(KeyUsage::new(store.clone()));
 
     let identity = IdentityService::new(store.clone(), store.clone(), Arc::new(Argon2Hasher::new(hash_concurrency)?), access_tokens.clone(), secrets.clone(), clock.clone(), refresh_ttl);
     let access = AccessService::new(access_tokens, store.clone(), store.clone(), clock.clone(), key_usage.clone());
-    let tenancy = TenancyService::new(store.clone(), store.clone(), cluster.clone() as Arc<dyn ClusterBackend>, secrets, clock, key_usage.clone(), config.max_agents);
+    let tenancy = TenancyService::new(store.clone(), store.clone(), cluster.clone() as Arc<dyn ClusterBackend>, secrets, clock.clone(), key_usage.clone(), config.max_agents);
+    let reconciler = Arc::new(Reconciler::new(cluster.clone(), node.clone(), store.clone(), store.clone(), clock.clone(), resync));
+    let agents = AgentService::new(store.clone(), cluster.clone(), node, clock, reconciler.clone());
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster as Arc<dyn HealthCheck>]);
 
-    let reapplied = tenancy.reapply_all().await?;
-    tracing::info!(tenants = reapplied, "stored tenants applied to the cluster");
-    let flusher = tokio::spawn(key_usage.clone().run(FLUSH_EVERY));
-    Ok(Arc::new(Nexus { identity, access, tenancy, readiness, key_usage, background: Mutex::new(vec![flusher]) }))
+    let tenants = tenancy.reapply_all().await?;
+    let agents_applied = reconciler.apply_registry().await?;
+    tracing::info!(tenants, agents = agents_applied, "stored tenants and agents applied to the cluster");
+    let background = vec![tokio::spawn(key_usage.clone().run(FLUSH_EVERY)), tokio::spawn(reconciler.run())];
+    Ok(Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, background: Mutex::new(background) }))
 }

@@ -60,6 +60,15 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_CLUSTER", value_enum, default_value = "memory", global = true)]
     pub cluster: ClusterKind,
 
+    /// How Nexus talks to nodes: `stub` acknowledges everything in process (local
+    /// development without a node); `http` speaks the astromesh-node API.
+    #[arg(long, env = "NEXUS_NODE", value_enum, default_value = "stub", global = true)]
+    pub node: NodeKind,
+
+    /// How often running agents are resynced with their node (and the loop runs without events).
+    #[arg(long, env = "NEXUS_RESYNC", default_value = "60s", global = true)]
+    pub resync: humantime::Duration,
+
     /// The astromesh-node every tenant uses with the in-memory cluster.
     #[arg(long, env = "NEXUS_NODE_URL", default_value = "http://127.0.0.1:8000", global = true)]
     pub node_url: String,
@@ -81,6 +90,13 @@ pub struct ServeConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClusterKind {
     Memory,
+}
+
+/// How nodes are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NodeKind {
+    Stub,
+    Http,
 }
 
 /// How log lines are written.

@@ -140,11 +140,11 @@ impl Problems {
         if let Some(block) = model.get("default") {
             self.role_block(block, &format!("{path}.default"));
         }
-        if let Some(roles) = model.get("roles") {
-            if let Some(roles) = self.mapping(Some(roles), &format!("{path}.roles")) {
-                for (role, block) in roles {
-                    self.role_block(block, &format!("{path}.roles.{role}"));
-                }
+        if let Some(roles) = model.get("roles")
+            && let Some(roles) = self.mapping(Some(roles), &format!("{path}.roles"))
+        {
+            for (role, block) in roles {
+                self.role_block(block, &format!("{path}.roles.{role}"));
             }
         }
         let names_a_model = ["primary", "fallback", "default"].iter().any(|k| model.contains_key(*k))
@@ -192,10 +192,10 @@ impl AgentManifest {
                 Some(_) => problems.add("metadata.version", "must be a semantic version such as \"1.0.0\" (quote it in YAML)"),
             }
         }
-        if let Some(spec) = problems.mapping(root.get("spec"), "spec") {
-            if let Some(model) = problems.mapping(spec.get("model"), "spec.model") {
-                problems.model(model);
-            }
+        if let Some(spec) = problems.mapping(root.get("spec"), "spec")
+            && let Some(model) = problems.mapping(spec.get("model"), "spec.model")
+        {
+            problems.model(model);
         }
         match (name, problems.0.is_empty()) {
             (Some(name), true) => Ok(Self { document, name, version }),

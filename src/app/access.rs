@@ -21,6 +21,16 @@ pub enum Principal {
     ApiKey { key: ApiKey, tenant: Tenant },
 }
 
+impl Principal {
+    /// How the caller is named as the author of a change: `usr_...`, or `key:<label>`.
+    pub fn author(&self) -> String {
+        match self {
+            Self::User(user) => user.to_string(),
+            Self::ApiKey { key, .. } => format!("key:{}", key.label.as_str()),
+        }
+    }
+}
+
 /// The credentials a request carried.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Credentials<'a> {

@@ -2,14 +2,18 @@
 //! knows HTTP, SQL or a framework; the HTTP layer calls these and converts the results.
 
 pub mod access;
+pub mod agents;
 pub mod health;
 pub mod identity;
 pub mod key_usage;
+pub mod reconcile;
 pub mod tenancy;
 
 use std::sync::{Arc, Mutex};
 
 pub use access::{AccessService, Credentials, Principal};
+pub use agents::{AgentService, AgentState, LiveStatus, LogQuery};
+pub use reconcile::Reconciler;
 pub use health::{CheckOutcome, Readiness};
 pub use identity::{IdentityService, Registration, Session, TokenPair};
 pub use key_usage::KeyUsage;
@@ -20,6 +24,7 @@ pub struct Nexus {
     pub identity: IdentityService,
     pub access: AccessService,
     pub tenancy: TenancyService,
+    pub agents: AgentService,
     pub readiness: Readiness,
     pub key_usage: Arc<KeyUsage>,
     /// Background tasks, stopped by [`Nexus::shutdown`].

@@ -1,0 +1,228 @@
+//! Agent use cases, all within one tenant (the caller's scope): register, list, read,
+//! update, delete, and the node's live view, traces and metrics. The registry (store) is
+//! the durable record; the cluster holds the desired runtime state; the reconcile loop is
+//! woken by every change.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion};
+use nexus_ports::ports::{AgentStore, ClusterBackend, Clock, NodeProxy};
+use nexus_ports::tenancy::{Tenant, TenantPhase};
+use nexus_ports::{Error, Result};
+use serde_json::Value;
+
+use super::reconcile::Reconciler;
+
+/// The most traces one logs request returns.
+pub const MAX_LOG_LINES: u32 = 1000;
+
+/// An agent with what the runtime reports of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentState {
+    pub agent: Agent,
+    pub status: AgentStatus,
+}
+
+/// What the node says of an agent, with the runtime status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveStatus {
+    pub status: AgentStatus,
+    /// The node's view of the agent; `Null` when the node does not know it (yet).
+    pub node: Value,
+}
+
+/// Which of an agent's traces to return.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    /// At most this many (default 100, at most [`MAX_LOG_LINES`]).
+    pub lines: Option<u32>,
+    /// Only traces of this level, where traces carry one.
+    pub level: Option<String>,
+    /// Only traces at or after this time, where traces carry one.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// The agent use cases.
+pub struct AgentService {
+    agents: Arc<dyn AgentStore>,
+    cluster: Arc<dyn ClusterBackend>,
+    node: Arc<dyn NodeProxy>,
+    clock: Arc<dyn Clock>,
+    reconciler: Arc<Reconciler>,
+}
+
+fn missing(name: &AgentName) -> Error {
+    Error::NotFound(format!("no agent named {name} in this tenant"))
+}
+
+impl AgentService {
+    /// Wires the use cases.
+    pub fn new(agents: Arc<dyn AgentStore>, cluster: Arc<dyn ClusterBackend>, node: Arc<dyn NodeProxy>, clock: Arc<dyn Clock>, reconciler: Arc<Reconciler>) -> Self {
+        Self { agents, cluster, node, clock, reconciler }
+    }
+
+    /// Registers an agent from its manifest; `metadata.namespace` becomes the tenant's.
+    ///
+    /// # Errors
+    /// [`Error::InvalidFields`] for an invalid manifest; [`Error::AlreadyExists`] when the
+    /// tenant has an agent of that name; [`Error::Conflict`] when its quota is reached.
+    pub async fn create(&self, tenant: &Tenant, author: &str, document: Value) -> Result<AgentState> {
+        let manifest = AgentManifest::parse(document)?.in_namespace(&tenant.id.cr_name());
+        let now = self.clock.now();
+        let agent = Agent { tenant_id: tenant.id, manifest, created_at: now, updated_at: now };
+        self.agents.insert_agent(&agent, author, tenant.max_agents).await.map_err(|err| match err {
+            Error::AlreadyExists(_) => Error::AlreadyExists(format!("an agent named {} already exists in this tenant", agent.manifest.name())),
+            other => other,
+        })?;
+        tracing::info!(tenant = %tenant.id, agent = %agent.manifest.name(), "agent registered");
+        self.apply(&agent).await;
+        Ok(AgentState { agent, status: AgentStatus::pending() })
+    }
+
+    /// The desired state goes to the cluster and the loop wakes. A new agent the cluster
+    /// fails to take now is applied by the loop's next timed pass, which re-applies what
+    /// the cluster lacks of the registry; a failed update is retried by the next update.
+    async fn apply(&self, agent: &Agent) {
+        if let Err(err) = self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await {
+            tracing::warn!(agent = %agent.manifest.name(), error = %err, "could not apply the agent to the cluster yet");
+        }
+        self.reconciler.trigger();
+    }
+
+    async fn status_of(&self, agent: &Agent) -> Result<AgentStatus> {
+        let object = self.cluster.agent_object(&agent.tenant_id, agent.manifest.name()).await?;
+        Ok(object.map_or_else(AgentStatus::pending, |o| o.status))
+    }
+
+    /// The tenant's agents, by name.
+    pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentState>> {
+        let mut states = Vec::new();
+        for agent in self.agents.list_agents(&tenant.id).await? {
+            let status = self.status_of(&agent).await?;
+            states.push(AgentState { agent, status });
+        }
+        Ok(states)
+    }
+
+    /// One agent with its status.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a malformed name; [`Error::NotFound`] when the tenant
+    /// has no such agent (also when another tenant has one).
+    pub async fn get(&self, tenant: &Tenant, name: &str) -> Result<AgentState> {
+        let agent = self.find(tenant, name).await?;
+        let status = self.status_of(&agent).await?;
+        Ok(AgentState { agent, status })
+    }
+
+    async fn find(&self, tenant: &Tenant, name: &str) -> Result<Agent> {
+        let name = AgentName::parse(name)?;
+        self.agents.find_agent(&tenant.id, &name).await?.ok_or_else(|| missing(&name))
+    }
+
+    /// Replaces an agent's manifest (a new version); the node receives it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidFields`] for an invalid manifest; [`Error::InvalidRequest`] when its
+    /// `metadata.name` is not `name`; [`Error::NotFound`] when there is no such agent.
+    pub async fn update(&self, tenant: &Tenant, author: &str, name: &str, document: Value) -> Result<AgentState> {
+        let name = AgentName::parse(name)?;
+        let manifest = AgentManifest::parse(document)?.in_namespace(&tenant.id.cr_name());
+        if *manifest.name() != name {
+            return Err(Error::invalid(format!("metadata.name {} differs from the agent in the path, {name}", manifest.name())));
+        }
+        let agent = self.agents.update_agent(&tenant.id, &manifest, author, self.clock.now()).await.map_err(|err| match err {
+            Error::NotFound(_) => missing(&name),
+            other => other,
+        })?;
+        tracing::info!(tenant = %tenant.id, agent = %name, "agent updated");
+        self.apply(&agent).await;
+        let status = self.status_of(&agent).await?;
+        Ok(AgentState { agent, status })
+    }
+
+    /// Deletes an agent; the reconcile loop removes it from its node.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such agent.
+    pub async fn delete(&self, tenant: &Tenant, name: &str) -> Result<AgentName> {
+        let name = AgentName::parse(name)?;
+        if !self.agents.delete_agent(&tenant.id, &name).await? {
+            return Err(missing(&name));
+        }
+        tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");
+        self.cluster.request_agent_deletion(&tenant.id, &name).await?;
+        self.reconciler.trigger();
+        Ok(name)
+    }
+
+    /// The tenant's node endpoint.
+    async fn node_of(&self, tenant: &Tenant) -> Result<String> {
+        let status = self.cluster.tenant_status(&tenant.id).await?;
+        match (status.phase, status.node_endpoint) {
+            (TenantPhase::Ready, Some(endpoint)) => Ok(endpoint),
+            _ => Err(Error::Upstream("the tenant's node is not ready yet".to_owned())),
+        }
+    }
+
+    /// The runtime status and the node's live view of the agent.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such agent; [`Error::Upstream`] when the node
+    /// cannot be reached.
+    pub async fn live_status(&self, tenant: &Tenant, name: &str) -> Result<LiveStatus> {
+        let agent = self.find(tenant, name).await?;
+        let status = self.status_of(&agent).await?;
+        let view = self.node.agent_view(&self.node_of(tenant).await?, agent.manifest.name()).await?;
+        Ok(LiveStatus { status, node: view.unwrap_or(Value::Null) })
+    }
+
+    /// The node's execution traces of the agent (its nearest thing to logs), newest as the
+    /// node orders them, filtered by level and time where traces carry them.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such agent; [`Error::InvalidRequest`] for more
+    /// than [`MAX_LOG_LINES`] lines; [`Error::Upstream`] when the node cannot be reached.
+    pub async fn logs(&self, tenant: &Tenant, name: &str, query: &LogQuery) -> Result<Vec<Value>> {
+        let lines = query.lines.unwrap_or(100);
+        if lines == 0 || lines > MAX_LOG_LINES {
+            return Err(Error::invalid(format!("lines must be between 1 and {MAX_LOG_LINES}")));
+        }
+        let agent = self.find(tenant, name).await?;
+        let traces = self.node.agent_traces(&self.node_of(tenant).await?, agent.manifest.name(), lines).await?;
+        let traces = traces.get("traces").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(traces.into_iter().filter(|trace| keep(trace, query)).collect())
+    }
+
+    /// The node's metrics.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such agent; [`Error::Upstream`] when the node
+    /// cannot be reached.
+    pub async fn metrics(&self, tenant: &Tenant, name: &str) -> Result<Value> {
+        self.find(tenant, name).await?;
+        self.node.node_metrics(&self.node_of(tenant).await?).await
+    }
+
+    /// The agent's published versions, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such agent.
+    pub async fn versions(&self, tenant: &Tenant, name: &str) -> Result<Vec<AgentVersion>> {
+        let agent = self.find(tenant, name).await?;
+        self.agents.list_versions(&tenant.id, agent.manifest.name()).await
+    }
+}
+
+/// Whether a trace passes the level and time filters; a trace without the field passes.
+fn keep(trace: &Value, query: &LogQuery) -> bool {
+    let level_ok = query.level.as_deref().is_none_or(|level| trace.get("level").and_then(Value::as_str).is_none_or(|l| l.eq_ignore_ascii_case(level)));
+    let time = ["timestamp", "started_at", "start_time", "created_at"].iter().find_map(|k| trace.get(*k).and_then(Value::as_str)).and_then(|t| t.parse::<DateTime<Utc>>().ok());
+    let since_ok = query.since.is_none_or(|since| time.is_none_or(|t| t >= since));
+    level_ok && since_ok
+}
+
+#[cfg(test)]
+#[path = "agents_tests.rs"]
+mod tests;

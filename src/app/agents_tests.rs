@@ -1,0 +1,142 @@
+//! Agent use cases against mockall doubles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use nexus_ports::Error;
+use nexus_ports::agents::{Agent, AgentManifest, AgentStatus};
+use nexus_ports::identity::{DisplayName, UserId};
+use nexus_ports::ports::{MockAgentStore, MockClock, MockClusterBackend, MockNodeProxy, MockTenantStore};
+use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
+use serde_json::{Value, json};
+
+use super::{AgentService, LogQuery};
+use crate::app::reconcile::Reconciler;
+
+fn tenant() -> Tenant {
+    Tenant { id: TenantId::from_uuid(uuid::Uuid::max()), owner: UserId::generate(), display_name: DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 7, created_at: Utc::now() }
+}
+
+fn document(name: &str) -> Value {
+    json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": name, "namespace": "elsewhere"}, "spec": {"model": {"primary": {"provider": "ollama", "model": "m"}}}})
+}
+
+fn stored(name: &str) -> Agent {
+    let manifest = AgentManifest::parse(document(name)).unwrap().in_namespace(&tenant().id.cr_name());
+    Agent { tenant_id: tenant().id, manifest, created_at: Utc::now(), updated_at: Utc::now() }
+}
+
+#[derive(Default)]
+struct Ports {
+    agents: MockAgentStore,
+    cluster: MockClusterBackend,
+    node: MockNodeProxy,
+}
+
+impl Ports {
+    fn service(self) -> AgentService {
+        let mut clock = MockClock::new();
+        clock.expect_now().returning(|| Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap());
+        let clock = Arc::new(clock);
+        let idle = Reconciler::new(Arc::new(MockClusterBackend::new()), Arc::new(MockNodeProxy::new()), Arc::new(MockAgentStore::new()), Arc::new(MockTenantStore::new()), clock.clone(), Duration::from_secs(60));
+        AgentService::new(Arc::new(self.agents), Arc::new(self.cluster), Arc::new(self.node), clock, Arc::new(idle))
+    }
+
+    fn with_agent(mut self, name: &'static str) -> Self {
+        self.agents.expect_find_agent().returning(move |_, n| Ok((n.as_str() == name).then(|| stored(name))));
+        self
+    }
+
+    fn with_node(mut self, phase: TenantPhase) -> Self {
+        self.cluster.expect_tenant_status().returning(move |_| Ok(TenantStatus { phase, namespace: None, node_endpoint: Some("http://node".into()), message: None }));
+        self.cluster.expect_agent_object().returning(|_, _| Ok(None));
+        self
+    }
+}
+
+#[tokio::test]
+async fn creating_puts_the_agent_in_the_tenants_namespace_within_quota() {
+    let mut ports = Ports::default();
+    ports
+        .agents
+        .expect_insert_agent()
+        .withf(|agent, author, quota| agent.manifest.document()["metadata"]["namespace"] == tenant().id.cr_name() && author == "key:ci" && *quota == 7)
+        .times(1)
+        .returning(|_, _, _| Ok(()));
+    ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
+    let state = ports.service().create(&tenant(), "key:ci", document("bot")).await.unwrap();
+    assert_eq!(state.status, AgentStatus::pending());
+}
+
+#[tokio::test]
+async fn invalid_duplicate_and_over_quota_agents_are_refused() {
+    let service = Ports::default().service();
+    assert!(matches!(service.create(&tenant(), "a", json!({"kind": "Agent"})).await, Err(Error::InvalidFields(_))));
+
+    let mut ports = Ports::default();
+    ports.agents.expect_insert_agent().returning(|agent, _, _| match agent.manifest.name().as_str() {
+        "dup" => Err(Error::AlreadyExists("x".into())),
+        _ => Err(Error::Conflict("the tenant has reached its quota of 7 agents".into())),
+    });
+    let service = ports.service();
+    assert_eq!(service.create(&tenant(), "a", document("dup")).await.unwrap_err(), Error::AlreadyExists("an agent named dup already exists in this tenant".into()));
+    assert!(matches!(service.create(&tenant(), "a", document("many")).await, Err(Error::Conflict(_))));
+}
+
+#[tokio::test]
+async fn updates_must_name_the_agent_of_the_path() {
+    let mut ports = Ports::default();
+    ports.agents.expect_update_agent().returning(|_, m, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
+    ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
+    ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
+    let service = ports.service();
+    assert!(matches!(service.update(&tenant(), "a", "bot", document("other")).await, Err(Error::InvalidRequest(_))));
+    assert!(matches!(service.update(&tenant(), "a", "ghost", document("ghost")).await, Err(Error::NotFound(_))));
+    assert!(matches!(service.update(&tenant(), "a", "Bad_Name", document("bot")).await, Err(Error::InvalidRequest(_))));
+    assert_eq!(service.update(&tenant(), "a", "bot", document("bot")).await.unwrap().agent.manifest, stored("bot").manifest);
+}
+
+#[tokio::test]
+async fn deleting_asks_the_cluster_to_let_the_agent_go() {
+    let mut ports = Ports::default();
+    ports.agents.expect_delete_agent().returning(|_, n| Ok(n.as_str() == "bot"));
+    ports.cluster.expect_request_agent_deletion().times(1).returning(|_, _| Ok(()));
+    let service = ports.service();
+    assert!(matches!(service.delete(&tenant(), "ghost").await, Err(Error::NotFound(_))));
+    assert_eq!(service.delete(&tenant(), "bot").await.unwrap().as_str(), "bot");
+}
+
+#[tokio::test]
+async fn the_live_view_comes_from_the_node_or_is_an_upstream_error() {
+    let mut ports = Ports::default().with_agent("bot").with_node(TenantPhase::Ready);
+    ports.node.expect_agent_view().returning(|node, _| if node == "http://node" { Err(Error::Upstream("the node at http://node cannot be reached".into())) } else { Ok(None) });
+    let service = ports.service();
+    assert!(matches!(service.live_status(&tenant(), "bot").await, Err(Error::Upstream(_))));
+    assert!(matches!(service.live_status(&tenant(), "ghost").await, Err(Error::NotFound(_))));
+
+    let not_ready = Ports::default().with_agent("bot").with_node(TenantPhase::Provisioning).service();
+    assert!(matches!(not_ready.live_status(&tenant(), "bot").await, Err(Error::Upstream(_))));
+}
+
+#[tokio::test]
+async fn logs_are_bounded_and_filtered() {
+    let mut ports = Ports::default().with_agent("bot").with_node(TenantPhase::Ready);
+    ports.node.expect_agent_traces().withf(|_, _, limit| *limit == 5).returning(|_, _, _| {
+        Ok(json!({"traces": [
+            {"id": 1, "level": "error", "timestamp": "2026-11-28T11:00:00Z"},
+            {"id": 2, "level": "info", "timestamp": "2026-11-28T13:00:00Z"},
+            {"id": 3}
+        ]}))
+    });
+    let service = ports.service();
+    let ids = |traces: Vec<Value>| traces.iter().map(|t| t["id"].as_i64().unwrap()).collect::<Vec<_>>();
+    let query = |level: Option<&str>, since: Option<&str>| LogQuery { lines: Some(5), level: level.map(Into::into), since: since.map(|s| s.parse().unwrap()) };
+    assert_eq!(ids(service.logs(&tenant(), "bot", &query(None, None)).await.unwrap()), [1, 2, 3]);
+    assert_eq!(ids(service.logs(&tenant(), "bot", &query(Some("ERROR"), None)).await.unwrap()), [1, 3]);
+    assert_eq!(ids(service.logs(&tenant(), "bot", &query(None, Some("2026-11-28T12:00:00Z"))).await.unwrap()), [2, 3]);
+    for lines in [0, 1001] {
+        let result = service.logs(&tenant(), "bot", &LogQuery { lines: Some(lines), ..LogQuery::default() }).await;
+        assert!(matches!(result, Err(Error::InvalidRequest(_))), "{lines}");
+    }
+}

@@ -1,0 +1,259 @@
+//! The reconcile loop, shared by every cluster backend: it drives each agent object
+//! towards its node (Pending -> Deploying -> Running, or Failed with the reason, retried
+//! with capped exponential backoff), resyncs running agents periodically, removes deleted
+//! agents from their node before letting them go, and provisions tenants that are not
+//! Ready. Events from the API wake it at once.
+//!
+//! What to do next for an object is decided by the pure [`next_step`]; the runner around
+//! it only performs I/O.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use nexus_ports::agents::{AgentName, AgentObject, AgentPhase, AgentStatus};
+use nexus_ports::ports::{AgentStore, ClusterBackend, Clock, NodeProxy, TenantStore};
+use nexus_ports::tenancy::{TenantId, TenantPhase, TenantStatus};
+use tokio::sync::Notify;
+
+/// How often the loop runs without events, and how often running agents are resynced.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
+/// The longest wait between retries of a failing agent.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How many agents are reconciled at once.
+const CONCURRENCY: usize = 8;
+
+/// What to do next with an agent object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Register and deploy the manifest on the node.
+    Deploy,
+    /// Deletion was asked for: remove it from the node (if there is one), then forget it.
+    Cleanup { node: Option<String> },
+    /// Its tenant's node is not ready: wait, then look again.
+    AwaitTenant,
+    /// Nothing to do until then.
+    Wait(Duration),
+}
+
+/// Failures of an agent in a row, and when the last attempt was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub failures: u32,
+    pub last_attempt: DateTime<Utc>,
+}
+
+/// The wait before retry number `failures` (1 s, 2 s, 4 s... capped at 30 s).
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exponent).min(BACKOFF_CAP)
+}
+
+/// Decides what to do next with `object`, given its tenant's status, its retry state, the
+/// resync period and the time.
+pub fn next_step(object: &AgentObject, tenant: Option<&TenantStatus>, retry: Option<Retry>, resync: Duration, now: DateTime<Utc>) -> Step {
+    let node = tenant.filter(|t| t.phase == TenantPhase::Ready).and_then(|t| t.node_endpoint.clone());
+    if object.deleting {
+        return Step::Cleanup { node };
+    }
+    if node.is_none() {
+        return Step::AwaitTenant;
+    }
+    let wait_until = |since: DateTime<Utc>, wait: Duration| {
+        let due = since + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        if now >= due { Step::Deploy } else { Step::Wait((due - now).to_std().unwrap_or_default()) }
+    };
+    let current = object.observed_generation == object.generation;
+    match (object.status.phase, retry) {
+        (AgentPhase::Failed, Some(retry)) if current => wait_until(retry.last_attempt, backoff(retry.failures)),
+        (AgentPhase::Running, _) if current => match object.status.last_synced_at {
+            Some(synced) => wait_until(synced, resync),
+            None => Step::Deploy,
+        },
+        _ => Step::Deploy,
+    }
+}
+
+/// The runner: holds retry state, performs the steps.
+pub struct Reconciler {
+    cluster: Arc<dyn ClusterBackend>,
+    node: Arc<dyn NodeProxy>,
+    agents: Arc<dyn AgentStore>,
+    tenants: Arc<dyn TenantStore>,
+    clock: Arc<dyn Clock>,
+    resync: Duration,
+    wake: Notify,
+    retries: Mutex<HashMap<(TenantId, AgentName), Retry>>,
+}
+
+impl Reconciler {
+    /// A runner resyncing every `resync`.
+    pub fn new(cluster: Arc<dyn ClusterBackend>, node: Arc<dyn NodeProxy>, agents: Arc<dyn AgentStore>, tenants: Arc<dyn TenantStore>, clock: Arc<dyn Clock>, resync: Duration) -> Self {
+        Self { cluster, node, agents, tenants, clock, resync, wake: Notify::new(), retries: Mutex::default() }
+    }
+
+    /// Asks for a pass now (an event from the API).
+    pub fn trigger(&self) {
+        self.wake.notify_one();
+    }
+
+    fn retries(&self) -> MutexGuard<'_, HashMap<(TenantId, AgentName), Retry>> {
+        self.retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs passes forever: after an event, or when the earliest wait is over. Passes that
+    /// were not woken by an event first re-apply what the cluster lost of the registry.
+    pub async fn run(self: Arc<Self>) {
+        let mut woken_by_event = false;
+        loop {
+            if !woken_by_event && let Err(err) = self.apply_registry().await {
+                tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry");
+            }
+            let wait = self.pass().await;
+            woken_by_event = tokio::select! {
+                () = self.wake.notified() => true,
+                () = tokio::time::sleep(wait) => false,
+            };
+        }
+    }
+
+    /// Applies every agent of the registry (the durable record) that has no object in the
+    /// cluster: all of them at start-up on the in-memory cluster, any the cluster lost
+    /// later. Agents with an object are left alone, so one being deleted is never revived
+    /// (objects are only forgotten by this same loop). Returns how many it applied.
+    ///
+    /// # Errors
+    /// What the store or the cluster answered.
+    pub async fn apply_registry(&self) -> nexus_ports::Result<usize> {
+        let existing: std::collections::HashSet<(TenantId, AgentName)> =
+            self.cluster.list_agent_objects().await?.into_iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
+        let mut applied = 0;
+        for agent in self.agents.list_all_agents().await? {
+            if !existing.contains(&(agent.tenant_id, agent.manifest.name().clone())) {
+                self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await?;
+                applied += 1;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// One pass over every tenant and agent object; returns how long to wait for the next.
+    pub async fn pass(&self) -> Duration {
+        let statuses = self.reconcile_tenants().await;
+        let objects = match self.cluster.list_agent_objects().await {
+            Ok(objects) => objects,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list agent objects; retrying");
+                return backoff(1);
+            }
+        };
+        let waits: Vec<Duration> = futures_util::stream::iter(objects)
+            .map(|object| {
+                let tenant = statuses.get(&object.tenant_id);
+                async move { self.reconcile_agent(object, tenant).await }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        waits.into_iter().min().unwrap_or(self.resync).min(self.resync).max(Duration::from_millis(50))
+    }
+
+    /// Provisions every stored tenant that is not Ready; returns every tenant's status.
+    async fn reconcile_tenants(&self) -> HashMap<TenantId, TenantStatus> {
+        let mut statuses = HashMap::new();
+        let tenants = match self.tenants.list_all_tenants().await {
+            Ok(tenants) => tenants,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list tenants");
+                return statuses;
+            }
+        };
+        for tenant in tenants {
+            let status = match self.cluster.tenant_status(&tenant.id).await {
+                Ok(status) if status.phase == TenantPhase::Ready => status,
+                _ => self.cluster.provision_tenant(&tenant).await.unwrap_or_else(|err| {
+                    tracing::warn!(tenant = %tenant.id, error = %err, "provisioning failed; will retry");
+                    TenantStatus { phase: TenantPhase::Error, message: Some(err.to_string()), ..TenantStatus::pending() }
+                }),
+            };
+            statuses.insert(tenant.id, status);
+        }
+        statuses
+    }
+
+    async fn reconcile_agent(&self, object: AgentObject, tenant: Option<&TenantStatus>) -> Duration {
+        let key = (object.tenant_id, object.manifest.name().clone());
+        let now = self.clock.now();
+        let retry = self.retries().get(&key).copied();
+        match next_step(&object, tenant, retry, self.resync, now) {
+            Step::Wait(wait) => wait,
+            Step::AwaitTenant => {
+                let waiting = AgentStatus { phase: AgentPhase::Pending, node_ack: false, last_synced_at: object.status.last_synced_at, message: Some("waiting for the tenant's node to be ready".to_owned()) };
+                self.record(&object, &waiting).await;
+                backoff(retry.map_or(1, |r| r.failures + 1))
+            }
+            Step::Cleanup { node } => {
+                if let Some(node) = node
+                    && let Err(err) = self.node.remove_agent(&node, &key.1).await
+                {
+                    tracing::warn!(agent = %key.1, error = %err, "could not remove the agent from its node; letting it go");
+                }
+                if let Err(err) = self.cluster.forget_agent(&key.0, &key.1).await {
+                    tracing::warn!(agent = %key.1, error = %err, "could not forget the agent object; will retry");
+                    return backoff(1);
+                }
+                self.retries().remove(&key);
+                self.resync
+            }
+            Step::Deploy => {
+                let node = tenant.and_then(|t| t.node_endpoint.clone()).unwrap_or_default();
+                self.deploy(&object, &node, now).await
+            }
+        }
+    }
+
+    async fn deploy(&self, object: &AgentObject, node: &str, now: DateTime<Utc>) -> Duration {
+        let key = (object.tenant_id, object.manifest.name().clone());
+        if object.status.phase != AgentPhase::Running || object.observed_generation != object.generation {
+            let deploying = AgentStatus { phase: AgentPhase::Deploying, node_ack: false, message: None, ..object.status.clone() };
+            self.record(object, &deploying).await;
+        }
+        let outcome = match self.node.register_agent(node, object.manifest.document()).await {
+            Ok(()) => self.node.deploy_agent(node, &key.1).await,
+            Err(err) => Err(err),
+        };
+        match outcome {
+            Ok(()) => {
+                self.retries().remove(&key);
+                let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: Some(self.clock.now()), message: None };
+                self.record(object, &running).await;
+                self.resync
+            }
+            Err(err) => {
+                let failures = {
+                    let mut retries = self.retries();
+                    let retry = retries.entry(key.clone()).or_insert(Retry { failures: 0, last_attempt: now });
+                    retry.failures += 1;
+                    retry.last_attempt = now;
+                    retry.failures
+                };
+                tracing::warn!(agent = %key.1, failures, error = %err, "deploying the agent failed; will retry");
+                let failed = AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: object.status.last_synced_at, message: Some(err.to_string()) };
+                self.record(object, &failed).await;
+                backoff(failures)
+            }
+        }
+    }
+
+    async fn record(&self, object: &AgentObject, status: &AgentStatus) {
+        if let Err(err) = self.cluster.set_agent_status(&object.tenant_id, object.manifest.name(), object.generation, status).await {
+            tracing::warn!(agent = %object.manifest.name(), error = %err, "could not record the agent's status");
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

@@ -1,0 +1,143 @@
+//! Reconcile decisions as pure functions, and the runner over the in-memory cluster and
+//! the stub node with a clock the test moves.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use nexus_cluster_memory::MemoryCluster;
+use nexus_node_stub::StubNode;
+use nexus_ports::agents::{AgentManifest, AgentObject, AgentPhase, AgentStatus};
+use nexus_ports::identity::{DisplayName, UserId};
+use nexus_ports::ports::{ClusterBackend, Clock, MockAgentStore, MockTenantStore};
+use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
+use serde_json::json;
+
+use super::{Reconciler, Retry, Step, backoff, next_step};
+
+const RESYNC: Duration = Duration::from_secs(60);
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+}
+
+fn secs(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
+}
+
+fn manifest(model: &str) -> AgentManifest {
+    AgentManifest::parse(json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": "bot"}, "spec": {"model": {"primary": {"provider": "ollama", "model": model}}}})).unwrap()
+}
+
+fn object(phase: AgentPhase, generation: u64, observed: u64, synced: Option<DateTime<Utc>>) -> AgentObject {
+    AgentObject {
+        tenant_id: TenantId::generate(),
+        manifest: manifest("m"),
+        generation,
+        observed_generation: observed,
+        status: AgentStatus { phase, node_ack: phase == AgentPhase::Running, last_synced_at: synced, message: None },
+        deleting: false,
+    }
+}
+
+fn ready() -> TenantStatus {
+    TenantStatus { phase: TenantPhase::Ready, namespace: Some("tenant-x".into()), node_endpoint: Some("http://node".into()), message: None }
+}
+
+#[test]
+fn backoff_doubles_up_to_thirty_seconds() {
+    let waits: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+    assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+    assert_eq!(backoff(u32::MAX).as_secs(), 30);
+}
+
+#[test]
+fn new_and_changed_agents_deploy_at_once() {
+    assert_eq!(next_step(&object(AgentPhase::Pending, 1, 0, None), Some(&ready()), None, RESYNC, t0()), Step::Deploy);
+    let changed = object(AgentPhase::Running, 2, 1, Some(t0()));
+    assert_eq!(next_step(&changed, Some(&ready()), None, RESYNC, t0()), Step::Deploy, "a new generation does not wait for the resync");
+    let failed_changed = object(AgentPhase::Failed, 3, 2, None);
+    let retry = Retry { failures: 5, last_attempt: t0() };
+    assert_eq!(next_step(&failed_changed, Some(&ready()), Some(retry), RESYNC, t0()), Step::Deploy, "nor for the backoff of an older one");
+}
+
+#[test]
+fn running_agents_resync_periodically() {
+    let running = object(AgentPhase::Running, 1, 1, Some(t0()));
+    assert_eq!(next_step(&running, Some(&ready()), None, RESYNC, t0() + secs(10)), Step::Wait(Duration::from_secs(50)));
+    assert_eq!(next_step(&running, Some(&ready()), None, RESYNC, t0() + secs(60)), Step::Deploy);
+}
+
+#[test]
+fn failed_agents_retry_after_their_backoff() {
+    let failed = object(AgentPhase::Failed, 1, 1, None);
+    let retry = Retry { failures: 3, last_attempt: t0() };
+    assert_eq!(next_step(&failed, Some(&ready()), Some(retry), RESYNC, t0() + secs(1)), Step::Wait(Duration::from_secs(3)));
+    assert_eq!(next_step(&failed, Some(&ready()), Some(retry), RESYNC, t0() + secs(4)), Step::Deploy);
+    assert_eq!(next_step(&failed, Some(&ready()), None, RESYNC, t0()), Step::Deploy, "no retry state (a restart): try now");
+}
+
+#[test]
+fn agents_wait_for_their_tenant_and_deletion_comes_first() {
+    let pending = object(AgentPhase::Pending, 1, 0, None);
+    let provisioning = TenantStatus { phase: TenantPhase::Provisioning, ..ready() };
+    assert_eq!(next_step(&pending, Some(&provisioning), None, RESYNC, t0()), Step::AwaitTenant);
+    assert_eq!(next_step(&pending, None, None, RESYNC, t0()), Step::AwaitTenant);
+    let deleting = AgentObject { deleting: true, ..object(AgentPhase::Running, 1, 1, Some(t0())) };
+    assert_eq!(next_step(&deleting, Some(&ready()), None, RESYNC, t0()), Step::Cleanup { node: Some("http://node".into()) });
+    assert_eq!(next_step(&deleting, None, None, RESYNC, t0()), Step::Cleanup { node: None }, "a tenant that is gone does not block deletion");
+}
+
+/// A clock the test moves.
+struct TestClock(Mutex<DateTime<Utc>>);
+
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+impl TestClock {
+    fn advance(&self, by: chrono::Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+#[tokio::test]
+async fn the_runner_deploys_fails_recovers_and_cleans_up() {
+    let tenant = Tenant { id: TenantId::generate(), owner: UserId::generate(), display_name: DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 50, created_at: t0() };
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    let node = Arc::new(StubNode::new());
+    let clock = Arc::new(TestClock(Mutex::new(t0())));
+    let mut tenants = MockTenantStore::new();
+    let listed = tenant.clone();
+    tenants.expect_list_all_tenants().returning(move || Ok(vec![listed.clone()]));
+    let reconciler = Reconciler::new(cluster.clone(), node.clone(), Arc::new(MockAgentStore::new()), Arc::new(tenants), clock.clone(), RESYNC);
+    let status = async || cluster.agent_object(&tenant.id, manifest("a").name()).await.unwrap().unwrap().status;
+
+    cluster.apply_agent(&tenant.id, &manifest("a")).await.unwrap();
+    assert_eq!(reconciler.pass().await, RESYNC, "the tenant was provisioned and the agent deployed in one pass");
+    assert_eq!((status().await.phase, status().await.node_ack), (AgentPhase::Running, true));
+    assert!(node.agent("http://node", "bot").unwrap().deployed);
+
+    node.set_failing(true);
+    cluster.apply_agent(&tenant.id, &manifest("b")).await.unwrap();
+    assert_eq!(reconciler.pass().await, Duration::from_secs(1));
+    let failed = status().await;
+    assert_eq!((failed.phase, failed.node_ack), (AgentPhase::Failed, false));
+    assert!(failed.message.unwrap().contains("cannot be reached"));
+    clock.advance(secs(1));
+    assert_eq!(reconciler.pass().await, Duration::from_secs(2), "the second failure waits twice as long");
+
+    node.set_failing(false);
+    assert_eq!(reconciler.pass().await, Duration::from_secs(2), "still backing off");
+    clock.advance(secs(2));
+    reconciler.pass().await;
+    assert_eq!(status().await.phase, AgentPhase::Running, "recovered with no API call");
+    assert_eq!(node.agent("http://node", "bot").unwrap().manifest["spec"]["model"]["primary"]["model"], "b");
+
+    cluster.request_agent_deletion(&tenant.id, manifest("b").name()).await.unwrap();
+    reconciler.pass().await;
+    assert!(node.agent("http://node", "bot").is_none(), "the node forgot it");
+    assert!(cluster.agent_object(&tenant.id, manifest("b").name()).await.unwrap().is_none());
+}
