@@ -60,6 +60,12 @@ error_sets! {
     AuthenticatedWriteErrors = [400, 401, 403, 413, 415, 500, 503];
     /// An operation behind authentication on one resource that may be missing.
     AuthenticatedItemErrors = [400, 401, 403, 404, 500, 503];
+    /// Registering an agent from its manifest.
+    AgentCreateErrors = [400, 401, 403, 409, 413, 415, 500, 503];
+    /// Replacing an agent's manifest.
+    AgentUpdateErrors = [400, 401, 403, 404, 413, 415, 500, 503];
+    /// Reading through to an agent's node.
+    NodeErrors = [400, 401, 403, 404, 500, 502, 503];
 }
 
 fn describe(status: u16) -> &'static str {

@@ -3,11 +3,13 @@
 //! one place (`error`). Operation ids are `resource_verb`; SDKs generated from the
 //! document see them, so renaming one is a breaking change.
 
+mod agents;
 mod auth;
 mod body_limit;
 mod error;
 mod health;
 mod identity;
+mod manifest;
 mod tenants;
 mod text;
 
@@ -38,16 +40,19 @@ enum ApiTags {
     /// Tenant-scoped API keys for programmatic clients. Managing them needs a user's access
     /// token; API keys are refused with 403.
     Keys,
+    /// A tenant's agents. Tenant-scoped: an API key, or a user's access token with
+    /// `X-Tenant-ID` naming a tenant it owns.
+    Agents,
     /// Liveness and readiness probes.
     Health,
 }
 
-type Apis = (health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi);
+type Apis = (health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi, agents::AgentApi);
 
 /// The OpenAPI service: every operation, with no state attached (handlers read the
 /// shared [`crate::app::Nexus`] from request data).
 pub(crate) fn openapi() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi), "Nexus", env!("CARGO_PKG_VERSION"))
+    OpenApiService::new((health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi, agents::AgentApi), "Nexus", env!("CARGO_PKG_VERSION"))
         .description(
             "Multi-tenant control plane for Astromesh AI agents. Every failure answers \
              `{\"error\": \"<message>\"}` with the status that says what went wrong.",

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod agents;
 mod concurrency;
 mod health;
 mod identity;

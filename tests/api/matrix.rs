@@ -26,17 +26,40 @@ enum Who {
 
 const CALLERS: [Who; 5] = [Who::Nobody, Who::Garbage, Who::OtherUser, Who::OtherKey, Who::Owner];
 
-/// (method, path as in the document, JSON body, expected status per caller in [`CALLERS`] order).
-type Row = (&'static str, &'static str, Option<fn() -> Value>, [u16; 5]);
+/// Whether a route is tenant-scoped: user tokens then name the owner's tenant in
+/// `X-Tenant-ID` (another user's too, which it does not own).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    User,
+    Tenant,
+}
+
+/// (method, path as in the document, scope, JSON body, expected status per caller in [`CALLERS`] order).
+type Row = (&'static str, &'static str, Scope, Option<fn() -> Value>, [u16; 5]);
+
+fn manifest(name: &str) -> Value {
+    json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": name, "version": "1.0.0"}, "spec": {"model": {"primary": {"provider": "ollama", "model": "llama3.1:8b"}}}})
+}
 
 const ROWS: &[Row] = &[
-    ("GET", "/api/v1/me", None, [401, 401, 200, 200, 200]),
-    ("POST", "/api/v1/tenants", Some(|| json!({"displayName": "matrix"})), [401, 401, 201, 403, 201]),
-    ("GET", "/api/v1/tenants", None, [401, 401, 200, 403, 200]),
-    ("DELETE", "/api/v1/tenants/{id}", None, [401, 401, 403, 403, 200]),
-    ("POST", "/api/v1/tenants/{id}/keys", Some(|| json!({"label": "matrix"})), [401, 401, 403, 403, 201]),
-    ("GET", "/api/v1/tenants/{id}/keys", None, [401, 401, 403, 403, 200]),
-    ("DELETE", "/api/v1/tenants/{id}/keys/{hash}", None, [401, 401, 403, 403, 200]),
+    ("GET", "/api/v1/me", Scope::User, None, [401, 401, 200, 200, 200]),
+    ("POST", "/api/v1/tenants", Scope::User, Some(|| json!({"displayName": "matrix"})), [401, 401, 201, 403, 201]),
+    ("GET", "/api/v1/tenants", Scope::User, None, [401, 401, 200, 403, 200]),
+    ("DELETE", "/api/v1/tenants/{id}", Scope::User, None, [401, 401, 403, 403, 200]),
+    ("POST", "/api/v1/tenants/{id}/keys", Scope::User, Some(|| json!({"label": "matrix"})), [401, 401, 403, 403, 201]),
+    ("GET", "/api/v1/tenants/{id}/keys", Scope::User, None, [401, 401, 403, 403, 200]),
+    ("DELETE", "/api/v1/tenants/{id}/keys/{hash}", Scope::User, None, [401, 401, 403, 403, 200]),
+    // Another tenant's key acts in its own tenant: it creates and lists there, and the
+    // owner's agent is as missing to it as one that does not exist.
+    ("POST", "/api/v1/agents", Scope::Tenant, Some(|| manifest("fresh-bot")), [401, 401, 403, 201, 201]),
+    ("GET", "/api/v1/agents", Scope::Tenant, None, [401, 401, 403, 200, 200]),
+    ("GET", "/api/v1/agents/{name}", Scope::Tenant, None, [401, 401, 403, 404, 200]),
+    ("PUT", "/api/v1/agents/{name}", Scope::Tenant, Some(|| manifest("matrix-bot")), [401, 401, 403, 404, 200]),
+    ("DELETE", "/api/v1/agents/{name}", Scope::Tenant, None, [401, 401, 403, 404, 200]),
+    ("GET", "/api/v1/agents/{name}/status", Scope::Tenant, None, [401, 401, 403, 404, 200]),
+    ("GET", "/api/v1/agents/{name}/logs", Scope::Tenant, None, [401, 401, 403, 404, 200]),
+    ("GET", "/api/v1/agents/{name}/metrics", Scope::Tenant, None, [401, 401, 403, 404, 200]),
+    ("GET", "/api/v1/agents/{name}/versions", Scope::Tenant, None, [401, 401, 403, 404, 200]),
 ];
 
 /// The owner's tenant and key, and the credentials of everyone else.
@@ -56,21 +79,30 @@ impl World {
         let key_hash = server.key(&owner, &tenant, "owned").await.str("hash");
         let others = server.tenant(&other_user, "theirs").await.str("id");
         let other_key = server.key(&other_user, &others, "theirs").await.str("rawKey");
-        Self { owner, tenant, key_hash, other_user, other_key }
+        let world = Self { owner, tenant, key_hash, other_user, other_key };
+        let headers = world.headers(Who::Owner, Scope::Tenant);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let agent = server.call(Method::POST, "/api/v1/agents", &headers, Some(&manifest("matrix-bot"))).await;
+        assert_eq!(agent.status, StatusCode::CREATED, "{agent:?}");
+        world
     }
 
-    fn headers(&self, who: Who) -> Vec<(&'static str, String)> {
-        match who {
+    fn headers(&self, who: Who, scope: Scope) -> Vec<(&'static str, String)> {
+        let mut headers = match who {
             Who::Nobody => vec![],
             Who::Garbage => vec![("authorization", "Bearer not-a-token".to_owned())],
             Who::OtherUser => vec![("authorization", format!("Bearer {}", self.other_user))],
             Who::OtherKey => vec![("x-api-key", self.other_key.clone())],
             Who::Owner => vec![("authorization", format!("Bearer {}", self.owner))],
+        };
+        if scope == Scope::Tenant && matches!(who, Who::OtherUser | Who::Owner | Who::Garbage) {
+            headers.push(("x-tenant-id", self.tenant.clone()));
         }
+        headers
     }
 
     fn path(&self, template: &str) -> String {
-        template.replace("{id}", &self.tenant).replace("{hash}", &self.key_hash)
+        template.replace("{id}", &self.tenant).replace("{hash}", &self.key_hash).replace("{name}", "matrix-bot")
     }
 }
 
@@ -78,11 +110,11 @@ on_both_backends!(authorization_matrix);
 
 async fn authorization_matrix(backend: Backend) {
     with_server(backend, async |server: &Server| {
-        for (row, (method, template, body, expected)) in ROWS.iter().enumerate() {
+        for (row, (method, template, scope, body, expected)) in ROWS.iter().enumerate() {
             // A world per row: the owner's call may delete what the next row needs.
             let world = World::new(server, row).await;
             for (who, expected) in CALLERS.into_iter().zip(expected) {
-                let headers = world.headers(who);
+                let headers = world.headers(who, *scope);
                 let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
                 let method = Method::from_bytes(method.as_bytes()).unwrap();
                 let answer = server.call(method.clone(), &world.path(template), &headers, body.map(|b| b()).as_ref()).await;
@@ -106,6 +138,6 @@ fn every_api_route_is_in_the_matrix() {
         .filter(|(path, _)| path.starts_with("/api/v1"))
         .flat_map(|(path, operations)| operations.as_object().unwrap().keys().map(move |method| (method.to_uppercase(), path.clone())))
         .collect();
-    let covered: BTreeSet<(String, String)> = ROWS.iter().map(|(method, path, _, _)| ((*method).to_owned(), (*path).to_owned())).collect();
+    let covered: BTreeSet<(String, String)> = ROWS.iter().map(|(method, path, ..)| ((*method).to_owned(), (*path).to_owned())).collect();
     assert_eq!(documented, covered, "every /api/v1 route must have a row in the authorization matrix (tests/api/matrix.rs)");
 }

@@ -137,6 +137,18 @@ impl Server {
         self.send(Method::GET, path, bearer, None, None).await
     }
 
+    /// Sends a request with these headers and optional raw body bytes.
+    pub async fn send_with(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Answer {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        answer(request).await
+    }
+
     /// Sends a request with these headers and an optional JSON body.
     pub async fn call(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Answer {
         let mut request = self.client.request(method, format!("{}{path}", self.base));

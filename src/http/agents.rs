@@ -1,0 +1,306 @@
+//! `/api/v1/agents`: a tenant's agents. Tenant-scoped: an API key reaches its own tenant;
+//! a user's access token needs `X-Tenant-ID` naming a tenant it owns. An agent of another
+//! tenant answers 404 exactly as a missing one.
+
+use chrono::{DateTime, Utc};
+use nexus_ports::agents::{AgentPhase, AgentStatus, AgentVersion};
+use nexus_ports::tenancy::Tenant;
+use poem::web::Data;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use serde_json::Value;
+
+use super::ApiTags;
+use super::auth::Caller;
+use super::error::{AgentCreateErrors, AgentUpdateErrors, ApiError, AuthenticatedErrors, AuthenticatedItemErrors, NodeErrors};
+use super::manifest::ManifestBody;
+use crate::app::{AgentState, LogQuery, SharedNexus};
+
+/// Where an agent stands on its tenant's node.
+#[derive(Enum)]
+enum AgentPhaseView {
+    Pending,
+    Deploying,
+    Running,
+    Failed,
+    Stopped,
+}
+
+impl From<AgentPhase> for AgentPhaseView {
+    fn from(phase: AgentPhase) -> Self {
+        match phase {
+            AgentPhase::Pending => Self::Pending,
+            AgentPhase::Deploying => Self::Deploying,
+            AgentPhase::Running => Self::Running,
+            AgentPhase::Failed => Self::Failed,
+            AgentPhase::Stopped => Self::Stopped,
+        }
+    }
+}
+
+/// An agent just registered.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct AgentCreatedView {
+    name: String,
+    /// The tenant's namespace (`tenant-<uuid>`).
+    namespace: String,
+    /// `metadata.version`.
+    version: Option<String>,
+    phase: AgentPhaseView,
+    created_at: DateTime<Utc>,
+}
+
+/// An agent in a listing.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct AgentSummaryView {
+    name: String,
+    phase: AgentPhaseView,
+    version: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// What the runtime reports of an agent.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct AgentStatusView {
+    phase: AgentPhaseView,
+    /// Whether the node acknowledged the current manifest.
+    node_ack: bool,
+    last_synced_at: Option<DateTime<Utc>>,
+    /// Why it is `Failed`, or what it waits for.
+    message: Option<String>,
+}
+
+impl From<AgentStatus> for AgentStatusView {
+    fn from(status: AgentStatus) -> Self {
+        Self { phase: status.phase.into(), node_ack: status.node_ack, last_synced_at: status.last_synced_at, message: status.message }
+    }
+}
+
+/// An agent with its whole manifest and status.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct AgentDetailView {
+    name: String,
+    namespace: String,
+    /// The whole manifest, as stored (unknown fields included).
+    agent_spec: Value,
+    status: AgentStatusView,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<AgentState> for AgentDetailView {
+    fn from(AgentState { agent, status }: AgentState) -> Self {
+        Self {
+            name: agent.manifest.name().to_string(),
+            namespace: agent.tenant_id.cr_name(),
+            agent_spec: agent.manifest.document().clone(),
+            status: status.into(),
+            created_at: agent.created_at,
+            updated_at: agent.updated_at,
+        }
+    }
+}
+
+/// The runtime status and the node's live view of the agent.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct LiveStatusView {
+    phase: AgentPhaseView,
+    node_ack: bool,
+    last_synced_at: Option<DateTime<Utc>>,
+    message: Option<String>,
+    /// What the node says of the agent (its list entry, with the manifest it holds);
+    /// null when the node does not know it yet.
+    node: Value,
+}
+
+/// The agent's execution traces from its node.
+#[derive(Object)]
+struct LogsView {
+    agent: String,
+    traces: Vec<Value>,
+}
+
+/// The node's metrics.
+#[derive(Object)]
+struct MetricsView {
+    agent: String,
+    /// The period asked for. The node reports cumulative counters and histograms since it
+    /// started, whatever the period.
+    period: Option<String>,
+    metrics: Value,
+}
+
+/// One published version of an agent.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct VersionView {
+    /// 1 for the creation, then one more per update.
+    number: u32,
+    /// `metadata.version` of that manifest.
+    version: Option<String>,
+    /// SHA-256 of that manifest's canonical JSON.
+    checksum: String,
+    /// `usr_...`, or `key:<label>` for an API key.
+    author: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<AgentVersion> for VersionView {
+    fn from(v: AgentVersion) -> Self {
+        Self { number: v.number, version: v.version, checksum: v.checksum, author: v.author, created_at: v.created_at }
+    }
+}
+
+/// An agent was deleted.
+#[derive(Object)]
+struct AgentDeletedView {
+    deleted: String,
+}
+
+#[derive(ApiResponse)]
+enum AgentCreated {
+    /// The agent was registered; the reconcile loop deploys it.
+    #[oai(status = 201)]
+    Created(Json<AgentCreatedView>),
+}
+
+pub(crate) struct AgentApi;
+
+/// The tenant a request is scoped to.
+async fn scope<S>(nexus: &SharedNexus, caller: &Caller, tenant_id: &Header<Option<String>>) -> Result<Tenant, ApiError<S>> {
+    Ok(nexus.access.tenant_scope(&caller.0, tenant_id.0.as_deref()).await?)
+}
+
+#[OpenApi(tag = "ApiTags::Agents")]
+impl AgentApi {
+    /// Register an agent from its raw manifest (YAML or JSON); its `metadata.name` names it.
+    #[oai(path = "/api/v1/agents", method = "post", operation_id = "agent_create")]
+    async fn create(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+        body: ManifestBody,
+    ) -> Result<AgentCreated, ApiError<AgentCreateErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        let state = nexus.agents.create(&tenant, &caller.0.author(), body.into_document()).await?;
+        Ok(AgentCreated::Created(Json(AgentCreatedView {
+            name: state.agent.manifest.name().to_string(),
+            namespace: tenant.id.cr_name(),
+            version: state.agent.manifest.version().map(str::to_owned),
+            phase: state.status.phase.into(),
+            created_at: state.agent.created_at,
+        })))
+    }
+
+    /// The tenant's agents, by name.
+    #[oai(path = "/api/v1/agents", method = "get", operation_id = "agent_list")]
+    async fn list(&self, nexus: Data<&SharedNexus>, caller: Caller, #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>) -> Result<Json<Vec<AgentSummaryView>>, ApiError<AuthenticatedErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        let states = nexus.agents.list(&tenant).await?;
+        Ok(Json(
+            states
+                .into_iter()
+                .map(|s| AgentSummaryView {
+                    name: s.agent.manifest.name().to_string(),
+                    phase: s.status.phase.into(),
+                    version: s.agent.manifest.version().map(str::to_owned),
+                    created_at: s.agent.created_at,
+                    updated_at: s.agent.updated_at,
+                })
+                .collect(),
+        ))
+    }
+
+    /// An agent: its whole manifest and its status.
+    #[oai(path = "/api/v1/agents/:name", method = "get", operation_id = "agent_get")]
+    async fn get(&self, nexus: Data<&SharedNexus>, caller: Caller, #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>, name: Path<String>) -> Result<Json<AgentDetailView>, ApiError<AuthenticatedItemErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        Ok(Json(nexus.agents.get(&tenant, &name).await?.into()))
+    }
+
+    /// Replace an agent's manifest (a new version); its node receives it.
+    #[oai(path = "/api/v1/agents/:name", method = "put", operation_id = "agent_update")]
+    async fn update(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+        name: Path<String>,
+        body: ManifestBody,
+    ) -> Result<Json<AgentDetailView>, ApiError<AgentUpdateErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        Ok(Json(nexus.agents.update(&tenant, &caller.0.author(), &name, body.into_document()).await?.into()))
+    }
+
+    /// Delete an agent; its node forgets it.
+    #[oai(path = "/api/v1/agents/:name", method = "delete", operation_id = "agent_delete")]
+    async fn delete(&self, nexus: Data<&SharedNexus>, caller: Caller, #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>, name: Path<String>) -> Result<Json<AgentDeletedView>, ApiError<AuthenticatedItemErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &name).await?.to_string() }))
+    }
+
+    /// Phase, nodeAck and lastSyncedAt, with the node's live view of the agent.
+    #[oai(path = "/api/v1/agents/:name/status", method = "get", operation_id = "agent_status")]
+    async fn status(&self, nexus: Data<&SharedNexus>, caller: Caller, #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>, name: Path<String>) -> Result<Json<LiveStatusView>, ApiError<NodeErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        let live = nexus.agents.live_status(&tenant, &name).await?;
+        let status = live.status;
+        Ok(Json(LiveStatusView { phase: status.phase.into(), node_ack: status.node_ack, last_synced_at: status.last_synced_at, message: status.message, node: live.node }))
+    }
+
+    /// The agent's logs: its execution traces on the node, at most `lines` (1 to 1000,
+    /// default 100), optionally only of `level` and from `since` (RFC 3339).
+    #[oai(path = "/api/v1/agents/:name/logs", method = "get", operation_id = "agent_logs")]
+    #[allow(clippy::too_many_arguments)]
+    async fn logs(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+        name: Path<String>,
+        lines: Query<Option<u32>>,
+        level: Query<Option<String>>,
+        since: Query<Option<String>>,
+    ) -> Result<Json<LogsView>, ApiError<NodeErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        let since = since
+            .0
+            .map(|s| s.parse::<DateTime<Utc>>().map_err(|_| nexus_ports::Error::invalid("since must be an RFC 3339 time such as 2026-11-28T12:00:00Z")))
+            .transpose()?;
+        let traces = nexus.agents.logs(&tenant, &name, &LogQuery { lines: lines.0, level: level.0, since }).await?;
+        Ok(Json(LogsView { agent: name.0, traces }))
+    }
+
+    /// The metrics of the agent's node; `period` (such as `1h`) is echoed.
+    #[oai(path = "/api/v1/agents/:name/metrics", method = "get", operation_id = "agent_metrics")]
+    async fn metrics(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+        name: Path<String>,
+        period: Query<Option<String>>,
+    ) -> Result<Json<MetricsView>, ApiError<NodeErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        if let Some(period) = &period.0 {
+            humantime::parse_duration(period).map_err(|_| nexus_ports::Error::invalid("period must be a duration such as 15m, 1h or 24h"))?;
+        }
+        let metrics = nexus.agents.metrics(&tenant, &name).await?;
+        Ok(Json(MetricsView { agent: name.0, period: period.0, metrics }))
+    }
+
+    /// The agent's published versions, oldest first.
+    #[oai(path = "/api/v1/agents/:name/versions", method = "get", operation_id = "agent_versions")]
+    async fn versions(&self, nexus: Data<&SharedNexus>, caller: Caller, #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>, name: Path<String>) -> Result<Json<Vec<VersionView>>, ApiError<AuthenticatedItemErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        Ok(Json(nexus.agents.versions(&tenant, &name).await?.into_iter().map(Into::into).collect()))
+    }
+}
