@@ -10,6 +10,7 @@ mod health;
 mod identity;
 mod input;
 mod matrix;
+mod node_e2e;
 mod openapi_doc;
 mod restart;
 mod secrets;

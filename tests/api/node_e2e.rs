@@ -1,0 +1,190 @@
+//! End to end against a real astromesh-node (PyPI `astromesh` 0.74.1), started here on a
+//! free loopback port from the virtualenv `.ci/run` installs (`.venv-node`, or the one
+//! `NEXUS_TEST_NODE_VENV` names). Without it the test skips, unless `CI` is set: then a
+//! missing node is a failure.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::agents::{SUPPORT_BOT, get, running, send, tenant_with_key};
+use nexus_store_sea_orm::testing::fresh_sqlite;
+
+use crate::support::{Server, config};
+
+/// A node process, killed when dropped.
+struct Node {
+    child: Child,
+    port: u16,
+    config_dir: PathBuf,
+    venv: PathBuf,
+}
+
+fn venv() -> Option<PathBuf> {
+    let venv = std::env::var_os("NEXUS_TEST_NODE_VENV").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-node"), PathBuf::from);
+    if venv.join("bin/uvicorn").exists() {
+        return Some(venv);
+    }
+    assert!(std::env::var_os("CI").is_none(), "no astromesh-node at {}: .ci/run installs it (python3 -m venv .venv-node; pip install --ignore-requires-python astromesh==0.74.1)", venv.display());
+    eprintln!("skipping the end-to-end test: no astromesh-node at {}", venv.display());
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Node {
+    async fn start(venv: PathBuf, port: u16) -> Self {
+        let config_dir = std::env::temp_dir().join(format!("nexus-e2e-node-{port}"));
+        std::fs::create_dir_all(&config_dir).unwrap();
+        let log = std::fs::File::create(config_dir.join("node.log")).unwrap();
+        let child = Command::new(venv.join("bin/uvicorn"))
+            .args(["astromesh.api.main:app", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .env("ASTROMESH_CONFIG_DIR", &config_dir)
+            .env("ASTROMESH_PERSIST_AGENTS", "0")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start uvicorn");
+        let node = Self { child, port, config_dir, venv };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if reqwest::get(format!("{}/v1/health", node.url())).await.is_ok_and(|r| r.status().is_success()) {
+                return node;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the node did not answer /v1/health within 60 s; see {}", node.config_dir.join("node.log").display());
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The node's own list of agents.
+    async fn agents(&self) -> Vec<Value> {
+        let body: Value = reqwest::get(format!("{}/v1/agents", self.url())).await.unwrap().json().await.unwrap();
+        body["agents"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn agent(&self, name: &str) -> Option<Value> {
+        self.agents().await.into_iter().find(|a| a["name"] == name)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The package's own sample manifests.
+    fn samples(&self) -> Vec<PathBuf> {
+        let lib = self.venv.join("lib");
+        let mut samples: Vec<PathBuf> = std::fs::read_dir(&lib)
+            .unwrap()
+            .flatten()
+            .map(|python| python.path().join("site-packages/astromesh/_bundled/config/agents"))
+            .filter(|dir| dir.is_dir())
+            .flat_map(|dir| std::fs::read_dir(dir).unwrap().flatten().map(|f| f.path()))
+            .filter(|path| path.to_string_lossy().ends_with(".agent.yaml"))
+            .collect();
+        samples.sort();
+        samples
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.config_dir);
+    }
+}
+
+/// Polls until `done` holds (at most 60 s: a retry after a long outage waits up to 30 s).
+async fn eventually<F: AsyncFn() -> bool>(what: &str, done: F) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_reach_a_real_node_and_survive_its_outage() {
+    let Some(venv) = venv() else { return };
+    let port = free_port();
+    let mut node = Node::start(venv.clone(), port).await;
+    let db = fresh_sqlite();
+    let server = Server::start(nexus::config::ServeConfig {
+        node: nexus::config::NodeKind::Http,
+        node_url: node.url(),
+        resync: Duration::from_secs(1).into(),
+        ..config(&db.url)
+    })
+    .await;
+    let (tenant, key) = tenant_with_key(&server, "e2e@example.com").await;
+    let namespace = format!("tenant-{}", uuid_of(&tenant));
+
+    // Deploy: Running with nodeAck, and the node itself says deployed, in our namespace.
+    assert_eq!(send(&server, Method::POST, "/api/v1/agents", &key, "application/yaml", SUPPORT_BOT).await.status, StatusCode::CREATED);
+    eventually("support-bot Running", async || running(&get(&server, "/api/v1/agents/support-bot", &key).await.body)).await;
+    let on_node = node.agent("support-bot").await.expect("the node lists support-bot");
+    assert_eq!((on_node["status"].as_str(), on_node["namespace"].as_str()), (Some("deployed"), Some(namespace.as_str())));
+    let status = get(&server, "/api/v1/agents/support-bot/status", &key).await;
+    assert_eq!((status.status, status.body["node"]["status"].as_str()), (StatusCode::OK, Some("deployed")), "{status:?}");
+    assert_eq!(get(&server, "/api/v1/agents/support-bot/logs?lines=5", &key).await.status, StatusCode::OK);
+    assert_eq!(get(&server, "/api/v1/agents/support-bot/metrics", &key).await.status, StatusCode::OK);
+
+    // Update: the node holds the new manifest.
+    let updated = send(&server, Method::PUT, "/api/v1/agents/support-bot", &key, "application/yaml", &SUPPORT_BOT.replace("1.0.0", "1.1.0")).await;
+    assert_eq!(updated.status, StatusCode::OK, "{updated:?}");
+    eventually("the node holds version 1.1.0", async || node.agent("support-bot").await.is_some_and(|a| a["version"] == "1.1.0")).await;
+
+    // Delete: the node forgets it.
+    assert_eq!(server.call(Method::DELETE, "/api/v1/agents/support-bot", &[("x-api-key", &key)], None).await.status, StatusCode::OK);
+    eventually("the node forgot support-bot", async || node.agent("support-bot").await.is_none()).await;
+
+    // Every sample manifest the package ships is accepted.
+    let samples = node.samples();
+    assert!(samples.len() >= 5, "the package ships its samples: {samples:?}");
+    let (_, samples_key) = tenant_with_key(&server, "samples@example.com").await;
+    for sample in &samples {
+        let body = std::fs::read_to_string(sample).unwrap();
+        let created = send(&server, Method::POST, "/api/v1/agents", &samples_key, "application/x-yaml", &body).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}: {created:?}", sample.display());
+    }
+
+    // Outage: 502 and Failed while the node is down; Running again once it is back,
+    // with no API call but reads.
+    let resilient = SUPPORT_BOT.replace("name: support-bot", "name: resilient-bot");
+    assert_eq!(send(&server, Method::POST, "/api/v1/agents", &key, "application/yaml", &resilient).await.status, StatusCode::CREATED);
+    eventually("resilient-bot Running", async || running(&get(&server, "/api/v1/agents/resilient-bot", &key).await.body)).await;
+    node.stop();
+    let down = get(&server, "/api/v1/agents/resilient-bot/status", &key).await;
+    assert_eq!(down.status, StatusCode::BAD_GATEWAY, "{down:?}");
+    down.error();
+    eventually("resilient-bot Failed", async || get(&server, "/api/v1/agents/resilient-bot", &key).await.body["status"]["phase"] == "Failed").await;
+    let failed = get(&server, "/api/v1/agents/resilient-bot", &key).await.body;
+    assert_eq!(failed["status"]["nodeAck"], false);
+    assert!(failed["status"]["message"].as_str().is_some_and(|m| m.contains("cannot be reached")), "{failed}");
+
+    node = Node::start(venv, port).await;
+    eventually("resilient-bot Running again", async || running(&get(&server, "/api/v1/agents/resilient-bot", &key).await.body)).await;
+    eventually("the restarted node holds resilient-bot", async || node.agent("resilient-bot").await.is_some_and(|a| a["status"] == "deployed")).await;
+
+    server.stop().await;
+    drop(node);
+    db.drop_database().await;
+}
+
+/// The uuid of a `t_<hex>` id, hyphenated as in namespaces.
+fn uuid_of(tenant: &str) -> String {
+    let hex = tenant.trim_start_matches("t_");
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
