@@ -151,14 +151,10 @@ impl Server {
 
     /// Sends a request with these headers and an optional JSON body.
     pub async fn call(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Answer {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        answer(request).await
+        let Some(body) = body else { return self.send_with(method, path, headers, None).await };
+        let mut headers = headers.to_vec();
+        headers.push(("content-type", "application/json"));
+        self.send_with(method, path, &headers, Some(body.to_string().into_bytes())).await
     }
 
     /// Registers `email` and returns its access token.
