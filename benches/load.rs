@@ -88,6 +88,8 @@ async fn main() {
         refresh_ttl: Duration::from_secs(86400).into(),
         hash_concurrency: None,
         cluster: nexus::config::ClusterKind::Memory,
+        system_namespace: "nexus-system".into(),
+        node_image: "astromesh:0.74.1".into(),
         node: nexus::config::NodeKind::Stub,
         resync: Duration::from_secs(60).into(),
         node_url: "http://127.0.0.1:8000".into(),

@@ -4,6 +4,8 @@
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use futures_util::StreamExt;
+use nexus_cluster_kube::{KubeCluster, KubeSettings};
 use nexus_cluster_memory::MemoryCluster;
 use nexus_crypto::{Argon2Hasher, JwtAccessTokens, OsSecrets};
 use nexus_node_http::HttpNode;
@@ -56,8 +58,17 @@ pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
     let store = Arc::new(SqlStore::connect(&config.database_url).await?);
     let access_tokens: Arc<dyn AccessTokens> = Arc::new(JwtAccessTokens::new(jwt_secret(config, &store).await?.as_bytes(), access_ttl)?);
     let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let cluster = match config.cluster {
-        ClusterKind::Memory => Arc::new(MemoryCluster::new(config.node_url.clone())),
+    let (cluster, cluster_health, kube): (Arc<dyn ClusterBackend>, Arc<dyn HealthCheck>, Option<KubeCluster>) = match config.cluster {
+        ClusterKind::Memory => {
+            let memory = Arc::new(MemoryCluster::new(config.node_url.clone()));
+            (memory.clone(), memory, None)
+        }
+        ClusterKind::Kube => {
+            let settings = KubeSettings { system_namespace: config.system_namespace.clone(), node_image: config.node_image.clone() };
+            let kube = KubeCluster::connect(settings).await?;
+            let shared = Arc::new(kube.clone());
+            (shared.clone(), shared, Some(kube))
+        }
     };
     let node: Arc<dyn NodeProxy> = match config.node {
         NodeKind::Stub => Arc::new(StubNode::new()),
@@ -70,14 +81,28 @@ pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
 
     let identity = IdentityService::new(store.clone(), store.clone(), Arc::new(Argon2Hasher::new(hash_concurrency)?), access_tokens.clone(), secrets.clone(), clock.clone(), refresh_ttl);
     let access = AccessService::new(access_tokens, store.clone(), store.clone(), clock.clone(), key_usage.clone());
-    let tenancy = TenancyService::new(store.clone(), store.clone(), cluster.clone() as Arc<dyn ClusterBackend>, secrets, clock.clone(), key_usage.clone(), config.max_agents);
+    let tenancy = TenancyService::new(store.clone(), store.clone(), cluster.clone(), secrets, clock.clone(), key_usage.clone(), config.max_agents);
     let reconciler = Arc::new(Reconciler::new(cluster.clone(), node.clone(), store.clone(), store.clone(), clock.clone(), resync));
     let agents = AgentService::new(store.clone(), cluster.clone(), node, clock, reconciler.clone());
-    let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster as Arc<dyn HealthCheck>]);
+    let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
 
     let tenants = tenancy.reapply_all().await?;
     let agents_applied = reconciler.apply_registry().await?;
     tracing::info!(tenants, agents = agents_applied, "stored tenants and agents applied to the cluster");
-    let background = vec![tokio::spawn(key_usage.clone().run(FLUSH_EVERY)), tokio::spawn(reconciler.run())];
+    let mut background = vec![tokio::spawn(key_usage.clone().run(FLUSH_EVERY))];
+    match kube {
+        // Every replica serves the API and wakes on changes; the one holding the lease reconciles.
+        Some(kube) => {
+            let identity = std::env::var("HOSTNAME").unwrap_or_else(|_| format!("nexus-{}", uuid::Uuid::new_v4().simple()));
+            let leading = kube.leadership(&identity).await?;
+            let waker = reconciler.clone();
+            background.push(tokio::spawn(kube.changes().for_each(move |()| {
+                waker.trigger();
+                async {}
+            })));
+            background.push(tokio::spawn(crate::app::leadership::reconcile_while_leading(reconciler, leading)));
+        }
+        None => background.push(tokio::spawn(reconciler.run())),
+    }
     Ok(Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, background: Mutex::new(background) }))
 }

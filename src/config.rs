@@ -25,6 +25,8 @@ pub enum Command {
         #[arg(long)]
         yaml: bool,
     },
+    /// Print the NexusTenant and NexusAgent custom resource definitions as YAML and exit.
+    Crds,
 }
 
 /// How to serve.
@@ -56,9 +58,18 @@ pub struct ServeConfig {
     pub hash_concurrency: Option<usize>,
 
     /// Where tenants' nodes and agents run. `memory`: in this process, for local
-    /// development and tests.
+    /// development and tests; `kube`: a Kubernetes cluster (in-cluster configuration or
+    /// KUBECONFIG), with NexusTenant and NexusAgent resources.
     #[arg(long, env = "NEXUS_CLUSTER", value_enum, default_value = "memory", global = true)]
     pub cluster: ClusterKind,
+
+    /// Namespace of the NexusTenant resources and of the leader-election lease (kube).
+    #[arg(long, env = "NEXUS_SYSTEM_NAMESPACE", default_value = "nexus-system", global = true)]
+    pub system_namespace: String,
+
+    /// Image of tenants' astromesh-nodes (kube).
+    #[arg(long, env = "NEXUS_NODE_IMAGE", default_value = "astromesh:0.74.1", global = true)]
+    pub node_image: String,
 
     /// How Nexus talks to nodes: `stub` acknowledges everything in process (local
     /// development without a node); `http` speaks the astromesh-node API.
@@ -90,6 +101,7 @@ pub struct ServeConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClusterKind {
     Memory,
+    Kube,
 }
 
 /// How nodes are reached.

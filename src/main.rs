@@ -17,6 +17,16 @@ fn main() -> ExitCode {
             print!("{}", if yaml { nexus::http::openapi_yaml() } else { nexus::http::openapi_json() });
             ExitCode::SUCCESS
         }
+        Some(Command::Crds) => match nexus_cluster_kube::crd::crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("cannot render the custom resource definitions: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Serve) | None => {
             init_logging(&cli.serve);
             let runtime = match tokio::runtime::Runtime::new() {

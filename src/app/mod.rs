@@ -6,6 +6,7 @@ pub mod agents;
 pub mod health;
 pub mod identity;
 pub mod key_usage;
+pub mod leadership;
 pub mod reconcile;
 pub mod tenancy;
 

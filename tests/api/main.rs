@@ -6,6 +6,7 @@ mod support;
 
 mod agents;
 mod concurrency;
+mod deploy;
 mod health;
 mod identity;
 mod input;

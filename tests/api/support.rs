@@ -53,6 +53,8 @@ pub fn config(database_url: &str) -> ServeConfig {
         refresh_ttl: Duration::from_secs(30 * 24 * 3600).into(),
         hash_concurrency: None,
         cluster: nexus::config::ClusterKind::Memory,
+        system_namespace: "nexus-system".into(),
+        node_image: "astromesh:0.74.1".into(),
         node: nexus::config::NodeKind::Stub,
         resync: Duration::from_secs(60).into(),
         node_url: "http://127.0.0.1:8000".to_owned(),

@@ -1,0 +1,13 @@
+//! The Kubernetes cluster backend: tenants and agents as `NexusTenant` and `NexusAgent`
+//! custom resources (group `nexus.astromesh.io`, version `v1alpha1`), the same core
+//! reconcile loop driving them as drives the in-memory backend, watchers waking it, and
+//! leader election so that one replica of many reconciles.
+#![forbid(unsafe_code)]
+
+mod cluster;
+pub mod crd;
+mod resources;
+mod runtime;
+
+pub use cluster::{FIELD_MANAGER, KubeCluster, KubeSettings, NODE_PORT};
+pub use runtime::LEASE_NAME;
