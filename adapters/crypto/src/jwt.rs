@@ -67,7 +67,9 @@ fn rejected() -> Error {
 
 impl AccessTokens for JwtAccessTokens {
     fn issue(&self, user_id: &UserId, now: DateTime<Utc>) -> Result<AccessToken> {
-        let expires_at = now + self.ttl;
+        // `exp` is in whole seconds: round up, so that a token lives at least its lifetime.
+        let exact = now + self.ttl;
+        let expires_at = Utc.timestamp_opt(exact.timestamp() + i64::from(exact.timestamp_subsec_nanos() > 0), 0).single().ok_or_else(|| Error::internal("access-token expiry out of range"))?;
         let claims = Claims {
             sub: user_id.to_string(),
             iat: now.timestamp(),
@@ -113,8 +115,10 @@ mod tests {
         let issued = tokens.issue(&user, now).unwrap();
         let claims = tokens.verify(&issued.token, now).unwrap();
         assert_eq!(claims.user_id, user);
-        assert_eq!(claims.expires_at.timestamp(), (now + Duration::minutes(15)).timestamp());
-        assert!(tokens.verify(&issued.token, now + Duration::minutes(15)).is_err());
+        assert_eq!(claims.expires_at, issued.expires_at);
+        assert!(issued.expires_at >= now + Duration::minutes(15) && issued.expires_at < now + Duration::minutes(15) + Duration::seconds(1));
+        assert!(tokens.verify(&issued.token, now + Duration::minutes(15) - Duration::milliseconds(1)).is_ok());
+        assert!(tokens.verify(&issued.token, issued.expires_at).is_err());
         assert_ne!(tokens.issue(&user, now).unwrap().token, issued.token, "jti makes every token unique");
     }
 
@@ -133,6 +137,17 @@ mod tests {
         let refresh_typed = Claims { sub: UserId::generate().to_string(), iat: now.timestamp(), exp: now.timestamp() + 60, iss: ISSUER.into(), typ: "refresh".into(), jti: "x".into() };
         let token = encode(&Header::new(Algorithm::HS256), &refresh_typed, &EncodingKey::from_secret(SECRET).unwrap()).unwrap();
         assert!(tokens.verify(&token, now).is_err());
+    }
+
+    #[test]
+    fn tokens_live_at_least_their_lifetime_despite_whole_second_expiry() {
+        let tokens = JwtAccessTokens::new(SECRET, Duration::seconds(1)).unwrap();
+        let issued_at = Utc.timestamp_opt(1_800_000_000, 999_000_000).single().unwrap();
+        let token = tokens.issue(&UserId::generate(), issued_at).unwrap();
+        assert_eq!(token.expires_at.timestamp(), 1_800_000_001 + 1);
+        assert!(tokens.verify(&token.token, issued_at + Duration::milliseconds(999)).is_ok(), "valid for its whole lifetime");
+        assert!(tokens.verify(&token.token, token.expires_at).is_err());
+        assert_eq!((token.expires_at - token.issued_at).num_seconds(), 1);
     }
 
     #[test]
