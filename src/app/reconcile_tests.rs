@@ -9,7 +9,7 @@ use nexus_cluster_memory::MemoryCluster;
 use nexus_node_stub::StubNode;
 use nexus_ports::agents::{AgentManifest, AgentObject, AgentPhase, AgentStatus};
 use nexus_ports::identity::{DisplayName, UserId};
-use nexus_ports::ports::{ClusterBackend, Clock, MockAgentStore, MockTenantStore};
+use nexus_ports::ports::{ClusterBackend, Clock, MockAgentStore, MockTenantStore, NodeProxy};
 use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
 use serde_json::json;
 
@@ -140,4 +140,96 @@ async fn the_runner_deploys_fails_recovers_and_cleans_up() {
     reconciler.pass().await;
     assert!(node.agent("http://node", "bot").is_none(), "the node forgot it");
     assert!(cluster.agent_object(&tenant.id, manifest("b").name()).await.unwrap().is_none());
+}
+
+/// The same loop over the Kubernetes backend, against a mocked API server: with the node
+/// unreachable, the agent is marked Deploying, then Failed through the status subresource,
+/// and the next pass is due after the first backoff.
+#[tokio::test]
+async fn over_kubernetes_an_unreachable_node_fails_the_agent_with_backoff() {
+    use http::Method;
+    use nexus_cluster_kube::fixtures::{Expect, anything, mocked};
+
+    const NS: &str = "tenant-0f0f0f0f-0000-4000-8000-000000000001";
+    let tenant = Tenant { id: TenantId::from_uuid("0f0f0f0f-0000-4000-8000-000000000001".parse().unwrap()), owner: UserId::generate(), display_name: DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 5, created_at: t0() };
+    let agent = json!({
+        "apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent",
+        "metadata": {"name": "bot", "namespace": NS, "generation": 1, "finalizers": ["nexus.astromesh.io/agent-cleanup"]},
+        "spec": {"agentSpec": manifest("m").document()}
+    });
+    let status_uri = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/{NS}/nexusagents/bot/status?&force=true&fieldManager=nexus");
+    let (cluster, scenario) = mocked(vec![
+        Expect {
+            method: Method::GET,
+            uri: format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/nexus-system/nexustenants/{NS}"),
+            body: anything,
+            answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusTenant", "metadata": {"name": NS}, "spec": {"displayName": "org", "nodeProfile": "full"}, "status": {"phase": "Ready", "namespace": NS, "nodeEndpoint": format!("http://astromesh-node.{NS}.svc:8000")}})),
+        },
+        Expect {
+            method: Method::GET,
+            uri: "/apis/nexus.astromesh.io/v1alpha1/nexusagents?".to_owned(),
+            body: anything,
+            answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgentList", "metadata": {}, "items": [agent.clone()]})),
+        },
+        Expect { method: Method::PATCH, uri: status_uri.clone(), body: |b| assert_eq!(b["status"]["phase"], "Deploying"), answer: (200, agent.clone()) },
+        Expect {
+            method: Method::PATCH,
+            uri: status_uri,
+            body: |b| {
+                assert_eq!((b["status"]["phase"].as_str(), b["status"]["nodeAck"].as_bool(), b["status"]["observedGeneration"].as_u64()), (Some("Failed"), Some(false), Some(1)));
+                assert!(b["status"]["message"].as_str().unwrap().contains("cannot be reached"));
+            },
+            answer: (200, agent),
+        },
+    ]);
+    let node = Arc::new(StubNode::new());
+    node.set_failing(true);
+    let mut tenants = MockTenantStore::new();
+    tenants.expect_list_all_tenants().returning(move || Ok(vec![tenant.clone()]));
+    let clock = Arc::new(TestClock(Mutex::new(t0())));
+    let reconciler = Reconciler::new(Arc::new(cluster), node, Arc::new(MockAgentStore::new()), Arc::new(tenants), clock, RESYNC);
+    assert_eq!(reconciler.pass().await, Duration::from_secs(1), "retried after the first backoff");
+    scenario.await.unwrap();
+}
+
+/// Deletion over the Kubernetes backend: an agent marked for deletion is removed from its
+/// node, then its finalizer released, so the API server lets it go.
+#[tokio::test]
+async fn over_kubernetes_deletion_cleans_up_then_releases_the_finalizer() {
+    use http::Method;
+    use nexus_cluster_kube::fixtures::{Expect, anything, mocked};
+
+    const NS: &str = "tenant-0f0f0f0f-0000-4000-8000-000000000001";
+    let tenant = Tenant { id: TenantId::from_uuid("0f0f0f0f-0000-4000-8000-000000000001".parse().unwrap()), owner: UserId::generate(), display_name: DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 5, created_at: t0() };
+    let endpoint = format!("http://astromesh-node.{NS}.svc:8000");
+    let deleting = json!({
+        "apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent",
+        "metadata": {"name": "bot", "namespace": NS, "generation": 1, "deletionTimestamp": "2026-11-28T12:00:00Z", "finalizers": ["nexus.astromesh.io/agent-cleanup"]},
+        "spec": {"agentSpec": manifest("m").document()}
+    });
+    let agent_uri = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/{NS}/nexusagents/bot");
+    let (cluster, scenario) = mocked(vec![
+        Expect {
+            method: Method::GET,
+            uri: format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/nexus-system/nexustenants/{NS}"),
+            body: anything,
+            answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusTenant", "metadata": {"name": NS}, "spec": {"displayName": "org", "nodeProfile": "full"}, "status": {"phase": "Ready", "namespace": NS, "nodeEndpoint": endpoint}})),
+        },
+        Expect {
+            method: Method::GET,
+            uri: "/apis/nexus.astromesh.io/v1alpha1/nexusagents?".to_owned(),
+            body: anything,
+            answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgentList", "metadata": {}, "items": [deleting.clone()]})),
+        },
+        Expect { method: Method::GET, uri: agent_uri.clone(), body: anything, answer: (200, deleting.clone()) },
+        Expect { method: Method::PATCH, uri: format!("{agent_uri}?"), body: |b| assert_eq!(b, &json!({"metadata": {"finalizers": []}})), answer: (200, deleting) },
+    ]);
+    let node = Arc::new(StubNode::new());
+    node.register_agent(&endpoint, manifest("m").document()).await.unwrap();
+    let mut tenants = MockTenantStore::new();
+    tenants.expect_list_all_tenants().returning(move || Ok(vec![tenant.clone()]));
+    let reconciler = Reconciler::new(Arc::new(cluster), node.clone(), Arc::new(MockAgentStore::new()), Arc::new(tenants), Arc::new(TestClock(Mutex::new(t0()))), RESYNC);
+    reconciler.pass().await;
+    assert!(node.agent(&endpoint, "bot").is_none(), "the node forgot the agent first");
+    scenario.await.unwrap();
 }

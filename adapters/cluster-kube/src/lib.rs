@@ -5,7 +5,12 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod cluster_tests;
 pub mod crd;
+#[cfg(any(test, feature = "testing"))]
+pub mod fixtures;
 mod resources;
 mod runtime;
 
