@@ -192,6 +192,56 @@ async fn over_kubernetes_an_unreachable_node_fails_the_agent_with_backoff() {
     scenario.await.unwrap();
 }
 
+/// The same loop over the Kubernetes backend, against a mocked API server: a new agent is
+/// marked Deploying, registered and deployed on its node, then Running with nodeAck, and
+/// requeued after the resync period.
+#[tokio::test]
+async fn over_kubernetes_an_agent_is_deployed_and_runs() {
+    use http::Method;
+    use nexus_cluster_kube::fixtures::{Expect, anything, mocked};
+
+    const NS: &str = "tenant-0f0f0f0f-0000-4000-8000-000000000001";
+    let tenant = Tenant { id: TenantId::from_uuid("0f0f0f0f-0000-4000-8000-000000000001".parse().unwrap()), owner: UserId::generate(), display_name: DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 5, created_at: t0() };
+    let agent = json!({
+        "apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent",
+        "metadata": {"name": "bot", "namespace": NS, "generation": 1, "finalizers": ["nexus.astromesh.io/agent-cleanup"]},
+        "spec": {"agentSpec": manifest("m").document()}
+    });
+    let status_uri = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/{NS}/nexusagents/bot/status?&force=true&fieldManager=nexus");
+    let (cluster, scenario) = mocked(vec![
+        Expect {
+            method: Method::GET,
+            uri: format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/nexus-system/nexustenants/{NS}"),
+            body: anything,
+            answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusTenant", "metadata": {"name": NS}, "spec": {"displayName": "org", "nodeProfile": "full"}, "status": {"phase": "Ready", "namespace": NS, "nodeEndpoint": format!("http://astromesh-node.{NS}.svc:8000")}})),
+        },
+        Expect {
+            method: Method::GET,
+            uri: "/apis/nexus.astromesh.io/v1alpha1/nexusagents?".to_owned(),
+            body: anything,
+            answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgentList", "metadata": {}, "items": [agent.clone()]})),
+        },
+        Expect { method: Method::PATCH, uri: status_uri.clone(), body: |b| assert_eq!(b["status"]["phase"], "Deploying"), answer: (200, agent.clone()) },
+        Expect {
+            method: Method::PATCH,
+            uri: status_uri,
+            body: |b| {
+                assert_eq!((b["status"]["phase"].as_str(), b["status"]["nodeAck"].as_bool(), b["status"]["observedGeneration"].as_u64()), (Some("Running"), Some(true), Some(1)));
+                assert!(b["status"]["lastSyncedAt"].is_string() && b["status"]["message"].is_null());
+            },
+            answer: (200, agent),
+        },
+    ]);
+    let node = Arc::new(StubNode::new());
+    let mut tenants = MockTenantStore::new();
+    tenants.expect_list_all_tenants().returning(move || Ok(vec![tenant.clone()]));
+    let clock = Arc::new(TestClock(Mutex::new(t0())));
+    let reconciler = Reconciler::new(Arc::new(cluster), node.clone(), Arc::new(MockAgentStore::new()), Arc::new(tenants), clock, RESYNC);
+    assert_eq!(reconciler.pass().await, RESYNC, "requeued after the resync period");
+    assert!(node.agent(&format!("http://astromesh-node.{NS}.svc:8000"), "bot").unwrap().deployed, "registered and deployed on the tenant's node");
+    scenario.await.unwrap();
+}
+
 /// Deletion over the Kubernetes backend: an agent marked for deletion is removed from its
 /// node, then its finalizer released, so the API server lets it go.
 #[tokio::test]

@@ -56,3 +56,31 @@ fn the_role_grants_what_the_controllers_use_and_no_more() {
     }
     assert!(kustomized.contains(&"crds.yaml".to_owned()));
 }
+
+/// `NEXUS_CLUSTER=kube` with a cluster that does not answer: the binary exits non-zero with
+/// a message naming the cluster, and does not panic.
+#[test]
+fn an_unreachable_cluster_fails_the_start_cleanly() {
+    let dir = std::env::temp_dir().join(format!("nexus-kube-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\nusers: [{name: u, user: {token: t}}]\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_nexus"))
+        .current_dir(&dir)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("NEXUS_CLUSTER", "kube")
+        .env("NEXUS_LISTEN", "127.0.0.1:0")
+        .env("NEXUS_DATABASE_URL", format!("sqlite://{}", dir.join("nexus.db").display()))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("run nexus");
+    let logged = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "{logged}");
+    assert!(logged.contains("the Kubernetes cluster at https://127.0.0.1:1/ cannot be reached"), "{logged}");
+    assert!(!logged.contains("panicked"), "{logged}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -175,6 +175,19 @@ impl KubeCluster {
         Api::namespaced(self.client.clone(), &tenant.cr_name())
     }
 
+    /// Namespace, node Deployment and Service of an applied tenant, then its status Ready.
+    async fn provision_resources(&self, name: &str, applied: &NexusTenant) -> Result<TenantStatus> {
+        self.set_tenant_status(name, json!({"phase": phase_name(TenantPhase::Provisioning)})).await?;
+        let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {MANAGED_LABEL: "true"}}});
+        Api::<Namespace>::all(self.client.clone()).patch(name, &apply(), &Patch::Apply(&namespace)).await.map_err(translate)?;
+        let deployment = node_deployment(applied, &self.settings.node_image);
+        Api::<Deployment>::namespaced(self.client.clone(), name).patch("astromesh-node", &apply(), &Patch::Apply(&deployment)).await.map_err(translate)?;
+        Api::<Service>::namespaced(self.client.clone(), name).patch("astromesh-node", &apply(), &Patch::Apply(&node_service())).await.map_err(translate)?;
+        let endpoint = format!("http://astromesh-node.{name}.svc:{NODE_PORT}");
+        self.set_tenant_status(name, json!({"phase": phase_name(TenantPhase::Ready), "namespace": name, "nodeEndpoint": endpoint, "conditions": []})).await?;
+        Ok(TenantStatus { phase: TenantPhase::Ready, namespace: Some(name.to_owned()), node_endpoint: Some(endpoint), message: None })
+    }
+
     async fn set_tenant_status(&self, name: &str, status: Value) -> Result<()> {
         let patch = json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusTenant", "status": status});
         self.tenants().patch_status(name, &apply(), &Patch::Apply(&patch)).await.map_err(translate)?;
@@ -194,17 +207,14 @@ impl ClusterBackend for KubeCluster {
             "spec": {"displayName": tenant.display_name.as_str(), "nodeProfile": tenant.node_profile.as_str(), "resourceQuota": quota}
         });
         let applied = self.tenants().patch(&name, &apply(), &Patch::Apply(&resource)).await.map_err(translate)?;
-        self.set_tenant_status(&name, json!({"phase": phase_name(TenantPhase::Provisioning)})).await?;
-
-        let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {MANAGED_LABEL: "true"}}});
-        Api::<Namespace>::all(self.client.clone()).patch(&name, &apply(), &Patch::Apply(&namespace)).await.map_err(translate)?;
-        let deployment = node_deployment(&applied, &self.settings.node_image);
-        Api::<Deployment>::namespaced(self.client.clone(), &name).patch("astromesh-node", &apply(), &Patch::Apply(&deployment)).await.map_err(translate)?;
-        Api::<Service>::namespaced(self.client.clone(), &name).patch("astromesh-node", &apply(), &Patch::Apply(&node_service())).await.map_err(translate)?;
-
-        let endpoint = format!("http://astromesh-node.{name}.svc:{NODE_PORT}");
-        self.set_tenant_status(&name, json!({"phase": phase_name(TenantPhase::Ready), "namespace": name, "nodeEndpoint": endpoint})).await?;
-        Ok(TenantStatus { phase: TenantPhase::Ready, namespace: Some(name), node_endpoint: Some(endpoint), message: None })
+        match self.provision_resources(&name, &applied).await {
+            Ok(status) => Ok(status),
+            Err(err) => {
+                // Best effort: the resource shows why; the loop retries with backoff.
+                let _ = self.set_tenant_status(&name, json!({"phase": phase_name(TenantPhase::Error), "conditions": [{"type": "Ready", "status": "False", "reason": "ProvisioningFailed", "message": err.to_string()}]})).await;
+                Err(err)
+            }
+        }
     }
 
     async fn tenant_status(&self, id: &TenantId) -> Result<TenantStatus> {

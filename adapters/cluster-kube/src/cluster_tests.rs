@@ -90,13 +90,34 @@ async fn provisioning_applies_the_tenant_with_its_finalizer_then_namespace_deplo
         Expect {
             method: Method::PATCH,
             uri: format!("{tenants}/status{APPLY}"),
-            body: |b| assert_eq!(b["status"], json!({"phase": "Ready", "namespace": NS, "nodeEndpoint": format!("http://astromesh-node.{NS}.svc:8000")})),
+            body: |b| assert_eq!(b["status"], json!({"phase": "Ready", "namespace": NS, "nodeEndpoint": format!("http://astromesh-node.{NS}.svc:8000"), "conditions": []})),
             answer: (200, tenant_resource(json!({"phase": "Ready"}))),
         },
     ]);
     let status = cluster.provision_tenant(&tenant()).await.unwrap();
     assert_eq!(status.phase, TenantPhase::Ready);
     assert_eq!(status.node_endpoint, Some(format!("http://astromesh-node.{NS}.svc:8000")));
+    scenario.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_provisioning_failure_shows_as_phase_error_on_the_tenant() {
+    let tenants = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/nexus-system/nexustenants/{NS}");
+    let (cluster, scenario) = mocked(vec![
+        Expect { method: Method::PATCH, uri: format!("{tenants}{APPLY}"), body: anything, answer: (200, tenant_resource(json!({}))) },
+        Expect { method: Method::PATCH, uri: format!("{tenants}/status{APPLY}"), body: anything, answer: (200, tenant_resource(json!({"phase": "Provisioning"}))) },
+        Expect { method: Method::PATCH, uri: format!("/api/v1/namespaces/{NS}{APPLY}"), body: anything, answer: status_error(503, "ServiceUnavailable") },
+        Expect {
+            method: Method::PATCH,
+            uri: format!("{tenants}/status{APPLY}"),
+            body: |b| {
+                assert_eq!(b["status"]["phase"], "Error");
+                assert_eq!(b["status"]["conditions"][0]["reason"], "ProvisioningFailed");
+            },
+            answer: (200, tenant_resource(json!({"phase": "Error"}))),
+        },
+    ]);
+    assert!(matches!(cluster.provision_tenant(&tenant()).await, Err(Error::Unavailable(_))), "the loop retries it");
     scenario.await.unwrap();
 }
 
