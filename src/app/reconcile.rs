@@ -141,7 +141,7 @@ impl Reconciler {
 
     /// One pass over every tenant and agent object; returns how long to wait for the next.
     pub async fn pass(&self) -> Duration {
-        let statuses = self.reconcile_tenants().await;
+        let mut statuses = self.reconcile_tenants().await;
         let objects = match self.cluster.list_agent_objects().await {
             Ok(objects) => objects,
             Err(err) => {
@@ -149,6 +149,15 @@ impl Reconciler {
                 return backoff(1);
             }
         };
+        // Objects of tenants the store no longer has (deleted ones whose agents must still
+        // leave their node, or resources made outside the API): ask the cluster.
+        for object in &objects {
+            if !statuses.contains_key(&object.tenant_id)
+                && let Ok(status) = self.cluster.tenant_status(&object.tenant_id).await
+            {
+                statuses.insert(object.tenant_id, status);
+            }
+        }
         let waits: Vec<Duration> = futures_util::stream::iter(objects)
             .map(|object| {
                 let tenant = statuses.get(&object.tenant_id);

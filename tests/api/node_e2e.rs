@@ -153,12 +153,30 @@ async fn agents_reach_a_real_node_and_survive_its_outage() {
     // Every sample manifest the package ships is accepted.
     let samples = node.samples();
     assert!(samples.len() >= 5, "the package ships its samples: {samples:?}");
-    let (_, samples_key) = tenant_with_key(&server, "samples@example.com").await;
+    let samples_owner = server.user("samples@example.com").await;
+    let samples_tenant = server.tenant(&samples_owner, "samples").await.str("id");
+    let samples_key = server.key(&samples_owner, &samples_tenant, "ci").await.str("rawKey");
+    let mut names = Vec::new();
     for sample in &samples {
         let body = std::fs::read_to_string(sample).unwrap();
         let created = send(&server, Method::POST, "/api/v1/agents", &samples_key, "application/x-yaml", &body).await;
         assert_eq!(created.status, StatusCode::CREATED, "{}: {created:?}", sample.display());
+        names.push(created.str("name"));
     }
+    eventually("the node holds every sample", async || {
+        let held = node.agents().await;
+        names.iter().all(|n| held.iter().any(|a| &a["name"] == n))
+    })
+    .await;
+
+    // Deleting their tenant makes the (shared) node forget them.
+    let auth = ("authorization", format!("Bearer {samples_owner}"));
+    assert_eq!(server.call(Method::DELETE, &format!("/api/v1/tenants/{samples_tenant}"), &[(auth.0, &auth.1)], None).await.status, StatusCode::OK);
+    eventually("the node forgot every sample", async || {
+        let held = node.agents().await;
+        !names.iter().any(|n| held.iter().any(|a| &a["name"] == n))
+    })
+    .await;
 
     // Outage: 502 and Failed while the node is down; Running again once it is back,
     // with no API call but reads.

@@ -3,7 +3,7 @@
 //! everything on restart; the core re-applies stored tenants and agents at start-up.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use async_trait::async_trait;
@@ -16,13 +16,15 @@ use nexus_ports::{Error, Result};
 pub struct MemoryCluster {
     node_endpoint: String,
     tenants: RwLock<HashMap<TenantId, TenantStatus>>,
+    /// Deprovisioned tenants whose agents are still being removed from the node.
+    terminating: RwLock<HashSet<TenantId>>,
     agents: RwLock<HashMap<(TenantId, AgentName), AgentObject>>,
 }
 
 impl MemoryCluster {
     /// A cluster where every tenant's node answers at `node_endpoint`.
     pub fn new(node_endpoint: impl Into<String>) -> Self {
-        Self { node_endpoint: node_endpoint.into(), tenants: RwLock::default(), agents: RwLock::default() }
+        Self { node_endpoint: node_endpoint.into(), tenants: RwLock::default(), terminating: RwLock::default(), agents: RwLock::default() }
     }
 
     fn agents(&self) -> Result<std::sync::RwLockWriteGuard<'_, HashMap<(TenantId, AgentName), AgentObject>>> {
@@ -51,9 +53,22 @@ impl ClusterBackend for MemoryCluster {
         Ok(self.tenants.read().map_err(poisoned)?.get(id).cloned().unwrap_or_else(TenantStatus::pending))
     }
 
+    /// The tenant's agents are marked for deletion and its status kept until the loop has
+    /// removed them from its node (the node is shared: it must forget them).
     async fn deprovision_tenant(&self, id: &TenantId) -> Result<()> {
-        self.tenants.write().map_err(poisoned)?.remove(id);
-        self.agents()?.retain(|(tenant, _), _| tenant != id);
+        let mut agents = self.agents()?;
+        let mut remaining = false;
+        for ((tenant, _), object) in agents.iter_mut() {
+            if tenant == id {
+                object.deleting = true;
+                remaining = true;
+            }
+        }
+        if remaining {
+            self.terminating.write().map_err(poisoned)?.insert(*id);
+        } else {
+            self.tenants.write().map_err(poisoned)?.remove(id);
+        }
         Ok(())
     }
 
@@ -99,7 +114,12 @@ impl ClusterBackend for MemoryCluster {
     }
 
     async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<()> {
-        self.agents()?.remove(&(*tenant, name.clone()));
+        let mut agents = self.agents()?;
+        agents.remove(&(*tenant, name.clone()));
+        // A deprovisioned tenant goes with its last agent.
+        if !agents.keys().any(|(t, _)| t == tenant) && self.terminating.write().map_err(poisoned)?.remove(tenant) {
+            self.tenants.write().map_err(poisoned)?.remove(tenant);
+        }
         Ok(())
     }
 }
@@ -179,8 +199,13 @@ mod tests {
         cluster.forget_agent(&tenant, &name).await.unwrap();
         assert!(cluster.agent_object(&tenant, &name).await.unwrap().is_none());
 
+        let owner = Tenant { id: tenant, ..super::tests::tenant() };
+        cluster.provision_tenant(&owner).await.unwrap();
         cluster.apply_agent(&tenant, &manifest("a")).await.unwrap();
         cluster.deprovision_tenant(&tenant).await.unwrap();
-        assert!(cluster.list_agent_objects().await.unwrap().is_empty(), "a tenant's agents go with it");
+        assert!(cluster.list_agent_objects().await.unwrap().iter().all(|o| o.deleting), "a tenant's agents are marked for deletion");
+        assert_eq!(cluster.tenant_status(&tenant).await.unwrap().phase, TenantPhase::Ready, "its node stays known until they are removed from it");
+        cluster.forget_agent(&tenant, &name).await.unwrap();
+        assert_eq!(cluster.tenant_status(&tenant).await.unwrap().phase, TenantPhase::Pending, "then the tenant goes");
     }
 }
