@@ -86,7 +86,9 @@ pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
     let agents = AgentService::new(store.clone(), cluster.clone(), node, clock, reconciler.clone());
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
 
-    let tenants = tenancy.reapply_all().await?;
+    // Before serving: tenants the cluster lacks (all, on a fresh in-memory cluster) are
+    // provisioned, and the registry's agents applied.
+    let tenants = reconciler.reconcile_tenants().await.len();
     let agents_applied = reconciler.apply_registry().await?;
     tracing::info!(tenants, agents = agents_applied, "stored tenants and agents applied to the cluster");
     let mut background = vec![tokio::spawn(key_usage.clone().run(FLUSH_EVERY))];

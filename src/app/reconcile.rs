@@ -18,6 +18,8 @@ use nexus_ports::ports::{AgentStore, ClusterBackend, Clock, NodeProxy, TenantSto
 use nexus_ports::tenancy::{TenantId, TenantPhase, TenantStatus};
 use tokio::sync::Notify;
 
+use super::tenancy::provision;
+
 /// How often the loop runs without events, and how often running agents are resynced.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 /// The longest wait between retries of a failing agent.
@@ -169,8 +171,9 @@ impl Reconciler {
         waits.into_iter().min().unwrap_or(self.resync).min(self.resync).max(Duration::from_millis(50))
     }
 
-    /// Provisions every stored tenant that is not Ready; returns every tenant's status.
-    async fn reconcile_tenants(&self) -> HashMap<TenantId, TenantStatus> {
+    /// Provisions every stored tenant that is not Ready (all of them at start-up on the
+    /// in-memory cluster); returns every tenant's status.
+    pub async fn reconcile_tenants(&self) -> HashMap<TenantId, TenantStatus> {
         let mut statuses = HashMap::new();
         let tenants = match self.tenants.list_all_tenants().await {
             Ok(tenants) => tenants,
@@ -182,10 +185,7 @@ impl Reconciler {
         for tenant in tenants {
             let status = match self.cluster.tenant_status(&tenant.id).await {
                 Ok(status) if status.phase == TenantPhase::Ready => status,
-                _ => self.cluster.provision_tenant(&tenant).await.unwrap_or_else(|err| {
-                    tracing::warn!(tenant = %tenant.id, error = %err, "provisioning failed; will retry");
-                    TenantStatus { phase: TenantPhase::Error, message: Some(err.to_string()), ..TenantStatus::pending() }
-                }),
+                _ => provision(self.cluster.as_ref(), &tenant).await,
             };
             statuses.insert(tenant.id, status);
         }

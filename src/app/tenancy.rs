@@ -30,6 +30,15 @@ pub struct NewKey {
     pub key: ApiKey,
 }
 
+/// Provisions a tenant on the cluster; a failure is logged and reported as phase `Error`
+/// with its reason (the reconcile loop tries again).
+pub(crate) async fn provision(cluster: &dyn ClusterBackend, tenant: &Tenant) -> TenantStatus {
+    cluster.provision_tenant(tenant).await.unwrap_or_else(|err| {
+        tracing::warn!(tenant = %tenant.id, error = %err, "provisioning failed; will retry");
+        TenantStatus { phase: TenantPhase::Error, message: Some(err.to_string()), ..TenantStatus::pending() }
+    })
+}
+
 /// The tenancy use cases.
 pub struct TenancyService {
     tenants: Arc<dyn TenantStore>,
@@ -56,7 +65,7 @@ impl TenancyService {
     }
 
     /// Creates a tenant owned by `owner` and provisions it. A cluster that fails leaves
-    /// the tenant stored in phase `Error`; it is provisioned again at the next start.
+    /// the tenant stored in phase `Error`; the reconcile loop provisions it again.
     ///
     /// # Errors
     /// [`Error::InvalidRequest`] for a bad display name or node profile.
@@ -74,15 +83,8 @@ impl TenancyService {
             other => other,
         })?;
         tracing::info!(tenant = %tenant.id, owner = %owner, "tenant created");
-        let status = self.provision(&tenant).await;
+        let status = provision(self.cluster.as_ref(), &tenant).await;
         Ok(TenantState { tenant, status })
-    }
-
-    async fn provision(&self, tenant: &Tenant) -> TenantStatus {
-        self.cluster.provision_tenant(tenant).await.unwrap_or_else(|err| {
-            tracing::warn!(tenant = %tenant.id, error = %err, "provisioning failed");
-            TenantStatus { phase: TenantPhase::Error, message: Some(err.to_string()), ..TenantStatus::pending() }
-        })
     }
 
     /// The tenants `owner` owns, oldest first.
@@ -152,19 +154,6 @@ impl TenancyService {
         self.usage.forget(&digest);
         tracing::info!(tenant = %tenant.id, key = %digest, "API key revoked");
         Ok(digest)
-    }
-
-    /// Applies every stored tenant to the cluster again (at start-up: the in-memory cluster
-    /// starts empty, and a real one may have drifted). Returns how many were applied.
-    ///
-    /// # Errors
-    /// What the store answered; cluster failures are logged per tenant.
-    pub async fn reapply_all(&self) -> Result<usize> {
-        let tenants = self.tenants.list_all_tenants().await?;
-        for tenant in &tenants {
-            self.provision(tenant).await;
-        }
-        Ok(tenants.len())
     }
 
     async fn owned(&self, owner: &UserId, id: &str) -> Result<Tenant> {
