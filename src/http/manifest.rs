@@ -24,8 +24,7 @@ fn any_object() -> MetaSchemaRef {
     MetaSchemaRef::Inline(Box::new(schema))
 }
 
-async fn body_text(request: &Request, body: &mut RequestBody) -> poem::Result<String> {
-    let _ = request;
+async fn body_text(body: &mut RequestBody) -> poem::Result<String> {
     let bytes = body.take()?.into_bytes().await?;
     String::from_utf8(bytes.to_vec()).map_err(|_| unreadable("the manifest is not UTF-8 text"))
 }
@@ -52,8 +51,8 @@ impl Payload for YamlManifest {
 impl ParsePayload for YamlManifest {
     const IS_REQUIRED: bool = true;
 
-    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
-        let text = body_text(request, body).await?;
+    async fn from_request(_request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        let text = body_text(body).await?;
         serde_yaml::from_str(&text).map(Self).map_err(|err| unreadable(format!("the manifest is not valid YAML: {err}")))
     }
 }
@@ -76,8 +75,8 @@ impl Payload for JsonManifest {
 impl ParsePayload for JsonManifest {
     const IS_REQUIRED: bool = true;
 
-    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
-        let text = body_text(request, body).await?;
+    async fn from_request(_request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        let text = body_text(body).await?;
         serde_json::from_str(&text).map(Self).map_err(|err| unreadable(format!("the manifest is not valid JSON: {err}")))
     }
 }
