@@ -10,7 +10,7 @@ use nexus_cluster_memory::MemoryCluster;
 use nexus_crypto::{Argon2Hasher, JwtAccessTokens, OsSecrets};
 use nexus_node_http::HttpNode;
 use nexus_node_stub::StubNode;
-use nexus_ports::ports::{AccessTokens, ClusterBackend, Clock, HealthCheck, NodeProxy, SecretGenerator, SettingsStore};
+use nexus_ports::ports::{AccessTokens, Clock, ClusterBackend, HealthCheck, NodeProxy, SecretGenerator, SettingsStore};
 use nexus_ports::{Error, Result};
 use nexus_store_sea_orm::SqlStore;
 
@@ -43,7 +43,10 @@ async fn jwt_secret(config: &ServeConfig, store: &SqlStore) -> Result<String> {
 }
 
 fn lifetime(value: humantime::Duration, name: &str) -> Result<chrono::Duration> {
-    chrono::Duration::from_std(*value).ok().filter(|d| *d > chrono::Duration::zero()).ok_or_else(|| Error::invalid(format!("{name} must be positive and below 100 years")))
+    chrono::Duration::from_std(*value)
+        .ok()
+        .filter(|d| *d > chrono::Duration::zero())
+        .ok_or_else(|| Error::invalid(format!("{name} must be positive and below 100 years")))
 }
 
 /// Connects the store (running its migrations), builds the cluster backend and the node
@@ -79,7 +82,15 @@ pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
     let secrets: Arc<dyn SecretGenerator> = Arc::new(OsSecrets);
     let key_usage = Arc::new(KeyUsage::new(store.clone()));
 
-    let identity = IdentityService::new(store.clone(), store.clone(), Arc::new(Argon2Hasher::new(hash_concurrency)?), access_tokens.clone(), secrets.clone(), clock.clone(), refresh_ttl);
+    let identity = IdentityService::new(
+        store.clone(),
+        store.clone(),
+        Arc::new(Argon2Hasher::new(hash_concurrency)?),
+        access_tokens.clone(),
+        secrets.clone(),
+        clock.clone(),
+        refresh_ttl,
+    );
     let access = AccessService::new(access_tokens, store.clone(), store.clone(), clock.clone(), key_usage.clone());
     let tenancy = TenancyService::new(store.clone(), store.clone(), cluster.clone(), secrets, clock.clone(), key_usage.clone(), config.max_agents);
     let reconciler = Arc::new(Reconciler::new(cluster.clone(), node.clone(), store.clone(), store.clone(), clock.clone(), resync));

@@ -5,6 +5,6 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod http;
 pub mod bootstrap;
 pub mod config;
+pub mod http;

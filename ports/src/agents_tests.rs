@@ -66,7 +66,13 @@ fn every_problem_is_listed_with_its_field() {
     let fields: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
     assert_eq!(
         fields,
-        ["spec.model.primary.model", "spec.model.fallback", "spec.model.default.candidates", "spec.model.roles.planner.candidates[0].source", "spec.model.roles.planner.candidates[1]"],
+        [
+            "spec.model.primary.model",
+            "spec.model.fallback",
+            "spec.model.default.candidates",
+            "spec.model.roles.planner.candidates[0].source",
+            "spec.model.roles.planner.candidates[1]"
+        ],
         "{found:?}"
     );
 }
@@ -74,7 +80,10 @@ fn every_problem_is_listed_with_its_field() {
 #[test]
 fn the_shape_is_checked_before_anything_else() {
     assert_eq!(problems(json!([1, 2])), vec![(String::new(), "the manifest must be a mapping".to_owned())]);
-    assert_eq!(problems(json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": "x", "spec": {"model": {"primary": {"provider": "p", "model": "m"}}}})), vec![("metadata".to_owned(), "must be a mapping".to_owned())]);
+    assert_eq!(
+        problems(json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": "x", "spec": {"model": {"primary": {"provider": "p", "model": "m"}}}})),
+        vec![("metadata".to_owned(), "must be a mapping".to_owned())]
+    );
     let unquoted_version = {
         let mut doc = support_bot();
         doc["metadata"]["version"] = json!(1.0);

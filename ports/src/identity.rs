@@ -44,10 +44,7 @@ impl UserId {
     /// # Errors
     /// [`Error::InvalidRequest`] when the text is not a user id.
     pub fn parse(text: &str) -> Result<Self> {
-        text.strip_prefix(Self::PREFIX)
-            .and_then(|hex| Uuid::try_parse(hex).ok())
-            .map(Self)
-            .ok_or_else(|| Error::invalid("malformed user id"))
+        text.strip_prefix(Self::PREFIX).and_then(|hex| Uuid::try_parse(hex).ok()).map(Self).ok_or_else(|| Error::invalid("malformed user id"))
     }
 }
 

@@ -38,10 +38,7 @@ impl TenantId {
     /// # Errors
     /// [`Error::InvalidRequest`] when the text is not a tenant id.
     pub fn parse(text: &str) -> Result<Self> {
-        text.strip_prefix(Self::PREFIX)
-            .and_then(|hex| Uuid::try_parse(hex).ok())
-            .map(Self)
-            .ok_or_else(|| Error::invalid("malformed tenant id"))
+        text.strip_prefix(Self::PREFIX).and_then(|hex| Uuid::try_parse(hex).ok()).map(Self).ok_or_else(|| Error::invalid("malformed tenant id"))
     }
 
     /// The name of the tenant's custom resource and namespace: `tenant-<uuid>`.
@@ -69,9 +66,7 @@ impl NodeProfile {
     /// # Errors
     /// [`Error::InvalidRequest`] otherwise.
     pub fn parse(raw: &str) -> Result<Self> {
-        let ok = !raw.is_empty()
-            && raw.len() <= 63
-            && raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let ok = !raw.is_empty() && raw.len() <= 63 && raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if ok { Ok(Self(raw.to_owned())) } else { Err(Error::invalid("nodeProfile must be a lower-case word of letters, digits and hyphens")) }
     }
 

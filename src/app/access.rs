@@ -101,7 +101,9 @@ impl AccessService {
     pub fn require_user(principal: &Principal) -> Result<UserId> {
         match principal {
             Principal::User(user) => Ok(*user),
-            Principal::ApiKey { .. } => Err(Error::Forbidden("this route acts for a user: send a user's access token (Authorization: Bearer), not an API key".to_owned())),
+            Principal::ApiKey { .. } => {
+                Err(Error::Forbidden("this route acts for a user: send a user's access token (Authorization: Bearer), not an API key".to_owned()))
+            }
         }
     }
 

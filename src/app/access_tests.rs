@@ -13,7 +13,14 @@ use super::{AccessService, Credentials, Principal};
 use crate::app::key_usage::KeyUsage;
 
 fn tenant(owner: UserId) -> Tenant {
-    Tenant { id: TenantId::generate(), owner, display_name: DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 50, created_at: Utc::now() }
+    Tenant {
+        id: TenantId::generate(),
+        owner,
+        display_name: DisplayName::parse("org").unwrap(),
+        node_profile: NodeProfile::default(),
+        max_agents: 50,
+        created_at: Utc::now(),
+    }
 }
 
 fn key(tenant: &Tenant, raw: &str) -> ApiKey {
@@ -60,7 +67,11 @@ async fn bearer_first_then_api_key_and_each_refusal_says_why() {
     let auth = |bearer, api_key| access.authenticate(Credentials { bearer, api_key });
 
     assert_eq!(auth(Some("good"), Some("nxk_good")).await.unwrap(), Principal::User(nil_user()), "bearer wins");
-    assert_eq!(auth(Some("bad"), Some("nxk_good")).await.unwrap(), Principal::ApiKey { key: stored.clone(), tenant: org.clone() }, "invalid bearer falls back to the key");
+    assert_eq!(
+        auth(Some("bad"), Some("nxk_good")).await.unwrap(),
+        Principal::ApiKey { key: stored.clone(), tenant: org.clone() },
+        "invalid bearer falls back to the key"
+    );
     assert!(usage.noted(&stored.digest).is_some(), "key use is noted");
     let refusal = |r: nexus_ports::Result<Principal>| match r {
         Err(Error::Unauthorized(message)) => message,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion};
-use nexus_ports::ports::{AgentStore, ClusterBackend, Clock, NodeProxy};
+use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
 use nexus_ports::tenancy::{Tenant, TenantPhase};
 use nexus_ports::{Error, Result};
 use serde_json::Value;
@@ -58,7 +58,13 @@ fn missing(name: &AgentName) -> Error {
 
 impl AgentService {
     /// Wires the use cases.
-    pub fn new(agents: Arc<dyn AgentStore>, cluster: Arc<dyn ClusterBackend>, node: Arc<dyn NodeProxy>, clock: Arc<dyn Clock>, reconciler: Arc<Reconciler>) -> Self {
+    pub fn new(
+        agents: Arc<dyn AgentStore>,
+        cluster: Arc<dyn ClusterBackend>,
+        node: Arc<dyn NodeProxy>,
+        clock: Arc<dyn Clock>,
+        reconciler: Arc<Reconciler>,
+    ) -> Self {
         Self { agents, cluster, node, clock, reconciler }
     }
 
@@ -218,7 +224,10 @@ impl AgentService {
 /// Whether a trace passes the level and time filters; a trace without the field passes.
 fn keep(trace: &Value, query: &LogQuery) -> bool {
     let level_ok = query.level.as_deref().is_none_or(|level| trace.get("level").and_then(Value::as_str).is_none_or(|l| l.eq_ignore_ascii_case(level)));
-    let time = ["timestamp", "started_at", "start_time", "created_at"].iter().find_map(|k| trace.get(*k).and_then(Value::as_str)).and_then(|t| t.parse::<DateTime<Utc>>().ok());
+    let time = ["timestamp", "started_at", "start_time", "created_at"]
+        .iter()
+        .find_map(|k| trace.get(*k).and_then(Value::as_str))
+        .and_then(|t| t.parse::<DateTime<Utc>>().ok());
     let since_ok = query.since.is_none_or(|since| time.is_none_or(|t| t >= since));
     level_ok && since_ok
 }

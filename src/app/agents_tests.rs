@@ -15,7 +15,14 @@ use super::{AgentService, LogQuery};
 use crate::app::reconcile::Reconciler;
 
 fn tenant() -> Tenant {
-    Tenant { id: TenantId::from_uuid(uuid::Uuid::max()), owner: UserId::generate(), display_name: DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 7, created_at: Utc::now() }
+    Tenant {
+        id: TenantId::from_uuid(uuid::Uuid::max()),
+        owner: UserId::generate(),
+        display_name: DisplayName::parse("org").unwrap(),
+        node_profile: NodeProfile::default(),
+        max_agents: 7,
+        created_at: Utc::now(),
+    }
 }
 
 fn document(name: &str) -> Value {
@@ -39,7 +46,14 @@ impl Ports {
         let mut clock = MockClock::new();
         clock.expect_now().returning(|| Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap());
         let clock = Arc::new(clock);
-        let idle = Reconciler::new(Arc::new(MockClusterBackend::new()), Arc::new(MockNodeProxy::new()), Arc::new(MockAgentStore::new()), Arc::new(MockTenantStore::new()), clock.clone(), Duration::from_secs(60));
+        let idle = Reconciler::new(
+            Arc::new(MockClusterBackend::new()),
+            Arc::new(MockNodeProxy::new()),
+            Arc::new(MockAgentStore::new()),
+            Arc::new(MockTenantStore::new()),
+            clock.clone(),
+            Duration::from_secs(60),
+        );
         AgentService::new(Arc::new(self.agents), Arc::new(self.cluster), Arc::new(self.node), clock, Arc::new(idle))
     }
 
@@ -49,7 +63,9 @@ impl Ports {
     }
 
     fn with_node(mut self, phase: TenantPhase) -> Self {
-        self.cluster.expect_tenant_status().returning(move |_| Ok(TenantStatus { phase, namespace: None, node_endpoint: Some("http://node".into()), message: None }));
+        self.cluster
+            .expect_tenant_status()
+            .returning(move |_| Ok(TenantStatus { phase, namespace: None, node_endpoint: Some("http://node".into()), message: None }));
         self.cluster.expect_agent_object().returning(|_, _| Ok(None));
         self
     }
@@ -80,7 +96,10 @@ async fn invalid_duplicate_and_over_quota_agents_are_refused() {
         _ => Err(Error::Conflict("the tenant has reached its quota of 7 agents".into())),
     });
     let service = ports.service();
-    assert_eq!(service.create(&tenant(), "a", document("dup")).await.unwrap_err(), Error::AlreadyExists("an agent named dup already exists in this tenant".into()));
+    assert_eq!(
+        service.create(&tenant(), "a", document("dup")).await.unwrap_err(),
+        Error::AlreadyExists("an agent named dup already exists in this tenant".into())
+    );
     assert!(matches!(service.create(&tenant(), "a", document("many")).await, Err(Error::Conflict(_))));
 }
 
@@ -110,7 +129,10 @@ async fn deleting_asks_the_cluster_to_let_the_agent_go() {
 #[tokio::test]
 async fn the_live_view_comes_from_the_node_or_is_an_upstream_error() {
     let mut ports = Ports::default().with_agent("bot").with_node(TenantPhase::Ready);
-    ports.node.expect_agent_view().returning(|node, _| if node == "http://node" { Err(Error::Upstream("the node at http://node cannot be reached".into())) } else { Ok(None) });
+    ports
+        .node
+        .expect_agent_view()
+        .returning(|node, _| if node == "http://node" { Err(Error::Upstream("the node at http://node cannot be reached".into())) } else { Ok(None) });
     let service = ports.service();
     assert!(matches!(service.live_status(&tenant(), "bot").await, Err(Error::Upstream(_))));
     assert!(matches!(service.live_status(&tenant(), "ghost").await, Err(Error::NotFound(_))));

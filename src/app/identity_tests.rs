@@ -56,7 +56,12 @@ impl Ports {
 
 fn stored_user() -> UserCredentials {
     UserCredentials {
-        user: User { id: UserId::generate(), email: Email::parse("ada@example.com").unwrap(), display_name: DisplayName::parse("Ada").unwrap(), created_at: now() },
+        user: User {
+            id: UserId::generate(),
+            email: Email::parse("ada@example.com").unwrap(),
+            display_name: DisplayName::parse("Ada").unwrap(),
+            created_at: now(),
+        },
         password_hash: PasswordHash::from_phc("$argon2id$real".into()),
     }
 }
@@ -86,7 +91,9 @@ async fn register_normalises_hashes_stores_and_starts_a_session() {
 #[tokio::test]
 async fn register_refuses_bad_input_before_any_port_is_called() {
     let service = Ports::default().service();
-    for (email, password, name) in [("nope", "long enough", None), ("a@b.co", "short", None), ("a@b.co", &"x".repeat(1025), None), ("a@b.co", "long enough", Some("  "))] {
+    for (email, password, name) in
+        [("nope", "long enough", None), ("a@b.co", "short", None), ("a@b.co", &"x".repeat(1025), None), ("a@b.co", "long enough", Some("  "))]
+    {
         let result = service.register(registration(email, password, name)).await;
         assert!(matches!(result, Err(Error::InvalidRequest(_))), "{email} {name:?}: {result:?}");
     }
@@ -146,7 +153,9 @@ fn rotating(outcome: Rotation) -> Ports {
     ports
         .refresh
         .expect_rotate_refresh_token()
-        .withf(|presented, replacement, at| *presented == OpaqueSecret::new("nxr_old".into()).digest() && replacement.digest == OpaqueSecret::new("nxr_next".into()).digest() && *at == now())
+        .withf(|presented, replacement, at| {
+            *presented == OpaqueSecret::new("nxr_old".into()).digest() && replacement.digest == OpaqueSecret::new("nxr_next".into()).digest() && *at == now()
+        })
         .times(1)
         .returning(move |_, _, _| Ok(outcome.clone()));
     ports

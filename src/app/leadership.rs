@@ -36,7 +36,7 @@ mod tests {
     use nexus_node_stub::StubNode;
     use nexus_ports::agents::{AgentManifest, AgentPhase};
     use nexus_ports::identity::{DisplayName, UserId};
-    use nexus_ports::ports::{ClusterBackend, Clock, MockAgentStore, MockClock, MockTenantStore};
+    use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockClock, MockTenantStore};
     use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId};
     use serde_json::json;
     use tokio::sync::watch;
@@ -49,7 +49,14 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_leader_reconciles() {
-        let tenant = Tenant { id: TenantId::generate(), owner: UserId::generate(), display_name: DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 5, created_at: Utc::now() };
+        let tenant = Tenant {
+            id: TenantId::generate(),
+            owner: UserId::generate(),
+            display_name: DisplayName::parse("org").unwrap(),
+            node_profile: NodeProfile::default(),
+            max_agents: 5,
+            created_at: Utc::now(),
+        };
         let cluster = Arc::new(MemoryCluster::new("http://node"));
         let mut tenants = MockTenantStore::new();
         let listed = tenant.clone();
@@ -59,7 +66,8 @@ mod tests {
         let mut clock = MockClock::new();
         clock.expect_now().returning(Utc::now);
         let clock: Arc<dyn Clock> = Arc::new(clock);
-        let reconciler = Arc::new(Reconciler::new(cluster.clone(), Arc::new(StubNode::new()), Arc::new(agents), Arc::new(tenants), clock, Duration::from_secs(60)));
+        let reconciler =
+            Arc::new(Reconciler::new(cluster.clone(), Arc::new(StubNode::new()), Arc::new(agents), Arc::new(tenants), clock, Duration::from_secs(60)));
         let manifest = AgentManifest::parse(json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": "bot"}, "spec": {"model": {"primary": {"provider": "p", "model": "m"}}}})).unwrap();
         cluster.apply_agent(&tenant.id, &manifest).await.unwrap();
 

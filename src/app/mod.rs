@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 
 pub use access::{AccessService, Credentials, Principal};
 pub use agents::{AgentService, AgentState, LiveStatus, LogQuery};
-pub use reconcile::Reconciler;
 pub use health::{CheckOutcome, Readiness};
 pub use identity::{IdentityService, Registration, Session, TokenPair};
 pub use key_usage::KeyUsage;
+pub use reconcile::Reconciler;
 pub use tenancy::{NewKey, TenancyService, TenantState};
 
 /// Every use case of the running service, shared by the HTTP handlers.

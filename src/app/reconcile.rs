@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use nexus_ports::agents::{AgentName, AgentObject, AgentPhase, AgentStatus};
-use nexus_ports::ports::{AgentStore, ClusterBackend, Clock, NodeProxy, TenantStore};
+use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy, TenantStore};
 use nexus_ports::tenancy::{TenantId, TenantPhase, TenantStatus};
 use tokio::sync::Notify;
 
@@ -92,7 +92,14 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// A runner resyncing every `resync`.
-    pub fn new(cluster: Arc<dyn ClusterBackend>, node: Arc<dyn NodeProxy>, agents: Arc<dyn AgentStore>, tenants: Arc<dyn TenantStore>, clock: Arc<dyn Clock>, resync: Duration) -> Self {
+    pub fn new(
+        cluster: Arc<dyn ClusterBackend>,
+        node: Arc<dyn NodeProxy>,
+        agents: Arc<dyn AgentStore>,
+        tenants: Arc<dyn TenantStore>,
+        clock: Arc<dyn Clock>,
+        resync: Duration,
+    ) -> Self {
         Self { cluster, node, agents, tenants, clock, resync, wake: Notify::new(), retries: Mutex::default() }
     }
 
@@ -199,7 +206,12 @@ impl Reconciler {
         match next_step(&object, tenant, retry, self.resync, now) {
             Step::Wait(wait) => wait,
             Step::AwaitTenant => {
-                let waiting = AgentStatus { phase: AgentPhase::Pending, node_ack: false, last_synced_at: object.status.last_synced_at, message: Some("waiting for the tenant's node to be ready".to_owned()) };
+                let waiting = AgentStatus {
+                    phase: AgentPhase::Pending,
+                    node_ack: false,
+                    last_synced_at: object.status.last_synced_at,
+                    message: Some("waiting for the tenant's node to be ready".to_owned()),
+                };
                 self.record(&object, &waiting).await;
                 backoff(retry.map_or(1, |r| r.failures + 1))
             }
@@ -249,7 +261,8 @@ impl Reconciler {
                     retry.failures
                 };
                 tracing::warn!(agent = %key.1, failures, error = %err, "deploying the agent failed; will retry");
-                let failed = AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: object.status.last_synced_at, message: Some(err.to_string()) };
+                let failed =
+                    AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: object.status.last_synced_at, message: Some(err.to_string()) };
                 self.record(object, &failed).await;
                 backoff(failures)
             }

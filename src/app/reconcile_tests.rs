@@ -9,7 +9,7 @@ use nexus_cluster_memory::MemoryCluster;
 use nexus_node_stub::StubNode;
 use nexus_ports::agents::{AgentManifest, AgentObject, AgentPhase, AgentStatus};
 use nexus_ports::identity::{DisplayName, UserId};
-use nexus_ports::ports::{ClusterBackend, Clock, MockAgentStore, MockTenantStore};
+use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockTenantStore};
 use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
 use serde_json::{Value, json};
 
@@ -105,7 +105,14 @@ impl TestClock {
 
 #[tokio::test]
 async fn the_runner_deploys_fails_recovers_and_cleans_up() {
-    let tenant = Tenant { id: TenantId::generate(), owner: UserId::generate(), display_name: DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 50, created_at: t0() };
+    let tenant = Tenant {
+        id: TenantId::generate(),
+        owner: UserId::generate(),
+        display_name: DisplayName::parse("org").unwrap(),
+        node_profile: NodeProfile::default(),
+        max_agents: 50,
+        created_at: t0(),
+    };
     let cluster = Arc::new(MemoryCluster::new("http://node"));
     let node = Arc::new(StubNode::new());
     let clock = Arc::new(TestClock(Mutex::new(t0())));
@@ -159,7 +166,14 @@ mod over_kubernetes {
     }
 
     fn tenant() -> Tenant {
-        Tenant { id: TenantId::from_uuid("0f0f0f0f-0000-4000-8000-000000000001".parse().unwrap()), owner: UserId::generate(), display_name: DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 5, created_at: t0() }
+        Tenant {
+            id: TenantId::from_uuid("0f0f0f0f-0000-4000-8000-000000000001".parse().unwrap()),
+            owner: UserId::generate(),
+            display_name: DisplayName::parse("org").unwrap(),
+            node_profile: NodeProfile::default(),
+            max_agents: 5,
+            created_at: t0(),
+        }
     }
 
     fn agent(deleting: bool) -> Value {
@@ -177,7 +191,10 @@ mod over_kubernetes {
                 method: Method::GET,
                 uri: format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/nexus-system/nexustenants/{NS}"),
                 body: anything,
-                answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusTenant", "metadata": {"name": NS}, "spec": {"displayName": "org", "nodeProfile": "full"}, "status": {"phase": "Ready", "namespace": NS, "nodeEndpoint": endpoint()}})),
+                answer: (
+                    200,
+                    json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusTenant", "metadata": {"name": NS}, "spec": {"displayName": "org", "nodeProfile": "full"}, "status": {"phase": "Ready", "namespace": NS, "nodeEndpoint": endpoint()}}),
+                ),
             },
             Expect {
                 method: Method::GET,
@@ -202,7 +219,8 @@ mod over_kubernetes {
         let (cluster, scenario) = mocked(script);
         let mut tenants = MockTenantStore::new();
         tenants.expect_list_all_tenants().returning(|| Ok(vec![tenant()]));
-        let reconciler = Reconciler::new(Arc::new(cluster), node, Arc::new(MockAgentStore::new()), Arc::new(tenants), Arc::new(TestClock(Mutex::new(t0()))), RESYNC);
+        let reconciler =
+            Reconciler::new(Arc::new(cluster), node, Arc::new(MockAgentStore::new()), Arc::new(tenants), Arc::new(TestClock(Mutex::new(t0()))), RESYNC);
         let wait = reconciler.pass().await;
         scenario.await.unwrap();
         wait
@@ -214,7 +232,10 @@ mod over_kubernetes {
     async fn an_agent_is_deployed_and_runs() {
         let node = Arc::new(StubNode::new());
         let script = deploying_then(|b| {
-            assert_eq!((b["status"]["phase"].as_str(), b["status"]["nodeAck"].as_bool(), b["status"]["observedGeneration"].as_u64()), (Some("Running"), Some(true), Some(1)));
+            assert_eq!(
+                (b["status"]["phase"].as_str(), b["status"]["nodeAck"].as_bool(), b["status"]["observedGeneration"].as_u64()),
+                (Some("Running"), Some(true), Some(1))
+            );
             assert!(b["status"]["lastSyncedAt"].is_string() && b["status"]["message"].is_null());
         });
         assert_eq!(pass(script, node.clone()).await, RESYNC, "requeued after the resync period");
@@ -228,7 +249,10 @@ mod over_kubernetes {
         let node = Arc::new(StubNode::new());
         node.set_failing(true);
         let script = deploying_then(|b| {
-            assert_eq!((b["status"]["phase"].as_str(), b["status"]["nodeAck"].as_bool(), b["status"]["observedGeneration"].as_u64()), (Some("Failed"), Some(false), Some(1)));
+            assert_eq!(
+                (b["status"]["phase"].as_str(), b["status"]["nodeAck"].as_bool(), b["status"]["observedGeneration"].as_u64()),
+                (Some("Failed"), Some(false), Some(1))
+            );
             assert!(b["status"]["message"].as_str().unwrap().contains("cannot be reached"));
         });
         assert_eq!(pass(script, node).await, Duration::from_secs(1), "retried after the first backoff");
@@ -243,7 +267,12 @@ mod over_kubernetes {
         let agent_uri = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/{NS}/nexusagents/bot");
         let mut script = reads(agent(true));
         script.push(Expect { method: Method::GET, uri: agent_uri.clone(), body: anything, answer: (200, agent(true)) });
-        script.push(Expect { method: Method::PATCH, uri: format!("{agent_uri}?"), body: |b| assert_eq!(b, &json!({"metadata": {"finalizers": []}})), answer: (200, agent(true)) });
+        script.push(Expect {
+            method: Method::PATCH,
+            uri: format!("{agent_uri}?"),
+            body: |b| assert_eq!(b, &json!({"metadata": {"finalizers": []}})),
+            answer: (200, agent(true)),
+        });
         pass(script, node.clone()).await;
         assert!(node.agent(&endpoint(), "bot").is_none(), "the node forgot the agent first");
     }

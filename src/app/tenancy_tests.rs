@@ -23,7 +23,14 @@ fn owner() -> UserId {
 }
 
 fn owned_tenant() -> Tenant {
-    Tenant { id: TenantId::from_uuid(uuid::Uuid::max()), owner: owner(), display_name: DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 50, created_at: now() }
+    Tenant {
+        id: TenantId::from_uuid(uuid::Uuid::max()),
+        owner: owner(),
+        display_name: DisplayName::parse("org").unwrap(),
+        node_profile: NodeProfile::default(),
+        max_agents: 50,
+        created_at: now(),
+    }
 }
 
 fn ready(tenant: &Tenant) -> TenantStatus {
@@ -50,7 +57,15 @@ impl Ports {
         let mut clock = MockClock::new();
         clock.expect_now().returning(now);
         let usage = Arc::new(KeyUsage::new(Arc::new(MockApiKeyStore::new())));
-        let service = TenancyService::new(Arc::new(self.tenants), Arc::new(self.keys), Arc::new(self.cluster), Arc::new(self.secrets), Arc::new(clock), usage.clone(), 50);
+        let service = TenancyService::new(
+            Arc::new(self.tenants),
+            Arc::new(self.keys),
+            Arc::new(self.cluster),
+            Arc::new(self.secrets),
+            Arc::new(clock),
+            usage.clone(),
+            50,
+        );
         (service, usage)
     }
 }
@@ -65,7 +80,9 @@ async fn creating_a_tenant_stores_and_provisions_it() {
     ports
         .tenants
         .expect_insert_tenant()
-        .withf(|t| t.owner == owner() && t.display_name.as_str() == "My Org" && t.node_profile.as_str() == "full" && t.max_agents == 50 && t.created_at == now())
+        .withf(|t| {
+            t.owner == owner() && t.display_name.as_str() == "My Org" && t.node_profile.as_str() == "full" && t.max_agents == 50 && t.created_at == now()
+        })
         .times(1)
         .returning(|_| Ok(()));
     ports.cluster.expect_provision_tenant().times(1).returning(|t| Ok(ready(t)));
@@ -134,7 +151,8 @@ async fn keys_are_minted_once_and_stored_as_digests() {
 
 #[tokio::test]
 async fn listed_keys_show_usage_not_yet_written() {
-    let stored = ApiKey { digest: SecretDigest::of("k"), tenant_id: owned_tenant().id, label: KeyLabel::parse("ci").unwrap(), created_at: now(), last_used_at: None };
+    let stored =
+        ApiKey { digest: SecretDigest::of("k"), tenant_id: owned_tenant().id, label: KeyLabel::parse("ci").unwrap(), created_at: now(), last_used_at: None };
     let mut ports = Ports::with_owned_tenant();
     let listed = stored.clone();
     ports.keys.expect_list_keys().returning(move |_| Ok(vec![listed.clone()]));

@@ -202,7 +202,12 @@ impl AgentApi {
 
     /// The tenant's agents, by name.
     #[oai(path = "/api/v1/agents", method = "get", operation_id = "agent_list")]
-    async fn list(&self, nexus: Data<&SharedNexus>, caller: Caller, #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>) -> Result<Json<Vec<AgentSummaryView>>, ApiError<AuthenticatedErrors>> {
+    async fn list(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+    ) -> Result<Json<Vec<AgentSummaryView>>, ApiError<AuthenticatedErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let states = nexus.agents.list(&tenant).await?;
         Ok(Json(
@@ -221,7 +226,13 @@ impl AgentApi {
 
     /// An agent: its whole manifest and its status.
     #[oai(path = "/api/v1/agents/:name", method = "get", operation_id = "agent_get")]
-    async fn get(&self, nexus: Data<&SharedNexus>, caller: Caller, #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>, name: Path<String>) -> Result<Json<AgentDetailView>, ApiError<AuthenticatedItemErrors>> {
+    async fn get(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+        name: Path<String>,
+    ) -> Result<Json<AgentDetailView>, ApiError<AuthenticatedItemErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         Ok(Json(nexus.agents.get(&tenant, &name).await?.into()))
     }
@@ -242,18 +253,36 @@ impl AgentApi {
 
     /// Delete an agent; its node forgets it.
     #[oai(path = "/api/v1/agents/:name", method = "delete", operation_id = "agent_delete")]
-    async fn delete(&self, nexus: Data<&SharedNexus>, caller: Caller, #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>, name: Path<String>) -> Result<Json<AgentDeletedView>, ApiError<AuthenticatedItemErrors>> {
+    async fn delete(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+        name: Path<String>,
+    ) -> Result<Json<AgentDeletedView>, ApiError<AuthenticatedItemErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &name).await?.to_string() }))
     }
 
     /// Phase, nodeAck and lastSyncedAt, with the node's live view of the agent.
     #[oai(path = "/api/v1/agents/:name/status", method = "get", operation_id = "agent_status")]
-    async fn status(&self, nexus: Data<&SharedNexus>, caller: Caller, #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>, name: Path<String>) -> Result<Json<LiveStatusView>, ApiError<NodeErrors>> {
+    async fn status(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+        name: Path<String>,
+    ) -> Result<Json<LiveStatusView>, ApiError<NodeErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let live = nexus.agents.live_status(&tenant, &name).await?;
         let status = live.status;
-        Ok(Json(LiveStatusView { phase: status.phase.into(), node_ack: status.node_ack, last_synced_at: status.last_synced_at, message: status.message, node: live.node }))
+        Ok(Json(LiveStatusView {
+            phase: status.phase.into(),
+            node_ack: status.node_ack,
+            last_synced_at: status.last_synced_at,
+            message: status.message,
+            node: live.node,
+        }))
     }
 
     /// The agent's logs: its execution traces on the node, at most `lines` (1 to 1000,
@@ -299,7 +328,13 @@ impl AgentApi {
 
     /// The agent's published versions, oldest first.
     #[oai(path = "/api/v1/agents/:name/versions", method = "get", operation_id = "agent_versions")]
-    async fn versions(&self, nexus: Data<&SharedNexus>, caller: Caller, #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>, name: Path<String>) -> Result<Json<Vec<VersionView>>, ApiError<AuthenticatedItemErrors>> {
+    async fn versions(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+        name: Path<String>,
+    ) -> Result<Json<Vec<VersionView>>, ApiError<AuthenticatedItemErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         Ok(Json(nexus.agents.versions(&tenant, &name).await?.into_iter().map(Into::into).collect()))
     }

@@ -80,7 +80,11 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
                 let mut reader = req.take_body().into_async_read();
                 let mut kept = Vec::new();
-                (&mut reader).take(limit + 1).read_to_end(&mut kept).await.map_err(|err| poem::Error::from_string(format!("cannot read the request body: {err}"), StatusCode::BAD_REQUEST))?;
+                (&mut reader)
+                    .take(limit + 1)
+                    .read_to_end(&mut kept)
+                    .await
+                    .map_err(|err| poem::Error::from_string(format!("cannot read the request body: {err}"), StatusCode::BAD_REQUEST))?;
                 if kept.len() as u64 > limit {
                     return Err(self.too_large(drain(reader, DRAIN_MAX).await));
                 }

@@ -152,7 +152,12 @@ pub(crate) struct TenantApi;
 impl TenantApi {
     /// Create a tenant, with its namespace and node.
     #[oai(path = "/api/v1/tenants", method = "post", operation_id = "tenant_create")]
-    async fn create(&self, nexus: Data<&SharedNexus>, caller: Caller, body: Json<CreateTenantRequest>) -> Result<TenantCreated, ApiError<AuthenticatedWriteErrors>> {
+    async fn create(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        body: Json<CreateTenantRequest>,
+    ) -> Result<TenantCreated, ApiError<AuthenticatedWriteErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         let state = nexus.tenancy.create_tenant(user, &body.display_name, body.node_profile.as_deref()).await?;
         Ok(TenantCreated::Created(Json(state.into())))
@@ -175,10 +180,17 @@ impl TenantApi {
 
     /// Create an API key for a tenant.
     #[oai(path = "/api/v1/tenants/:id/keys", method = "post", operation_id = "key_create", tag = "ApiTags::Keys")]
-    async fn create_key(&self, nexus: Data<&SharedNexus>, caller: Caller, id: Path<String>, body: Json<CreateKeyRequest>) -> Result<KeyCreated, ApiError<AuthenticatedWriteErrors>> {
+    async fn create_key(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        id: Path<String>,
+        body: Json<CreateKeyRequest>,
+    ) -> Result<KeyCreated, ApiError<AuthenticatedWriteErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         let NewKey { raw, key } = nexus.tenancy.create_key(&user, &id, &body.label).await?;
-        let view = CreatedKeyView { raw_key: raw.expose().to_owned(), label: key.label.as_str().to_owned(), hash: key.digest.to_hex(), created_at: key.created_at };
+        let view =
+            CreatedKeyView { raw_key: raw.expose().to_owned(), label: key.label.as_str().to_owned(), hash: key.digest.to_hex(), created_at: key.created_at };
         Ok(KeyCreated::Created(Json(view)))
     }
 
@@ -191,7 +203,13 @@ impl TenantApi {
 
     /// Revoke an API key; it stops working at once.
     #[oai(path = "/api/v1/tenants/:id/keys/:hash", method = "delete", operation_id = "key_revoke", tag = "ApiTags::Keys")]
-    async fn revoke_key(&self, nexus: Data<&SharedNexus>, caller: Caller, id: Path<String>, hash: Path<String>) -> Result<Json<RevokedView>, ApiError<AuthenticatedItemErrors>> {
+    async fn revoke_key(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        id: Path<String>,
+        hash: Path<String>,
+    ) -> Result<Json<RevokedView>, ApiError<AuthenticatedItemErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         let revoked = nexus.tenancy.revoke_key(&user, &id, &hash).await?;
         Ok(Json(RevokedView { revoked: revoked.to_hex() }))

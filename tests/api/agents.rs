@@ -111,14 +111,23 @@ async fn walk_create_read_update_delete(backend: Backend) {
         }
         assert_eq!(status().await["node"]["manifest"]["spec"]["orchestration"]["pattern"], "plan_and_execute", "the node received the update");
         let versions = get(server, "/api/v1/agents/support-bot/versions", &key).await;
-        let numbers: Vec<(i64, &str, &str)> = versions.body.as_array().unwrap().iter().map(|v| (v["number"].as_i64().unwrap(), v["version"].as_str().unwrap(), v["author"].as_str().unwrap())).collect();
+        let numbers: Vec<(i64, &str, &str)> = versions
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["number"].as_i64().unwrap(), v["version"].as_str().unwrap(), v["author"].as_str().unwrap()))
+            .collect();
         assert_eq!(numbers, [(1, "1.0.0", "key:ci"), (2, "1.1.0", "key:ci")]);
         assert_ne!(versions.body[0]["checksum"], versions.body[1]["checksum"]);
 
-        let renamed = send(server, Method::PUT, "/api/v1/agents/support-bot", &key, "application/yaml", &SUPPORT_BOT.replace("name: support-bot", "name: other-bot")).await;
+        let renamed =
+            send(server, Method::PUT, "/api/v1/agents/support-bot", &key, "application/yaml", &SUPPORT_BOT.replace("name: support-bot", "name: other-bot"))
+                .await;
         assert_eq!(renamed.status, StatusCode::BAD_REQUEST);
         assert!(renamed.error().contains("differs"), "{renamed:?}");
-        let ghost = send(server, Method::PUT, "/api/v1/agents/ghost-bot", &key, "application/yaml", &SUPPORT_BOT.replace("name: support-bot", "name: ghost-bot")).await;
+        let ghost =
+            send(server, Method::PUT, "/api/v1/agents/ghost-bot", &key, "application/yaml", &SUPPORT_BOT.replace("name: support-bot", "name: ghost-bot")).await;
         assert_eq!(ghost.status, StatusCode::NOT_FOUND);
 
         let logs = get(server, "/api/v1/agents/support-bot/logs?lines=10&level=info&since=2026-01-01T00:00:00Z", &key).await;
@@ -209,7 +218,11 @@ async fn hostile_bodies_are_refused(backend: Backend) {
         }
         let huge = format!("{SUPPORT_BOT}  padding: \"{}\"\n", "x".repeat(1024 * 1024));
         assert_eq!(send(server, Method::POST, "/api/v1/agents", &key, "application/yaml", &huge).await.status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(send(server, Method::POST, "/api/v1/agents", &key, "application/yaml", SUPPORT_BOT).await.status, StatusCode::CREATED, "the server is still fine");
+        assert_eq!(
+            send(server, Method::POST, "/api/v1/agents", &key, "application/yaml", SUPPORT_BOT).await.status,
+            StatusCode::CREATED,
+            "the server is still fine"
+        );
     })
     .await;
 }
@@ -226,7 +239,11 @@ async fn the_quota_is_enforced(backend: Backend) {
     assert_eq!(third.status, StatusCode::CONFLICT);
     assert_eq!(third.error(), "the tenant has reached its quota of 2 agents");
     assert_eq!(server.call(Method::DELETE, "/api/v1/agents/one", &[("x-api-key", &key)], None).await.status, StatusCode::OK);
-    assert_eq!(send(&server, Method::POST, "/api/v1/agents", &key, "application/yaml", SUPPORT_BOT).await.status, StatusCode::CREATED, "room again after a deletion");
+    assert_eq!(
+        send(&server, Method::POST, "/api/v1/agents", &key, "application/yaml", SUPPORT_BOT).await.status,
+        StatusCode::CREATED,
+        "room again after a deletion"
+    );
     server.stop().await;
     db.drop_database().await;
 }

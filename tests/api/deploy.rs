@@ -40,17 +40,19 @@ fn nexus_runs_two_probed_replicas_on_kube_with_secrets() {
 fn the_role_grants_what_the_controllers_use_and_no_more() {
     let rbac = documents("rbac.yaml");
     let role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
-    let granted: Vec<String> = role["rules"].as_array().unwrap().iter().flat_map(|r| r["resources"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned())).collect();
+    let granted: Vec<String> =
+        role["rules"].as_array().unwrap().iter().flat_map(|r| r["resources"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned())).collect();
     for needed in ["nexustenants", "nexusagents", "nexusagents/status", "namespaces", "deployments", "services", "leases", "events"] {
         assert!(granted.iter().any(|g| g == needed), "{needed} is not granted");
     }
     assert!(!granted.iter().any(|g| g == "*" || g == "secrets" || g == "pods"), "{granted:?}");
-    let kustomized: Vec<String> = serde_yaml::from_str::<Value>(&std::fs::read_to_string(format!("{DEPLOY}/kustomization.yaml")).unwrap()).unwrap()["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_owned())
-        .collect();
+    let kustomized: Vec<String> =
+        serde_yaml::from_str::<Value>(&std::fs::read_to_string(format!("{DEPLOY}/kustomization.yaml")).unwrap()).unwrap()["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect();
     for file in &kustomized {
         assert!(!documents(file).is_empty(), "{file}");
     }

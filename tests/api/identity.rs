@@ -5,7 +5,14 @@ use serde_json::json;
 
 use crate::support::{Backend, PASSWORD, Server, config, database, on_both_backends, with_server};
 
-on_both_backends!(walk_register_login_refresh_me, emails_are_unique_ignoring_case, login_failures_look_alike, refresh_reuse_revokes_that_session_only, me_refuses_anything_but_a_live_access_token, expired_access_tokens_are_refused);
+on_both_backends!(
+    walk_register_login_refresh_me,
+    emails_are_unique_ignoring_case,
+    login_failures_look_alike,
+    refresh_reuse_revokes_that_session_only,
+    me_refuses_anything_but_a_live_access_token,
+    expired_access_tokens_are_refused
+);
 
 async fn walk_register_login_refresh_me(backend: Backend) {
     with_server(backend, async |server: &Server| {

@@ -28,7 +28,11 @@ fn venv() -> Option<PathBuf> {
     if venv.join("bin/uvicorn").exists() {
         return Some(venv);
     }
-    assert!(std::env::var_os("CI").is_none(), "no astromesh-node at {}: .ci/run installs it (python3 -m venv .venv-node; pip install --ignore-requires-python astromesh==0.74.1)", venv.display());
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "no astromesh-node at {}: .ci/run installs it (python3 -m venv .venv-node; pip install --ignore-requires-python astromesh==0.74.1)",
+        venv.display()
+    );
     eprintln!("skipping the end-to-end test: no astromesh-node at {}", venv.display());
     None
 }

@@ -50,7 +50,10 @@ fn document_describes_every_route_its_security_and_error_bodies() {
     assert_eq!(doc["paths"]["/api/v1/me"]["get"]["parameters"][0]["in"], "header");
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     assert_eq!(doc["components"]["securitySchemes"]["apiKey"]["name"], "X-API-Key");
-    assert_eq!(doc["paths"]["/auth/register"]["post"]["responses"]["409"]["content"]["application/json; charset=utf-8"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
+    assert_eq!(
+        doc["paths"]["/auth/register"]["post"]["responses"]["409"]["content"]["application/json; charset=utf-8"]["schema"]["$ref"],
+        "#/components/schemas/ErrorBody"
+    );
 }
 
 on_both_backends!(served_document_is_the_generated_one);

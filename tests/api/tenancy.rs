@@ -22,7 +22,8 @@ async fn walk_register_tenant_key_me(backend: Backend) {
     with_server(backend, async |server: &Server| {
         let token = server.user("admin@example.com").await;
         let auth = bearer(&token);
-        let tenant = server.call(Method::POST, "/api/v1/tenants", &[(auth.0, &auth.1)], Some(&json!({"displayName": "My Organisation", "nodeProfile": "full"}))).await;
+        let tenant =
+            server.call(Method::POST, "/api/v1/tenants", &[(auth.0, &auth.1)], Some(&json!({"displayName": "My Organisation", "nodeProfile": "full"}))).await;
         assert_eq!(tenant.status, StatusCode::CREATED, "{tenant:?}");
         let id = tenant.str("id");
         let uuid = id.strip_prefix("t_").expect("t_ prefix");
@@ -64,7 +65,14 @@ async fn tenant_input_is_validated(backend: Backend) {
         let token = server.user("admin@example.com").await;
         let auth = bearer(&token);
         let headers = [(auth.0, auth.1.as_str())];
-        for body in [json!({}), json!({"displayName": ""}), json!({"displayName": "   "}), json!({"displayName": "x".repeat(101)}), json!({"displayName": 7}), json!({"displayName": "ok", "nodeProfile": "Not Valid"})] {
+        for body in [
+            json!({}),
+            json!({"displayName": ""}),
+            json!({"displayName": "   "}),
+            json!({"displayName": "x".repeat(101)}),
+            json!({"displayName": 7}),
+            json!({"displayName": "ok", "nodeProfile": "Not Valid"}),
+        ] {
             let answer = server.call(Method::POST, "/api/v1/tenants", &headers, Some(&body)).await;
             assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}: {answer:?}");
             answer.error();

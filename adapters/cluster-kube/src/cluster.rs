@@ -133,7 +133,12 @@ pub(crate) fn agent_object(agent: &NexusAgent) -> Option<AgentObject> {
         manifest,
         generation: agent.metadata.generation.and_then(|g| u64::try_from(g).ok()).unwrap_or(1),
         observed_generation: status.observed_generation.and_then(|g| u64::try_from(g).ok()).unwrap_or(0),
-        status: AgentStatus { phase: agent_phase(status.phase.as_deref()), node_ack: status.node_ack, last_synced_at: status.last_synced_at, message: status.message },
+        status: AgentStatus {
+            phase: agent_phase(status.phase.as_deref()),
+            node_ack: status.node_ack,
+            last_synced_at: status.last_synced_at,
+            message: status.message,
+        },
         deleting: agent.metadata.deletion_timestamp.is_some(),
     })
 }

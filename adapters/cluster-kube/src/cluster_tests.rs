@@ -59,7 +59,12 @@ async fn provisioning_applies_the_tenant_with_its_finalizer_then_namespace_deplo
             },
             answer: (200, tenant_resource(json!({}))),
         },
-        Expect { method: Method::PATCH, uri: format!("{tenants}/status{APPLY}"), body: |b| assert_eq!(b["status"], json!({"phase": "Provisioning"})), answer: (200, tenant_resource(json!({"phase": "Provisioning"}))) },
+        Expect {
+            method: Method::PATCH,
+            uri: format!("{tenants}/status{APPLY}"),
+            body: |b| assert_eq!(b["status"], json!({"phase": "Provisioning"})),
+            answer: (200, tenant_resource(json!({"phase": "Provisioning"}))),
+        },
         Expect {
             method: Method::PATCH,
             uri: format!("/api/v1/namespaces/{NS}{APPLY}"),
@@ -90,7 +95,12 @@ async fn provisioning_applies_the_tenant_with_its_finalizer_then_namespace_deplo
         Expect {
             method: Method::PATCH,
             uri: format!("{tenants}/status{APPLY}"),
-            body: |b| assert_eq!(b["status"], json!({"phase": "Ready", "namespace": NS, "nodeEndpoint": format!("http://astromesh-node.{NS}.svc:8000"), "conditions": []})),
+            body: |b| {
+                assert_eq!(
+                    b["status"],
+                    json!({"phase": "Ready", "namespace": NS, "nodeEndpoint": format!("http://astromesh-node.{NS}.svc:8000"), "conditions": []})
+                )
+            },
             answer: (200, tenant_resource(json!({"phase": "Ready"}))),
         },
     ]);
@@ -105,7 +115,12 @@ async fn a_provisioning_failure_shows_as_phase_error_on_the_tenant() {
     let tenants = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/nexus-system/nexustenants/{NS}");
     let (cluster, scenario) = mocked(vec![
         Expect { method: Method::PATCH, uri: format!("{tenants}{APPLY}"), body: anything, answer: (200, tenant_resource(json!({}))) },
-        Expect { method: Method::PATCH, uri: format!("{tenants}/status{APPLY}"), body: anything, answer: (200, tenant_resource(json!({"phase": "Provisioning"}))) },
+        Expect {
+            method: Method::PATCH,
+            uri: format!("{tenants}/status{APPLY}"),
+            body: anything,
+            answer: (200, tenant_resource(json!({"phase": "Provisioning"}))),
+        },
         Expect { method: Method::PATCH, uri: format!("/api/v1/namespaces/{NS}{APPLY}"), body: anything, answer: status_error(503, "ServiceUnavailable") },
         Expect {
             method: Method::PATCH,
@@ -125,7 +140,12 @@ async fn a_provisioning_failure_shows_as_phase_error_on_the_tenant() {
 async fn tenant_status_reads_the_resource_and_an_absent_one_is_pending() {
     let uri = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/nexus-system/nexustenants/{NS}");
     let (cluster, scenario) = mocked(vec![
-        Expect { method: Method::GET, uri: uri.clone(), body: anything, answer: (200, tenant_resource(json!({"phase": "Ready", "namespace": NS, "nodeEndpoint": "http://n:8000"}))) },
+        Expect {
+            method: Method::GET,
+            uri: uri.clone(),
+            body: anything,
+            answer: (200, tenant_resource(json!({"phase": "Ready", "namespace": NS, "nodeEndpoint": "http://n:8000"}))),
+        },
         Expect { method: Method::GET, uri, body: anything, answer: status_error(404, "NotFound") },
     ]);
     let ready = cluster.tenant_status(&tenant().id).await.unwrap();
@@ -139,8 +159,18 @@ async fn deprovisioning_deletes_the_tenant_and_its_namespace_then_releases_the_f
     let tenants = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/nexus-system/nexustenants/{NS}");
     let (cluster, scenario) = mocked(vec![
         Expect { method: Method::DELETE, uri: format!("{tenants}?"), body: anything, answer: (200, tenant_resource(json!({}))) },
-        Expect { method: Method::DELETE, uri: format!("/api/v1/namespaces/{NS}?"), body: anything, answer: (200, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})) },
-        Expect { method: Method::PATCH, uri: format!("{tenants}?"), body: |b| assert_eq!(b, &json!({"metadata": {"finalizers": null}})), answer: status_error(404, "NotFound") },
+        Expect {
+            method: Method::DELETE,
+            uri: format!("/api/v1/namespaces/{NS}?"),
+            body: anything,
+            answer: (200, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})),
+        },
+        Expect {
+            method: Method::PATCH,
+            uri: format!("{tenants}?"),
+            body: |b| assert_eq!(b, &json!({"metadata": {"finalizers": null}})),
+            answer: status_error(404, "NotFound"),
+        },
     ]);
     cluster.deprovision_tenant(&tenant().id).await.unwrap();
     scenario.await.unwrap();
@@ -167,14 +197,17 @@ async fn agent_objects_carry_generations_status_and_deletion() {
         method: Method::GET,
         uri: "/apis/nexus.astromesh.io/v1alpha1/nexusagents?".to_owned(),
         body: anything,
-        answer: (200, json!({
-            "apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgentList", "metadata": {},
-            "items": [
-                agent_resource(3, true, json!({"phase": "Running", "nodeAck": true, "observedGeneration": 2})),
-                {"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": {"name": "broken", "namespace": NS}, "spec": {"agentSpec": {"kind": "Agent"}}},
-                {"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": {"name": "bot", "namespace": "default"}, "spec": {"agentSpec": manifest().document()}}
-            ]
-        })),
+        answer: (
+            200,
+            json!({
+                "apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgentList", "metadata": {},
+                "items": [
+                    agent_resource(3, true, json!({"phase": "Running", "nodeAck": true, "observedGeneration": 2})),
+                    {"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": {"name": "broken", "namespace": NS}, "spec": {"agentSpec": {"kind": "Agent"}}},
+                    {"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": {"name": "bot", "namespace": "default"}, "spec": {"agentSpec": manifest().document()}}
+                ]
+            }),
+        ),
     }]);
     let objects = cluster.list_agent_objects().await.unwrap();
     assert_eq!(objects.len(), 1, "invalid manifests and namespaces that are no tenant's are left alone");
@@ -197,7 +230,8 @@ async fn statuses_go_through_the_status_subresource() {
         },
         answer: (200, agent_resource(4, false, json!({"phase": "Failed"}))),
     }]);
-    let failed = AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: None, message: Some("the node at http://n cannot be reached".into()) };
+    let failed =
+        AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: None, message: Some("the node at http://n cannot be reached".into()) };
     cluster.set_agent_status(&tenant().id, &AgentName::parse("bot").unwrap(), 4, &failed).await.unwrap();
     scenario.await.unwrap();
 }
@@ -207,7 +241,12 @@ async fn forgetting_an_agent_removes_only_our_finalizer() {
     let agent = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/{NS}/nexusagents/bot");
     let (cluster, scenario) = mocked(vec![
         Expect { method: Method::GET, uri: agent.clone(), body: anything, answer: (200, agent_resource(2, true, json!({}))) },
-        Expect { method: Method::PATCH, uri: format!("{agent}?"), body: |b| assert_eq!(b, &json!({"metadata": {"finalizers": ["other.io/keep"]}})), answer: (200, agent_resource(2, true, json!({}))) },
+        Expect {
+            method: Method::PATCH,
+            uri: format!("{agent}?"),
+            body: |b| assert_eq!(b, &json!({"metadata": {"finalizers": ["other.io/keep"]}})),
+            answer: (200, agent_resource(2, true, json!({}))),
+        },
     ]);
     cluster.forget_agent(&tenant().id, &AgentName::parse("bot").unwrap()).await.unwrap();
     scenario.await.unwrap();
@@ -216,8 +255,18 @@ async fn forgetting_an_agent_removes_only_our_finalizer() {
 #[tokio::test]
 async fn api_server_failures_are_translated_by_intent() {
     let (cluster, scenario) = mocked(vec![
-        Expect { method: Method::GET, uri: "/apis/nexus.astromesh.io/v1alpha1/nexusagents?".to_owned(), body: anything, answer: status_error(503, "ServiceUnavailable") },
-        Expect { method: Method::PATCH, uri: format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/{NS}/nexusagents/bot{APPLY}"), body: anything, answer: status_error(409, "Conflict") },
+        Expect {
+            method: Method::GET,
+            uri: "/apis/nexus.astromesh.io/v1alpha1/nexusagents?".to_owned(),
+            body: anything,
+            answer: status_error(503, "ServiceUnavailable"),
+        },
+        Expect {
+            method: Method::PATCH,
+            uri: format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/{NS}/nexusagents/bot{APPLY}"),
+            body: anything,
+            answer: status_error(409, "Conflict"),
+        },
     ]);
     assert!(matches!(cluster.list_agent_objects().await, Err(Error::Unavailable(_))));
     assert!(matches!(cluster.apply_agent(&tenant().id, &manifest()).await, Err(Error::Conflict(_))));

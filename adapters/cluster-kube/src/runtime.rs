@@ -4,8 +4,8 @@
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::runtime::watcher::Config;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube_lease_manager::LeaseManagerBuilder;
 use nexus_ports::{Error, Result};
 use tokio::sync::watch;
@@ -24,7 +24,9 @@ impl KubeCluster {
         let managed = Config::default().labels("app.kubernetes.io/managed-by=nexus");
         // Each watch backs off on errors rather than spinning while the API server is away.
         let agents = watcher(Api::<NexusAgent>::all(client.clone()), Config::default()).default_backoff().map(|event| event.map(drop));
-        let tenants = watcher(Api::<NexusTenant>::namespaced(client.clone(), &self.settings().system_namespace), Config::default()).default_backoff().map(|event| event.map(drop));
+        let tenants = watcher(Api::<NexusTenant>::namespaced(client.clone(), &self.settings().system_namespace), Config::default())
+            .default_backoff()
+            .map(|event| event.map(drop));
         let nodes = watcher(Api::<Deployment>::all(client), managed).default_backoff().map(|event| event.map(drop));
         futures_util::stream::select(futures_util::stream::select(agents, tenants), nodes).filter_map(|event| async move {
             match event {

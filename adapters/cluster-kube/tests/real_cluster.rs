@@ -36,7 +36,9 @@ async fn install_crds(client: &Client) {
     }
     // Wait until both are served.
     for _ in 0..60 {
-        if Api::<NexusAgent>::all(client.clone()).list(&Default::default()).await.is_ok() && Api::<NexusTenant>::all(client.clone()).list(&Default::default()).await.is_ok() {
+        if Api::<NexusAgent>::all(client.clone()).list(&Default::default()).await.is_ok()
+            && Api::<NexusTenant>::all(client.clone()).list(&Default::default()).await.is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -50,11 +52,21 @@ async fn provisions_tenants_and_holds_agents_on_a_real_cluster() {
     install_crds(&client).await;
     let system = format!("nexus-test-{}", &TenantId::generate().to_string()[2..10]);
     let namespaces = Api::<Namespace>::all(client.clone());
-    namespaces.patch(&system, &PatchParams::apply("nexus-test"), &Patch::Apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system}}))).await.unwrap();
+    namespaces
+        .patch(&system, &PatchParams::apply("nexus-test"), &Patch::Apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": system}})))
+        .await
+        .unwrap();
 
     let cluster = KubeCluster::new(client.clone(), KubeSettings { system_namespace: system.clone(), node_image: "astromesh:0.74.1".to_owned() });
     cluster.check().await.expect("the API server answers");
-    let tenant = Tenant { id: TenantId::generate(), owner: UserId::generate(), display_name: DisplayName::parse("Integration").unwrap(), node_profile: NodeProfile::default(), max_agents: 3, created_at: chrono::Utc::now() };
+    let tenant = Tenant {
+        id: TenantId::generate(),
+        owner: UserId::generate(),
+        display_name: DisplayName::parse("Integration").unwrap(),
+        node_profile: NodeProfile::default(),
+        max_agents: 3,
+        created_at: chrono::Utc::now(),
+    };
     let ns = tenant.id.cr_name();
 
     let status = cluster.provision_tenant(&tenant).await.expect("provision");

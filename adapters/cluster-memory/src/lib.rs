@@ -39,12 +39,8 @@ fn poisoned<T>(_: T) -> Error {
 #[async_trait]
 impl ClusterBackend for MemoryCluster {
     async fn provision_tenant(&self, tenant: &Tenant) -> Result<TenantStatus> {
-        let status = TenantStatus {
-            phase: TenantPhase::Ready,
-            namespace: Some(tenant.id.cr_name()),
-            node_endpoint: Some(self.node_endpoint.clone()),
-            message: None,
-        };
+        let status =
+            TenantStatus { phase: TenantPhase::Ready, namespace: Some(tenant.id.cr_name()), node_endpoint: Some(self.node_endpoint.clone()), message: None };
         self.tenants.write().map_err(poisoned)?.insert(tenant.id, status.clone());
         Ok(status)
     }
@@ -83,7 +79,14 @@ impl ClusterBackend for MemoryCluster {
                 object.deleting = false;
             }
             None => {
-                let object = AgentObject { tenant_id: *tenant, manifest: manifest.clone(), generation: 1, observed_generation: 0, status: AgentStatus::pending(), deleting: false };
+                let object = AgentObject {
+                    tenant_id: *tenant,
+                    manifest: manifest.clone(),
+                    generation: 1,
+                    observed_generation: 0,
+                    status: AgentStatus::pending(),
+                    deleting: false,
+                };
                 agents.insert(key, object);
             }
         }

@@ -69,7 +69,10 @@ impl AccessTokens for JwtAccessTokens {
     fn issue(&self, user_id: &UserId, now: DateTime<Utc>) -> Result<AccessToken> {
         // `exp` is in whole seconds: round up, so that a token lives at least its lifetime.
         let exact = now + self.ttl;
-        let expires_at = Utc.timestamp_opt(exact.timestamp() + i64::from(exact.timestamp_subsec_nanos() > 0), 0).single().ok_or_else(|| Error::internal("access-token expiry out of range"))?;
+        let expires_at = Utc
+            .timestamp_opt(exact.timestamp() + i64::from(exact.timestamp_subsec_nanos() > 0), 0)
+            .single()
+            .ok_or_else(|| Error::internal("access-token expiry out of range"))?;
         let claims = Claims {
             sub: user_id.to_string(),
             iat: now.timestamp(),
@@ -134,7 +137,14 @@ mod tests {
         let none = format!("{}.{claims}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#));
         assert!(tokens.verify(&none, now).is_err());
         // a token of another type
-        let refresh_typed = Claims { sub: UserId::generate().to_string(), iat: now.timestamp(), exp: now.timestamp() + 60, iss: ISSUER.into(), typ: "refresh".into(), jti: "x".into() };
+        let refresh_typed = Claims {
+            sub: UserId::generate().to_string(),
+            iat: now.timestamp(),
+            exp: now.timestamp() + 60,
+            iss: ISSUER.into(),
+            typ: "refresh".into(),
+            jti: "x".into(),
+        };
         let token = encode(&Header::new(Algorithm::HS256), &refresh_typed, &EncodingKey::from_secret(SECRET).unwrap()).unwrap();
         assert!(tokens.verify(&token, now).is_err());
     }

@@ -29,7 +29,12 @@ impl HttpNode {
     /// # Errors
     /// [`Error::Internal`] when the HTTP client cannot be built.
     pub fn new() -> Result<Self> {
-        let client = Client::builder().connect_timeout(CONNECT_TIMEOUT).timeout(REQUEST_TIMEOUT).pool_idle_timeout(Duration::from_secs(90)).build().map_err(Error::internal)?;
+        let client = Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(Error::internal)?;
         Ok(Self { client })
     }
 

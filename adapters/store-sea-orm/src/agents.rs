@@ -13,13 +13,18 @@ use nexus_ports::{Error, Result};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait};
 
+use crate::SqlStore;
 use crate::entity::{agent_versions as versions, agents, tenants};
 use crate::error::{db, translate};
-use crate::SqlStore;
 
 fn agent(row: agents::Model) -> Result<Agent> {
     let document = serde_json::from_str(&row.manifest).map_err(|err| Error::Internal(format!("stored manifest of {} is not JSON: {err}", row.name)))?;
-    Ok(Agent { tenant_id: TenantId::from_uuid(row.tenant_id), manifest: AgentManifest::parse(document)?, created_at: row.created_at, updated_at: row.updated_at })
+    Ok(Agent {
+        tenant_id: TenantId::from_uuid(row.tenant_id),
+        manifest: AgentManifest::parse(document)?,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
 }
 
 fn agents(rows: Vec<agents::Model>) -> Result<Vec<Agent>> {
@@ -140,4 +145,3 @@ impl AgentStore for SqlStore {
             .collect()
     }
 }
-

@@ -10,10 +10,10 @@ use nexus_ports::{Error, Result};
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
 
+use crate::SqlStore;
 use crate::entity::{api_keys, tenants};
 use crate::error::{db, translate};
 use crate::tenants::tenant;
-use crate::SqlStore;
 
 fn key(row: api_keys::Model) -> Result<ApiKey> {
     Ok(ApiKey {

@@ -14,9 +14,9 @@ use nexus_ports::tokens::{FamilyId, RefreshTokenRecord, Replacement, Rotation, S
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
 
+use crate::SqlStore;
 use crate::entity::refresh_tokens as tokens;
 use crate::error::{db, translate};
-use crate::SqlStore;
 
 fn row(digest: &SecretDigest, user_id: &UserId, family_id: &FamilyId, issued_at: DateTime<Utc>, expires_at: DateTime<Utc>) -> tokens::ActiveModel {
     tokens::ActiveModel {

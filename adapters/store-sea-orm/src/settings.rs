@@ -2,14 +2,14 @@
 //! replicas agree on whichever value landed first.
 
 use async_trait::async_trait;
-use nexus_ports::{Error, Result};
 use nexus_ports::ports::SettingsStore;
+use nexus_ports::{Error, Result};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, EntityTrait};
 
+use crate::SqlStore;
 use crate::entity::settings;
 use crate::error::db;
-use crate::SqlStore;
 
 #[async_trait]
 impl SettingsStore for SqlStore {

@@ -7,9 +7,9 @@ use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId};
 use nexus_ports::{Error, Result};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
 
+use crate::SqlStore;
 use crate::entity::{agent_versions, agents, api_keys, tenants};
 use crate::error::{db, translate};
-use crate::SqlStore;
 
 /// A stored row as a domain tenant.
 pub(crate) fn tenant(row: tenants::Model) -> Result<Tenant> {

@@ -6,9 +6,9 @@ use nexus_ports::identity::{DisplayName, Email, NewUser, PasswordHash, User, Use
 use nexus_ports::ports::UserStore;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 
+use crate::SqlStore;
 use crate::entity::users;
 use crate::error::{db, translate};
-use crate::SqlStore;
 
 fn credentials(row: users::Model) -> Result<UserCredentials> {
     Ok(UserCredentials {

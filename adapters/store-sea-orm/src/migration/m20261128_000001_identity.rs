@@ -70,15 +70,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("idx_refresh_tokens_family")
-                    .table(RefreshTokens::Table)
-                    .col(RefreshTokens::FamilyId)
-                    .to_owned(),
-            )
-            .await?;
+        manager.create_index(Index::create().name("idx_refresh_tokens_family").table(RefreshTokens::Table).col(RefreshTokens::FamilyId).to_owned()).await?;
         manager
             .create_table(
                 Table::create()

@@ -55,9 +55,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(Index::create().name("idx_tenants_owner").table(Tenants::Table).col(Tenants::OwnerId).to_owned())
-            .await?;
+        manager.create_index(Index::create().name("idx_tenants_owner").table(Tenants::Table).col(Tenants::OwnerId).to_owned()).await?;
         manager
             .create_table(
                 Table::create()
@@ -77,9 +75,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(Index::create().name("idx_api_keys_tenant").table(ApiKeys::Table).col(ApiKeys::TenantId).to_owned())
-            .await
+        manager.create_index(Index::create().name("idx_api_keys_tenant").table(ApiKeys::Table).col(ApiKeys::TenantId).to_owned()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -16,7 +16,14 @@ on_both_backends!(agents_are_registered_with_their_history, the_quota_holds_unde
 async fn tenant(store: &SqlStore) -> TenantId {
     let user = new_user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
     store.insert_user(&user).await.unwrap();
-    let tenant = Tenant { id: TenantId::generate(), owner: user.user.id, display_name: nexus_ports::identity::DisplayName::parse("org").unwrap(), node_profile: NodeProfile::default(), max_agents: 50, created_at: now() };
+    let tenant = Tenant {
+        id: TenantId::generate(),
+        owner: user.user.id,
+        display_name: nexus_ports::identity::DisplayName::parse("org").unwrap(),
+        node_profile: NodeProfile::default(),
+        max_agents: 50,
+        created_at: now(),
+    };
     store.insert_tenant(&tenant).await.unwrap();
     tenant.id
 }
@@ -48,7 +55,10 @@ async fn agents_are_registered_with_their_history(url: &str) {
     let updated = store.update_agent(&t, &manifest("bot", "1.1.0"), "key:ci", later).await.unwrap();
     assert_eq!((updated.manifest.version(), updated.created_at, updated.updated_at), (Some("1.1.0"), bot.created_at, later));
     let history = store.list_versions(&t, &name).await.unwrap();
-    assert_eq!(history.iter().map(|v| (v.number, v.version.as_deref(), v.author.as_str())).collect::<Vec<_>>(), vec![(1, Some("1.0.0"), "usr_a"), (2, Some("1.1.0"), "key:ci")]);
+    assert_eq!(
+        history.iter().map(|v| (v.number, v.version.as_deref(), v.author.as_str())).collect::<Vec<_>>(),
+        vec![(1, Some("1.0.0"), "usr_a"), (2, Some("1.1.0"), "key:ci")]
+    );
     assert_eq!(history[1].checksum, manifest("bot", "1.1.0").checksum());
     assert!(matches!(store.update_agent(&t, &manifest("ghost", "1.0.0"), "usr_a", later).await, Err(Error::NotFound(_))));
 

@@ -9,7 +9,14 @@ use nexus_store_sea_orm::SqlStore;
 
 use crate::on_both_backends;
 
-on_both_backends!(users_are_unique_by_email, rotation_has_one_winner_and_detects_reuse, rotation_refuses_unknown_and_expired, racing_rotations_across_pools_have_one_winner, settings_keep_the_first_value, migrations_are_idempotent_and_health_answers);
+on_both_backends!(
+    users_are_unique_by_email,
+    rotation_has_one_winner_and_detects_reuse,
+    rotation_refuses_unknown_and_expired,
+    racing_rotations_across_pools_have_one_winner,
+    settings_keep_the_first_value,
+    migrations_are_idempotent_and_health_answers
+);
 
 pub(crate) fn new_user(email: &str) -> NewUser {
     NewUser {

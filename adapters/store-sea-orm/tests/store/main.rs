@@ -27,7 +27,6 @@ macro_rules! on_both_backends {
     )*};
 }
 
-
 /// Now, to the microsecond, as the service's clock gives it (PostgreSQL keeps no more).
 pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::DurationRound::duration_trunc(chrono::Utc::now(), chrono::TimeDelta::microseconds(1)).unwrap()

@@ -11,7 +11,13 @@ use nexus_store_sea_orm::SqlStore;
 use crate::identity::new_user;
 use crate::{now, on_both_backends};
 
-on_both_backends!(tenants_belong_to_their_owner, deleting_a_tenant_takes_its_keys, keys_are_found_with_their_tenant, keys_are_revoked_only_within_their_tenant, key_usage_keeps_the_latest_time);
+on_both_backends!(
+    tenants_belong_to_their_owner,
+    deleting_a_tenant_takes_its_keys,
+    keys_are_found_with_their_tenant,
+    keys_are_revoked_only_within_their_tenant,
+    key_usage_keeps_the_latest_time
+);
 
 async fn owner(store: &SqlStore) -> UserId {
     let user = new_user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
@@ -33,7 +39,13 @@ async fn tenant_of(store: &SqlStore, owner: UserId, name: &str) -> Tenant {
 }
 
 async fn key_of(store: &SqlStore, tenant: &Tenant, label: &str) -> ApiKey {
-    let key = ApiKey { digest: SecretDigest::of(&uuid::Uuid::new_v4().to_string()), tenant_id: tenant.id, label: KeyLabel::parse(label).unwrap(), created_at: now(), last_used_at: None };
+    let key = ApiKey {
+        digest: SecretDigest::of(&uuid::Uuid::new_v4().to_string()),
+        tenant_id: tenant.id,
+        label: KeyLabel::parse(label).unwrap(),
+        created_at: now(),
+        last_used_at: None,
+    };
     store.insert_key(&key).await.unwrap();
     key
 }
@@ -77,7 +89,10 @@ async fn keys_are_found_with_their_tenant(url: &str) {
     let mut listed = store.list_keys(&tenant.id).await.unwrap();
     listed.sort_by_key(|k| k.label.as_str().to_owned());
     assert_eq!(listed, vec![first, second]);
-    assert!(matches!(store.insert_key(&ApiKey { tenant_id: TenantId::generate(), ..key_of(&store, &tenant, "x").await }).await, Err(Error::AlreadyExists(_) | Error::NotFound(_))));
+    assert!(matches!(
+        store.insert_key(&ApiKey { tenant_id: TenantId::generate(), ..key_of(&store, &tenant, "x").await }).await,
+        Err(Error::AlreadyExists(_) | Error::NotFound(_))
+    ));
 }
 
 async fn keys_are_revoked_only_within_their_tenant(url: &str) {
