@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use nexus::config::{LogFormat, ServeConfig};
+use nexus::config::ServeConfig;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use serde_json::{Value, json};
 
@@ -81,21 +81,10 @@ async fn main() {
     let (seconds, connections) = (env_or("NEXUS_BENCH_SECONDS", 3), env_or("NEXUS_BENCH_CONNECTIONS", 16));
     let db = std::env::temp_dir().join(format!("nexus-bench-{}.db", std::process::id()));
     let config = ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", db.display()),
-        jwt_secret: None,
         access_ttl: Duration::from_secs(3600).into(),
         refresh_ttl: Duration::from_secs(86400).into(),
-        hash_concurrency: None,
-        cluster: nexus::config::ClusterKind::Memory,
-        system_namespace: "nexus-system".into(),
-        node_image: "astromesh:0.74.1".into(),
-        node: nexus::config::NodeKind::Stub,
-        resync: Duration::from_secs(60).into(),
-        node_url: "http://127.0.0.1:8000".into(),
-        max_agents: 50,
         log: "error".into(),
-        log_format: LogFormat::Text,
+        ..ServeConfig::local(&format!("sqlite://{}", db.display()))
     };
     let nexus = nexus::bootstrap::build(&config).await.expect("nexus starts");
     let acceptor = TcpListener::bind(config.listen).into_acceptor().await.expect("bind");

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Nexus: the multi-tenant control plane for Astromesh AI agents.
 #[derive(Debug, Parser)]
@@ -95,6 +95,25 @@ pub struct ServeConfig {
     /// Log format.
     #[arg(long, env = "NEXUS_LOG_FORMAT", value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
+}
+
+impl ServeConfig {
+    /// The defaults every flag declares, listening on a free loopback port with logging at
+    /// `warn`, on `database_url`; no `NEXUS_*` variable is read. What tests and benchmarks
+    /// start from, so a new option needs its default written once, in its `#[arg]`.
+    ///
+    /// # Panics
+    /// Never for the declared defaults (a default that does not parse fails every test).
+    #[must_use]
+    pub fn local(database_url: &str) -> Self {
+        let command = Self::augment_args(clap::Command::new("nexus")).mut_args(|arg| arg.env(None));
+        let matches = command.try_get_matches_from(["nexus"]).expect("the declared defaults parse");
+        let mut config = Self::from_arg_matches(&matches).expect("the declared defaults are complete");
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.database_url = database_url.to_owned();
+        config.log = "warn".to_owned();
+        config
+    }
 }
 
 /// Which cluster backend runs tenants.

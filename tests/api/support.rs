@@ -1,8 +1,5 @@
 //! The harness: start a Nexus on a fresh database, call it, stop it.
-
-use std::time::Duration;
-
-use nexus::config::{LogFormat, ServeConfig};
+use nexus::config::ServeConfig;
 use nexus_store_sea_orm::testing::{TestDatabase, fresh_postgres, fresh_sqlite};
 use poem::listener::{Acceptor, Listener, TcpListener};
 use reqwest::{Method, StatusCode};
@@ -43,25 +40,9 @@ pub async fn database(backend: Backend) -> Option<TestDatabase> {
     }
 }
 
-/// Configuration for a test server on `database_url`.
+/// Configuration for a test server on `database_url`: every option at its default.
 pub fn config(database_url: &str) -> ServeConfig {
-    ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: database_url.to_owned(),
-        jwt_secret: None,
-        access_ttl: Duration::from_secs(15 * 60).into(),
-        refresh_ttl: Duration::from_secs(30 * 24 * 3600).into(),
-        hash_concurrency: None,
-        cluster: nexus::config::ClusterKind::Memory,
-        system_namespace: "nexus-system".into(),
-        node_image: "astromesh:0.74.1".into(),
-        node: nexus::config::NodeKind::Stub,
-        resync: Duration::from_secs(60).into(),
-        node_url: "http://127.0.0.1:8000".to_owned(),
-        max_agents: 50,
-        log: "warn".to_owned(),
-        log_format: LogFormat::Text,
-    }
+    ServeConfig::local(database_url)
 }
 
 /// A running Nexus.
