@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::ApiTags;
 use super::auth::Caller;
-use super::error::{AgentCreateErrors, AgentUpdateErrors, ApiError, AuthenticatedErrors, AuthenticatedItemErrors, NodeErrors};
+use super::error::{AgentCreateErrors, AgentUpdateErrors, ApiError, AuthenticatedErrors, AuthenticatedItemErrors, ErrorSet, NodeErrors};
 use super::manifest::ManifestBody;
 use crate::app::{AgentState, LogQuery, SharedNexus};
 
@@ -174,7 +174,7 @@ enum AgentCreated {
 pub(crate) struct AgentApi;
 
 /// The tenant a request is scoped to.
-async fn scope<S>(nexus: &SharedNexus, caller: &Caller, tenant_id: &Header<Option<String>>) -> Result<Tenant, ApiError<S>> {
+async fn scope<S: ErrorSet>(nexus: &SharedNexus, caller: &Caller, tenant_id: &Header<Option<String>>) -> Result<Tenant, ApiError<S>> {
     Ok(nexus.access.tenant_scope(&caller.0, tenant_id.0.as_deref()).await?)
 }
 

@@ -114,9 +114,13 @@ pub(crate) fn status_of(err: Error) -> (StatusCode, ErrorBody) {
     }
 }
 
-impl<S> From<Error> for ApiError<S> {
+impl<S: ErrorSet> From<Error> for ApiError<S> {
+    /// Converts a core error, asserting (in debug builds, so in every test) that its status
+    /// is one the operation declares: a use case answering outside its operation's set
+    /// fails the test that reaches it.
     fn from(err: Error) -> Self {
         let (status, body) = status_of(err);
+        debug_assert!(S::STATUSES.contains(&status.as_u16()), "{status} is not among the statuses this operation declares ({:?}): {}", S::STATUSES, body.error);
         Self { status, body, set: PhantomData }
     }
 }

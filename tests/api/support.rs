@@ -109,7 +109,7 @@ impl Server {
         if let Some(body) = body {
             request = request.body(body);
         }
-        answer(request).await
+        answer(&self.client, request).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
@@ -129,7 +129,7 @@ impl Server {
         if let Some(body) = body {
             request = request.body(body);
         }
-        answer(request).await
+        answer(&self.client, request).await
     }
 
     /// Sends a request with these headers and an optional JSON body.
@@ -168,12 +168,34 @@ impl Server {
     }
 }
 
-/// Sends a request and reads its answer.
-async fn answer(request: reqwest::RequestBuilder) -> Answer {
-    let response = request.send().await.expect("request sent");
+/// Sends a request and reads its answer, asserting that the status is one the OpenAPI
+/// document declares for the operation (when the request names one): an answer outside an
+/// operation's declared set fails the test that received it.
+async fn answer(client: &reqwest::Client, request: reqwest::RequestBuilder) -> Answer {
+    let request = request.build().expect("request built");
+    let (method, path) = (request.method().clone(), request.url().path().to_owned());
+    let response = client.execute(request).await.expect("request sent");
     let status = response.status();
     let bytes = response.bytes().await.expect("body read");
-    Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+    let answer = Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+    if let Some(declared) = declared_statuses(&method, &path) {
+        assert!(declared.contains(&status.as_u16()), "{method} {path} answered {status}, which its operation does not declare ({declared:?}): {answer:?}");
+    }
+    answer
+}
+
+/// The statuses the served document declares for the operation `method` `path` reaches,
+/// or `None` when no operation matches (unknown routes, `/docs`, a method the path lacks).
+fn declared_statuses(method: &Method, path: &str) -> Option<Vec<u16>> {
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| serde_json::from_str(&nexus::http::openapi_json()).expect("the document is JSON"));
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let (_, operations) = document["paths"].as_object()?.iter().find(|(template, _)| {
+        let parts: Vec<&str> = template.split('/').collect();
+        parts.len() == segments.len() && parts.iter().zip(&segments).all(|(part, segment)| part.starts_with('{') || part == segment)
+    })?;
+    let responses = operations.get(method.as_str().to_ascii_lowercase())?["responses"].as_object()?;
+    Some(responses.keys().filter_map(|status| status.parse().ok()).collect())
 }
 
 /// The password every test user registers with.
