@@ -11,6 +11,8 @@ pub mod error;
 pub mod identity;
 pub mod ports;
 pub mod tenancy;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tokens;
 
 pub use error::{Error, FieldError, Result};

@@ -4,23 +4,16 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use nexus_ports::Error;
-use nexus_ports::identity::{DisplayName, UserId};
+use nexus_ports::identity::UserId;
 use nexus_ports::ports::{MockAccessTokens, MockApiKeyStore, MockClock, MockTenantStore};
-use nexus_ports::tenancy::{ApiKey, KeyLabel, NodeProfile, Tenant, TenantId};
+use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId};
 use nexus_ports::tokens::{AccessClaims, SecretDigest};
 
 use super::{AccessService, Credentials, Principal};
 use crate::app::key_usage::KeyUsage;
 
 fn tenant(owner: UserId) -> Tenant {
-    Tenant {
-        id: TenantId::generate(),
-        owner,
-        display_name: DisplayName::parse("org").unwrap(),
-        node_profile: NodeProfile::default(),
-        max_agents: 50,
-        created_at: Utc::now(),
-    }
+    nexus_ports::testing::tenant(owner)
 }
 
 fn key(tenant: &Tenant, raw: &str) -> ApiKey {

@@ -6,27 +6,23 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use nexus_ports::Error;
 use nexus_ports::agents::{Agent, AgentManifest, AgentStatus};
-use nexus_ports::identity::{DisplayName, UserId};
+use nexus_ports::identity::UserId;
 use nexus_ports::ports::{MockAgentStore, MockClock, MockClusterBackend, MockNodeProxy, MockTenantStore};
-use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
+use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
+use nexus_ports::testing;
 use serde_json::{Value, json};
 
 use super::{AgentService, LogQuery};
 use crate::app::reconcile::Reconciler;
 
 fn tenant() -> Tenant {
-    Tenant {
-        id: TenantId::from_uuid(uuid::Uuid::max()),
-        owner: UserId::generate(),
-        display_name: DisplayName::parse("org").unwrap(),
-        node_profile: NodeProfile::default(),
-        max_agents: 7,
-        created_at: Utc::now(),
-    }
+    Tenant { id: TenantId::from_uuid(uuid::Uuid::max()), max_agents: 7, ..testing::tenant(UserId::generate()) }
 }
 
 fn document(name: &str) -> Value {
-    json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": name, "namespace": "elsewhere"}, "spec": {"model": {"primary": {"provider": "ollama", "model": "m"}}}})
+    let mut document = testing::manifest_document(name, "m");
+    document["metadata"]["namespace"] = json!("elsewhere");
+    document
 }
 
 fn stored(name: &str) -> Agent {

@@ -35,10 +35,10 @@ mod tests {
     use nexus_cluster_memory::MemoryCluster;
     use nexus_node_stub::StubNode;
     use nexus_ports::agents::{AgentManifest, AgentPhase};
-    use nexus_ports::identity::{DisplayName, UserId};
+    use nexus_ports::identity::UserId;
     use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockClock, MockTenantStore};
-    use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId};
-    use serde_json::json;
+    use nexus_ports::tenancy::TenantId;
+
     use tokio::sync::watch;
 
     use super::*;
@@ -49,14 +49,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_leader_reconciles() {
-        let tenant = Tenant {
-            id: TenantId::generate(),
-            owner: UserId::generate(),
-            display_name: DisplayName::parse("org").unwrap(),
-            node_profile: NodeProfile::default(),
-            max_agents: 5,
-            created_at: Utc::now(),
-        };
+        let tenant = nexus_ports::testing::tenant(UserId::generate());
         let cluster = Arc::new(MemoryCluster::new("http://node"));
         let mut tenants = MockTenantStore::new();
         let listed = tenant.clone();
@@ -68,7 +61,7 @@ mod tests {
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let reconciler =
             Arc::new(Reconciler::new(cluster.clone(), Arc::new(StubNode::new()), Arc::new(agents), Arc::new(tenants), clock, Duration::from_secs(60)));
-        let manifest = AgentManifest::parse(json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": "bot"}, "spec": {"model": {"primary": {"provider": "p", "model": "m"}}}})).unwrap();
+        let manifest = nexus_ports::testing::manifest("bot", "m");
         cluster.apply_agent(&tenant.id, &manifest).await.unwrap();
 
         let (lead, leading) = watch::channel(false);

@@ -6,9 +6,9 @@ use chrono::{TimeZone, Utc};
 use mockall::Sequence;
 use mockall::predicate::eq;
 use nexus_ports::Error;
-use nexus_ports::identity::{DisplayName, UserId};
+use nexus_ports::identity::UserId;
 use nexus_ports::ports::{MockApiKeyStore, MockClock, MockClusterBackend, MockSecretGenerator, MockTenantStore};
-use nexus_ports::tenancy::{ApiKey, KeyLabel, NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
+use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
 
 use super::TenancyService;
@@ -23,14 +23,7 @@ fn owner() -> UserId {
 }
 
 fn owned_tenant() -> Tenant {
-    Tenant {
-        id: TenantId::from_uuid(uuid::Uuid::max()),
-        owner: owner(),
-        display_name: DisplayName::parse("org").unwrap(),
-        node_profile: NodeProfile::default(),
-        max_agents: 50,
-        created_at: now(),
-    }
+    Tenant { id: TenantId::from_uuid(uuid::Uuid::max()), created_at: now(), ..nexus_ports::testing::tenant(owner()) }
 }
 
 fn ready(tenant: &Tenant) -> TenantStatus {

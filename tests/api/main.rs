@@ -13,6 +13,7 @@ mod input;
 mod matrix;
 mod node_e2e;
 mod openapi_doc;
+mod reconcile_kube;
 mod restart;
 mod secrets;
 mod tenancy;

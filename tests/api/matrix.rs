@@ -38,7 +38,9 @@ enum Scope {
 type Row = (&'static str, &'static str, Scope, Option<fn() -> Value>, [u16; 5]);
 
 fn manifest(name: &str) -> Value {
-    json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": name, "version": "1.0.0"}, "spec": {"model": {"primary": {"provider": "ollama", "model": "llama3.1:8b"}}}})
+    let mut document = nexus_ports::testing::manifest_document(name, "llama3.1:8b");
+    document["metadata"]["version"] = json!("1.0.0");
+    document
 }
 
 const ROWS: &[Row] = &[

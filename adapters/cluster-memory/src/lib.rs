@@ -140,20 +140,12 @@ impl HealthCheck for MemoryCluster {
 
 #[cfg(test)]
 mod tests {
-    use nexus_ports::identity::{DisplayName, UserId};
-    use nexus_ports::tenancy::NodeProfile;
+    use nexus_ports::identity::UserId;
 
     use super::*;
 
     fn tenant() -> Tenant {
-        Tenant {
-            id: TenantId::generate(),
-            owner: UserId::generate(),
-            display_name: DisplayName::parse("org").unwrap(),
-            node_profile: NodeProfile::default(),
-            max_agents: 50,
-            created_at: chrono::Utc::now(),
-        }
+        nexus_ports::testing::tenant(UserId::generate())
     }
 
     #[tokio::test]
@@ -174,11 +166,7 @@ mod tests {
     }
 
     fn manifest(model: &str) -> AgentManifest {
-        AgentManifest::parse(serde_json::json!({
-            "apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": "bot"},
-            "spec": {"model": {"primary": {"provider": "ollama", "model": model}}}
-        }))
-        .unwrap()
+        nexus_ports::testing::manifest("bot", model)
     }
 
     #[tokio::test]

@@ -4,7 +4,8 @@ use chrono::Duration;
 use nexus_ports::Error;
 use nexus_ports::agents::{Agent, AgentManifest, AgentName};
 use nexus_ports::ports::{AgentStore, TenantStore, UserStore};
-use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId};
+use nexus_ports::tenancy::{Tenant, TenantId};
+use nexus_ports::testing;
 use nexus_store_sea_orm::SqlStore;
 use serde_json::json;
 
@@ -16,24 +17,16 @@ on_both_backends!(agents_are_registered_with_their_history, the_quota_holds_unde
 async fn tenant(store: &SqlStore) -> TenantId {
     let user = new_user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
     store.insert_user(&user).await.unwrap();
-    let tenant = Tenant {
-        id: TenantId::generate(),
-        owner: user.user.id,
-        display_name: nexus_ports::identity::DisplayName::parse("org").unwrap(),
-        node_profile: NodeProfile::default(),
-        max_agents: 50,
-        created_at: now(),
-    };
+    let tenant = Tenant { created_at: now(), ..testing::tenant(user.user.id) };
     store.insert_tenant(&tenant).await.unwrap();
     tenant.id
 }
 
 fn manifest(name: &str, version: &str) -> AgentManifest {
-    AgentManifest::parse(json!({
-        "apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": name, "version": version},
-        "spec": {"model": {"primary": {"provider": "ollama", "model": "llama3.1:8b"}}, "unknown": {"kept": true}}
-    }))
-    .unwrap()
+    let mut document = testing::manifest_document(name, "llama3.1:8b");
+    document["metadata"]["version"] = json!(version);
+    document["spec"]["unknown"] = json!({"kept": true});
+    AgentManifest::parse(document).unwrap()
 }
 
 fn agent(tenant: TenantId, name: &str) -> Agent {

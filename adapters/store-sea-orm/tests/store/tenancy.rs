@@ -4,7 +4,7 @@ use chrono::Duration;
 use nexus_ports::Error;
 use nexus_ports::identity::{DisplayName, UserId};
 use nexus_ports::ports::{ApiKeyStore, TenantStore, UserStore};
-use nexus_ports::tenancy::{ApiKey, KeyLabel, NodeProfile, Tenant, TenantId};
+use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId};
 use nexus_ports::tokens::SecretDigest;
 use nexus_store_sea_orm::SqlStore;
 
@@ -26,14 +26,7 @@ async fn owner(store: &SqlStore) -> UserId {
 }
 
 async fn tenant_of(store: &SqlStore, owner: UserId, name: &str) -> Tenant {
-    let tenant = Tenant {
-        id: TenantId::generate(),
-        owner,
-        display_name: DisplayName::parse(name).unwrap(),
-        node_profile: NodeProfile::default(),
-        max_agents: 50,
-        created_at: now(),
-    };
+    let tenant = Tenant { display_name: DisplayName::parse(name).unwrap(), created_at: now(), ..nexus_ports::testing::tenant(owner) };
     store.insert_tenant(&tenant).await.unwrap();
     tenant
 }
