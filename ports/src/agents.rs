@@ -240,7 +240,6 @@ pub enum AgentPhase {
     Deploying,
     Running,
     Failed,
-    Stopped,
 }
 
 /// An agent as registered in a tenant (the durable record).

@@ -20,8 +20,6 @@ use tokio::sync::Notify;
 
 use super::tenancy::provision;
 
-/// How often the loop runs without events, and how often running agents are resynced.
-pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 /// The longest wait between retries of a failing agent.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// How many agents are reconciled at once.

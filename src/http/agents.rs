@@ -24,7 +24,6 @@ enum AgentPhaseView {
     Deploying,
     Running,
     Failed,
-    Stopped,
 }
 
 impl From<AgentPhase> for AgentPhaseView {
@@ -34,7 +33,6 @@ impl From<AgentPhase> for AgentPhaseView {
             AgentPhase::Deploying => Self::Deploying,
             AgentPhase::Running => Self::Running,
             AgentPhase::Failed => Self::Failed,
-            AgentPhase::Stopped => Self::Stopped,
         }
     }
 }

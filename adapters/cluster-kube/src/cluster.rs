@@ -91,7 +91,6 @@ pub(crate) fn agent_phase_name(phase: AgentPhase) -> &'static str {
         AgentPhase::Deploying => "Deploying",
         AgentPhase::Running => "Running",
         AgentPhase::Failed => "Failed",
-        AgentPhase::Stopped => "Stopped",
     }
 }
 
@@ -100,7 +99,6 @@ fn agent_phase(name: Option<&str>) -> AgentPhase {
         Some("Deploying") => AgentPhase::Deploying,
         Some("Running") => AgentPhase::Running,
         Some("Failed") => AgentPhase::Failed,
-        Some("Stopped") => AgentPhase::Stopped,
         _ => AgentPhase::Pending,
     }
 }

@@ -66,8 +66,6 @@ pub struct NexusTenantStatus {
     /// `http://astromesh-node.<namespace>.svc:8000`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -96,7 +94,7 @@ pub struct NexusAgentSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NexusAgentStatus {
-    /// Pending, Deploying, Running, Failed or Stopped.
+    /// Pending, Deploying, Running or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

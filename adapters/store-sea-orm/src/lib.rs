@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use nexus_ports::ports::HealthCheck;
 use nexus_ports::{Error, Result};
 use sea_orm::sqlx::sqlite::SqliteJournalMode;
-use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend};
+use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection};
 use sea_orm_migration::MigratorTrait;
 
 /// How long to wait for a connection before answering "unavailable".
@@ -59,11 +59,6 @@ impl SqlStore {
         })?;
         migration::Migrator::up(&db, None).await.map_err(|err| Error::Internal(format!("database migration failed: {err}")))?;
         Ok(Self { db })
-    }
-
-    /// Which database this is.
-    pub fn backend(&self) -> DbBackend {
-        self.db.get_database_backend()
     }
 
     /// Closes the pool.
