@@ -1,5 +1,6 @@
 //! The composition root: builds the adapters the configuration names and wires them into
-//! the use cases. The only module that sees every adapter.
+//! the use cases ([`wire`]), then brings the service up ([`start`]). The only module that
+//! sees every adapter.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +16,10 @@ use nexus_ports::{Error, Result};
 use nexus_store_sea_orm::SqlStore;
 
 use crate::app::key_usage::FLUSH_EVERY;
-use crate::app::{AccessService, AgentService, IdentityService, KeyUsage, Nexus, Readiness, Reconciler, SharedNexus, TenancyService};
+use crate::app::{
+    AccessPorts, AccessService, AgentPorts, AgentService, IdentityPorts, IdentityService, KeyUsage, Nexus, Readiness, ReconcilePorts, Reconciler, SharedNexus,
+    TenancyPorts, TenancyService,
+};
 use crate::config::{ClusterKind, NodeKind, ServeConfig};
 
 /// Settings key of the generated JWT secret.
@@ -49,14 +53,31 @@ fn lifetime(value: humantime::Duration, name: &str) -> Result<chrono::Duration> 
         .ok_or_else(|| Error::invalid(format!("{name} must be positive and below 100 years")))
 }
 
-/// Connects the store (running its migrations), builds the cluster backend and the node
-/// proxy, wires every use case, re-applies stored tenants and agents to the cluster and
-/// starts the background tasks (the reconcile loop, the key-usage writer).
+/// The service wired from its configuration but not started: no background task runs and
+/// nothing has been written to the cluster. [`start`] brings it up.
+pub struct Wiring {
+    nexus: SharedNexus,
+    reconciler: Arc<Reconciler>,
+    kube: Option<KubeCluster>,
+}
+
+/// Wires the service from its configuration ([`wire`]) and starts it ([`start`]).
 ///
 /// # Errors
-/// [`Error::Unavailable`] when the database cannot be reached; [`Error::InvalidRequest`]
-/// for configuration that cannot work (a short JWT secret, a zero lifetime).
+/// Those of [`wire`] and [`start`].
 pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
+    start(wire(config).await?).await
+}
+
+/// Builds the adapters the configuration names and wires every use case to them. It
+/// connects (the store runs its migrations; the Kubernetes client checks the cluster) but
+/// starts nothing.
+///
+/// # Errors
+/// [`Error::Unavailable`] when the database or the cluster cannot be reached;
+/// [`Error::InvalidRequest`] for configuration that cannot work (a short JWT secret, a
+/// zero lifetime).
+pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     let (access_ttl, refresh_ttl) = (lifetime(config.access_ttl, "NEXUS_ACCESS_TTL")?, lifetime(config.refresh_ttl, "NEXUS_REFRESH_TTL")?);
     let store = Arc::new(SqlStore::connect(&config.database_url).await?);
     let access_tokens: Arc<dyn AccessTokens> = Arc::new(JwtAccessTokens::new(jwt_secret(config, &store).await?.as_bytes(), access_ttl)?);
@@ -81,28 +102,49 @@ pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secrets: Arc<dyn SecretGenerator> = Arc::new(OsSecrets);
     let key_usage = Arc::new(KeyUsage::new(store.clone()));
+    let hasher = Arc::new(Argon2Hasher::new(hash_concurrency)?);
 
     let identity = IdentityService::new(
-        store.clone(),
-        store.clone(),
-        Arc::new(Argon2Hasher::new(hash_concurrency)?),
-        access_tokens.clone(),
-        secrets.clone(),
-        clock.clone(),
+        IdentityPorts {
+            users: store.clone(),
+            refresh_tokens: store.clone(),
+            hasher,
+            access_tokens: access_tokens.clone(),
+            secrets: secrets.clone(),
+            clock: clock.clone(),
+        },
         refresh_ttl,
     );
-    let access = AccessService::new(access_tokens, store.clone(), store.clone(), clock.clone(), key_usage.clone());
-    let tenancy = TenancyService::new(store.clone(), store.clone(), cluster.clone(), secrets, clock.clone(), key_usage.clone(), config.max_agents);
-    let reconciler = Arc::new(Reconciler::new(cluster.clone(), node.clone(), store.clone(), store.clone(), clock.clone(), resync));
-    let agents = AgentService::new(store.clone(), cluster.clone(), node, clock, reconciler.clone());
+    let access =
+        AccessService::new(AccessPorts { tokens: access_tokens, keys: store.clone(), tenants: store.clone(), clock: clock.clone(), usage: key_usage.clone() });
+    let tenancy = TenancyService::new(
+        TenancyPorts { tenants: store.clone(), keys: store.clone(), cluster: cluster.clone(), secrets, clock: clock.clone(), usage: key_usage.clone() },
+        config.max_agents,
+    );
+    let reconciler = Arc::new(Reconciler::new(
+        ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: store.clone(), tenants: store.clone(), clock: clock.clone() },
+        resync,
+    ));
+    let agents = AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock }, reconciler.clone());
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
+    let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, background: Mutex::default() });
+    Ok(Wiring { nexus, reconciler, kube })
+}
 
-    // Before serving: tenants the cluster lacks (all, on a fresh in-memory cluster) are
-    // provisioned, and the registry's agents applied.
+/// Brings a wired service up: tenants the cluster lacks (all, on a fresh in-memory
+/// cluster) are provisioned and the registry's agents applied, then the background tasks
+/// start (the key-usage writer; the reconcile loop, on Kubernetes only while this replica
+/// holds the lease, with the watches waking it).
+///
+/// # Errors
+/// [`Error::Unavailable`] when the registry cannot be read or applied, or leadership
+/// cannot be set up.
+pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
+    let Wiring { nexus, reconciler, kube } = wiring;
     let tenants = reconciler.reconcile_tenants().await.len();
     let agents_applied = reconciler.apply_registry().await?;
     tracing::info!(tenants, agents = agents_applied, "stored tenants and agents applied to the cluster");
-    let mut background = vec![tokio::spawn(key_usage.clone().run(FLUSH_EVERY))];
+    let mut background = vec![tokio::spawn(nexus.key_usage.clone().run(FLUSH_EVERY))];
     match kube {
         // Every replica serves the API and wakes on changes; the one holding the lease reconciles.
         Some(kube) => {
@@ -117,5 +159,6 @@ pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
         }
         None => background.push(tokio::spawn(reconciler.run())),
     }
-    Ok(Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, background: Mutex::new(background) }))
+    nexus.background.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(background);
+    Ok(nexus)
 }

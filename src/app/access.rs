@@ -61,9 +61,20 @@ pub(crate) async fn owned_tenant(tenants: &dyn TenantStore, user: &UserId, id: &
     }
 }
 
+/// The ports authentication needs, by name.
+pub struct AccessPorts {
+    pub tokens: Arc<dyn AccessTokens>,
+    pub keys: Arc<dyn ApiKeyStore>,
+    pub tenants: Arc<dyn TenantStore>,
+    pub clock: Arc<dyn Clock>,
+    /// Where key use is noted, off the request path.
+    pub usage: Arc<KeyUsage>,
+}
+
 impl AccessService {
     /// Wires authentication to its ports.
-    pub fn new(tokens: Arc<dyn AccessTokens>, keys: Arc<dyn ApiKeyStore>, tenants: Arc<dyn TenantStore>, clock: Arc<dyn Clock>, usage: Arc<KeyUsage>) -> Self {
+    pub fn new(ports: AccessPorts) -> Self {
+        let AccessPorts { tokens, keys, tenants, clock, usage } = ports;
         Self { tokens, keys, tenants, clock, usage }
     }
 

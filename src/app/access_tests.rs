@@ -9,7 +9,7 @@ use nexus_ports::ports::{MockAccessTokens, MockApiKeyStore, MockClock, MockTenan
 use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId};
 use nexus_ports::tokens::{AccessClaims, SecretDigest};
 
-use super::{AccessService, Credentials, Principal};
+use super::{AccessPorts, AccessService, Credentials, Principal};
 use crate::app::key_usage::KeyUsage;
 
 fn tenant(owner: UserId) -> Tenant {
@@ -41,7 +41,16 @@ impl Ports {
         let mut clock = MockClock::new();
         clock.expect_now().returning(|| Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap());
         let usage = Arc::new(KeyUsage::new(Arc::new(MockApiKeyStore::new())));
-        (AccessService::new(Arc::new(self.tokens), Arc::new(self.keys), Arc::new(self.tenants), Arc::new(clock), usage.clone()), usage)
+        (
+            AccessService::new(AccessPorts {
+                tokens: Arc::new(self.tokens),
+                keys: Arc::new(self.keys),
+                tenants: Arc::new(self.tenants),
+                clock: Arc::new(clock),
+                usage: usage.clone(),
+            }),
+            usage,
+        )
     }
 }
 

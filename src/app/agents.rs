@@ -56,15 +56,18 @@ fn missing(name: &AgentName) -> Error {
     Error::NotFound(format!("no agent named {name} in this tenant"))
 }
 
+/// The ports the agent use cases need, by name.
+pub struct AgentPorts {
+    pub agents: Arc<dyn AgentStore>,
+    pub cluster: Arc<dyn ClusterBackend>,
+    pub node: Arc<dyn NodeProxy>,
+    pub clock: Arc<dyn Clock>,
+}
+
 impl AgentService {
-    /// Wires the use cases.
-    pub fn new(
-        agents: Arc<dyn AgentStore>,
-        cluster: Arc<dyn ClusterBackend>,
-        node: Arc<dyn NodeProxy>,
-        clock: Arc<dyn Clock>,
-        reconciler: Arc<Reconciler>,
-    ) -> Self {
+    /// Wires the use cases; API changes wake `reconciler`.
+    pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>) -> Self {
+        let AgentPorts { agents, cluster, node, clock } = ports;
         Self { agents, cluster, node, clock, reconciler }
     }
 

@@ -12,8 +12,8 @@ use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::testing;
 use serde_json::{Value, json};
 
-use super::{AgentService, LogQuery};
-use crate::app::reconcile::Reconciler;
+use super::{AgentPorts, AgentService, LogQuery};
+use crate::app::reconcile::{ReconcilePorts, Reconciler};
 
 fn tenant() -> Tenant {
     Tenant { id: TenantId::from_uuid(uuid::Uuid::max()), max_agents: 7, ..testing::tenant(UserId::generate()) }
@@ -43,14 +43,16 @@ impl Ports {
         clock.expect_now().returning(|| Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap());
         let clock = Arc::new(clock);
         let idle = Reconciler::new(
-            Arc::new(MockClusterBackend::new()),
-            Arc::new(MockNodeProxy::new()),
-            Arc::new(MockAgentStore::new()),
-            Arc::new(MockTenantStore::new()),
-            clock.clone(),
+            ReconcilePorts {
+                cluster: Arc::new(MockClusterBackend::new()),
+                node: Arc::new(MockNodeProxy::new()),
+                agents: Arc::new(MockAgentStore::new()),
+                tenants: Arc::new(MockTenantStore::new()),
+                clock: clock.clone(),
+            },
             Duration::from_secs(60),
         );
-        AgentService::new(Arc::new(self.agents), Arc::new(self.cluster), Arc::new(self.node), clock, Arc::new(idle))
+        AgentService::new(AgentPorts { agents: Arc::new(self.agents), cluster: Arc::new(self.cluster), node: Arc::new(self.node), clock }, Arc::new(idle))
     }
 
     fn with_agent(mut self, name: &'static str) -> Self {

@@ -53,17 +53,21 @@ pub struct IdentityService {
     refresh_ttl: Duration,
 }
 
+/// The ports the identity use cases need, named so that one adapter serving several of
+/// them cannot be wired to the wrong one.
+pub struct IdentityPorts {
+    pub users: Arc<dyn UserStore>,
+    pub refresh_tokens: Arc<dyn RefreshTokenStore>,
+    pub hasher: Arc<dyn PasswordHasher>,
+    pub access_tokens: Arc<dyn AccessTokens>,
+    pub secrets: Arc<dyn SecretGenerator>,
+    pub clock: Arc<dyn Clock>,
+}
+
 impl IdentityService {
     /// Wires the use cases to their ports; refresh tokens live for `refresh_ttl`.
-    pub fn new(
-        users: Arc<dyn UserStore>,
-        refresh_tokens: Arc<dyn RefreshTokenStore>,
-        hasher: Arc<dyn PasswordHasher>,
-        access_tokens: Arc<dyn AccessTokens>,
-        secrets: Arc<dyn SecretGenerator>,
-        clock: Arc<dyn Clock>,
-        refresh_ttl: Duration,
-    ) -> Self {
+    pub fn new(ports: IdentityPorts, refresh_ttl: Duration) -> Self {
+        let IdentityPorts { users, refresh_tokens, hasher, access_tokens, secrets, clock } = ports;
         Self { users, refresh_tokens, hasher, access_tokens, secrets, clock, refresh_ttl }
     }
 

@@ -9,7 +9,7 @@ use nexus_ports::identity::{DisplayName, Email, PasswordHash, User, UserCredenti
 use nexus_ports::ports::{MockAccessTokens, MockClock, MockPasswordHasher, MockRefreshTokenStore, MockSecretGenerator, MockUserStore};
 use nexus_ports::tokens::{AccessToken, FamilyId, OpaqueSecret, Rotation};
 
-use super::{IdentityService, Registration};
+use super::{IdentityPorts, IdentityService, Registration};
 
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
@@ -31,15 +31,15 @@ impl Ports {
     fn service(self) -> IdentityService {
         let mut clock = MockClock::new();
         clock.expect_now().returning(now);
-        IdentityService::new(
-            Arc::new(self.users),
-            Arc::new(self.refresh),
-            Arc::new(self.hasher),
-            Arc::new(self.access),
-            Arc::new(self.secrets),
-            Arc::new(clock),
-            Duration::days(TTL_DAYS),
-        )
+        let ports = IdentityPorts {
+            users: Arc::new(self.users),
+            refresh_tokens: Arc::new(self.refresh),
+            hasher: Arc::new(self.hasher),
+            access_tokens: Arc::new(self.access),
+            secrets: Arc::new(self.secrets),
+            clock: Arc::new(clock),
+        };
+        IdentityService::new(ports, Duration::days(TTL_DAYS))
     }
 
     /// Expects one new session: an access token and a stored refresh token.

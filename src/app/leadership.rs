@@ -42,6 +42,7 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
+    use crate::app::reconcile::ReconcilePorts;
 
     async fn phase(cluster: &MemoryCluster, tenant: &TenantId, manifest: &AgentManifest) -> AgentPhase {
         cluster.agent_object(tenant, manifest.name()).await.unwrap().unwrap().status.phase
@@ -59,8 +60,10 @@ mod tests {
         let mut clock = MockClock::new();
         clock.expect_now().returning(Utc::now);
         let clock: Arc<dyn Clock> = Arc::new(clock);
-        let reconciler =
-            Arc::new(Reconciler::new(cluster.clone(), Arc::new(StubNode::new()), Arc::new(agents), Arc::new(tenants), clock, Duration::from_secs(60)));
+        let reconciler = Arc::new(Reconciler::new(
+            ReconcilePorts { cluster: cluster.clone(), node: Arc::new(StubNode::new()), agents: Arc::new(agents), tenants: Arc::new(tenants), clock },
+            Duration::from_secs(60),
+        ));
         let manifest = nexus_ports::testing::manifest("bot", "m");
         cluster.apply_agent(&tenant.id, &manifest).await.unwrap();
 

@@ -12,13 +12,13 @@ pub mod tenancy;
 
 use std::sync::{Arc, Mutex};
 
-pub use access::{AccessService, Credentials, Principal};
-pub use agents::{AgentService, AgentState, LiveStatus, LogQuery};
+pub use access::{AccessPorts, AccessService, Credentials, Principal};
+pub use agents::{AgentPorts, AgentService, AgentState, LiveStatus, LogQuery};
 pub use health::{CheckOutcome, Readiness};
-pub use identity::{IdentityService, Registration, Session, TokenPair};
+pub use identity::{IdentityPorts, IdentityService, Registration, Session, TokenPair};
 pub use key_usage::KeyUsage;
-pub use reconcile::Reconciler;
-pub use tenancy::{NewKey, TenancyService, TenantState};
+pub use reconcile::{ReconcilePorts, Reconciler};
+pub use tenancy::{NewKey, TenancyPorts, TenancyService, TenantState};
 
 /// Every use case of the running service, shared by the HTTP handlers.
 pub struct Nexus {

@@ -88,16 +88,19 @@ pub struct Reconciler {
     retries: Mutex<HashMap<(TenantId, AgentName), Retry>>,
 }
 
+/// The ports the reconcile loop drives and reads, by name.
+pub struct ReconcilePorts {
+    pub cluster: Arc<dyn ClusterBackend>,
+    pub node: Arc<dyn NodeProxy>,
+    pub agents: Arc<dyn AgentStore>,
+    pub tenants: Arc<dyn TenantStore>,
+    pub clock: Arc<dyn Clock>,
+}
+
 impl Reconciler {
     /// A runner resyncing every `resync`.
-    pub fn new(
-        cluster: Arc<dyn ClusterBackend>,
-        node: Arc<dyn NodeProxy>,
-        agents: Arc<dyn AgentStore>,
-        tenants: Arc<dyn TenantStore>,
-        clock: Arc<dyn Clock>,
-        resync: Duration,
-    ) -> Self {
+    pub fn new(ports: ReconcilePorts, resync: Duration) -> Self {
+        let ReconcilePorts { cluster, node, agents, tenants, clock } = ports;
         Self { cluster, node, agents, tenants, clock, resync, wake: Notify::new(), retries: Mutex::default() }
     }
 

@@ -13,7 +13,7 @@ use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockTenantStore}
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::testing;
 
-use super::{Reconciler, Retry, Step, backoff, next_step};
+use super::{ReconcilePorts, Reconciler, Retry, Step, backoff, next_step};
 
 const RESYNC: Duration = Duration::from_secs(60);
 
@@ -112,7 +112,16 @@ async fn the_runner_deploys_fails_recovers_and_cleans_up() {
     let mut tenants = MockTenantStore::new();
     let listed = tenant.clone();
     tenants.expect_list_all_tenants().returning(move || Ok(vec![listed.clone()]));
-    let reconciler = Reconciler::new(cluster.clone(), node.clone(), Arc::new(MockAgentStore::new()), Arc::new(tenants), clock.clone(), RESYNC);
+    let reconciler = Reconciler::new(
+        ReconcilePorts {
+            cluster: cluster.clone(),
+            node: node.clone(),
+            agents: Arc::new(MockAgentStore::new()),
+            tenants: Arc::new(tenants),
+            clock: clock.clone(),
+        },
+        RESYNC,
+    );
     let status = async || cluster.agent_object(&tenant.id, manifest("a").name()).await.unwrap().unwrap().status;
 
     cluster.apply_agent(&tenant.id, &manifest("a")).await.unwrap();

@@ -50,17 +50,21 @@ pub struct TenancyService {
     max_agents: u32,
 }
 
+/// The ports the tenancy use cases need, by name.
+pub struct TenancyPorts {
+    pub tenants: Arc<dyn TenantStore>,
+    pub keys: Arc<dyn ApiKeyStore>,
+    pub cluster: Arc<dyn ClusterBackend>,
+    pub secrets: Arc<dyn SecretGenerator>,
+    pub clock: Arc<dyn Clock>,
+    /// Key use noted but not yet written, forgotten when a key goes.
+    pub usage: Arc<KeyUsage>,
+}
+
 impl TenancyService {
     /// Wires the use cases; new tenants get a quota of `max_agents`.
-    pub fn new(
-        tenants: Arc<dyn TenantStore>,
-        keys: Arc<dyn ApiKeyStore>,
-        cluster: Arc<dyn ClusterBackend>,
-        secrets: Arc<dyn SecretGenerator>,
-        clock: Arc<dyn Clock>,
-        usage: Arc<KeyUsage>,
-        max_agents: u32,
-    ) -> Self {
+    pub fn new(ports: TenancyPorts, max_agents: u32) -> Self {
+        let TenancyPorts { tenants, keys, cluster, secrets, clock, usage } = ports;
         Self { tenants, keys, cluster, secrets, clock, usage, max_agents }
     }
 

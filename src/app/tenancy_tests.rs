@@ -11,7 +11,7 @@ use nexus_ports::ports::{MockApiKeyStore, MockClock, MockClusterBackend, MockSec
 use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
 
-use super::TenancyService;
+use super::{TenancyPorts, TenancyService};
 use crate::app::key_usage::KeyUsage;
 
 fn now() -> chrono::DateTime<Utc> {
@@ -50,15 +50,15 @@ impl Ports {
         let mut clock = MockClock::new();
         clock.expect_now().returning(now);
         let usage = Arc::new(KeyUsage::new(Arc::new(MockApiKeyStore::new())));
-        let service = TenancyService::new(
-            Arc::new(self.tenants),
-            Arc::new(self.keys),
-            Arc::new(self.cluster),
-            Arc::new(self.secrets),
-            Arc::new(clock),
-            usage.clone(),
-            50,
-        );
+        let ports = TenancyPorts {
+            tenants: Arc::new(self.tenants),
+            keys: Arc::new(self.keys),
+            cluster: Arc::new(self.cluster),
+            secrets: Arc::new(self.secrets),
+            clock: Arc::new(clock),
+            usage: usage.clone(),
+        };
+        let service = TenancyService::new(ports, 50);
         (service, usage)
     }
 }

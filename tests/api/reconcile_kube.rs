@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use http::Method;
-use nexus::app::Reconciler;
+use nexus::app::{ReconcilePorts, Reconciler};
 use nexus_cluster_kube::fixtures::{Expect, anything, mocked};
 use nexus_node_stub::StubNode;
 use nexus_ports::agents::AgentManifest;
@@ -88,7 +88,10 @@ async fn pass(script: Vec<Expect>, node: Arc<StubNode>) -> Duration {
     let (cluster, scenario) = mocked(script);
     let mut tenants = MockTenantStore::new();
     tenants.expect_list_all_tenants().returning(|| Ok(vec![tenant()]));
-    let reconciler = Reconciler::new(Arc::new(cluster), node, Arc::new(MockAgentStore::new()), Arc::new(tenants), Arc::new(StillClock), RESYNC);
+    let reconciler = Reconciler::new(
+        ReconcilePorts { cluster: Arc::new(cluster), node, agents: Arc::new(MockAgentStore::new()), tenants: Arc::new(tenants), clock: Arc::new(StillClock) },
+        RESYNC,
+    );
     let wait = reconciler.pass().await;
     scenario.await.unwrap();
     wait
