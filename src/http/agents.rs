@@ -39,6 +39,7 @@ impl From<AgentPhase> for AgentPhaseView {
 
 /// An agent just registered.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct AgentCreatedView {
     name: String,
@@ -52,6 +53,7 @@ struct AgentCreatedView {
 
 /// An agent in a listing.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct AgentSummaryView {
     name: String,
@@ -63,6 +65,7 @@ struct AgentSummaryView {
 
 /// What the runtime reports of an agent.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct AgentStatusView {
     phase: AgentPhaseView,
@@ -81,6 +84,7 @@ impl From<AgentStatus> for AgentStatusView {
 
 /// An agent with its whole manifest and status.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct AgentDetailView {
     name: String,
@@ -107,6 +111,7 @@ impl From<AgentState> for AgentDetailView {
 
 /// The runtime status and the node's live view of the agent.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct LiveStatusView {
     phase: AgentPhaseView,
@@ -120,6 +125,7 @@ struct LiveStatusView {
 
 /// The agent's execution traces from its node.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct LogsView {
     agent: String,
     traces: Vec<Value>,
@@ -127,6 +133,7 @@ struct LogsView {
 
 /// The node's metrics.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct MetricsView {
     agent: String,
     /// The period asked for. The node reports cumulative counters and histograms since it
@@ -137,6 +144,7 @@ struct MetricsView {
 
 /// One published version of an agent.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct VersionView {
     /// 1 for the creation, then one more per update.
@@ -158,6 +166,7 @@ impl From<AgentVersion> for VersionView {
 
 /// An agent was deleted.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct AgentDeletedView {
     deleted: String,
 }

@@ -17,6 +17,7 @@ use poem_openapi::{ApiResponse, Object};
 
 /// The body of every failure.
 #[derive(Debug, Object, serde::Serialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ErrorBody {
     /// What went wrong, for a person to read.
     pub error: String,
@@ -28,6 +29,7 @@ pub struct ErrorBody {
 
 /// One validation problem of a document.
 #[derive(Debug, Object, serde::Serialize)]
+#[oai(skip_serializing_if_is_none)]
 pub struct FieldProblem {
     /// Dotted path of the field (`metadata.name`, `spec.model.primary.provider`).
     pub field: String,

@@ -11,6 +11,7 @@ use crate::app::SharedNexus;
 
 /// Liveness.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct Liveness {
     /// Always `ok`.
     status: String,
@@ -18,6 +19,7 @@ struct Liveness {
 
 /// Readiness, with each dependency's answer.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ReadinessReport {
     /// `ready` or `unavailable`.
     status: String,

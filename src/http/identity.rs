@@ -16,6 +16,7 @@ use crate::app::{Principal, Registration, Session, SharedNexus, TokenPair};
 
 /// A new account.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct RegisterRequest {
     /// Compared case-insensitively and stored lower-case.
@@ -30,6 +31,7 @@ struct RegisterRequest {
 
 /// Credentials to log in with.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct LoginRequest {
     email: Text,
     #[oai(write_only)]
@@ -38,6 +40,7 @@ struct LoginRequest {
 
 /// A refresh token to rotate.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct RefreshRequest {
     refresh_token: Text,
@@ -45,6 +48,7 @@ struct RefreshRequest {
 
 /// A user, as clients see it.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct UserView {
     /// `usr_` and 32 hex digits.
@@ -62,6 +66,7 @@ impl From<&User> for UserView {
 
 /// An access token and the refresh token that renews it.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct TokenPairView {
     /// HS256 JWT for `Authorization: Bearer`.
@@ -90,6 +95,7 @@ impl From<&TokenPair> for TokenPairView {
 
 /// Tokens for a signed-in user.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct AuthSession {
     #[oai(flatten)]
     tokens: TokenPairView,
@@ -111,6 +117,7 @@ enum RegisterResponse {
 
 /// A tenant, as a caller's scope.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct TenantRef {
     /// `t_` and 32 hex digits.
@@ -128,6 +135,7 @@ impl From<&Tenant> for TenantRef {
 
 /// The caller authenticated as a user by an access token.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct UserPrincipal {
     user: UserView,
     /// The tenant named by `X-Tenant-ID`, when the request named one.
@@ -136,6 +144,7 @@ struct UserPrincipal {
 
 /// The caller authenticated by a tenant's API key.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct ApiKeyPrincipal {
     tenant: TenantRef,

@@ -36,6 +36,7 @@ impl From<TenantPhase> for TenantPhaseView {
 
 /// A new tenant.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct CreateTenantRequest {
     /// 1 to 100 characters.
@@ -46,6 +47,7 @@ struct CreateTenantRequest {
 
 /// A tenant.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 pub(crate) struct TenantView {
     /// `t_` and 32 hex digits.
@@ -85,6 +87,7 @@ impl From<TenantState> for TenantView {
 
 /// A new API key.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct CreateKeyRequest {
     /// What the key is for, 1 to 100 characters.
     label: Text,
@@ -92,6 +95,7 @@ struct CreateKeyRequest {
 
 /// An API key just created. `rawKey` is shown this once: only its hash is stored.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct CreatedKeyView {
     /// Send it as `X-API-Key`.
@@ -104,6 +108,7 @@ struct CreatedKeyView {
 
 /// An API key, without its value.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct KeyView {
     /// SHA-256 of the key, hex.
@@ -122,12 +127,14 @@ impl From<ApiKey> for KeyView {
 
 /// A tenant was deleted.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct DeletedView {
     deleted: String,
 }
 
 /// A key was revoked.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 struct RevokedView {
     revoked: String,
 }

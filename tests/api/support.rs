@@ -168,34 +168,74 @@ impl Server {
     }
 }
 
-/// Sends a request and reads its answer, asserting that the status is one the OpenAPI
-/// document declares for the operation (when the request names one): an answer outside an
-/// operation's declared set fails the test that received it.
+/// Sends a request and reads its answer, checking it against the served OpenAPI document
+/// when the request names one of its operations: the status must be declared, and the
+/// content type and body must match what the document declares for that status. An
+/// answer that contradicts the document fails the test that received it.
 async fn answer(client: &reqwest::Client, request: reqwest::RequestBuilder) -> Answer {
     let request = request.build().expect("request built");
     let (method, path) = (request.method().clone(), request.url().path().to_owned());
     let response = client.execute(request).await.expect("request sent");
     let status = response.status();
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let bytes = response.bytes().await.expect("body read");
     let answer = Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
-    if let Some(declared) = declared_statuses(&method, &path) {
-        assert!(declared.contains(&status.as_u16()), "{method} {path} answered {status}, which its operation does not declare ({declared:?}): {answer:?}");
+    if let Some(operation) = contract::operation(&method, &path) {
+        contract::check(operation, &format!("{method} {path}"), &answer, content_type.as_deref(), bytes.is_empty());
     }
     answer
 }
 
-/// The statuses the served document declares for the operation `method` `path` reaches,
-/// or `None` when no operation matches (unknown routes, `/docs`, a method the path lacks).
-fn declared_statuses(method: &Method, path: &str) -> Option<Vec<u16>> {
-    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    let document = DOCUMENT.get_or_init(|| serde_json::from_str(&nexus::http::openapi_json()).expect("the document is JSON"));
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    let (_, operations) = document["paths"].as_object()?.iter().find(|(template, _)| {
-        let parts: Vec<&str> = template.split('/').collect();
-        parts.len() == segments.len() && parts.iter().zip(&segments).all(|(part, segment)| part.starts_with('{') || part == segment)
-    })?;
-    let responses = operations.get(method.as_str().to_ascii_lowercase())?["responses"].as_object()?;
-    Some(responses.keys().filter_map(|status| status.parse().ok()).collect())
+/// The served OpenAPI document as the contract every answer is checked against.
+mod contract {
+    use std::sync::OnceLock;
+
+    use reqwest::Method;
+    use serde_json::{Value, json};
+
+    use super::Answer;
+
+    fn document() -> &'static Value {
+        static DOCUMENT: OnceLock<Value> = OnceLock::new();
+        DOCUMENT.get_or_init(|| serde_json::from_str(&nexus::http::openapi_json()).expect("the document is JSON"))
+    }
+
+    /// The operation `method` `path` reaches, or `None` when none does (unknown routes,
+    /// `/docs`, a method the path lacks).
+    pub fn operation(method: &Method, path: &str) -> Option<&'static Value> {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+        let (_, operations) = document()["paths"].as_object()?.iter().find(|(template, _)| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len() && parts.iter().zip(&segments).all(|(part, segment)| part.starts_with('{') || part == segment)
+        })?;
+        operations.get(method.as_str().to_ascii_lowercase())
+    }
+
+    /// Asserts that `answer` is one the operation declares: its status, its media type,
+    /// and its body against the schema (with the document's components to resolve `$ref`s).
+    pub fn check(operation: &Value, call: &str, answer: &Answer, content_type: Option<&str>, empty: bool) {
+        let responses = &operation["responses"];
+        let Some(declared) = responses.get(answer.status.as_str()) else {
+            let statuses: Vec<&String> = responses.as_object().map(|r| r.keys().collect()).unwrap_or_default();
+            panic!("{call} answered {}, which its operation does not declare ({statuses:?}): {answer:?}", answer.status);
+        };
+        let Some(contents) = declared.get("content").and_then(Value::as_object) else {
+            assert!(empty, "{call} answered {} with a body its operation does not declare: {answer:?}", answer.status);
+            return;
+        };
+        let essence = |media: &str| media.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let received = essence(content_type.unwrap_or_default());
+        let Some((_, media)) = contents.iter().find(|(media, _)| essence(media) == received) else {
+            panic!("{call} answered {} as {content_type:?}, not as declared ({:?})", answer.status, contents.keys().collect::<Vec<_>>());
+        };
+        if received != "application/json" {
+            return;
+        }
+        let schema = json!({"allOf": [media["schema"]], "components": document()["components"]});
+        let validator = jsonschema::options().with_draft(jsonschema::Draft::Draft4).build(&schema).expect("the document's schemas compile");
+        let problems: Vec<String> = validator.iter_errors(&answer.body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        assert!(problems.is_empty(), "{call} answered {} with a body the document does not allow: {problems:#?}\n{answer:?}", answer.status);
+    }
 }
 
 /// The password every test user registers with.
