@@ -38,7 +38,11 @@ impl TenantId {
     /// # Errors
     /// [`Error::InvalidRequest`] when the text is not a tenant id.
     pub fn parse(text: &str) -> Result<Self> {
-        text.strip_prefix(Self::PREFIX).and_then(|hex| Uuid::try_parse(hex).ok()).map(Self).ok_or_else(|| Error::invalid("malformed tenant id"))
+        text.strip_prefix(Self::PREFIX)
+            .filter(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .and_then(|hex| Uuid::try_parse(hex).ok())
+            .map(Self)
+            .ok_or_else(|| Error::invalid("malformed tenant id: expected t_ and 32 lower-case hex digits"))
     }
 
     /// The name of the tenant's custom resource and namespace: `tenant-<uuid>`.

@@ -15,8 +15,8 @@ mod text;
 
 use poem::listener::Acceptor;
 use poem::middleware::{AddData, CatchPanic, Tracing};
-use poem::{Endpoint, EndpointExt, Route, Server};
-use poem_openapi::{OpenApiService, Tags};
+use poem::{Endpoint, EndpointExt, IntoResponse, Route, Server};
+use poem_openapi::{LicenseObject, OpenApiService, ServerObject, Tags};
 
 use crate::app::SharedNexus;
 
@@ -47,43 +47,110 @@ enum ApiTags {
     Health,
 }
 
-type Apis = (health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi, agents::AgentApi);
+type Apis = (health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi, tenants::KeyApi, agents::AgentApi);
 
 /// The OpenAPI service: every operation, with no state attached (handlers read the
 /// shared [`crate::app::Nexus`] from request data).
 pub(crate) fn openapi() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi, agents::AgentApi), "Nexus", env!("CARGO_PKG_VERSION"))
-        .description(
-            "Multi-tenant control plane for Astromesh AI agents. Every failure answers \
+    OpenApiService::new(
+        (health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi, tenants::KeyApi, agents::AgentApi),
+        "Nexus",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Multi-tenant control plane for Astromesh AI agents. Every failure answers \
              `{\"error\": \"<message>\"}` with the status that says what went wrong.",
-        )
+    )
+    .server(ServerObject::new("http://localhost:8080").description("A Nexus on its default address"))
+    .license(LicenseObject::new("Apache-2.0").url("https://www.apache.org/licenses/LICENSE-2.0"))
 }
 
-/// The OpenAPI document as pretty JSON, exactly as committed under `openapi/`.
+/// The OpenAPI document: what poem-openapi generates from the operations, completed with
+/// what it cannot say: public operations declare `security: []`, so generators and
+/// linters see that they need no credentials.
+fn document() -> serde_json::Value {
+    let mut document: serde_json::Value = serde_json::from_str(&openapi().spec()).expect("poem-openapi generates JSON");
+    for operations in document["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut()) {
+        for operation in operations.as_object_mut().into_iter().flat_map(|operations| operations.values_mut()) {
+            if operation.get("security").is_none() {
+                operation["security"] = serde_json::json!([]);
+            }
+        }
+    }
+    document
+}
+
+/// The OpenAPI document as pretty JSON, exactly as committed under `openapi/` and served
+/// at `/openapi.json`.
 pub fn openapi_json() -> String {
-    let mut spec = openapi().spec();
-    spec.push('\n');
-    spec
+    let mut json = serde_json::to_string_pretty(&document()).expect("a JSON value serializes");
+    json.push('\n');
+    json
 }
 
 /// The OpenAPI document as YAML.
 pub fn openapi_yaml() -> String {
-    openapi().spec_yaml()
+    serde_yaml::to_string(&document()).expect("a JSON value serializes as YAML")
+}
+
+/// The methods the document declares for each path template, split into segments
+/// (`{...}` matches any one segment), for the `Allow` header of 405 answers.
+static ALLOWED: std::sync::LazyLock<Vec<(Vec<String>, String)>> = std::sync::LazyLock::new(|| {
+    let document = document();
+    let paths = document["paths"].as_object().cloned().unwrap_or_default();
+    paths
+        .into_iter()
+        .map(|(template, operations)| {
+            let methods: Vec<String> = operations.as_object().into_iter().flat_map(|o| o.keys()).map(|m| m.to_ascii_uppercase()).collect();
+            (template.split('/').map(str::to_owned).collect(), methods.join(", "))
+        })
+        .collect()
+});
+
+/// What `Allow` says for `path`, when it is one of the document's.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    ALLOWED
+        .iter()
+        .find(|(template, _)| {
+            template.len() == segments.len() && template.iter().zip(&segments).all(|(part, segment)| part.starts_with('{') || part == segment)
+        })
+        .map(|(_, methods)| methods.as_str())
+}
+
+/// Adds `Allow` to 405 answers, as RFC 9110 requires: the methods the path has.
+async fn allow_on_405<E: Endpoint>(next: std::sync::Arc<E>, request: poem::Request) -> poem::Result<poem::Response> {
+    let path = request.uri().path().to_owned();
+    let mut response = next.call(request).await?.into_response();
+    if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
+        && let Some(methods) = allowed_methods(&path)
+        && let Ok(value) = poem::http::HeaderValue::from_str(methods)
+    {
+        response.headers_mut().insert(poem::http::header::ALLOW, value);
+    }
+    Ok(response)
+}
+
+/// Serves the document, rendered once.
+#[poem::handler]
+fn served_document() -> poem::Response {
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(openapi_json);
+    poem::Response::builder().content_type("application/json; charset=utf-8").body(DOCUMENT.as_str())
 }
 
 /// The whole HTTP application: the API, `/openapi.json`, Swagger UI at `/docs`, with the
 /// body limit, JSON errors for everything, panics caught, and an access log.
 pub fn endpoint(nexus: SharedNexus) -> impl Endpoint {
     let api = openapi();
-    let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     Route::new()
         .nest("/", api)
-        .at("/openapi.json", spec)
+        .at("/openapi.json", served_document)
         .nest("/docs", docs)
         .with(AddData::new(nexus))
         .with(body_limit::BodyLimit::new(BODY_LIMIT))
         .catch_all_error(error::render)
+        .around(allow_on_405)
         .with(CatchPanic::new().with_handler(error::panicked))
         .with(Tracing)
 }

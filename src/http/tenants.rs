@@ -178,20 +178,30 @@ impl TenantApi {
     }
 
     /// Delete a tenant: its node and namespace, its agents and its API keys.
-    #[oai(path = "/api/v1/tenants/:id", method = "delete", operation_id = "tenant_delete")]
-    async fn delete(&self, nexus: Data<&SharedNexus>, caller: Caller, id: Path<String>) -> Result<Json<DeletedView>, ApiError<AuthenticatedErrors>> {
+    #[oai(path = "/api/v1/tenants/:tenantId", method = "delete", operation_id = "tenant_delete")]
+    async fn delete(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "tenantId", validator(pattern = r"^t_[0-9a-f]{32}$"))] id: Path<String>,
+    ) -> Result<Json<DeletedView>, ApiError<AuthenticatedErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         let deleted = nexus.tenancy.delete_tenant(&user, &id).await?;
         Ok(Json(DeletedView { deleted: deleted.to_string() }))
     }
+}
 
+pub(crate) struct KeyApi;
+
+#[OpenApi(tag = "ApiTags::Keys")]
+impl KeyApi {
     /// Create an API key for a tenant.
-    #[oai(path = "/api/v1/tenants/:id/keys", method = "post", operation_id = "key_create", tag = "ApiTags::Keys")]
+    #[oai(path = "/api/v1/tenants/:tenantId/keys", method = "post", operation_id = "key_create")]
     async fn create_key(
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        id: Path<String>,
+        #[oai(name = "tenantId", validator(pattern = r"^t_[0-9a-f]{32}$"))] id: Path<String>,
         body: Json<CreateKeyRequest>,
     ) -> Result<KeyCreated, ApiError<AuthenticatedWriteErrors>> {
         let user = AccessService::require_user(&caller.0)?;
@@ -202,20 +212,25 @@ impl TenantApi {
     }
 
     /// A tenant's API keys, without their values.
-    #[oai(path = "/api/v1/tenants/:id/keys", method = "get", operation_id = "key_list", tag = "ApiTags::Keys")]
-    async fn list_keys(&self, nexus: Data<&SharedNexus>, caller: Caller, id: Path<String>) -> Result<Json<Vec<KeyView>>, ApiError<AuthenticatedErrors>> {
+    #[oai(path = "/api/v1/tenants/:tenantId/keys", method = "get", operation_id = "key_list")]
+    async fn list_keys(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "tenantId", validator(pattern = r"^t_[0-9a-f]{32}$"))] id: Path<String>,
+    ) -> Result<Json<Vec<KeyView>>, ApiError<AuthenticatedErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         Ok(Json(nexus.tenancy.list_keys(&user, &id).await?.into_iter().map(Into::into).collect()))
     }
 
     /// Revoke an API key; it stops working at once.
-    #[oai(path = "/api/v1/tenants/:id/keys/:hash", method = "delete", operation_id = "key_revoke", tag = "ApiTags::Keys")]
+    #[oai(path = "/api/v1/tenants/:tenantId/keys/:keyHash", method = "delete", operation_id = "key_revoke")]
     async fn revoke_key(
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        id: Path<String>,
-        hash: Path<String>,
+        #[oai(name = "tenantId", validator(pattern = r"^t_[0-9a-f]{32}$"))] id: Path<String>,
+        #[oai(name = "keyHash", validator(pattern = r"^[0-9a-f]{64}$"))] hash: Path<String>,
     ) -> Result<Json<RevokedView>, ApiError<AuthenticatedItemErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         let revoked = nexus.tenancy.revoke_key(&user, &id, &hash).await?;

@@ -118,3 +118,32 @@ async fn huge_declared_bodies_are_refused_at_once_and_chunked_ones_past_the_limi
     })
     .await;
 }
+
+on_both_backends!(method_not_allowed_names_the_allowed_methods);
+
+/// A 405 carries `Allow` with the path's methods (RFC 9110), on public and authenticated
+/// routes and on paths with parameters.
+async fn method_not_allowed_names_the_allowed_methods(backend: Backend) {
+    with_server(backend, async |server: &Server| {
+        let client = reqwest::Client::new();
+        let cases = [
+            (Method::DELETE, "/readyz", "GET"),
+            (Method::PATCH, "/api/v1/tenants", "POST, GET"),
+            (Method::PUT, "/auth/login", "POST"),
+            (Method::POST, "/api/v1/agents/support-bot/status", "GET"),
+        ];
+        for (method, path, allowed) in cases {
+            let response = client.request(method.clone(), format!("{}{path}", server.base)).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            let allow = response.headers().get("allow").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let mut got: Vec<String> = allow.unwrap_or_default().split(", ").map(str::to_owned).collect();
+            let mut want: Vec<String> = allowed.split(", ").map(str::to_owned).collect();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{method} {path}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(body["error"].is_string(), "{method} {path}: {body}");
+        }
+    })
+    .await;
+}

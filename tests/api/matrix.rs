@@ -47,10 +47,10 @@ const ROWS: &[Row] = &[
     ("GET", "/api/v1/me", Scope::User, None, [401, 401, 200, 200, 200]),
     ("POST", "/api/v1/tenants", Scope::User, Some(|| json!({"displayName": "matrix"})), [401, 401, 201, 403, 201]),
     ("GET", "/api/v1/tenants", Scope::User, None, [401, 401, 200, 403, 200]),
-    ("DELETE", "/api/v1/tenants/{id}", Scope::User, None, [401, 401, 403, 403, 200]),
-    ("POST", "/api/v1/tenants/{id}/keys", Scope::User, Some(|| json!({"label": "matrix"})), [401, 401, 403, 403, 201]),
-    ("GET", "/api/v1/tenants/{id}/keys", Scope::User, None, [401, 401, 403, 403, 200]),
-    ("DELETE", "/api/v1/tenants/{id}/keys/{hash}", Scope::User, None, [401, 401, 403, 403, 200]),
+    ("DELETE", "/api/v1/tenants/{tenantId}", Scope::User, None, [401, 401, 403, 403, 200]),
+    ("POST", "/api/v1/tenants/{tenantId}/keys", Scope::User, Some(|| json!({"label": "matrix"})), [401, 401, 403, 403, 201]),
+    ("GET", "/api/v1/tenants/{tenantId}/keys", Scope::User, None, [401, 401, 403, 403, 200]),
+    ("DELETE", "/api/v1/tenants/{tenantId}/keys/{keyHash}", Scope::User, None, [401, 401, 403, 403, 200]),
     // Another tenant's key acts in its own tenant: it creates and lists there, and the
     // owner's agent is as missing to it as one that does not exist.
     ("POST", "/api/v1/agents", Scope::Tenant, Some(|| manifest("fresh-bot")), [401, 401, 403, 201, 201]),
@@ -104,7 +104,7 @@ impl World {
     }
 
     fn path(&self, template: &str) -> String {
-        template.replace("{id}", &self.tenant).replace("{hash}", &self.key_hash).replace("{name}", "matrix-bot")
+        template.replace("{tenantId}", &self.tenant).replace("{keyHash}", &self.key_hash).replace("{name}", "matrix-bot")
     }
 }
 

@@ -25,10 +25,10 @@ fn document_describes_every_route_its_security_and_error_bodies() {
         ("/readyz", "get", "health_ready"),
         ("/api/v1/tenants", "post", "tenant_create"),
         ("/api/v1/tenants", "get", "tenant_list"),
-        ("/api/v1/tenants/{id}", "delete", "tenant_delete"),
-        ("/api/v1/tenants/{id}/keys", "post", "key_create"),
-        ("/api/v1/tenants/{id}/keys", "get", "key_list"),
-        ("/api/v1/tenants/{id}/keys/{hash}", "delete", "key_revoke"),
+        ("/api/v1/tenants/{tenantId}", "delete", "tenant_delete"),
+        ("/api/v1/tenants/{tenantId}/keys", "post", "key_create"),
+        ("/api/v1/tenants/{tenantId}/keys", "get", "key_list"),
+        ("/api/v1/tenants/{tenantId}/keys/{keyHash}", "delete", "key_revoke"),
     ];
     for (path, method, id) in operations {
         let operation = &doc["paths"][path][method];
@@ -46,6 +46,17 @@ fn document_describes_every_route_its_security_and_error_bodies() {
             assert_eq!(operation["security"], serde_json::json!([{"bearer": []}, {"apiKey": []}]), "{method} {path}");
         }
     }
+    // Every operation has exactly one tag; public ones say they need no credentials.
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            assert_eq!(operation["tags"].as_array().map(Vec::len), Some(1), "{method} {path}");
+            if !path.starts_with("/api/v1") {
+                assert_eq!(operation["security"], serde_json::json!([]), "{method} {path}");
+            }
+        }
+    }
+    assert!(doc["servers"].as_array().is_some_and(|s| !s.is_empty()), "servers");
+    assert_eq!(doc["info"]["license"]["name"], "Apache-2.0");
     assert_eq!(doc["paths"]["/api/v1/me"]["get"]["parameters"][0]["name"], "X-Tenant-ID");
     assert_eq!(doc["paths"]["/api/v1/me"]["get"]["parameters"][0]["in"], "header");
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
