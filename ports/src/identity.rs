@@ -59,8 +59,8 @@ impl fmt::Display for UserId {
 pub struct Email(String);
 
 impl Email {
-    /// Validates and normalises an address: one `@`, a non-empty local part of at most 64
-    /// characters, a dotted domain of letters, digits and hyphens, no spaces or control
+    /// Validates and normalises an address: one `@`, a non-empty local part of dot-separated
+    /// atoms, a dotted domain of letters, digits and hyphens, no spaces or control
     /// characters, at most 254 characters in all.
     ///
     /// # Errors
@@ -70,13 +70,12 @@ impl Email {
         if email.is_empty() {
             return Err(Error::invalid("email is required"));
         }
-        if email.len() > MAX_EMAIL_LEN {
+        if email.chars().count() > MAX_EMAIL_LEN {
             return Err(Error::invalid(format!("email must be at most {MAX_EMAIL_LEN} characters")));
         }
         let invalid = || Error::invalid("email is not a valid address");
         let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
         let local_ok = !local.is_empty()
-            && local.len() <= 64
             && !local.starts_with('.')
             && !local.ends_with('.')
             && !local.contains("..")
@@ -97,7 +96,7 @@ impl Email {
         &self.0
     }
 
-    /// The part before the `@`.
+    /// The part before the `@`, which is never blank and holds no control characters.
     pub fn local_part(&self) -> &str {
         self.0.split('@').next().unwrap_or_default()
     }
@@ -204,6 +203,13 @@ impl DisplayName {
         short_text(raw, "displayName").map(Self)
     }
 
+    /// The name a user gets who chose none: the part of the email before the `@`, cut to
+    /// [`MAX_DISPLAY_NAME_CHARS`] characters.
+    #[must_use]
+    pub fn from_email(email: &Email) -> Self {
+        Self(email.local_part().chars().take(MAX_DISPLAY_NAME_CHARS).collect())
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -243,8 +249,19 @@ mod tests {
         for bad in ["", "plain", "@example.com", "a@", "a@b", "a b@example.com", "a@exa mple.com", "a@@b.com", "a@-b.com", ".a@b.com", "a..b@c.com"] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(Email::parse(&format!("{}@example.com", "a".repeat(65))).is_err());
+        // The whole address is bounded (254 characters, counted as characters); the local
+        // part alone is not, as the OpenAPI pattern cannot say so.
+        assert!(Email::parse(&format!("{}@example.com", "a".repeat(242))).is_ok());
+        assert!(Email::parse(&format!("{}@example.com", "a".repeat(243))).is_err());
+        assert!(Email::parse(&format!("{}@example.com", "é".repeat(242))).is_ok());
         assert!(Email::parse("first.last+tag@sub.example.co").is_ok());
+    }
+
+    #[test]
+    fn a_default_display_name_is_the_local_part_cut_to_the_limit() {
+        assert_eq!(DisplayName::from_email(&Email::parse("Ada.Lovelace@example.com").unwrap()).as_str(), "ada.lovelace");
+        let long = Email::parse(&format!("{}@example.com", "é".repeat(150))).unwrap();
+        assert_eq!(DisplayName::from_email(&long).as_str(), "é".repeat(100));
     }
 
     #[test]

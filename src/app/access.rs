@@ -126,6 +126,8 @@ impl AccessService {
     /// [`Error::Forbidden`] when the user does not own it, or an API key's request names
     /// another tenant.
     pub async fn tenant_scope(&self, principal: &Principal, tenant_header: Option<&str>) -> Result<Tenant> {
+        // An empty header names no tenant.
+        let tenant_header = tenant_header.filter(|named| !named.is_empty());
         match principal {
             Principal::ApiKey { tenant, .. } => match tenant_header {
                 Some(named) if TenantId::parse(named).ok() != Some(tenant.id) => {

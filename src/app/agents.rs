@@ -133,13 +133,14 @@ impl AgentService {
     /// Replaces an agent's manifest (a new version); the node receives it.
     ///
     /// # Errors
-    /// [`Error::InvalidFields`] for an invalid manifest; [`Error::InvalidRequest`] when its
-    /// `metadata.name` is not `name`; [`Error::NotFound`] when there is no such agent.
+    /// [`Error::InvalidFields`] for an invalid manifest; [`Error::Conflict`] when its
+    /// `metadata.name` is not `name` (a well-formed manifest of another agent than the one
+    /// addressed); [`Error::NotFound`] when there is no such agent.
     pub async fn update(&self, tenant: &Tenant, author: &str, name: &str, document: Value) -> Result<AgentState> {
         let name = AgentName::parse(name)?;
         let manifest = AgentManifest::parse(document)?.in_namespace(&tenant.id.cr_name());
         if *manifest.name() != name {
-            return Err(Error::invalid(format!("metadata.name {} differs from the agent in the path, {name}", manifest.name())));
+            return Err(Error::Conflict(format!("metadata.name {} differs from the agent in the path, {name}", manifest.name())));
         }
         let agent = self.agents.update_agent(&tenant.id, &manifest, author, self.clock.now()).await.map_err(|err| match err {
             Error::NotFound(_) => missing(&name),

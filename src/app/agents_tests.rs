@@ -108,7 +108,7 @@ async fn updates_must_name_the_agent_of_the_path() {
     ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
     ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
     let service = ports.service();
-    assert!(matches!(service.update(&tenant(), "a", "bot", document("other")).await, Err(Error::InvalidRequest(_))));
+    assert!(matches!(service.update(&tenant(), "a", "bot", document("other")).await, Err(Error::Conflict(_))));
     assert!(matches!(service.update(&tenant(), "a", "ghost", document("ghost")).await, Err(Error::NotFound(_))));
     assert!(matches!(service.update(&tenant(), "a", "Bad_Name", document("bot")).await, Err(Error::InvalidRequest(_))));
     assert_eq!(service.update(&tenant(), "a", "bot", document("bot")).await.unwrap().agent.manifest, stored("bot").manifest);

@@ -79,7 +79,10 @@ impl IdentityService {
     pub async fn register(&self, registration: Registration) -> Result<Session> {
         let email = Email::parse(&registration.email)?;
         let password = Password::choose(registration.password)?;
-        let display_name = DisplayName::parse(registration.display_name.as_deref().unwrap_or(email.local_part()))?;
+        let display_name = match registration.display_name.as_deref() {
+            Some(name) => DisplayName::parse(name)?,
+            None => DisplayName::from_email(&email),
+        };
         // Fails fast without hashing in the common case; the store's unique index decides races.
         if self.users.find_credentials(&email).await?.is_some() {
             return Err(taken());

@@ -17,6 +17,27 @@ use super::error::{AgentCreateErrors, AgentUpdateErrors, ApiError, Authenticated
 use super::manifest::ManifestBody;
 use crate::app::{AgentState, LogQuery, SharedNexus};
 
+/// A log level to filter traces by.
+#[derive(Enum, Clone, Copy)]
+#[oai(rename_all = "lowercase")]
+enum LogLevel {
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+impl LogLevel {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// Where an agent stands on its tenant's node.
 #[derive(Enum)]
 enum AgentPhaseView {
@@ -193,7 +214,7 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
         body: ManifestBody,
     ) -> Result<AgentCreated, ApiError<AgentCreateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
@@ -213,7 +234,7 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
     ) -> Result<Json<Vec<AgentSummaryView>>, ApiError<AuthenticatedErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let states = nexus.agents.list(&tenant).await?;
@@ -237,8 +258,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
-        name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
     ) -> Result<Json<AgentDetailView>, ApiError<AuthenticatedItemErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         Ok(Json(nexus.agents.get(&tenant, &name).await?.into()))
@@ -250,8 +271,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
-        name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
         body: ManifestBody,
     ) -> Result<Json<AgentDetailView>, ApiError<AgentUpdateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
@@ -264,8 +285,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
-        name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
     ) -> Result<Json<AgentDeletedView>, ApiError<AuthenticatedItemErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &name).await?.to_string() }))
@@ -277,8 +298,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
-        name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
     ) -> Result<Json<LiveStatusView>, ApiError<NodeErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let live = nexus.agents.live_status(&tenant, &name).await?;
@@ -300,18 +321,16 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
-        name: Path<String>,
-        lines: Query<Option<u32>>,
-        level: Query<Option<String>>,
-        since: Query<Option<String>>,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))] lines: Query<Option<i64>>,
+        level: Query<Option<LogLevel>>,
+        since: Query<Option<DateTime<Utc>>>,
     ) -> Result<Json<LogsView>, ApiError<NodeErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        let since = since
-            .0
-            .map(|s| s.parse::<DateTime<Utc>>().map_err(|_| nexus_ports::Error::invalid("since must be an RFC 3339 time such as 2026-11-28T12:00:00Z")))
-            .transpose()?;
-        let traces = nexus.agents.logs(&tenant, &name, &LogQuery { lines: lines.0, level: level.0, since }).await?;
+        let lines = lines.0.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        let level = level.0.map(|level| level.as_str().to_owned());
+        let traces = nexus.agents.logs(&tenant, &name, &LogQuery { lines, level, since: since.0 }).await?;
         Ok(Json(LogsView { agent: name.0, traces }))
     }
 
@@ -321,9 +340,9 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
-        name: Path<String>,
-        period: Query<Option<String>>,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(validator(pattern = r"^[1-9][0-9]{0,3}[smhd]$"))] period: Query<Option<String>>,
     ) -> Result<Json<MetricsView>, ApiError<NodeErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         if let Some(period) = &period.0 {
@@ -339,8 +358,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
-        name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
     ) -> Result<Json<Vec<VersionView>>, ApiError<AuthenticatedItemErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         Ok(Json(nexus.agents.versions(&tenant, &name).await?.into_iter().map(Into::into).collect()))

@@ -55,6 +55,11 @@ impl<'a> ApiExtractor<'a> for Caller {
     async fn from_request(req: &'a Request, _body: &mut RequestBody, _options: ExtractParamOptions<()>) -> poem::Result<Self> {
         let fail = |err: nexus_ports::Error| poem::Error::from(ApiError::<AuthenticatedErrors>::from(err));
         let nexus = req.data::<SharedNexus>().ok_or_else(|| fail(nexus_ports::Error::internal("the application state is missing")))?;
+        // poem reads a header that is not visible ASCII as absent; a tenant named that way
+        // is malformed, not missing.
+        if req.headers().get("x-tenant-id").is_some_and(|value| value.to_str().is_err()) {
+            return Err(fail(nexus_ports::Error::invalid("malformed tenant id: expected t_ and 32 lower-case hex digits")));
+        }
         let credentials = Credentials { bearer: bearer_token(req), api_key: req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) };
         nexus.access.authenticate(credentials).await.map(Caller).map_err(fail)
     }

@@ -65,7 +65,7 @@ error_sets! {
     /// Registering an agent from its manifest.
     AgentCreateErrors = [400, 401, 403, 409, 413, 415, 500, 503];
     /// Replacing an agent's manifest.
-    AgentUpdateErrors = [400, 401, 403, 404, 413, 415, 500, 503];
+    AgentUpdateErrors = [400, 401, 403, 404, 409, 413, 415, 500, 503];
     /// Reading through to an agent's node.
     NodeErrors = [400, 401, 403, 404, 500, 502, 503];
 }

@@ -19,13 +19,19 @@ use crate::app::{Principal, Registration, Session, SharedNexus, TokenPair};
 #[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct RegisterRequest {
-    /// Compared case-insensitively and stored lower-case.
-    #[oai(validator(max_length = 254))]
+    /// An address `local@domain` (white space around it is ignored), the domain of DNS
+    /// labels with at least one dot. Compared case-insensitively and stored lower-case.
+    #[oai(validator(
+        max_length = 254,
+        pattern = r#"^\s*[^\s@()<>\[\]\\,;:"\x00-\x1f\x7f-\x9f.]+(\.[^\s@()<>\[\]\\,;:"\x00-\x1f\x7f-\x9f.]+)*@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\s*$"#
+    ))]
     email: Text,
     /// 8 to 1024 characters.
-    #[oai(write_only)]
+    #[oai(write_only, validator(min_length = 8, max_length = 1024))]
     password: Text,
-    /// 1 to 100 characters; defaults to the part of the email before the `@`.
+    /// 1 to 100 characters, not only white space, no control characters; defaults to the
+    /// part of the email before the `@`.
+    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"))]
     display_name: Option<Text>,
 }
 
@@ -34,7 +40,8 @@ struct RegisterRequest {
 #[oai(skip_serializing_if_is_none)]
 struct LoginRequest {
     email: Text,
-    #[oai(write_only)]
+    /// At most 1024 characters.
+    #[oai(write_only, validator(max_length = 1024))]
     password: Text,
 }
 
@@ -153,7 +160,7 @@ struct ApiKeyPrincipal {
 
 /// Who the caller is; `kind` says which credential it presented.
 #[derive(Union)]
-#[oai(discriminator_name = "kind")]
+#[oai(discriminator_name = "kind", one_of)]
 enum Me {
     #[oai(mapping = "user")]
     User(UserPrincipal),
@@ -200,12 +207,12 @@ impl MeApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID")] tenant_id: Header<Option<String>>,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
     ) -> Result<Json<Me>, ApiError<AuthenticatedErrors>> {
         let me = match &caller.0 {
             Principal::User(user_id) => {
                 let user = nexus.identity.current_user(user_id).await?;
-                let tenant = match tenant_id.0.as_deref() {
+                let tenant = match tenant_id.0.as_deref().filter(|named| !named.is_empty()) {
                     Some(named) => Some(TenantRef::from(&nexus.access.tenant_scope(&caller.0, Some(named)).await?)),
                     None => None,
                 };

@@ -7,7 +7,7 @@
 use poem::{Request, RequestBody};
 use poem_openapi::ApiRequest;
 use poem_openapi::payload::{ParsePayload, Payload};
-use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
 use serde_json::Value;
 
 use super::error::{ApiError, AuthenticatedWriteErrors};
@@ -18,10 +18,75 @@ fn is_media_type(content_type: &str, accepted: &[&str]) -> bool {
     accepted.iter().any(|a| essence.eq_ignore_ascii_case(a))
 }
 
-fn any_object() -> MetaSchemaRef {
-    let mut schema = MetaSchema::new("object");
-    schema.description = Some("An astromesh/v1 Agent manifest: apiVersion, kind, metadata (name, version), spec (model...). Unknown fields are kept.");
+/// The JSON body: the named `AgentManifest` schema, added to the document by
+/// [`schemas`] (poem-openapi cannot derive it: unknown fields are kept).
+fn manifest_schema() -> MetaSchemaRef {
+    MetaSchemaRef::Reference("AgentManifest".to_owned())
+}
+
+/// A YAML body: raw text, so that generated clients send the file as it is.
+fn yaml_text() -> MetaSchemaRef {
+    let mut schema = MetaSchema::new_with_format("string", "binary");
+    schema.description = Some("An astromesh/v1 Agent manifest as YAML text, as described by the AgentManifest schema.");
     MetaSchemaRef::Inline(Box::new(schema))
+}
+
+/// The schemas of a manifest, as the validation in `nexus_ports::agents` enforces it:
+/// `apiVersion` `astromesh/v1`, `kind` `Agent`, `metadata.name` a DNS-1123 label,
+/// `metadata.version` semver, `spec.model` naming at least one model. Every other field
+/// is allowed and kept.
+pub(super) fn schemas() -> serde_json::Value {
+    let text = serde_json::json!({"type": "string", "pattern": "\\S"});
+    serde_json::json!({
+        "AgentManifest": {
+            "type": "object",
+            "description": "An astromesh/v1 Agent manifest. Unknown fields are kept and passed to the node; `metadata.namespace` is replaced by the tenant's.",
+            "required": ["apiVersion", "kind", "metadata", "spec"],
+            "properties": {
+                "apiVersion": {"type": "string", "enum": ["astromesh/v1"]},
+                "kind": {"type": "string", "enum": ["Agent"]},
+                "metadata": {"$ref": "#/components/schemas/AgentMetadata"},
+                "spec": {
+                    "type": "object",
+                    "description": "What the node runs: `model` is required, the rest (identity, orchestration, tools, chain...) passes through.",
+                    "required": ["model"],
+                    "properties": {"model": {"$ref": "#/components/schemas/AgentModel"}}
+                }
+            }
+        },
+        "AgentMetadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", "description": "A DNS-1123 label, unique in the tenant."},
+                "version": {
+                    "type": "string",
+                    "nullable": true,
+                    "description": "A semantic version (quote it in YAML).",
+                    "pattern": "^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-((0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?(\\+([0-9a-zA-Z-]+(\\.[0-9a-zA-Z-]+)*))?$"
+                },
+                "namespace": {"description": "Ignored, whatever it holds: replaced by the tenant's namespace."}
+            }
+        },
+        "AgentModel": {
+            "type": "object",
+            "description": "At least one model: `primary`/`fallback` (provider + model) or `default`/`roles` (candidates of source + model).",
+            "anyOf": [{"required": ["primary"]}, {"required": ["fallback"]}, {"required": ["default"]}, {"required": ["roles"], "properties": {"roles": {"minProperties": 1}}}],
+            "properties": {
+                "primary": {"$ref": "#/components/schemas/ProviderModel"},
+                "fallback": {"$ref": "#/components/schemas/ProviderModel"},
+                "default": {"$ref": "#/components/schemas/RoleModel"},
+                "roles": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/RoleModel"}}
+            }
+        },
+        "ProviderModel": {"type": "object", "required": ["provider", "model"], "properties": {"provider": text, "model": text}},
+        "RoleModel": {
+            "type": "object",
+            "required": ["candidates"],
+            "properties": {"candidates": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/ModelCandidate"}}}
+        },
+        "ModelCandidate": {"type": "object", "required": ["source", "model"], "properties": {"source": text, "model": text}}
+    })
 }
 
 async fn body_text(body: &mut RequestBody) -> poem::Result<String> {
@@ -44,7 +109,7 @@ impl Payload for YamlManifest {
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        any_object()
+        yaml_text()
     }
 }
 
@@ -68,7 +133,12 @@ impl Payload for JsonManifest {
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        any_object()
+        manifest_schema()
+    }
+
+    fn register(registry: &mut Registry) {
+        // A placeholder under the name, replaced by [`schemas`] in the finished document.
+        registry.schemas.entry("AgentManifest".to_owned()).or_insert_with(|| MetaSchema::new("object"));
     }
 }
 

@@ -66,10 +66,25 @@ pub(crate) fn openapi() -> OpenApiService<Apis, ()> {
 }
 
 /// The OpenAPI document: what poem-openapi generates from the operations, completed with
-/// what it cannot say: public operations declare `security: []`, so generators and
-/// linters see that they need no credentials.
+/// what it cannot say: the manifest's schemas (see `manifest`), and `security: []` on
+/// public operations, so generators and linters see that they need no credentials.
 fn document() -> serde_json::Value {
     let mut document: serde_json::Value = serde_json::from_str(&openapi().spec()).expect("poem-openapi generates JSON");
+    if let (Some(schemas), serde_json::Value::Object(manifest)) = (document["components"]["schemas"].as_object_mut(), manifest::schemas()) {
+        schemas.extend(manifest);
+    }
+    // poem-openapi reads `null` as an absent optional field: say so for request bodies.
+    for (name, schema) in document["components"]["schemas"].as_object_mut().into_iter().flat_map(|schemas| schemas.iter_mut()) {
+        if !name.ends_with("Request") {
+            continue;
+        }
+        let required: Vec<serde_json::Value> = schema["required"].as_array().cloned().unwrap_or_default();
+        for (field, property) in schema["properties"].as_object_mut().into_iter().flat_map(|properties| properties.iter_mut()) {
+            if !required.contains(&serde_json::Value::String(field.clone())) {
+                property["nullable"] = serde_json::json!(true);
+            }
+        }
+    }
     for operations in document["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut()) {
         for operation in operations.as_object_mut().into_iter().flat_map(|operations| operations.values_mut()) {
             if operation.get("security").is_none() {

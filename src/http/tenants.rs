@@ -39,9 +39,12 @@ impl From<TenantPhase> for TenantPhaseView {
 #[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct CreateTenantRequest {
-    /// 1 to 100 characters.
+    /// 1 to 100 characters, not only white space, no control characters.
+    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"))]
     display_name: Text,
-    /// What its node runs as (`ASTROMESH_ROLE`); defaults to `full`.
+    /// What its node runs as (`ASTROMESH_ROLE`): lower-case letters, digits and `-`;
+    /// defaults to `full`.
+    #[oai(validator(pattern = r"^[a-z0-9-]{1,63}$"))]
     node_profile: Option<Text>,
 }
 
@@ -89,7 +92,9 @@ impl From<TenantState> for TenantView {
 #[derive(Object)]
 #[oai(skip_serializing_if_is_none)]
 struct CreateKeyRequest {
-    /// What the key is for, 1 to 100 characters.
+    /// What the key is for: 1 to 100 characters, not only white space, no control
+    /// characters.
+    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"))]
     label: Text,
 }
 

@@ -124,7 +124,7 @@ async fn walk_create_read_update_delete(backend: Backend) {
         let renamed =
             send(server, Method::PUT, "/api/v1/agents/support-bot", &key, "application/yaml", &SUPPORT_BOT.replace("name: support-bot", "name: other-bot"))
                 .await;
-        assert_eq!(renamed.status, StatusCode::BAD_REQUEST);
+        assert_eq!(renamed.status, StatusCode::CONFLICT);
         assert!(renamed.error().contains("differs"), "{renamed:?}");
         let ghost =
             send(server, Method::PUT, "/api/v1/agents/ghost-bot", &key, "application/yaml", &SUPPORT_BOT.replace("name: support-bot", "name: ghost-bot")).await;
