@@ -42,6 +42,7 @@ pub(super) fn schemas() -> serde_json::Value {
             "type": "object",
             "description": "An astromesh/v1 Agent manifest. Unknown fields are kept and passed to the node; `metadata.namespace` is replaced by the tenant's.",
             "required": ["apiVersion", "kind", "metadata", "spec"],
+            "additionalProperties": {},
             "properties": {
                 "apiVersion": {"type": "string", "enum": ["astromesh/v1"]},
                 "kind": {"type": "string", "enum": ["Agent"]},
@@ -50,6 +51,7 @@ pub(super) fn schemas() -> serde_json::Value {
                     "type": "object",
                     "description": "What the node runs: `model` is required, the rest (identity, orchestration, tools, chain...) passes through.",
                     "required": ["model"],
+                    "additionalProperties": {},
                     "properties": {"model": {"$ref": "#/components/schemas/AgentModel"}}
                 }
             }
