@@ -141,6 +141,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
 /// cannot be set up.
 pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
     let Wiring { nexus, reconciler, kube } = wiring;
+    crate::http::metrics::install();
     let tenants = reconciler.reconcile_tenants().await.len();
     let agents_applied = reconciler.apply_registry().await?;
     tracing::info!(tenants, agents = agents_applied, "stored tenants and agents applied to the cluster");

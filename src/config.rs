@@ -36,6 +36,10 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_LISTEN", default_value = "0.0.0.0:8080", global = true)]
     pub listen: SocketAddr,
 
+    /// Address of the Prometheus metrics listener (`GET /metrics`), never the API's.
+    #[arg(long, env = "NEXUS_METRICS_LISTEN", default_value = "127.0.0.1:9090", global = true)]
+    pub metrics_listen: SocketAddr,
+
     /// Database URL: `sqlite://file.db` (created when missing) or `postgres://...`.
     #[arg(long, env = "NEXUS_DATABASE_URL", default_value = "sqlite://nexus.db", global = true)]
     pub database_url: String,

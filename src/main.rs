@@ -68,8 +68,17 @@ async fn serve(config: ServeConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(listen = %config.listen, "nexus serving");
-    match nexus::http::serve(acceptor, nexus, shutdown_signal()).await {
+    let metrics = match TcpListener::bind(config.metrics_listen).into_acceptor().await {
+        Ok(acceptor) => tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(nexus::http::metrics::endpoint())),
+        Err(err) => {
+            tracing::error!(error = %err, listen = %config.metrics_listen, "cannot listen for metrics");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(listen = %config.listen, metrics = %config.metrics_listen, "nexus serving");
+    let served = nexus::http::serve(acceptor, nexus, shutdown_signal()).await;
+    metrics.abort();
+    match served {
         Ok(()) => {
             tracing::info!("nexus stopped");
             ExitCode::SUCCESS

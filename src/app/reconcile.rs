@@ -151,6 +151,7 @@ impl Reconciler {
 
     /// One pass over every tenant and agent object; returns how long to wait for the next.
     pub async fn pass(&self) -> Duration {
+        let started = std::time::Instant::now();
         let mut statuses = self.reconcile_tenants().await;
         let objects = match self.cluster.list_agent_objects().await {
             Ok(objects) => objects,
@@ -168,6 +169,7 @@ impl Reconciler {
                 statuses.insert(object.tenant_id, status);
             }
         }
+        record_phases(&statuses, &objects);
         let waits: Vec<Duration> = futures_util::stream::iter(objects)
             .map(|object| {
                 let tenant = statuses.get(&object.tenant_id);
@@ -176,6 +178,7 @@ impl Reconciler {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        metrics::histogram!("nexus_reconcile_pass_duration_seconds").record(started.elapsed().as_secs_f64());
         waits.into_iter().min().unwrap_or(self.resync).min(self.resync).max(Duration::from_millis(50))
     }
 
@@ -274,6 +277,18 @@ impl Reconciler {
         if let Err(err) = self.cluster.set_agent_status(&object.tenant_id, object.manifest.name(), object.generation, status).await {
             tracing::warn!(agent = %object.manifest.name(), error = %err, "could not record the agent's status");
         }
+    }
+}
+
+/// Publishes how many tenants and agents are in each phase, as this pass found them.
+fn record_phases(tenants: &HashMap<TenantId, TenantStatus>, agents: &[AgentObject]) {
+    for phase in [TenantPhase::Pending, TenantPhase::Provisioning, TenantPhase::Ready, TenantPhase::Error] {
+        let count = tenants.values().filter(|status| status.phase == phase).count();
+        metrics::gauge!("nexus_tenants", "phase" => format!("{phase:?}")).set(count as f64);
+    }
+    for phase in [AgentPhase::Pending, AgentPhase::Deploying, AgentPhase::Running, AgentPhase::Failed] {
+        let count = agents.iter().filter(|object| object.status.phase == phase).count();
+        metrics::gauge!("nexus_agents", "phase" => format!("{phase:?}")).set(count as f64);
     }
 }
 

@@ -10,17 +10,20 @@ mod error;
 mod health;
 mod identity;
 mod manifest;
+pub mod metrics;
+mod observe;
 mod tenants;
 mod text;
 
 use poem::listener::Acceptor;
-use poem::middleware::{AddData, CatchPanic, Tracing};
+use poem::middleware::{AddData, CatchPanic};
 use poem::{Endpoint, EndpointExt, IntoResponse, Route, Server};
 use poem_openapi::{LicenseObject, OpenApiService, ServerObject, Tags};
 
 use crate::app::SharedNexus;
 
 pub use error::ErrorBody;
+pub use observe::{REQUEST_ID, RequestId};
 
 /// The largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -108,29 +111,37 @@ pub fn openapi_yaml() -> String {
     serde_yaml::to_string(&document()).expect("a JSON value serializes as YAML")
 }
 
-/// The methods the document declares for each path template, split into segments
-/// (`{...}` matches any one segment), for the `Allow` header of 405 answers.
-static ALLOWED: std::sync::LazyLock<Vec<(Vec<String>, String)>> = std::sync::LazyLock::new(|| {
+/// Each path template of the document: split into segments (`{...}` matches any one
+/// segment), whole, and the methods it declares (for the `Allow` header of 405 answers).
+static ALLOWED: std::sync::LazyLock<Vec<(Vec<String>, String, String)>> = std::sync::LazyLock::new(|| {
     let document = document();
     let paths = document["paths"].as_object().cloned().unwrap_or_default();
     paths
         .into_iter()
         .map(|(template, operations)| {
             let methods: Vec<String> = operations.as_object().into_iter().flat_map(|o| o.keys()).map(|m| m.to_ascii_uppercase()).collect();
-            (template.split('/').map(str::to_owned).collect(), methods.join(", "))
+            (template.split('/').map(str::to_owned).collect(), template, methods.join(", "))
         })
         .collect()
 });
 
+/// The document's path template `path` matches, with its methods.
+fn matching_path(path: &str) -> Option<&'static (Vec<String>, String, String)> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    ALLOWED.iter().find(|(template, _, _)| {
+        template.len() == segments.len() && template.iter().zip(&segments).all(|(part, segment)| part.starts_with('{') || part == segment)
+    })
+}
+
 /// What `Allow` says for `path`, when it is one of the document's.
 fn allowed_methods(path: &str) -> Option<&'static str> {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    ALLOWED
-        .iter()
-        .find(|(template, _)| {
-            template.len() == segments.len() && template.iter().zip(&segments).all(|(part, segment)| part.starts_with('{') || part == segment)
-        })
-        .map(|(_, methods)| methods.as_str())
+    matching_path(path).map(|(_, _, methods)| methods.as_str())
+}
+
+/// The route template (`/api/v1/agents/{name}`) `path` is served by, when it is one of the
+/// document's: what metrics label requests with.
+pub(crate) fn route_template(path: &str) -> Option<&'static str> {
+    matching_path(path).map(|(_, template, _)| template.as_str())
 }
 
 /// Adds `Allow` to 405 answers, as RFC 9110 requires: the methods the path has.
@@ -167,7 +178,7 @@ pub fn endpoint(nexus: SharedNexus) -> impl Endpoint {
         .catch_all_error(error::render)
         .around(allow_on_405)
         .with(CatchPanic::new().with_handler(error::panicked))
-        .with(Tracing)
+        .around(observe::observe)
 }
 
 /// Serves `nexus` on `acceptor` until `shutdown` resolves, lets in-flight requests finish

@@ -12,6 +12,7 @@ mod identity;
 mod input;
 mod matrix;
 mod node_e2e;
+mod observability;
 mod openapi_doc;
 mod reconcile_kube;
 mod restart;

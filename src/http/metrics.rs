@@ -1,0 +1,70 @@
+//! Prometheus metrics, served on a listener of their own (`NEXUS_METRICS_LISTEN`), never on
+//! the public API port. Built on the `metrics` facade and its Prometheus exporter; the
+//! standard `process_*` families come from `metrics-process`. Labels are bounded: methods,
+//! route templates, statuses, phases, reasons; never a tenant, an agent or a user.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use poem::http::StatusCode;
+use poem::{Endpoint, EndpointExt, Response, Route, get, handler};
+
+/// Latency buckets in seconds: from a cached read to a slow node call.
+const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+struct Telemetry {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+/// Installs the process-wide recorder once (the first call wins; later ones share it).
+fn telemetry() -> &'static Telemetry {
+    static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
+    TELEMETRY.get_or_init(|| {
+        let builder = PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), BUCKETS).expect("the buckets are not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder already installed (a test harness's) leaves ours unused but harmless.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        let process = metrics_process::Collector::default();
+        process.describe();
+        Telemetry { handle, process }
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!("nexus_http_requests_total", "HTTP requests answered, by method, route template and status.");
+    metrics::describe_histogram!(
+        "nexus_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer an HTTP request, by method and route template."
+    );
+    metrics::describe_gauge!("nexus_tenants", "Tenants by phase, as of the last reconcile pass.");
+    metrics::describe_gauge!("nexus_agents", "Agents by phase, as of the last reconcile pass.");
+    metrics::describe_histogram!("nexus_reconcile_pass_duration_seconds", metrics::Unit::Seconds, "Time one reconcile pass took.");
+    metrics::describe_counter!("nexus_auth_refusals_total", "Requests refused authentication, by reason.");
+}
+
+/// Starts recording (idempotent). Call before serving so the families exist from the start.
+pub fn install() {
+    telemetry();
+}
+
+/// The current metrics in the Prometheus text format.
+pub fn render() -> String {
+    let telemetry = telemetry();
+    telemetry.process.collect();
+    telemetry.handle.render()
+}
+
+#[handler]
+fn scrape() -> Response {
+    Response::builder().status(StatusCode::OK).content_type("text/plain; version=0.0.4; charset=utf-8").body(render())
+}
+
+/// The metrics listener's application: `GET /metrics`.
+pub fn endpoint() -> impl Endpoint {
+    install();
+    Route::new().at("/metrics", get(scrape)).map_to_response()
+}

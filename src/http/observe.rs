@@ -1,0 +1,47 @@
+//! What an operator sees of each request: an `X-Request-ID` on every answer (taken from the
+//! request when it is 1 to 128 visible ASCII characters, generated otherwise), a log span
+//! carrying it, and Prometheus metrics by route template (never a raw path, so the label
+//! set stays bounded).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::http::HeaderValue;
+use poem::{Endpoint, IntoResponse, Request, Response};
+use tracing::Instrument;
+
+/// The header that ties a client's request to log lines, node calls and audit events.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A request id the client sent, when it is one we keep: 1 to 128 visible ASCII characters.
+fn client_request_id(request: &Request) -> Option<String> {
+    let value = request.headers().get(REQUEST_ID)?.to_str().ok()?;
+    let visible = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+    visible.then(|| value.to_owned())
+}
+
+/// The request id of this request (set by [`observe`] before anything else runs).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub Arc<str>);
+
+/// The outermost middleware: assigns the request id, logs the request in a span that
+/// carries it, counts it and times it, and returns the id on the answer whatever it is.
+pub(crate) async fn observe<E: Endpoint>(next: Arc<E>, mut request: Request) -> poem::Result<Response> {
+    let id: Arc<str> = client_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()).into();
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let method = request.method().clone();
+    let route = super::route_template(request.uri().path()).unwrap_or("unmatched");
+    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %request.uri().path());
+    let started = Instant::now();
+    let mut response = nexus_ports::context::with_request_id(id.clone(), next.call(request).instrument(span.clone())).await?.into_response();
+    let elapsed = started.elapsed();
+    let status = response.status();
+    span.in_scope(|| tracing::info!(status = status.as_u16(), duration_ms = elapsed.as_secs_f64() * 1000.0, "answered"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let method = method.as_str().to_owned();
+    metrics::counter!("nexus_http_requests_total", "method" => method.clone(), "route" => route, "status" => status.as_str().to_owned()).increment(1);
+    metrics::histogram!("nexus_http_request_duration_seconds", "method" => method, "route" => route).record(elapsed.as_secs_f64());
+    Ok(response)
+}

@@ -1,0 +1,102 @@
+//! What an operator sees: Prometheus metrics scraped from their own listener and parsed
+//! with a Prometheus parser, and request ids on every answer.
+
+use poem::listener::{Acceptor, Listener, TcpListener};
+use reqwest::{Method, StatusCode};
+
+use crate::support::{Backend, Server, on_both_backends, with_server};
+
+type Exposition = openmetrics_parser::MetricsExposition<openmetrics_parser::PrometheusType, openmetrics_parser::PrometheusValue>;
+
+/// Scrapes the metrics endpoint served on a listener of its own, as `main` serves it, and
+/// parses the answer as the Prometheus text format.
+async fn scrape() -> Exposition {
+    let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind");
+    let port = acceptor.local_addr()[0].as_socket_addr().expect("tcp").port();
+    let server = tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(nexus::http::metrics::endpoint()));
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.expect("scraped");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    server.abort();
+    openmetrics_parser::prometheus::parse_prometheus(&text).unwrap_or_else(|err| panic!("not the Prometheus text format ({err:?}):\n{text}"))
+}
+
+/// The values of `label` over the family's samples.
+fn label_values(exposition: &Exposition, family: &str, label: &str) -> std::collections::BTreeSet<String> {
+    let family = exposition.families.get(family).unwrap_or_else(|| panic!("{family} missing"));
+    family.iter_samples().filter_map(|sample| sample.get_labelset().ok()?.get_label_value(label).map(str::to_owned)).collect()
+}
+
+on_both_backends!(metrics_name_routes_by_template_and_cover_the_service);
+
+async fn metrics_name_routes_by_template_and_cover_the_service(backend: Backend) {
+    with_server(backend, async |server: &Server| {
+        let token = server.user("metrics@example.com").await;
+        server.get("/api/v1/agents/some-agent", Some(&token)).await;
+        server.get("/api/v1/no-such-route", None).await;
+        let scrape = scrape().await;
+        for family in [
+            "nexus_http_requests_total",
+            "nexus_http_request_duration_seconds",
+            "nexus_tenants",
+            "nexus_agents",
+            "nexus_auth_refusals_total",
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+        ] {
+            assert!(scrape.families.contains_key(family), "{family} missing from {:?}", scrape.families.keys().collect::<Vec<_>>());
+        }
+        let durations = &scrape.families["nexus_http_request_duration_seconds"];
+        assert_eq!(durations.family_type, openmetrics_parser::PrometheusType::Histogram);
+        let routes = label_values(&scrape, "nexus_http_requests_total", "route");
+        assert!(routes.contains("/api/v1/agents/{name}"), "{routes:?}");
+        assert!(routes.contains("/auth/register"), "{routes:?}");
+        assert!(routes.contains("unmatched"), "an unknown path is not a label of its own: {routes:?}");
+        assert!(routes.iter().all(|route| !route.contains("some-agent") && !route.contains("no-such-route")), "{routes:?}");
+        assert!(label_values(&scrape, "nexus_http_requests_total", "status").contains("400"));
+        assert!(label_values(&scrape, "nexus_tenants", "phase").contains("Ready"));
+    })
+    .await;
+}
+
+on_both_backends!(every_answer_carries_a_request_id);
+
+/// A client's id (1 to 128 visible ASCII characters) comes back as sent; anything else is
+/// replaced by a generated one, on successes, errors, 404s and 413s alike.
+async fn every_answer_carries_a_request_id(backend: Backend) {
+    with_server(backend, async |server: &Server| {
+        let client = reqwest::Client::new();
+        let id_of = async |method: Method, path: &str, id: Option<&str>, body: Option<Vec<u8>>| {
+            let mut request = client.request(method, format!("{}{path}", server.base));
+            if let Some(id) = id {
+                request = request.header("x-request-id", id);
+            }
+            if let Some(body) = body {
+                request = request.header("content-type", "application/json").body(body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned()))
+        };
+        assert_eq!(id_of(Method::GET, "/healthz", Some("trace-42"), None).await, (StatusCode::OK, Some("trace-42".to_owned())));
+        let longest = "x".repeat(128);
+        assert_eq!(id_of(Method::GET, "/healthz", Some(&longest), None).await.1.as_deref(), Some(longest.as_str()));
+        for refused in ["x".repeat(129), "two words".to_owned()] {
+            let (_, id) = id_of(Method::GET, "/healthz", Some(&refused), None).await;
+            let id = id.expect("a generated id");
+            assert!(id != refused && id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        }
+        let (status, id) = id_of(Method::GET, "/no/such/route", None, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(id.is_some());
+        let (status, id) = id_of(Method::GET, "/api/v1/me", Some("unauthorised-1"), None).await;
+        assert_eq!((status, id.as_deref()), (StatusCode::UNAUTHORIZED, Some("unauthorised-1")));
+        let (status, id) = id_of(Method::POST, "/auth/login", Some("big-1"), Some(vec![b' '; 2 * 1024 * 1024])).await;
+        assert_eq!((status, id.as_deref()), (StatusCode::PAYLOAD_TOO_LARGE, Some("big-1")));
+        let (a, b) = (id_of(Method::GET, "/healthz", None, None).await.1, id_of(Method::GET, "/healthz", None, None).await.1);
+        assert_ne!(a, b, "each request gets its own id");
+    })
+    .await;
+}
