@@ -17,6 +17,7 @@ pub struct TenantId(Uuid);
 
 impl TenantId {
     const PREFIX: &'static str = "t_";
+    const CR_PREFIX: &'static str = "tenant-";
 
     /// A new random id.
     pub fn generate() -> Self {
@@ -47,7 +48,15 @@ impl TenantId {
 
     /// The name of the tenant's custom resource and namespace: `tenant-<uuid>`.
     pub fn cr_name(&self) -> String {
-        format!("tenant-{}", self.0.hyphenated())
+        format!("{}{}", Self::CR_PREFIX, self.0.hyphenated())
+    }
+
+    /// The tenant a custom resource or namespace name belongs to: the inverse of
+    /// [`TenantId::cr_name`], so only its exact form (`tenant-` and a lower-case hyphenated
+    /// uuid) names a tenant.
+    pub fn from_cr_name(name: &str) -> Option<Self> {
+        let id = Self(Uuid::try_parse(name.strip_prefix(Self::CR_PREFIX)?).ok()?);
+        (id.cr_name() == name).then_some(id)
     }
 }
 
@@ -166,6 +175,18 @@ mod tests {
         assert_eq!(TenantId::parse(&id.to_string()).unwrap(), id);
         assert!(id.cr_name().starts_with("tenant-") && id.cr_name().len() == 43);
         assert!(TenantId::parse("usr_00").is_err());
+    }
+
+    #[test]
+    fn cr_names_map_back_to_their_tenant_only_in_their_exact_form() {
+        let id = TenantId::from_uuid("0f0f0f0f-0000-4000-8000-00000000000a".parse().unwrap());
+        assert_eq!(id.cr_name(), "tenant-0f0f0f0f-0000-4000-8000-00000000000a");
+        assert_eq!(TenantId::from_cr_name(&id.cr_name()), Some(id));
+        let other_forms =
+            ["tenant-0f0f0f0f00004000800000000000000a", "tenant-0F0F0F0F-0000-4000-8000-00000000000A", "tenant-{0f0f0f0f-0000-4000-8000-00000000000a}"];
+        for other in ["default", "tenant-", "tenant-x", "nexus-system"].into_iter().chain(other_forms) {
+            assert_eq!(TenantId::from_cr_name(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -10,20 +10,18 @@ use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use nexus_ports::agents::{AgentManifest, AgentName, AgentObject, AgentPhase, AgentStatus};
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::{Error, Result};
 use serde_json::{Value, json};
 
-use crate::crd::{AGENT_FINALIZER, MANAGED_LABEL, NexusAgent, NexusTenant, TENANT_FINALIZER};
-use crate::resources::{node_deployment, node_service};
+use crate::crd::{AGENT_FINALIZER, MANAGED_LABEL, NexusAgent, NexusAgentPhase, NexusTenant, NexusTenantPhase, TENANT_FINALIZER};
+use crate::resources::{node_deployment, node_endpoint, node_service};
 
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "nexus";
-/// The node's port.
-pub const NODE_PORT: u16 = 8000;
 
 /// Where and how tenants' resources are made.
 #[derive(Debug, Clone)]
@@ -67,53 +65,11 @@ fn apply() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
-fn phase_name(phase: TenantPhase) -> &'static str {
-    match phase {
-        TenantPhase::Pending => "Pending",
-        TenantPhase::Provisioning => "Provisioning",
-        TenantPhase::Ready => "Ready",
-        TenantPhase::Error => "Error",
-    }
-}
-
-fn tenant_phase(name: Option<&str>) -> TenantPhase {
-    match name {
-        Some("Provisioning") => TenantPhase::Provisioning,
-        Some("Ready") => TenantPhase::Ready,
-        Some("Error") => TenantPhase::Error,
-        _ => TenantPhase::Pending,
-    }
-}
-
-pub(crate) fn agent_phase_name(phase: AgentPhase) -> &'static str {
-    match phase {
-        AgentPhase::Pending => "Pending",
-        AgentPhase::Deploying => "Deploying",
-        AgentPhase::Running => "Running",
-        AgentPhase::Failed => "Failed",
-    }
-}
-
-fn agent_phase(name: Option<&str>) -> AgentPhase {
-    match name {
-        Some("Deploying") => AgentPhase::Deploying,
-        Some("Running") => AgentPhase::Running,
-        Some("Failed") => AgentPhase::Failed,
-        _ => AgentPhase::Pending,
-    }
-}
-
-/// The tenant a namespace belongs to: `tenant-<uuid>`.
-fn tenant_of_namespace(namespace: &str) -> Option<TenantId> {
-    let uuid = namespace.strip_prefix("tenant-")?;
-    TenantId::parse(&format!("t_{}", uuid.replace('-', ""))).ok()
-}
-
 /// An agent resource as the core sees it; `None` for one whose manifest is not valid (made
 /// with kubectl, say), which is logged and left alone.
 pub(crate) fn agent_object(agent: &NexusAgent) -> Option<AgentObject> {
     let namespace = agent.namespace()?;
-    let tenant_id = tenant_of_namespace(&namespace)?;
+    let tenant_id = TenantId::from_cr_name(&namespace)?;
     let manifest = match AgentManifest::parse(agent.spec.agent_spec.clone()) {
         Ok(manifest) if manifest.name().as_str() == agent.name_any() => manifest,
         Ok(_) => {
@@ -132,7 +88,7 @@ pub(crate) fn agent_object(agent: &NexusAgent) -> Option<AgentObject> {
         generation: agent.metadata.generation.and_then(|g| u64::try_from(g).ok()).unwrap_or(1),
         observed_generation: status.observed_generation.and_then(|g| u64::try_from(g).ok()).unwrap_or(0),
         status: AgentStatus {
-            phase: agent_phase(status.phase.as_deref()),
+            phase: status.phase.map_or(AgentPhase::Pending, AgentPhase::from),
             node_ack: status.node_ack,
             last_synced_at: status.last_synced_at,
             message: status.message,
@@ -180,19 +136,19 @@ impl KubeCluster {
 
     /// Namespace, node Deployment and Service of an applied tenant, then its status Ready.
     async fn provision_resources(&self, name: &str, applied: &NexusTenant) -> Result<TenantStatus> {
-        self.set_tenant_status(name, json!({"phase": phase_name(TenantPhase::Provisioning)})).await?;
+        self.set_tenant_status(name, json!({"phase": NexusTenantPhase::Provisioning})).await?;
         let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {MANAGED_LABEL: "true"}}});
         Api::<Namespace>::all(self.client.clone()).patch(name, &apply(), &Patch::Apply(&namespace)).await.map_err(translate)?;
         let deployment = node_deployment(applied, &self.settings.node_image);
         Api::<Deployment>::namespaced(self.client.clone(), name).patch("astromesh-node", &apply(), &Patch::Apply(&deployment)).await.map_err(translate)?;
         Api::<Service>::namespaced(self.client.clone(), name).patch("astromesh-node", &apply(), &Patch::Apply(&node_service())).await.map_err(translate)?;
-        let endpoint = format!("http://astromesh-node.{name}.svc:{NODE_PORT}");
-        self.set_tenant_status(name, json!({"phase": phase_name(TenantPhase::Ready), "namespace": name, "nodeEndpoint": endpoint, "conditions": []})).await?;
+        let endpoint = node_endpoint(name);
+        self.set_tenant_status(name, json!({"phase": NexusTenantPhase::Ready, "namespace": name, "nodeEndpoint": endpoint, "conditions": []})).await?;
         Ok(TenantStatus { phase: TenantPhase::Ready, namespace: Some(name.to_owned()), node_endpoint: Some(endpoint), message: None })
     }
 
     async fn set_tenant_status(&self, name: &str, status: Value) -> Result<()> {
-        let patch = json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusTenant", "status": status});
+        let patch = json!({"apiVersion": NexusTenant::api_version(&()), "kind": NexusTenant::kind(&()), "status": status});
         self.tenants().patch_status(name, &apply(), &Patch::Apply(&patch)).await.map_err(translate)?;
         Ok(())
     }
@@ -204,8 +160,8 @@ impl ClusterBackend for KubeCluster {
         let name = tenant.id.cr_name();
         let quota = json!({"maxAgents": tenant.max_agents});
         let resource = json!({
-            "apiVersion": "nexus.astromesh.io/v1alpha1",
-            "kind": "NexusTenant",
+            "apiVersion": NexusTenant::api_version(&()),
+            "kind": NexusTenant::kind(&()),
             "metadata": {"name": name, "finalizers": [TENANT_FINALIZER]},
             "spec": {"displayName": tenant.display_name.as_str(), "nodeProfile": tenant.node_profile.as_str(), "resourceQuota": quota}
         });
@@ -214,7 +170,7 @@ impl ClusterBackend for KubeCluster {
             Ok(status) => Ok(status),
             Err(err) => {
                 // Best effort: the resource shows why; the loop retries with backoff.
-                let _ = self.set_tenant_status(&name, json!({"phase": phase_name(TenantPhase::Error), "conditions": [{"type": "Ready", "status": "False", "reason": "ProvisioningFailed", "message": err.to_string()}]})).await;
+                let _ = self.set_tenant_status(&name, json!({"phase": NexusTenantPhase::Error, "conditions": [{"type": "Ready", "status": "False", "reason": "ProvisioningFailed", "message": err.to_string()}]})).await;
                 Err(err)
             }
         }
@@ -223,7 +179,12 @@ impl ClusterBackend for KubeCluster {
     async fn tenant_status(&self, id: &TenantId) -> Result<TenantStatus> {
         let Some(tenant) = absent_ok(self.tenants().get(&id.cr_name()).await)? else { return Ok(TenantStatus::pending()) };
         let status = tenant.status.unwrap_or_default();
-        Ok(TenantStatus { phase: tenant_phase(status.phase.as_deref()), namespace: status.namespace, node_endpoint: status.node_endpoint, message: None })
+        Ok(TenantStatus {
+            phase: status.phase.map_or(TenantPhase::Pending, TenantPhase::from),
+            namespace: status.namespace,
+            node_endpoint: status.node_endpoint,
+            message: None,
+        })
     }
 
     async fn deprovision_tenant(&self, id: &TenantId) -> Result<()> {
@@ -237,8 +198,8 @@ impl ClusterBackend for KubeCluster {
 
     async fn apply_agent(&self, tenant: &TenantId, manifest: &AgentManifest) -> Result<()> {
         let resource = json!({
-            "apiVersion": "nexus.astromesh.io/v1alpha1",
-            "kind": "NexusAgent",
+            "apiVersion": NexusAgent::api_version(&()),
+            "kind": NexusAgent::kind(&()),
             "metadata": {"name": manifest.name().as_str(), "finalizers": [AGENT_FINALIZER]},
             "spec": {"agentSpec": manifest.document()}
         });
@@ -262,10 +223,10 @@ impl ClusterBackend for KubeCluster {
 
     async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()> {
         let patch = json!({
-            "apiVersion": "nexus.astromesh.io/v1alpha1",
-            "kind": "NexusAgent",
+            "apiVersion": NexusAgent::api_version(&()),
+            "kind": NexusAgent::kind(&()),
             "status": {
-                "phase": agent_phase_name(status.phase),
+                "phase": NexusAgentPhase::from(status.phase),
                 "nodeAck": status.node_ack,
                 "lastSyncedAt": status.last_synced_at,
                 "observedGeneration": observed_generation,

@@ -1,15 +1,16 @@
 //! The custom resources, as Rust types. `crds_yaml` renders both definitions; the
-//! committed copies under `deploy/` are checked against it.
+//! committed copies under `deploy/` are checked against it. The group and version live
+//! only in the `#[kube]` attributes: code asks the types (`NexusTenant::api_version(&())`).
 
 use chrono::{DateTime, Utc};
 use kube::CustomResource;
 use kube::CustomResourceExt;
+use nexus_ports::agents::AgentPhase;
+use nexus_ports::tenancy::TenantPhase;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The API group of both resources.
-pub const GROUP: &str = "nexus.astromesh.io";
 /// Finalizer of tenants: deleting one deletes its namespace first.
 pub const TENANT_FINALIZER: &str = "nexus.astromesh.io/tenant-cleanup";
 /// Finalizer of agents: deleting one removes it from its node first.
@@ -58,9 +59,9 @@ pub struct ResourceQuota {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NexusTenantStatus {
-    /// Pending, Provisioning, Ready or Error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    #[schemars(transform = nullable_enum)]
+    pub phase: Option<NexusTenantPhase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// `http://astromesh-node.<namespace>.svc:8000`.
@@ -94,9 +95,9 @@ pub struct NexusAgentSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NexusAgentStatus {
-    /// Pending, Deploying, Running or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    #[schemars(transform = nullable_enum)]
+    pub phase: Option<NexusAgentPhase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_synced_at: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -109,6 +110,70 @@ pub struct NexusAgentStatus {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Where a tenant's provisioning stands, as the resource spells it: the schema only admits
+/// these values.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NexusTenantPhase {
+    Pending,
+    Provisioning,
+    Ready,
+    Error,
+}
+
+impl From<TenantPhase> for NexusTenantPhase {
+    fn from(phase: TenantPhase) -> Self {
+        match phase {
+            TenantPhase::Pending => Self::Pending,
+            TenantPhase::Provisioning => Self::Provisioning,
+            TenantPhase::Ready => Self::Ready,
+            TenantPhase::Error => Self::Error,
+        }
+    }
+}
+
+impl From<NexusTenantPhase> for TenantPhase {
+    fn from(phase: NexusTenantPhase) -> Self {
+        match phase {
+            NexusTenantPhase::Pending => Self::Pending,
+            NexusTenantPhase::Provisioning => Self::Provisioning,
+            NexusTenantPhase::Ready => Self::Ready,
+            NexusTenantPhase::Error => Self::Error,
+        }
+    }
+}
+
+/// Where an agent stands on its node, as the resource spells it: the schema only admits
+/// these values.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NexusAgentPhase {
+    Pending,
+    Deploying,
+    Running,
+    Failed,
+}
+
+impl From<AgentPhase> for NexusAgentPhase {
+    fn from(phase: AgentPhase) -> Self {
+        match phase {
+            AgentPhase::Pending => Self::Pending,
+            AgentPhase::Deploying => Self::Deploying,
+            AgentPhase::Running => Self::Running,
+            AgentPhase::Failed => Self::Failed,
+        }
+    }
+}
+
+impl From<NexusAgentPhase> for AgentPhase {
+    fn from(phase: NexusAgentPhase) -> Self {
+        match phase {
+            NexusAgentPhase::Pending => Self::Pending,
+            NexusAgentPhase::Deploying => Self::Deploying,
+            NexusAgentPhase::Running => Self::Running,
+            NexusAgentPhase::Failed => Self::Failed,
+        }
+    }
 }
 
 /// A status condition, as Kubernetes writes them.
@@ -133,6 +198,14 @@ fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
 
+/// An optional enum's values without the `null` that schemars lists: `nullable: true`
+/// already says it, and the API server wants the values of the field's type.
+fn nullable_enum(schema: &mut schemars::Schema) {
+    if let Some(Value::Array(values)) = schema.get_mut("enum") {
+        values.retain(|value| !value.is_null());
+    }
+}
+
 /// Both definitions as one YAML stream, as committed under `deploy/crds.yaml`.
 ///
 /// # Errors
@@ -143,6 +216,7 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
 
 #[cfg(test)]
 mod tests {
+    use kube::Resource;
     use serde_json::json;
 
     use super::*;
@@ -170,10 +244,32 @@ mod tests {
         assert_eq!(required, ["displayName", "nodeProfile"]);
         for crd in [tenant, NexusAgent::crd()] {
             let version = &crd.spec.versions[0];
-            assert_eq!((crd.spec.group.as_str(), version.name.as_str(), crd.spec.scope.as_str()), (GROUP, "v1alpha1", "Namespaced"));
+            assert_eq!((crd.spec.group.as_str(), version.name.as_str(), crd.spec.scope.as_str()), ("nexus.astromesh.io", "v1alpha1", "Namespaced"));
             assert!(version.subresources.as_ref().unwrap().status.is_some(), "{} has a status subresource", crd.spec.names.kind);
             let columns: Vec<&str> = version.additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.as_str()).collect();
             assert_eq!(columns, ["Phase", "Age"]);
+        }
+    }
+
+    #[test]
+    fn the_schema_admits_only_known_phases() {
+        let phase_of = |crd| schema_of(&crd)["properties"]["status"]["properties"]["phase"].clone();
+        assert_eq!(phase_of(NexusTenant::crd())["enum"], json!(["Pending", "Provisioning", "Ready", "Error"]));
+        assert_eq!(phase_of(NexusAgent::crd())["enum"], json!(["Pending", "Deploying", "Running", "Failed"]));
+        for phase in [AgentPhase::Pending, AgentPhase::Deploying, AgentPhase::Running, AgentPhase::Failed] {
+            assert_eq!(AgentPhase::from(NexusAgentPhase::from(phase)), phase);
+        }
+        for phase in [TenantPhase::Pending, TenantPhase::Provisioning, TenantPhase::Ready, TenantPhase::Error] {
+            assert_eq!(TenantPhase::from(NexusTenantPhase::from(phase)), phase);
+        }
+    }
+
+    #[test]
+    fn finalizers_and_labels_are_in_the_resources_group() {
+        assert_eq!(NexusTenant::api_version(&()), "nexus.astromesh.io/v1alpha1");
+        assert_eq!(NexusAgent::group(&()), NexusTenant::group(&()));
+        for name in [TENANT_FINALIZER, AGENT_FINALIZER, MANAGED_LABEL] {
+            assert!(name.starts_with(&format!("{}/", NexusTenant::group(&()))), "{name}");
         }
     }
 

@@ -14,5 +14,6 @@ pub mod fixtures;
 mod resources;
 mod runtime;
 
-pub use cluster::{FIELD_MANAGER, KubeCluster, KubeSettings, NODE_PORT};
+pub use cluster::{FIELD_MANAGER, KubeCluster, KubeSettings};
+pub use resources::NODE_PORT;
 pub use runtime::LEASE_NAME;

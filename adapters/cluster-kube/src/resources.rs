@@ -2,8 +2,15 @@
 
 use serde_json::{Value, json};
 
-use crate::cluster::NODE_PORT;
 use crate::crd::NexusTenant;
+
+/// The node's port.
+pub const NODE_PORT: u16 = 8000;
+
+/// Where the node of the tenant in `namespace` answers.
+pub(crate) fn node_endpoint(namespace: &str) -> String {
+    format!("http://astromesh-node.{namespace}.svc:{NODE_PORT}")
+}
 
 /// Deployment `astromesh-node`: one replica of the node image on port 8000, probed on
 /// `/v1/health`, `ASTROMESH_ROLE` from the tenant's node profile, limits from its quota.
