@@ -131,26 +131,30 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     Ok(Wiring { nexus, reconciler, kube })
 }
 
-/// Brings a wired service up: tenants the cluster lacks (all, on a fresh in-memory
-/// cluster) are provisioned and the registry's agents applied, then the background tasks
-/// start (the key-usage writer; the reconcile loop, on Kubernetes only while this replica
-/// holds the lease, with the watches waking it).
+/// Brings a wired service up: on the in-memory cluster, stored tenants are provisioned
+/// and the registry's agents applied before serving; then the background tasks start (the
+/// key-usage writer; the reconcile loop). On Kubernetes nothing is written before
+/// leadership is known: the loop runs only while this replica holds the lease, and its
+/// first pass provisions the tenants and applies the registry, with the watches waking it.
 ///
 /// # Errors
-/// [`Error::Unavailable`] when the registry cannot be read or applied, or leadership
-/// cannot be set up.
+/// [`Error::Unavailable`] when the registry cannot be read (in-memory cluster).
 pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
     let Wiring { nexus, reconciler, kube } = wiring;
     crate::http::metrics::install();
-    let tenants = reconciler.reconcile_tenants().await.len();
-    let agents_applied = reconciler.apply_registry().await?;
-    tracing::info!(tenants, agents = agents_applied, "stored tenants and agents applied to the cluster");
+    if kube.is_none() {
+        let tenants = reconciler.reconcile_tenants().await.len();
+        let agents_applied = reconciler.apply_registry().await?;
+        tracing::info!(tenants, agents = agents_applied, "stored tenants and agents applied to the cluster");
+    }
     let mut background = vec![tokio::spawn(nexus.key_usage.clone().run(FLUSH_EVERY))];
     match kube {
         // Every replica serves the API and wakes on changes; the one holding the lease reconciles.
         Some(kube) => {
-            let identity = std::env::var("HOSTNAME").unwrap_or_else(|_| format!("nexus-{}", uuid::Uuid::new_v4().simple()));
-            let leading = kube.leadership(&identity).await?;
+            // Unique per process: a restarted container waits for its predecessor's lease.
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "nexus".to_owned());
+            let identity = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            let leading = kube.leadership(&identity);
             let waker = reconciler.clone();
             background.push(tokio::spawn(kube.changes().for_each(move |()| {
                 waker.trigger();

@@ -180,11 +180,21 @@ pub trait ClusterBackend: Send + Sync + 'static {
     async fn tenant_status(&self, id: &TenantId) -> Result<TenantStatus>;
 
     /// Removes the tenant's namespace and node (and its agent objects); removing an absent
-    /// tenant succeeds.
+    /// tenant succeeds. A cluster that takes time to remove them marks the tenant deleting
+    /// and starts the removal; [`ClusterBackend::finish_deletions`] completes it.
     ///
     /// # Errors
     /// [`Error::Unavailable`] when the cluster cannot be reached.
     async fn deprovision_tenant(&self, id: &TenantId) -> Result<()>;
+
+    /// Carries on deletions that need nothing more from the core: lets a deleted tenant's
+    /// object go once its namespace and node are gone. Called by every pass of the
+    /// reconcile loop.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the cluster cannot be reached; [`Error::Conflict`] when
+    /// an object changed meanwhile (the next pass tries again).
+    async fn finish_deletions(&self) -> Result<()>;
 
     /// Makes the desired agent object exist with this manifest. A new or changed manifest
     /// bumps its generation, so it is reconciled again; the same one changes nothing.
@@ -197,7 +207,9 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// The agent object, if any.
     async fn agent_object(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<AgentObject>>;
 
-    /// Every agent object of every tenant.
+    /// Every agent object of every tenant. Objects the cluster holds that the core cannot
+    /// reconcile (an invalid manifest) are not listed; once their deletion was asked for,
+    /// the cluster lets them go.
     async fn list_agent_objects(&self) -> Result<Vec<AgentObject>>;
 
     /// Records what reconciling `observed_generation` of the object found.

@@ -1,8 +1,9 @@
 //! The reconcile loop, shared by every cluster backend: it drives each agent object
 //! towards its node (Pending -> Deploying -> Running, or Failed with the reason, retried
 //! with capped exponential backoff), resyncs running agents periodically, removes deleted
-//! agents from their node before letting them go, and provisions tenants that are not
-//! Ready. Events from the API wake it at once.
+//! agents from their node before letting them go, and provisions every tenant each pass
+//! (a tenant whose provisioning fails backs off like an agent). Statuses are written only
+//! when they change. Events from the API wake it at once.
 //!
 //! What to do next for an object is decided by the pure [`next_step`]; the runner around
 //! it only performs I/O.
@@ -15,7 +16,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use nexus_ports::agents::{AgentName, AgentObject, AgentPhase, AgentStatus};
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy, TenantStore};
-use nexus_ports::tenancy::{TenantId, TenantPhase, TenantStatus};
+use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use tokio::sync::Notify;
 
 use super::tenancy::provision;
@@ -49,6 +50,14 @@ pub struct Retry {
 pub fn backoff(failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
     Duration::from_secs(1u64 << exponent).min(BACKOFF_CAP)
+}
+
+/// How long a failing object (an agent, or a tenant whose provisioning failed) must still
+/// wait before its next attempt; `None` when it may be tried now.
+pub fn retry_wait(retry: Option<Retry>, now: DateTime<Utc>) -> Option<Duration> {
+    let retry = retry?;
+    let due = retry.last_attempt + chrono::Duration::from_std(backoff(retry.failures)).unwrap_or(chrono::Duration::MAX);
+    (now < due).then(|| (due - now).to_std().unwrap_or_default())
 }
 
 /// Decides what to do next with `object`, given its tenant's status, its retry state, the
@@ -86,6 +95,8 @@ pub struct Reconciler {
     resync: Duration,
     wake: Notify,
     retries: Mutex<HashMap<(TenantId, AgentName), Retry>>,
+    /// Tenants whose provisioning failed, backing off like agents.
+    tenant_retries: Mutex<HashMap<TenantId, Retry>>,
 }
 
 /// The ports the reconcile loop drives and reads, by name.
@@ -101,7 +112,7 @@ impl Reconciler {
     /// A runner resyncing every `resync`.
     pub fn new(ports: ReconcilePorts, resync: Duration) -> Self {
         let ReconcilePorts { cluster, node, agents, tenants, clock } = ports;
-        Self { cluster, node, agents, tenants, clock, resync, wake: Notify::new(), retries: Mutex::default() }
+        Self { cluster, node, agents, tenants, clock, resync, wake: Notify::new(), retries: Mutex::default(), tenant_retries: Mutex::default() }
     }
 
     /// Asks for a pass now (an event from the API).
@@ -113,15 +124,17 @@ impl Reconciler {
         self.retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn tenant_retries(&self) -> MutexGuard<'_, HashMap<TenantId, Retry>> {
+        self.tenant_retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Runs passes forever: after an event, or when the earliest wait is over. Passes that
-    /// were not woken by an event first re-apply what the cluster lost of the registry.
+    /// were not woken by an event also re-apply what the cluster lost of the registry,
+    /// once the tenants were provisioned.
     pub async fn run(self: Arc<Self>) {
         let mut woken_by_event = false;
         loop {
-            if !woken_by_event && let Err(err) = self.apply_registry().await {
-                tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry");
-            }
-            let wait = self.pass().await;
+            let wait = self.step(!woken_by_event).await;
             woken_by_event = tokio::select! {
                 () = self.wake.notified() => true,
                 () = tokio::time::sleep(wait) => false,
@@ -132,18 +145,24 @@ impl Reconciler {
     /// Applies every agent of the registry (the durable record) that has no object in the
     /// cluster: all of them at start-up on the in-memory cluster, any the cluster lost
     /// later. Agents with an object are left alone, so one being deleted is never revived
-    /// (objects are only forgotten by this same loop). Returns how many it applied.
+    /// (objects are only forgotten by this same loop). An agent the cluster refuses (its
+    /// namespace deleted by hand or terminating, a policy) is logged (the cluster marks it
+    /// where it can) and the others applied: the next timed pass tries it again. Returns
+    /// how many it applied.
     ///
     /// # Errors
-    /// What the store or the cluster answered.
+    /// When the store or the cluster cannot be listed.
     pub async fn apply_registry(&self) -> nexus_ports::Result<usize> {
         let existing: std::collections::HashSet<(TenantId, AgentName)> =
             self.cluster.list_agent_objects().await?.into_iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
         let mut applied = 0;
         for agent in self.agents.list_all_agents().await? {
-            if !existing.contains(&(agent.tenant_id, agent.manifest.name().clone())) {
-                self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await?;
-                applied += 1;
+            if existing.contains(&(agent.tenant_id, agent.manifest.name().clone())) {
+                continue;
+            }
+            match self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await {
+                Ok(()) => applied += 1,
+                Err(err) => tracing::warn!(tenant = %agent.tenant_id, agent = %agent.manifest.name(), error = %err, "cannot apply the agent; will retry"),
             }
         }
         Ok(applied)
@@ -151,8 +170,19 @@ impl Reconciler {
 
     /// One pass over every tenant and agent object; returns how long to wait for the next.
     pub async fn pass(&self) -> Duration {
+        self.step(false).await
+    }
+
+    /// A pass, re-applying the registry after the tenants when `with_registry`.
+    async fn step(&self, with_registry: bool) -> Duration {
         let started = std::time::Instant::now();
-        let mut statuses = self.reconcile_tenants().await;
+        let (mut statuses, tenant_wait) = self.tenant_pass().await;
+        if with_registry && let Err(err) = self.apply_registry().await {
+            tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry");
+        }
+        if let Err(err) = self.cluster.finish_deletions().await {
+            tracing::warn!(error = %err, "cannot finish deletions yet; will retry");
+        }
         let objects = match self.cluster.list_agent_objects().await {
             Ok(objects) => objects,
             Err(err) => {
@@ -179,28 +209,57 @@ impl Reconciler {
             .collect()
             .await;
         metrics::histogram!("nexus_reconcile_pass_duration_seconds").record(started.elapsed().as_secs_f64());
-        waits.into_iter().min().unwrap_or(self.resync).min(self.resync).max(Duration::from_millis(50))
+        waits.into_iter().chain(tenant_wait).min().unwrap_or(self.resync).min(self.resync).max(Duration::from_millis(50))
     }
 
-    /// Provisions every stored tenant that is not Ready (all of them at start-up on the
-    /// in-memory cluster); returns every tenant's status.
+    /// Provisions every stored tenant (all of them at start-up on the in-memory cluster);
+    /// returns every tenant's status.
     pub async fn reconcile_tenants(&self) -> HashMap<TenantId, TenantStatus> {
-        let mut statuses = HashMap::new();
+        self.tenant_pass().await.0
+    }
+
+    /// Provisions every stored tenant, every pass: the cluster repairs what was deleted and
+    /// rolls out what changed (applying what is there already changes nothing). A tenant
+    /// whose provisioning failed waits for its backoff. Returns every tenant's status and
+    /// the shortest backoff still running.
+    async fn tenant_pass(&self) -> (HashMap<TenantId, TenantStatus>, Option<Duration>) {
         let tenants = match self.tenants.list_all_tenants().await {
             Ok(tenants) => tenants,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot list tenants");
-                return statuses;
+                return (HashMap::new(), Some(backoff(1)));
             }
         };
-        for tenant in tenants {
-            let status = match self.cluster.tenant_status(&tenant.id).await {
-                Ok(status) if status.phase == TenantPhase::Ready => status,
-                _ => provision(self.cluster.as_ref(), &tenant).await,
-            };
-            statuses.insert(tenant.id, status);
+        let now = self.clock.now();
+        let outcomes: Vec<(TenantId, TenantStatus, Option<Duration>)> =
+            futures_util::stream::iter(tenants).map(|tenant| self.reconcile_tenant(tenant, now)).buffer_unordered(CONCURRENCY).collect().await;
+        let wait = outcomes.iter().filter_map(|(_, _, wait)| *wait).min();
+        (outcomes.into_iter().map(|(id, status, _)| (id, status)).collect(), wait)
+    }
+
+    async fn reconcile_tenant(&self, tenant: Tenant, now: DateTime<Utc>) -> (TenantId, TenantStatus, Option<Duration>) {
+        let retry = self.tenant_retries().get(&tenant.id).copied();
+        if let Some(wait) = retry_wait(retry, now) {
+            let status = self.cluster.tenant_status(&tenant.id).await.unwrap_or_else(|err| TenantStatus {
+                phase: TenantPhase::Error,
+                message: Some(err.to_string()),
+                ..TenantStatus::pending()
+            });
+            return (tenant.id, status, Some(wait));
         }
-        statuses
+        let status = provision(self.cluster.as_ref(), &tenant).await;
+        if status.phase != TenantPhase::Error {
+            self.tenant_retries().remove(&tenant.id);
+            return (tenant.id, status, None);
+        }
+        let failures = {
+            let mut retries = self.tenant_retries();
+            let retry = retries.entry(tenant.id).or_insert(Retry { failures: 0, last_attempt: now });
+            retry.failures += 1;
+            retry.last_attempt = now;
+            retry.failures
+        };
+        (tenant.id, status, Some(backoff(failures)))
     }
 
     async fn reconcile_agent(&self, object: AgentObject, tenant: Option<&TenantStatus>) -> Duration {
@@ -216,7 +275,10 @@ impl Reconciler {
                     last_synced_at: object.status.last_synced_at,
                     message: Some("waiting for the tenant's node to be ready".to_owned()),
                 };
-                self.record(&object, &waiting).await;
+                // Written once, not every pass while it waits.
+                if object.status != waiting || object.observed_generation != object.generation {
+                    self.record(&object, &waiting).await;
+                }
                 backoff(retry.map_or(1, |r| r.failures + 1))
             }
             Step::Cleanup { node } => {

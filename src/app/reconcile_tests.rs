@@ -7,13 +7,14 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use nexus_cluster_memory::MemoryCluster;
 use nexus_node_stub::StubNode;
-use nexus_ports::agents::{AgentManifest, AgentObject, AgentPhase, AgentStatus};
+use nexus_ports::Error;
+use nexus_ports::agents::{Agent, AgentManifest, AgentObject, AgentPhase, AgentStatus};
 use nexus_ports::identity::UserId;
-use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockTenantStore};
+use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockClusterBackend, MockTenantStore};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::testing;
 
-use super::{ReconcilePorts, Reconciler, Retry, Step, backoff, next_step};
+use super::{ReconcilePorts, Reconciler, Retry, Step, backoff, next_step, retry_wait};
 
 const RESYNC: Duration = Duration::from_secs(60);
 
@@ -88,6 +89,14 @@ fn agents_wait_for_their_tenant_and_deletion_comes_first() {
     assert_eq!(next_step(&deleting, None, None, RESYNC, t0()), Step::Cleanup { node: None }, "a tenant that is gone does not block deletion");
 }
 
+#[test]
+fn a_failed_attempt_waits_for_its_backoff() {
+    assert_eq!(retry_wait(None, t0()), None, "never failed: now");
+    let third = Retry { failures: 3, last_attempt: t0() };
+    assert_eq!(retry_wait(Some(third), t0() + secs(1)), Some(Duration::from_secs(3)));
+    assert_eq!(retry_wait(Some(third), t0() + secs(4)), None);
+}
+
 /// A clock the test moves.
 struct TestClock(Mutex<DateTime<Utc>>);
 
@@ -149,4 +158,64 @@ async fn the_runner_deploys_fails_recovers_and_cleans_up() {
     reconciler.pass().await;
     assert!(node.agent("http://node", "bot").is_none(), "the node forgot it");
     assert!(cluster.agent_object(&tenant.id, manifest("b").name()).await.unwrap().is_none());
+}
+
+/// Ports around a mocked cluster, for the tests that count its calls.
+fn over(cluster: MockClusterBackend, tenants: Vec<Tenant>, agents: Vec<Agent>, clock: Arc<TestClock>) -> Reconciler {
+    let mut tenant_store = MockTenantStore::new();
+    tenant_store.expect_list_all_tenants().returning(move || Ok(tenants.clone()));
+    let mut agent_store = MockAgentStore::new();
+    agent_store.expect_list_all_agents().returning(move || Ok(agents.clone()));
+    let ports =
+        ReconcilePorts { cluster: Arc::new(cluster), node: Arc::new(StubNode::new()), agents: Arc::new(agent_store), tenants: Arc::new(tenant_store), clock };
+    Reconciler::new(ports, RESYNC)
+}
+
+#[tokio::test]
+async fn a_tenant_whose_provisioning_fails_backs_off_instead_of_retrying_every_pass() {
+    let tenant = testing::tenant(UserId::generate());
+    let mut cluster = MockClusterBackend::new();
+    cluster.expect_provision_tenant().times(2).returning(|_| Err(Error::Unavailable("the Kubernetes API answered 503".into())));
+    let failed = TenantStatus { phase: TenantPhase::Error, message: Some("the Kubernetes API answered 503".into()), ..TenantStatus::pending() };
+    cluster.expect_tenant_status().times(1).returning(move |_| Ok(failed.clone()));
+    cluster.expect_finish_deletions().returning(|| Ok(()));
+    cluster.expect_list_agent_objects().returning(|| Ok(vec![]));
+    let clock = Arc::new(TestClock(Mutex::new(t0())));
+    let reconciler = over(cluster, vec![tenant], vec![], clock.clone());
+
+    assert_eq!(reconciler.pass().await, Duration::from_secs(1), "the next pass is due when the first backoff is over");
+    assert_eq!(reconciler.pass().await, Duration::from_secs(1), "a pass woken meanwhile (its own status write, say) only reads it");
+    clock.advance(secs(1));
+    assert_eq!(reconciler.pass().await, Duration::from_secs(2), "tried again, and the wait doubles");
+}
+
+#[tokio::test]
+async fn the_registry_is_applied_past_an_agent_the_cluster_refuses() {
+    let tenant = testing::tenant(UserId::generate());
+    let registered = |name: &str| Agent { tenant_id: tenant.id, manifest: testing::manifest(name, "m"), created_at: t0(), updated_at: t0() };
+    let mut cluster = MockClusterBackend::new();
+    cluster.expect_list_agent_objects().returning(|| Ok(vec![]));
+    cluster
+        .expect_apply_agent()
+        .withf(|_, manifest| manifest.name().as_str() == "refused")
+        .times(1)
+        .returning(|_, _| Err(Error::Internal("the Kubernetes API refused a request (403): namespace is being terminated".into())));
+    cluster.expect_apply_agent().withf(|_, manifest| manifest.name().as_str() != "refused").times(2).returning(|_, _| Ok(()));
+    let reconciler = over(cluster, vec![], vec![registered("first"), registered("refused"), registered("last")], Arc::new(TestClock(Mutex::new(t0()))));
+    assert_eq!(reconciler.apply_registry().await.unwrap(), 2, "start-up goes on: the others are applied");
+}
+
+#[tokio::test]
+async fn a_status_already_recorded_is_not_written_again() {
+    let tenant = testing::tenant(UserId::generate());
+    let waiting = AgentStatus { message: Some("waiting for the tenant's node to be ready".into()), ..AgentStatus::pending() };
+    let object = AgentObject { tenant_id: tenant.id, status: waiting, ..object(AgentPhase::Pending, 2, 2, None) };
+    let mut cluster = MockClusterBackend::new();
+    let provisioning = TenantStatus { phase: TenantPhase::Provisioning, ..TenantStatus::pending() };
+    cluster.expect_provision_tenant().returning(move |_| Ok(provisioning.clone()));
+    cluster.expect_finish_deletions().returning(|| Ok(()));
+    cluster.expect_list_agent_objects().returning(move || Ok(vec![object.clone()]));
+    cluster.expect_set_agent_status().never();
+    let reconciler = over(cluster, vec![tenant], vec![], Arc::new(TestClock(Mutex::new(t0()))));
+    reconciler.pass().await;
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use http::Method;
+use nexus::app::leadership::reconcile_while_leading;
 use nexus::app::{ReconcilePorts, Reconciler};
-use nexus_cluster_kube::fixtures::{Expect, anything, mocked};
+use nexus_cluster_kube::fixtures::{self, Expect, anything, mocked};
 use nexus_node_stub::StubNode;
-use nexus_ports::agents::AgentManifest;
+use nexus_ports::agents::{Agent, AgentManifest};
 use nexus_ports::identity::UserId;
 use nexus_ports::ports::{Clock, MockAgentStore, MockTenantStore, NodeProxy};
 use nexus_ports::tenancy::{Tenant, TenantId};
@@ -46,32 +47,25 @@ fn tenant() -> Tenant {
 }
 
 fn agent(deleting: bool) -> Value {
-    let mut metadata = json!({"name": "bot", "namespace": NS, "generation": 1, "finalizers": ["nexus.astromesh.io/agent-cleanup"]});
+    let mut metadata = json!({"name": "bot", "namespace": NS, "generation": 1, "resourceVersion": "5", "finalizers": ["nexus.astromesh.io/agent-cleanup"]});
     if deleting {
         metadata["deletionTimestamp"] = json!("2026-11-28T12:00:00Z");
     }
     json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": metadata, "spec": {"agentSpec": manifest().document()}})
 }
 
-/// What every pass reads first: the tenant (Ready) and the agent objects.
+/// What every pass does first: provision the tenant (its resources are there and its node
+/// available: nothing to write), find no tenant deletion to finish, and list the agents.
 fn reads(agent: Value) -> Vec<Expect> {
-    vec![
-        Expect {
-            method: Method::GET,
-            uri: format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/nexus-system/nexustenants/{NS}"),
-            body: anything,
-            answer: (
-                200,
-                json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusTenant", "metadata": {"name": NS}, "spec": {"displayName": "org", "nodeProfile": "full"}, "status": {"phase": "Ready", "namespace": NS, "nodeEndpoint": endpoint()}}),
-            ),
-        },
-        Expect {
-            method: Method::GET,
-            uri: "/apis/nexus.astromesh.io/v1alpha1/nexusagents?".to_owned(),
-            body: anything,
-            answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgentList", "metadata": {}, "items": [agent]})),
-        },
-    ]
+    let mut script = fixtures::provisioned(NS);
+    script.push(fixtures::no_tenant_deletions());
+    script.push(Expect {
+        method: Method::GET,
+        uri: "/apis/nexus.astromesh.io/v1alpha1/nexusagents?".to_owned(),
+        body: anything,
+        answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgentList", "metadata": {}, "items": [agent]})),
+    });
+    script
 }
 
 /// The reads, then the Deploying status, then a status the test checks.
@@ -93,6 +87,7 @@ async fn pass(script: Vec<Expect>, node: Arc<StubNode>) -> Duration {
         RESYNC,
     );
     let wait = reconciler.pass().await;
+    drop(reconciler);
     scenario.await.unwrap();
     wait
 }
@@ -141,9 +136,73 @@ async fn deletion_cleans_up_then_releases_the_finalizer() {
     script.push(Expect {
         method: Method::PATCH,
         uri: format!("{agent_uri}?"),
-        body: |b| assert_eq!(b, &json!({"metadata": {"finalizers": []}})),
+        body: |b| assert_eq!(b, &json!({"metadata": {"finalizers": [], "resourceVersion": "5"}})),
         answer: (200, agent(true)),
     });
     pass(script, node.clone()).await;
     assert!(node.agent(&endpoint(), "bot").is_none(), "the node forgot the agent first");
+}
+
+/// A replica that does not lead writes nothing, not even at start; once it leads, its first
+/// pass provisions the tenants, then applies the registry (into namespaces that exist by
+/// then), then reconciles the agents. On tokio's paused clock: virtual time.
+#[tokio::test(start_paused = true)]
+async fn nothing_is_written_before_leading_then_tenants_come_before_the_registry() {
+    let agents_uri = "/apis/nexus.astromesh.io/v1alpha1/nexusagents?".to_owned();
+    let status_uri = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/{NS}/nexusagents/bot/status{}", fixtures::APPLY);
+    let mut script = fixtures::provisioned(NS);
+    script.push(Expect {
+        method: Method::GET,
+        uri: agents_uri.clone(),
+        body: anything,
+        answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgentList", "metadata": {}, "items": []})),
+    });
+    script.push(Expect {
+        method: Method::PATCH,
+        uri: format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/{NS}/nexusagents/bot{}", fixtures::APPLY),
+        body: |b| assert_eq!(b["spec"]["agentSpec"]["metadata"]["name"], "bot"),
+        answer: (200, agent(false)),
+    });
+    script.push(fixtures::no_tenant_deletions());
+    script.push(Expect {
+        method: Method::GET,
+        uri: agents_uri,
+        body: anything,
+        answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgentList", "metadata": {}, "items": [agent(false)]})),
+    });
+    script.push(Expect {
+        method: Method::PATCH,
+        uri: status_uri.clone(),
+        body: |b| assert_eq!(b["status"]["phase"], "Deploying"),
+        answer: (200, agent(false)),
+    });
+    script.push(Expect { method: Method::PATCH, uri: status_uri, body: |b| assert_eq!(b["status"]["phase"], "Running"), answer: (200, agent(false)) });
+    let (cluster, scenario) = mocked(script);
+
+    let mut tenants = MockTenantStore::new();
+    tenants.expect_list_all_tenants().returning(|| Ok(vec![tenant()]));
+    let mut agents = MockAgentStore::new();
+    agents.expect_list_all_agents().returning(|| Ok(vec![Agent { tenant_id: tenant().id, manifest: manifest(), created_at: t0(), updated_at: t0() }]));
+    let node = Arc::new(StubNode::new());
+    let ports =
+        ReconcilePorts { cluster: Arc::new(cluster), node: node.clone(), agents: Arc::new(agents), tenants: Arc::new(tenants), clock: Arc::new(StillClock) };
+    let reconciler = Arc::new(Reconciler::new(ports, RESYNC));
+    let (lead, leading) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(reconcile_while_leading(reconciler.clone(), leading));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(node.agent(&endpoint(), "bot").is_none(), "half a minute as a follower: no request (the script would have seen it)");
+
+    lead.send(true).unwrap();
+    for _ in 0..1000 {
+        if node.agent(&endpoint(), "bot").is_some_and(|agent| agent.deployed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(node.agent(&endpoint(), "bot").is_some_and(|agent| agent.deployed), "the leader deployed the agent");
+    lead.send(false).unwrap();
+    drop(lead);
+    task.await.unwrap();
+    drop(reconciler);
+    scenario.await.unwrap();
 }

@@ -38,6 +38,11 @@ pub struct NexusTenantSpec {
     pub node_profile: String,
     #[serde(default)]
     pub resource_quota: ResourceQuota,
+    /// The Secret in the tenant's namespace whose keys become its node's environment
+    /// (model-provider credentials such as `OPENAI_API_KEY`); `astromesh-node-credentials`
+    /// when unset. Set by the cluster's operator, never by Nexus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_secret: Option<String>,
 }
 
 /// What a tenant may use.

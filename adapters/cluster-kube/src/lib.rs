@@ -4,16 +4,16 @@
 //! leader election so that one replica of many reconciles.
 #![forbid(unsafe_code)]
 
+mod agents;
 mod cluster;
-#[cfg(test)]
-#[path = "cluster_tests.rs"]
-mod cluster_tests;
 pub mod crd;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
+mod lease;
 mod resources;
 mod runtime;
+mod tenants;
 
-pub use cluster::{FIELD_MANAGER, KubeCluster, KubeSettings};
-pub use resources::NODE_PORT;
-pub use runtime::LEASE_NAME;
+pub use cluster::{FIELD_MANAGER, KubeCluster, KubeSettings, REQUEST_TIMEOUT};
+pub use lease::{LEASE_NAME, LeaseTiming};
+pub use resources::{NODE_PORT, PROVIDER_SECRET};
