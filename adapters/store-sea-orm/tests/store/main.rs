@@ -7,6 +7,7 @@ use nexus_store_sea_orm::testing::TestDatabase;
 mod agents;
 mod identity;
 mod tenancy;
+mod tls;
 
 /// Runs `case` once on SQLite and once on PostgreSQL, each on a database of its own.
 #[macro_export]
