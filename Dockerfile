@@ -1,5 +1,6 @@
-# Nexus, built in one stage and run from a slim one.
-#   docker build -t nexus:latest .
+# Nexus, built in one stage and run from a slim one, as uid 10001 (deploy/nexus.yaml runs
+# it so). .dockerignore keeps target/ and local databases out of the context.
+#   docker build -t nexus:0.1.0 .
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .

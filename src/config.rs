@@ -71,8 +71,8 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_SYSTEM_NAMESPACE", default_value = "nexus-system", global = true)]
     pub system_namespace: String,
 
-    /// Image of tenants' astromesh-nodes (kube).
-    #[arg(long, env = "NEXUS_NODE_IMAGE", default_value = "astromesh:0.74.1", global = true)]
+    /// Image of tenants' astromesh-nodes (kube): the one deploy/node-image builds.
+    #[arg(long, env = "NEXUS_NODE_IMAGE", default_value = "astromesh-node:0.74.1", global = true)]
     pub node_image: String,
 
     /// How Nexus talks to nodes: `stub` acknowledges everything in process (local

@@ -29,7 +29,7 @@ pub use observe::{REQUEST_ID, RequestId};
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// How long in-flight requests get to finish after a shutdown signal.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Tags)]
 enum ApiTags {
