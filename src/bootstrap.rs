@@ -46,11 +46,9 @@ async fn jwt_secret(config: &ServeConfig, store: &SqlStore) -> Result<String> {
     store.get_or_insert_setting(JWT_SECRET_KEY, candidate.expose()).await
 }
 
-fn lifetime(value: humantime::Duration, name: &str) -> Result<chrono::Duration> {
-    chrono::Duration::from_std(*value)
-        .ok()
-        .filter(|d| *d > chrono::Duration::zero())
-        .ok_or_else(|| Error::invalid(format!("{name} must be positive and below 100 years")))
+/// A duration [`ServeConfig::check`] has bounded, for date arithmetic.
+fn lifetime(value: humantime::Duration) -> Result<chrono::Duration> {
+    chrono::Duration::from_std(*value).map_err(Error::internal)
 }
 
 /// The service wired from its configuration but not started: no background task runs and
@@ -74,11 +72,12 @@ pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
 /// starts nothing.
 ///
 /// # Errors
-/// [`Error::Unavailable`] when the database or the cluster cannot be reached;
-/// [`Error::InvalidRequest`] for configuration that cannot work (a short JWT secret, a
-/// zero lifetime).
+/// [`Error::InvalidRequest`] for configuration out of range ([`ServeConfig::check`],
+/// before anything is touched); [`Error::Unavailable`] when the database or the cluster
+/// cannot be reached.
 pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
-    let (access_ttl, refresh_ttl) = (lifetime(config.access_ttl, "NEXUS_ACCESS_TTL")?, lifetime(config.refresh_ttl, "NEXUS_REFRESH_TTL")?);
+    config.check().map_err(Error::InvalidRequest)?;
+    let (access_ttl, refresh_ttl) = (lifetime(config.access_ttl)?, lifetime(config.refresh_ttl)?);
     let store = Arc::new(SqlStore::connect(&config.database_url).await?);
     let access_tokens: Arc<dyn AccessTokens> = Arc::new(JwtAccessTokens::new(jwt_secret(config, &store).await?.as_bytes(), access_ttl)?);
     let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -98,7 +97,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         NodeKind::Stub => Arc::new(StubNode::new()),
         NodeKind::Http => Arc::new(HttpNode::new()?),
     };
-    let resync = (*config.resync).max(std::time::Duration::from_millis(100));
+    let resync = *config.resync;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secrets: Arc<dyn SecretGenerator> = Arc::new(OsSecrets);
     let key_usage = Arc::new(KeyUsage::new(store.clone()));

@@ -1,7 +1,9 @@
 //! Command line and environment configuration. Every flag has an environment variable;
-//! the flag wins when both are given.
+//! the flag wins when both are given. [`ServeConfig::check`] refuses values out of any
+//! sensible range before anything starts, naming the option and its range.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 
@@ -120,6 +122,57 @@ impl ServeConfig {
     }
 }
 
+const SECOND: Duration = Duration::from_secs(1);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Refuses `value` unless it is within `min..=max`, naming the option.
+fn within<T: PartialOrd + std::fmt::Debug>(name: &str, value: T, min: T, max: T, shown: impl Fn(&T) -> String) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!("{name} must be between {} and {}; got {}", shown(&min), shown(&max), shown(&value)));
+    }
+    Ok(())
+}
+
+/// A duration as an operator would write it: whole days as `30d`, else `15m`, `100ms`...
+fn shown(duration: &Duration) -> String {
+    let secs = duration.as_secs();
+    if secs > 0 && secs.is_multiple_of(DAY.as_secs()) && duration.subsec_nanos() == 0 {
+        format!("{}d", secs / DAY.as_secs())
+    } else {
+        humantime::format_duration(*duration).to_string()
+    }
+}
+
+fn duration_within(name: &str, value: humantime::Duration, min: Duration, max: Duration) -> Result<(), String> {
+    within(name, *value, min, max, shown)
+}
+
+fn count_within<T: PartialOrd + std::fmt::Debug + std::fmt::Display>(name: &str, value: T, min: T, max: T) -> Result<(), String> {
+    within(name, value, min, max, ToString::to_string)
+}
+
+impl ServeConfig {
+    /// Refuses configuration that cannot work or makes no sense (a lifetime of a million
+    /// days, a resync of a year, a short secret, a zero quota), with a message naming the
+    /// option and its range: checked before anything starts, so that it fails at once
+    /// rather than later.
+    ///
+    /// # Errors
+    /// The first option out of range.
+    pub fn check(&self) -> Result<(), String> {
+        duration_within("NEXUS_ACCESS_TTL (--access-ttl)", self.access_ttl, SECOND, DAY)?;
+        duration_within("NEXUS_REFRESH_TTL (--refresh-ttl)", self.refresh_ttl, SECOND, 365 * DAY)?;
+        duration_within("NEXUS_RESYNC (--resync)", self.resync, Duration::from_millis(100), DAY)?;
+        if let Some(secret) = &self.jwt_secret {
+            count_within("the length in bytes of NEXUS_JWT_SECRET (--jwt-secret)", secret.len(), nexus_crypto::MIN_SECRET_BYTES, 4096)?;
+        }
+        if let Some(hashes) = self.hash_concurrency {
+            count_within("NEXUS_HASH_CONCURRENCY (--hash-concurrency)", hashes, 1, 1024)?;
+        }
+        count_within("NEXUS_MAX_AGENTS (--max-agents)", self.max_agents, 1, 100_000)
+    }
+}
+
 /// Which cluster backend runs tenants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClusterKind {
@@ -139,4 +192,37 @@ pub enum NodeKind {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ServeConfig {
+        ServeConfig::local("sqlite::memory:")
+    }
+
+    #[test]
+    fn the_declared_defaults_pass_the_check() {
+        let config = config();
+        assert_eq!(config.check(), Ok(()));
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_naming_the_option() {
+        let days = |n: u64| humantime::Duration::from(Duration::from_secs(n * DAY.as_secs()));
+        let cases: Vec<(ServeConfig, &str)> = vec![
+            (ServeConfig { refresh_ttl: days(1_000_000), ..config() }, "NEXUS_REFRESH_TTL (--refresh-ttl) must be between 1s and 365d; got 1000000d"),
+            (ServeConfig { access_ttl: Duration::ZERO.into(), ..config() }, "NEXUS_ACCESS_TTL"),
+            (ServeConfig { resync: days(1000), ..config() }, "NEXUS_RESYNC (--resync) must be between 100ms and 1d; got 1000d"),
+            (ServeConfig { resync: Duration::from_millis(10).into(), ..config() }, "NEXUS_RESYNC"),
+            (ServeConfig { jwt_secret: Some("short".into()), ..config() }, "NEXUS_JWT_SECRET (--jwt-secret) must be between 32 and 4096; got 5"),
+            (ServeConfig { hash_concurrency: Some(0), ..config() }, "NEXUS_HASH_CONCURRENCY"),
+            (ServeConfig { max_agents: 0, ..config() }, "NEXUS_MAX_AGENTS"),
+        ];
+        for (config, expected) in cases {
+            let refusal = config.check().unwrap_err();
+            assert!(refusal.contains(expected), "{refusal:?} should contain {expected:?}");
+        }
+    }
 }

@@ -17,4 +17,5 @@ mod openapi_doc;
 mod reconcile_kube;
 mod restart;
 mod secrets;
+mod startup;
 mod tenancy;
