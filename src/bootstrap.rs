@@ -17,8 +17,8 @@ use nexus_store_sea_orm::SqlStore;
 
 use crate::app::key_usage::FLUSH_EVERY;
 use crate::app::{
-    AccessPorts, AccessService, AgentPorts, AgentService, IdentityPorts, IdentityService, KeyUsage, Nexus, Readiness, ReconcilePorts, Reconciler, SharedNexus,
-    TenancyPorts, TenancyService,
+    AccessPorts, AccessService, AgentPorts, AgentService, IdentityPorts, IdentityService, KeyUsage, Nexus, Quotas, Readiness, ReconcilePorts, Reconciler,
+    SharedNexus, TenancyPorts, TenancyService,
 };
 use crate::config::{ClusterKind, NodeKind, ServeConfig};
 
@@ -116,15 +116,16 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     );
     let access =
         AccessService::new(AccessPorts { tokens: access_tokens, keys: store.clone(), tenants: store.clone(), clock: clock.clone(), usage: key_usage.clone() });
+    let quotas = Quotas { max_tenants: config.max_tenants, max_keys: config.max_keys, max_agents: config.max_agents };
     let tenancy = TenancyService::new(
         TenancyPorts { tenants: store.clone(), keys: store.clone(), cluster: cluster.clone(), secrets, clock: clock.clone(), usage: key_usage.clone() },
-        config.max_agents,
+        quotas,
     );
     let reconciler = Arc::new(Reconciler::new(
         ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: store.clone(), tenants: store.clone(), clock: clock.clone() },
         resync,
     ));
-    let agents = AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock }, reconciler.clone());
+    let agents = AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock }, reconciler.clone(), config.max_versions);
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
     let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, background: Mutex::default() });
     Ok(Wiring { nexus, reconciler, kube })

@@ -94,6 +94,18 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_MAX_AGENTS", default_value_t = 50, global = true)]
     pub max_agents: u32,
 
+    /// How many tenants a user may own.
+    #[arg(long, env = "NEXUS_MAX_TENANTS", default_value_t = 10, global = true)]
+    pub max_tenants: u32,
+
+    /// How many API keys a tenant may have.
+    #[arg(long, env = "NEXUS_MAX_KEYS", default_value_t = 20, global = true)]
+    pub max_keys: u32,
+
+    /// How many versions are kept per agent; older ones are pruned, the newest always kept.
+    #[arg(long, env = "NEXUS_MAX_VERSIONS", default_value_t = 100, global = true)]
+    pub max_versions: u32,
+
     /// Log filter, in `tracing` syntax (`info`, `nexus=debug,info`...).
     #[arg(long, env = "NEXUS_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -169,7 +181,10 @@ impl ServeConfig {
         if let Some(hashes) = self.hash_concurrency {
             count_within("NEXUS_HASH_CONCURRENCY (--hash-concurrency)", hashes, 1, 1024)?;
         }
-        count_within("NEXUS_MAX_AGENTS (--max-agents)", self.max_agents, 1, 100_000)
+        count_within("NEXUS_MAX_AGENTS (--max-agents)", self.max_agents, 1, 100_000)?;
+        count_within("NEXUS_MAX_TENANTS (--max-tenants)", self.max_tenants, 1, 100_000)?;
+        count_within("NEXUS_MAX_KEYS (--max-keys)", self.max_keys, 1, 10_000)?;
+        count_within("NEXUS_MAX_VERSIONS (--max-versions)", self.max_versions, 1, 100_000)
     }
 }
 
@@ -206,6 +221,7 @@ mod tests {
     fn the_declared_defaults_pass_the_check() {
         let config = config();
         assert_eq!(config.check(), Ok(()));
+        assert_eq!((config.max_tenants, config.max_keys, config.max_versions), (10, 20, 100));
     }
 
     #[test]
@@ -218,6 +234,9 @@ mod tests {
             (ServeConfig { resync: Duration::from_millis(10).into(), ..config() }, "NEXUS_RESYNC"),
             (ServeConfig { jwt_secret: Some("short".into()), ..config() }, "NEXUS_JWT_SECRET (--jwt-secret) must be between 32 and 4096; got 5"),
             (ServeConfig { hash_concurrency: Some(0), ..config() }, "NEXUS_HASH_CONCURRENCY"),
+            (ServeConfig { max_tenants: 0, ..config() }, "NEXUS_MAX_TENANTS (--max-tenants) must be between 1 and 100000; got 0"),
+            (ServeConfig { max_keys: 0, ..config() }, "NEXUS_MAX_KEYS"),
+            (ServeConfig { max_versions: 0, ..config() }, "NEXUS_MAX_VERSIONS"),
             (ServeConfig { max_agents: 0, ..config() }, "NEXUS_MAX_AGENTS"),
         ];
         for (config, expected) in cases {

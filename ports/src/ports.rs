@@ -58,12 +58,13 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait TenantStore: Send + Sync + 'static {
-    /// Stores a new tenant.
+    /// Stores a new tenant, unless its owner already owns `max_tenants`. The count and the
+    /// insert are one atomic step: racing inserts never exceed the quota.
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when the id is taken; [`Error::NotFound`] when its owner
-    /// does not exist.
-    async fn insert_tenant(&self, tenant: &Tenant) -> Result<()>;
+    /// does not exist; [`Error::Conflict`] when the quota is reached.
+    async fn insert_tenant(&self, tenant: &Tenant, max_tenants: u32) -> Result<()>;
 
     /// The tenant with this id, if any.
     async fn find_tenant(&self, id: &TenantId) -> Result<Option<Tenant>>;
@@ -82,12 +83,13 @@ pub trait TenantStore: Send + Sync + 'static {
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait ApiKeyStore: Send + Sync + 'static {
-    /// Stores a new key.
+    /// Stores a new key, unless its tenant already has `max_keys`. The count and the insert
+    /// are one atomic step: racing inserts never exceed the quota.
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when the digest is stored already; [`Error::NotFound`] when
-    /// its tenant does not exist.
-    async fn insert_key(&self, key: &ApiKey) -> Result<()>;
+    /// its tenant does not exist; [`Error::Conflict`] when the quota is reached.
+    async fn insert_key(&self, key: &ApiKey, max_keys: u32) -> Result<()>;
 
     /// The key with this digest and its tenant, in one indexed lookup.
     async fn find_key(&self, digest: &SecretDigest) -> Result<Option<(ApiKey, Tenant)>>;
@@ -117,11 +119,13 @@ pub trait AgentStore: Send + Sync + 'static {
     /// does not exist.
     async fn insert_agent(&self, agent: &Agent, author: &str, max_agents: u32) -> Result<()>;
 
-    /// Replaces an agent's manifest and appends a version; returns the updated agent.
+    /// Replaces an agent's manifest and appends a version numbered one past the last; then
+    /// keeps only the newest `keep_versions` (at least the new one), in the same step.
+    /// Numbers are never reused while the agent exists. Returns the updated agent.
     ///
     /// # Errors
     /// [`Error::NotFound`] when the tenant has no agent of that name.
-    async fn update_agent(&self, tenant: &TenantId, manifest: &AgentManifest, author: &str, at: DateTime<Utc>) -> Result<Agent>;
+    async fn update_agent(&self, tenant: &TenantId, manifest: &AgentManifest, author: &str, at: DateTime<Utc>, keep_versions: u32) -> Result<Agent>;
 
     /// The tenant's agent of that name, if any.
     async fn find_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<Agent>>;

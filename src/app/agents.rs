@@ -50,6 +50,7 @@ pub struct AgentService {
     node: Arc<dyn NodeProxy>,
     clock: Arc<dyn Clock>,
     reconciler: Arc<Reconciler>,
+    max_versions: u32,
 }
 
 fn missing(name: &AgentName) -> Error {
@@ -65,10 +66,11 @@ pub struct AgentPorts {
 }
 
 impl AgentService {
-    /// Wires the use cases; API changes wake `reconciler`.
-    pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>) -> Self {
+    /// Wires the use cases; API changes wake `reconciler`; each agent keeps its newest
+    /// `max_versions` versions.
+    pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>, max_versions: u32) -> Self {
         let AgentPorts { agents, cluster, node, clock } = ports;
-        Self { agents, cluster, node, clock, reconciler }
+        Self { agents, cluster, node, clock, reconciler, max_versions }
     }
 
     /// Registers an agent from its manifest; `metadata.namespace` becomes the tenant's.
@@ -130,7 +132,8 @@ impl AgentService {
         self.agents.find_agent(&tenant.id, &name).await?.ok_or_else(|| missing(&name))
     }
 
-    /// Replaces an agent's manifest (a new version); the node receives it.
+    /// Replaces an agent's manifest (a new version; the oldest past `max_versions` are
+    /// pruned, numbers never reused); the node receives it.
     ///
     /// # Errors
     /// [`Error::InvalidFields`] for an invalid manifest; [`Error::Conflict`] when its
@@ -142,7 +145,7 @@ impl AgentService {
         if *manifest.name() != name {
             return Err(Error::Conflict(format!("metadata.name {} differs from the agent in the path, {name}", manifest.name())));
         }
-        let agent = self.agents.update_agent(&tenant.id, &manifest, author, self.clock.now()).await.map_err(|err| match err {
+        let agent = self.agents.update_agent(&tenant.id, &manifest, author, self.clock.now(), self.max_versions).await.map_err(|err| match err {
             Error::NotFound(_) => missing(&name),
             other => other,
         })?;

@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 use super::{AgentPorts, AgentService, LogQuery};
 use crate::app::reconcile::{ReconcilePorts, Reconciler};
 
+/// Versions kept per agent.
+const MAX_VERSIONS: u32 = 7;
+
 fn tenant() -> Tenant {
     Tenant { id: TenantId::from_uuid(uuid::Uuid::max()), max_agents: 7, ..testing::tenant(UserId::generate()) }
 }
@@ -52,7 +55,8 @@ impl Ports {
             },
             Duration::from_secs(60),
         );
-        AgentService::new(AgentPorts { agents: Arc::new(self.agents), cluster: Arc::new(self.cluster), node: Arc::new(self.node), clock }, Arc::new(idle))
+        let ports = AgentPorts { agents: Arc::new(self.agents), cluster: Arc::new(self.cluster), node: Arc::new(self.node), clock };
+        AgentService::new(ports, Arc::new(idle), MAX_VERSIONS)
     }
 
     fn with_agent(mut self, name: &'static str) -> Self {
@@ -104,7 +108,11 @@ async fn invalid_duplicate_and_over_quota_agents_are_refused() {
 #[tokio::test]
 async fn updates_must_name_the_agent_of_the_path() {
     let mut ports = Ports::default();
-    ports.agents.expect_update_agent().returning(|_, m, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
+    ports
+        .agents
+        .expect_update_agent()
+        .withf(|_, _, _, _, keep| *keep == MAX_VERSIONS)
+        .returning(|_, m, _, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
     ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
     ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
     let service = ports.service();

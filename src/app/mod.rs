@@ -18,7 +18,7 @@ pub use health::{CheckOutcome, Readiness};
 pub use identity::{IdentityPorts, IdentityService, Registration, Session, TokenPair};
 pub use key_usage::KeyUsage;
 pub use reconcile::{ReconcilePorts, Reconciler};
-pub use tenancy::{NewKey, TenancyPorts, TenancyService, TenantState};
+pub use tenancy::{NewKey, Quotas, TenancyPorts, TenancyService, TenantState};
 
 /// Every use case of the running service, shared by the HTTP handlers.
 pub struct Nexus {

@@ -1,6 +1,8 @@
 //! Tenancy use cases: tenants (provisioned on the cluster as they are created) and their
 //! API keys. Every use case acts for a user and checks that it owns the tenant; a tenant
-//! that does not exist is refused like another user's, so ids cannot be probed.
+//! that does not exist is refused like another user's, so ids cannot be probed. Anyone
+//! can register, so both are bounded: tenants per user and keys per tenant, each checked
+//! by the store in the same step as the insert.
 
 use std::sync::Arc;
 
@@ -39,6 +41,17 @@ pub(crate) async fn provision(cluster: &dyn ClusterBackend, tenant: &Tenant) -> 
     })
 }
 
+/// What a user may create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Tenants per user.
+    pub max_tenants: u32,
+    /// API keys per tenant.
+    pub max_keys: u32,
+    /// Agents per new tenant (kept on the tenant).
+    pub max_agents: u32,
+}
+
 /// The tenancy use cases.
 pub struct TenancyService {
     tenants: Arc<dyn TenantStore>,
@@ -47,7 +60,7 @@ pub struct TenancyService {
     secrets: Arc<dyn SecretGenerator>,
     clock: Arc<dyn Clock>,
     usage: Arc<KeyUsage>,
-    max_agents: u32,
+    quotas: Quotas,
 }
 
 /// The ports the tenancy use cases need, by name.
@@ -62,27 +75,28 @@ pub struct TenancyPorts {
 }
 
 impl TenancyService {
-    /// Wires the use cases; new tenants get a quota of `max_agents`.
-    pub fn new(ports: TenancyPorts, max_agents: u32) -> Self {
+    /// Wires the use cases, bounded by `quotas`.
+    pub fn new(ports: TenancyPorts, quotas: Quotas) -> Self {
         let TenancyPorts { tenants, keys, cluster, secrets, clock, usage } = ports;
-        Self { tenants, keys, cluster, secrets, clock, usage, max_agents }
+        Self { tenants, keys, cluster, secrets, clock, usage, quotas }
     }
 
     /// Creates a tenant owned by `owner` and provisions it. A cluster that fails leaves
     /// the tenant stored in phase `Error`; the reconcile loop provisions it again.
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] for a bad display name or node profile.
+    /// [`Error::InvalidRequest`] for a bad display name or node profile; [`Error::Conflict`]
+    /// when the owner has reached its tenant quota.
     pub async fn create_tenant(&self, owner: UserId, display_name: &str, node_profile: Option<&str>) -> Result<TenantState> {
         let tenant = Tenant {
             id: TenantId::generate(),
             owner,
             display_name: DisplayName::parse(display_name)?,
             node_profile: node_profile.map(NodeProfile::parse).transpose()?.unwrap_or_default(),
-            max_agents: self.max_agents,
+            max_agents: self.quotas.max_agents,
             created_at: self.clock.now(),
         };
-        self.tenants.insert_tenant(&tenant).await.map_err(|err| match err {
+        self.tenants.insert_tenant(&tenant, self.quotas.max_tenants).await.map_err(|err| match err {
             Error::NotFound(_) => Error::unauthorized("the user of this token no longer exists"),
             other => other,
         })?;
@@ -120,13 +134,14 @@ impl TenancyService {
     /// Creates an API key for a tenant; its value is returned once and stored only as a digest.
     ///
     /// # Errors
-    /// [`Error::Forbidden`] unless `owner` owns the tenant; [`Error::InvalidRequest`] for a bad label.
+    /// [`Error::Forbidden`] unless `owner` owns the tenant; [`Error::InvalidRequest`] for a
+    /// bad label; [`Error::Conflict`] when the tenant has reached its key quota.
     pub async fn create_key(&self, owner: &UserId, tenant: &str, label: &str) -> Result<NewKey> {
         let label = KeyLabel::parse(label)?;
         let tenant = self.owned(owner, tenant).await?;
         let raw = self.secrets.generate(KEY_PREFIX)?;
         let key = ApiKey { digest: raw.digest(), tenant_id: tenant.id, label, created_at: self.clock.now(), last_used_at: None };
-        self.keys.insert_key(&key).await?;
+        self.keys.insert_key(&key, self.quotas.max_keys).await?;
         tracing::info!(tenant = %tenant.id, key = %key.digest, "API key created");
         Ok(NewKey { raw, key })
     }

@@ -11,7 +11,7 @@ use nexus_ports::ports::{MockApiKeyStore, MockClock, MockClusterBackend, MockSec
 use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
 
-use super::{TenancyPorts, TenancyService};
+use super::{Quotas, TenancyPorts, TenancyService};
 use crate::app::key_usage::KeyUsage;
 
 fn now() -> chrono::DateTime<Utc> {
@@ -58,7 +58,7 @@ impl Ports {
             clock: Arc::new(clock),
             usage: usage.clone(),
         };
-        let service = TenancyService::new(ports, 50);
+        let service = TenancyService::new(ports, Quotas { max_tenants: 10, max_keys: 20, max_agents: 50 });
         (service, usage)
     }
 }
@@ -73,11 +73,16 @@ async fn creating_a_tenant_stores_and_provisions_it() {
     ports
         .tenants
         .expect_insert_tenant()
-        .withf(|t| {
-            t.owner == owner() && t.display_name.as_str() == "My Org" && t.node_profile.as_str() == "full" && t.max_agents == 50 && t.created_at == now()
+        .withf(|t, max_tenants| {
+            t.owner == owner()
+                && t.display_name.as_str() == "My Org"
+                && t.node_profile.as_str() == "full"
+                && t.max_agents == 50
+                && t.created_at == now()
+                && *max_tenants == 10
         })
         .times(1)
-        .returning(|_| Ok(()));
+        .returning(|_, _| Ok(()));
     ports.cluster.expect_provision_tenant().times(1).returning(|t| Ok(ready(t)));
     let state = ports.service().0.create_tenant(owner(), "  My Org ", None).await.unwrap();
     assert_eq!(state.status.phase, TenantPhase::Ready);
@@ -87,7 +92,7 @@ async fn creating_a_tenant_stores_and_provisions_it() {
 #[tokio::test]
 async fn a_tenant_the_cluster_fails_to_provision_is_kept_in_phase_error() {
     let mut ports = Ports::default();
-    ports.tenants.expect_insert_tenant().returning(|_| Ok(()));
+    ports.tenants.expect_insert_tenant().returning(|_, _| Ok(()));
     ports.cluster.expect_provision_tenant().returning(|_| Err(Error::Unavailable("cluster down".into())));
     let state = ports.service().0.create_tenant(owner(), "org", Some("gateway")).await.unwrap();
     assert_eq!(state.status.phase, TenantPhase::Error);
@@ -132,9 +137,15 @@ async fn keys_are_minted_once_and_stored_as_digests() {
     ports
         .keys
         .expect_insert_key()
-        .withf(|k| k.digest == SecretDigest::of("nxk_raw") && k.tenant_id == owned_tenant().id && k.label.as_str() == "ci" && k.last_used_at.is_none())
+        .withf(|k, max_keys| {
+            k.digest == SecretDigest::of("nxk_raw")
+                && k.tenant_id == owned_tenant().id
+                && k.label.as_str() == "ci"
+                && k.last_used_at.is_none()
+                && *max_keys == 20
+        })
         .times(1)
-        .returning(|_| Ok(()));
+        .returning(|_, _| Ok(()));
     let (service, _) = ports.service();
     let created = service.create_key(&owner(), &tenant_id(), " ci ").await.unwrap();
     assert_eq!(created.raw.expose(), "nxk_raw");
@@ -162,4 +173,21 @@ async fn revoking_needs_a_well_formed_hash_of_this_tenant() {
     assert!(matches!(service.revoke_key(&owner(), &tenant_id(), "xyz").await, Err(Error::InvalidRequest(_))));
     assert!(matches!(service.revoke_key(&owner(), &tenant_id(), &SecretDigest::of("other").to_hex()).await, Err(Error::NotFound(_))));
     assert_eq!(service.revoke_key(&owner(), &tenant_id(), &SecretDigest::of("k").to_hex()).await.unwrap(), SecretDigest::of("k"));
+}
+
+#[tokio::test]
+async fn over_quota_nothing_is_provisioned_or_minted() {
+    let mut ports = Ports::with_owned_tenant();
+    ports.tenants.expect_insert_tenant().returning(|_, n| Err(Error::Conflict(format!("tenant quota reached: a user may own at most {n} tenants"))));
+    ports.secrets.expect_generate().returning(|_| Ok(OpaqueSecret::new("nxk_raw".into())));
+    ports.keys.expect_insert_key().returning(|_, n| Err(Error::Conflict(format!("API key quota reached: a tenant may have at most {n} keys"))));
+    let (service, _) = ports.service();
+    assert_eq!(
+        service.create_tenant(owner(), "org", None).await.unwrap_err(),
+        Error::Conflict("tenant quota reached: a user may own at most 10 tenants".into())
+    );
+    assert_eq!(
+        service.create_key(&owner(), &tenant_id(), "ci").await.unwrap_err(),
+        Error::Conflict("API key quota reached: a tenant may have at most 20 keys".into())
+    );
 }

@@ -56,6 +56,8 @@ error_sets! {
     RegisterErrors = [400, 409, 413, 415, 500, 503];
     /// Exchanging credentials or a refresh token for tokens.
     CredentialErrors = [400, 401, 413, 415, 500, 503];
+    /// Creating something a quota bounds (a tenant, a key).
+    QuotaCreateErrors = [400, 401, 403, 409, 413, 415, 500, 503];
     /// An operation behind authentication without a body.
     AuthenticatedErrors = [400, 401, 403, 500, 503];
     /// An operation behind authentication with a JSON body.

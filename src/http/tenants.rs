@@ -10,7 +10,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::ApiTags;
 use super::auth::Caller;
-use super::error::{ApiError, AuthenticatedErrors, AuthenticatedItemErrors, AuthenticatedWriteErrors};
+use super::error::{ApiError, AuthenticatedErrors, AuthenticatedItemErrors, QuotaCreateErrors};
 use super::text::Text;
 use crate::app::{AccessService, NewKey, SharedNexus, TenantState};
 
@@ -162,14 +162,10 @@ pub(crate) struct TenantApi;
 
 #[OpenApi(tag = "ApiTags::Tenants")]
 impl TenantApi {
-    /// Create a tenant, with its namespace and node.
+    /// Create a tenant, with its namespace and node; 409 once the caller owns as many as
+    /// its quota allows.
     #[oai(path = "/api/v1/tenants", method = "post", operation_id = "tenant_create")]
-    async fn create(
-        &self,
-        nexus: Data<&SharedNexus>,
-        caller: Caller,
-        body: Json<CreateTenantRequest>,
-    ) -> Result<TenantCreated, ApiError<AuthenticatedWriteErrors>> {
+    async fn create(&self, nexus: Data<&SharedNexus>, caller: Caller, body: Json<CreateTenantRequest>) -> Result<TenantCreated, ApiError<QuotaCreateErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         let state = nexus.tenancy.create_tenant(user, &body.display_name, body.node_profile.as_deref()).await?;
         Ok(TenantCreated::Created(Json(state.into())))
@@ -200,7 +196,7 @@ pub(crate) struct KeyApi;
 
 #[OpenApi(tag = "ApiTags::Keys")]
 impl KeyApi {
-    /// Create an API key for a tenant.
+    /// Create an API key for a tenant; 409 once the tenant has as many as its quota allows.
     #[oai(path = "/api/v1/tenants/:tenantId/keys", method = "post", operation_id = "key_create")]
     async fn create_key(
         &self,
@@ -208,7 +204,7 @@ impl KeyApi {
         caller: Caller,
         #[oai(name = "tenantId", validator(pattern = r"^t_[0-9a-f]{32}$"))] id: Path<String>,
         body: Json<CreateKeyRequest>,
-    ) -> Result<KeyCreated, ApiError<AuthenticatedWriteErrors>> {
+    ) -> Result<KeyCreated, ApiError<QuotaCreateErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         let NewKey { raw, key } = nexus.tenancy.create_key(&user, &id, &body.label).await?;
         let view =

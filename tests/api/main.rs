@@ -14,6 +14,7 @@ mod matrix;
 mod node_e2e;
 mod observability;
 mod openapi_doc;
+mod quotas;
 mod reconcile_kube;
 mod restart;
 mod secrets;

@@ -244,8 +244,13 @@ pub const PASSWORD: &str = "a-strong-password";
 /// Starts a server on a fresh database of `backend`, runs `case`, stops it and drops the
 /// database. Skips (returns) when PostgreSQL is unreachable outside CI.
 pub async fn with_server<F: AsyncFnOnce(&Server)>(backend: Backend, case: F) {
+    with_configured_server(backend, |config| config, case).await;
+}
+
+/// As [`with_server`], with the test configuration changed by `configure` first.
+pub async fn with_configured_server<F: AsyncFnOnce(&Server)>(backend: Backend, configure: impl FnOnce(ServeConfig) -> ServeConfig, case: F) {
     let Some(db) = database(backend).await else { return };
-    let server = Server::start(config(&db.url)).await;
+    let server = Server::start(configure(config(&db.url))).await;
     case(&server).await;
     server.stop().await;
     db.drop_database().await;

@@ -2,7 +2,9 @@
 //!
 //! Creating an agent first takes the tenant's row lock (a no-op update), so the quota
 //! count and the insert are one atomic step: PostgreSQL serialises on the row lock,
-//! SQLite on its write lock.
+//! SQLite on its write lock. Updating one writes the agent's row first, which orders
+//! concurrent updates the same way, so each appends one past the last number and prunes
+//! what falls out of the kept history.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -77,7 +79,7 @@ impl AgentStore for SqlStore {
         txn.commit().await.map_err(db)
     }
 
-    async fn update_agent(&self, tenant: &TenantId, manifest: &AgentManifest, author: &str, at: DateTime<Utc>) -> Result<Agent> {
+    async fn update_agent(&self, tenant: &TenantId, manifest: &AgentManifest, author: &str, at: DateTime<Utc>, keep_versions: u32) -> Result<Agent> {
         let txn = self.db.begin().await.map_err(db)?;
         let updated = agents::Entity::update_many()
             .col_expr(agents::Column::Manifest, Expr::value(manifest.document().to_string()))
@@ -99,6 +101,15 @@ impl AgentStore for SqlStore {
             .map_err(db)?
             .map_or(0, |v| v.number);
         versions::Entity::insert(version_row(tenant, manifest, last + 1, author, at)).exec_without_returning(&txn).await.map_err(db)?;
+        // The newest is always kept, so the next number stays one past the last ever given.
+        let pruned_up_to = i64::from(last + 1) - i64::from(keep_versions.max(1));
+        versions::Entity::delete_many()
+            .filter(versions::Column::TenantId.eq(tenant.as_uuid()))
+            .filter(versions::Column::Name.eq(manifest.name().as_str()))
+            .filter(versions::Column::Number.lte(pruned_up_to))
+            .exec(&txn)
+            .await
+            .map_err(db)?;
         let row = agents::Entity::find().filter(of_agent(tenant, manifest.name())).one(&txn).await.map_err(db)?;
         txn.commit().await.map_err(db)?;
         row.map(agent).transpose()?.ok_or_else(|| Error::internal("the updated agent vanished"))

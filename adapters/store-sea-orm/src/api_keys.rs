@@ -1,5 +1,8 @@
 //! [`ApiKeyStore`] on the `api_keys` table. Authentication looks a key up by its digest
 //! (the primary key) joined with its tenant: one indexed query, no password hash.
+//!
+//! Creating a key first takes its tenant's row lock (a no-op update), so the quota count
+//! and the insert are one atomic step, as for agents.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -8,7 +11,7 @@ use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId};
 use nexus_ports::tokens::SecretDigest;
 use nexus_ports::{Error, Result};
 use sea_orm::sea_query::{Condition, Expr};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait};
 
 use crate::SqlStore;
 use crate::entity::{api_keys, tenants};
@@ -27,7 +30,21 @@ fn key(row: api_keys::Model) -> Result<ApiKey> {
 
 #[async_trait]
 impl ApiKeyStore for SqlStore {
-    async fn insert_key(&self, k: &ApiKey) -> Result<()> {
+    async fn insert_key(&self, k: &ApiKey, max_keys: u32) -> Result<()> {
+        let txn = self.db.begin().await.map_err(db)?;
+        let locked = tenants::Entity::update_many()
+            .col_expr(tenants::Column::MaxAgents, Expr::col(tenants::Column::MaxAgents))
+            .filter(tenants::Column::Id.eq(k.tenant_id.as_uuid()))
+            .exec(&txn)
+            .await
+            .map_err(db)?;
+        if locked.rows_affected == 0 {
+            return Err(Error::NotFound("no such tenant".to_owned()));
+        }
+        let keys = api_keys::Entity::find().filter(api_keys::Column::TenantId.eq(k.tenant_id.as_uuid())).count(&txn).await.map_err(db)?;
+        if keys >= u64::from(max_keys) {
+            return Err(Error::Conflict(format!("API key quota reached: a tenant may have at most {max_keys} keys")));
+        }
         let row = api_keys::ActiveModel {
             digest: Set(k.digest.to_hex()),
             tenant_id: Set(k.tenant_id.as_uuid()),
@@ -35,8 +52,8 @@ impl ApiKeyStore for SqlStore {
             created_at: Set(k.created_at),
             last_used_at: Set(k.last_used_at),
         };
-        api_keys::Entity::insert(row).exec_without_returning(&self.db).await.map_err(|e| translate(e, "API key"))?;
-        Ok(())
+        api_keys::Entity::insert(row).exec_without_returning(&txn).await.map_err(|e| translate(e, "API key"))?;
+        txn.commit().await.map_err(db)
     }
 
     async fn find_key(&self, digest: &SecretDigest) -> Result<Option<(ApiKey, Tenant)>> {

@@ -1,14 +1,19 @@
 //! [`TenantStore`] on the `tenants` table.
+//!
+//! Creating a tenant first takes its owner's row lock (a no-op update), so the quota
+//! count and the insert are one atomic step: PostgreSQL serialises on the row lock,
+//! SQLite on its write lock.
 
 use async_trait::async_trait;
 use nexus_ports::identity::{DisplayName, UserId};
 use nexus_ports::ports::TenantStore;
 use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId};
 use nexus_ports::{Error, Result};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait};
 
 use crate::SqlStore;
-use crate::entity::{agent_versions, agents, api_keys, tenants};
+use crate::entity::{agent_versions, agents, api_keys, tenants, users};
 use crate::error::{db, translate};
 
 /// A stored row as a domain tenant.
@@ -29,7 +34,21 @@ fn tenants(rows: Vec<tenants::Model>) -> Result<Vec<Tenant>> {
 
 #[async_trait]
 impl TenantStore for SqlStore {
-    async fn insert_tenant(&self, t: &Tenant) -> Result<()> {
+    async fn insert_tenant(&self, t: &Tenant, max_tenants: u32) -> Result<()> {
+        let txn = self.db.begin().await.map_err(db)?;
+        let locked = users::Entity::update_many()
+            .col_expr(users::Column::Id, Expr::col(users::Column::Id))
+            .filter(users::Column::Id.eq(t.owner.as_uuid()))
+            .exec(&txn)
+            .await
+            .map_err(db)?;
+        if locked.rows_affected == 0 {
+            return Err(Error::NotFound("the owner of the tenant does not exist".to_owned()));
+        }
+        let owned = tenants::Entity::find().filter(tenants::Column::OwnerId.eq(t.owner.as_uuid())).count(&txn).await.map_err(db)?;
+        if owned >= u64::from(max_tenants) {
+            return Err(Error::Conflict(format!("tenant quota reached: a user may own at most {max_tenants} tenants")));
+        }
         let row = tenants::ActiveModel {
             id: Set(t.id.as_uuid()),
             owner_id: Set(t.owner.as_uuid()),
@@ -38,8 +57,8 @@ impl TenantStore for SqlStore {
             max_agents: Set(i32::try_from(t.max_agents).map_err(Error::internal)?),
             created_at: Set(t.created_at),
         };
-        tenants::Entity::insert(row).exec_without_returning(&self.db).await.map_err(|e| translate(e, "tenant"))?;
-        Ok(())
+        tenants::Entity::insert(row).exec_without_returning(&txn).await.map_err(|e| translate(e, "tenant"))?;
+        txn.commit().await.map_err(db)
     }
 
     async fn find_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {

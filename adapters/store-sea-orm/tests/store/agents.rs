@@ -12,13 +12,18 @@ use serde_json::json;
 use crate::identity::new_user;
 use crate::{now, on_both_backends};
 
-on_both_backends!(agents_are_registered_with_their_history, the_quota_holds_under_racing_creates, agents_go_with_their_tenant);
+on_both_backends!(
+    agents_are_registered_with_their_history,
+    the_quota_holds_under_racing_creates,
+    agents_go_with_their_tenant,
+    old_versions_are_pruned_and_numbers_never_reused
+);
 
 async fn tenant(store: &SqlStore) -> TenantId {
     let user = new_user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
     store.insert_user(&user).await.unwrap();
     let tenant = Tenant { created_at: now(), ..testing::tenant(user.user.id) };
-    store.insert_tenant(&tenant).await.unwrap();
+    store.insert_tenant(&tenant, 100).await.unwrap();
     tenant.id
 }
 
@@ -45,7 +50,7 @@ async fn agents_are_registered_with_their_history(url: &str) {
     assert!(store.find_agent(&TenantId::generate(), &name).await.unwrap().is_none());
 
     let later = now() + Duration::seconds(5);
-    let updated = store.update_agent(&t, &manifest("bot", "1.1.0"), "key:ci", later).await.unwrap();
+    let updated = store.update_agent(&t, &manifest("bot", "1.1.0"), "key:ci", later, 100).await.unwrap();
     assert_eq!((updated.manifest.version(), updated.created_at, updated.updated_at), (Some("1.1.0"), bot.created_at, later));
     let history = store.list_versions(&t, &name).await.unwrap();
     assert_eq!(
@@ -53,7 +58,7 @@ async fn agents_are_registered_with_their_history(url: &str) {
         vec![(1, Some("1.0.0"), "usr_a"), (2, Some("1.1.0"), "key:ci")]
     );
     assert_eq!(history[1].checksum, manifest("bot", "1.1.0").checksum());
-    assert!(matches!(store.update_agent(&t, &manifest("ghost", "1.0.0"), "usr_a", later).await, Err(Error::NotFound(_))));
+    assert!(matches!(store.update_agent(&t, &manifest("ghost", "1.0.0"), "usr_a", later, 100).await, Err(Error::NotFound(_))));
 
     store.insert_agent(&agent(t, "alpha"), "usr_a", 50).await.unwrap();
     let names: Vec<String> = store.list_agents(&t).await.unwrap().iter().map(|a| a.manifest.name().to_string()).collect();
@@ -87,4 +92,30 @@ async fn agents_go_with_their_tenant(url: &str) {
     store.insert_agent(&agent(t, "bot"), "usr_a", 50).await.unwrap();
     assert!(store.delete_tenant(&t).await.unwrap());
     assert!(store.list_all_agents().await.unwrap().is_empty());
+}
+
+async fn old_versions_are_pruned_and_numbers_never_reused(url: &str) {
+    let (a, b) = (SqlStore::connect(url).await.unwrap(), SqlStore::connect(url).await.unwrap());
+    let t = tenant(&a).await;
+    let name = AgentName::parse("bot").unwrap();
+    a.insert_agent(&agent(t, "bot"), "usr_a", 50).await.unwrap();
+    let numbers = async || a.list_versions(&t, &name).await.unwrap().iter().map(|v| v.number).collect::<Vec<_>>();
+    for minor in 1..=4 {
+        a.update_agent(&t, &manifest("bot", &format!("1.{minor}.0")), "usr_a", now(), 3).await.unwrap();
+    }
+    assert_eq!(numbers().await, [3, 4, 5], "the newest three are kept");
+    let newest = a.list_versions(&t, &name).await.unwrap().pop().unwrap();
+    assert_eq!(newest.version.as_deref(), Some("1.4.0"));
+    // A smaller retention keeps at least the newest; the next number goes on from it.
+    a.update_agent(&t, &manifest("bot", "2.0.0"), "usr_a", now(), 0).await.unwrap();
+    assert_eq!(numbers().await, [6]);
+    // Racing updates from two pools each get a number of their own, and the history stays bounded.
+    let racers = (0..8).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move { store.update_agent(&t, &manifest("bot", &format!("3.{i}.0")), "usr_a", now(), 4).await })
+    });
+    for racer in racers.collect::<Vec<_>>() {
+        racer.await.unwrap().unwrap();
+    }
+    assert_eq!(numbers().await, [11, 12, 13, 14]);
 }

@@ -16,7 +16,9 @@ on_both_backends!(
     deleting_a_tenant_takes_its_keys,
     keys_are_found_with_their_tenant,
     keys_are_revoked_only_within_their_tenant,
-    key_usage_keeps_the_latest_time
+    key_usage_keeps_the_latest_time,
+    the_tenant_quota_holds_under_racing_creates,
+    the_key_quota_holds_under_racing_creates
 );
 
 async fn owner(store: &SqlStore) -> UserId {
@@ -27,7 +29,7 @@ async fn owner(store: &SqlStore) -> UserId {
 
 async fn tenant_of(store: &SqlStore, owner: UserId, name: &str) -> Tenant {
     let tenant = Tenant { display_name: DisplayName::parse(name).unwrap(), created_at: now(), ..nexus_ports::testing::tenant(owner) };
-    store.insert_tenant(&tenant).await.unwrap();
+    store.insert_tenant(&tenant, 100).await.unwrap();
     tenant
 }
 
@@ -39,7 +41,7 @@ async fn key_of(store: &SqlStore, tenant: &Tenant, label: &str) -> ApiKey {
         created_at: now(),
         last_used_at: None,
     };
-    store.insert_key(&key).await.unwrap();
+    store.insert_key(&key, 100).await.unwrap();
     key
 }
 
@@ -56,8 +58,8 @@ async fn tenants_belong_to_their_owner(url: &str) {
     assert!(store.find_tenant(&TenantId::generate()).await.unwrap().is_none());
 
     let orphan = Tenant { id: TenantId::generate(), owner: UserId::generate(), ..a.clone() };
-    assert!(matches!(store.insert_tenant(&orphan).await, Err(Error::NotFound(_))), "an unknown owner is refused");
-    assert!(matches!(store.insert_tenant(&a).await, Err(Error::AlreadyExists(_))));
+    assert!(matches!(store.insert_tenant(&orphan, 100).await, Err(Error::NotFound(_))), "an unknown owner is refused");
+    assert!(matches!(store.insert_tenant(&a, 100).await, Err(Error::AlreadyExists(_))));
 }
 
 async fn deleting_a_tenant_takes_its_keys(url: &str) {
@@ -83,7 +85,7 @@ async fn keys_are_found_with_their_tenant(url: &str) {
     listed.sort_by_key(|k| k.label.as_str().to_owned());
     assert_eq!(listed, vec![first, second]);
     assert!(matches!(
-        store.insert_key(&ApiKey { tenant_id: TenantId::generate(), ..key_of(&store, &tenant, "x").await }).await,
+        store.insert_key(&ApiKey { tenant_id: TenantId::generate(), ..key_of(&store, &tenant, "x").await }, 100).await,
         Err(Error::AlreadyExists(_) | Error::NotFound(_))
     ));
 }
@@ -109,4 +111,53 @@ async fn key_usage_keeps_the_latest_time(url: &str) {
     let (found, _) = store.find_key(&key.digest).await.unwrap().unwrap();
     assert_eq!(found.last_used_at, Some(late));
     store.record_key_usage(&[]).await.unwrap();
+}
+
+async fn the_tenant_quota_holds_under_racing_creates(url: &str) {
+    // Two pools stand for two Nexus processes sharing the database.
+    let (a, b) = (SqlStore::connect(url).await.unwrap(), SqlStore::connect(url).await.unwrap());
+    let (ada, bob) = (owner(&a).await, owner(&a).await);
+    let racers = (0..10).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let tenant = Tenant { display_name: DisplayName::parse("racer").unwrap(), created_at: now(), ..nexus_ports::testing::tenant(ada) };
+        tokio::spawn(async move { store.insert_tenant(&tenant, 3).await })
+    });
+    let mut outcomes = Vec::new();
+    for racer in racers.collect::<Vec<_>>() {
+        outcomes.push(racer.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 3, "{outcomes:?}");
+    for outcome in outcomes.iter().filter(|o| o.is_err()) {
+        assert!(matches!(outcome, Err(Error::Conflict(m)) if m.contains("tenant quota")), "{outcome:?}");
+    }
+    assert_eq!(a.list_tenants_of(&ada).await.unwrap().len(), 3);
+    // The quota is per owner.
+    tenant_of(&a, bob, "bob's").await;
+}
+
+async fn the_key_quota_holds_under_racing_creates(url: &str) {
+    let (a, b) = (SqlStore::connect(url).await.unwrap(), SqlStore::connect(url).await.unwrap());
+    let ada = owner(&a).await;
+    let (tenant, other) = (tenant_of(&a, ada, "org").await, tenant_of(&a, ada, "other").await);
+    let racers = (0..10).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let key = ApiKey {
+            digest: SecretDigest::of(&uuid::Uuid::new_v4().to_string()),
+            tenant_id: tenant.id,
+            label: KeyLabel::parse("racer").unwrap(),
+            created_at: now(),
+            last_used_at: None,
+        };
+        tokio::spawn(async move { store.insert_key(&key, 4).await })
+    });
+    let mut outcomes = Vec::new();
+    for racer in racers.collect::<Vec<_>>() {
+        outcomes.push(racer.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 4, "{outcomes:?}");
+    for outcome in outcomes.iter().filter(|o| o.is_err()) {
+        assert!(matches!(outcome, Err(Error::Conflict(m)) if m.contains("API key quota")), "{outcome:?}");
+    }
+    assert_eq!(a.list_keys(&tenant.id).await.unwrap().len(), 4);
+    key_of(&a, &other, "ci").await;
 }
