@@ -17,8 +17,8 @@ use nexus_store_sea_orm::SqlStore;
 
 use crate::app::key_usage::FLUSH_EVERY;
 use crate::app::{
-    AccessPorts, AccessService, AgentPorts, AgentService, IdentityPorts, IdentityService, KeyUsage, Nexus, Quotas, Readiness, ReconcilePorts, Reconciler,
-    SharedNexus, TenancyPorts, TenancyService,
+    AccessPorts, AccessService, AgentPorts, AgentService, AuthThrottle, IdentityPorts, IdentityService, KeyUsage, LoginLimit, Nexus, Quotas, Readiness,
+    ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
 };
 use crate::config::{ClusterKind, NodeKind, ServeConfig};
 
@@ -78,6 +78,7 @@ pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
 pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     config.check().map_err(Error::InvalidRequest)?;
     let (access_ttl, refresh_ttl) = (lifetime(config.access_ttl)?, lifetime(config.refresh_ttl)?);
+    let login_limit = LoginLimit { max_failures: config.login_failures, window: lifetime(config.login_window)? };
     let store = Arc::new(SqlStore::connect(&config.database_url).await?);
     let access_tokens: Arc<dyn AccessTokens> = Arc::new(JwtAccessTokens::new(jwt_secret(config, &store).await?.as_bytes(), access_ttl)?);
     let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -101,18 +102,19 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secrets: Arc<dyn SecretGenerator> = Arc::new(OsSecrets);
     let key_usage = Arc::new(KeyUsage::new(store.clone()));
-    let hasher = Arc::new(Argon2Hasher::new(hash_concurrency)?);
+    let hasher = Arc::new(Argon2Hasher::new(hash_concurrency, config.hash_queue)?);
 
     let identity = IdentityService::new(
         IdentityPorts {
             users: store.clone(),
             refresh_tokens: store.clone(),
+            login_attempts: store.clone(),
             hasher,
             access_tokens: access_tokens.clone(),
             secrets: secrets.clone(),
             clock: clock.clone(),
         },
-        refresh_ttl,
+        SessionPolicy { refresh_ttl, login_limit },
     );
     let access =
         AccessService::new(AccessPorts { tokens: access_tokens, keys: store.clone(), tenants: store.clone(), clock: clock.clone(), usage: key_usage.clone() });
@@ -127,7 +129,8 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     ));
     let agents = AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock }, reconciler.clone(), config.max_versions);
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
-    let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, background: Mutex::default() });
+    let auth_throttle = AuthThrottle::new(config.auth_rate, config.trusted_proxies.clone());
+    let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, auth_throttle, background: Mutex::default() });
     Ok(Wiring { nexus, reconciler, kube })
 }
 

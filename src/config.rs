@@ -2,7 +2,7 @@
 //! the flag wins when both are given. [`ServeConfig::check`] refuses values out of any
 //! sensible range before anything starts, naming the option and its range.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -62,6 +62,30 @@ pub struct ServeConfig {
     /// How many password hashes may run at once (default: the number of CPUs).
     #[arg(long, env = "NEXUS_HASH_CONCURRENCY", global = true)]
     pub hash_concurrency: Option<usize>,
+
+    /// How many password hashes may wait for their turn; past that, register, login and
+    /// password changes answer 503 at once.
+    #[arg(long, env = "NEXUS_HASH_QUEUE", default_value_t = 32, global = true)]
+    pub hash_queue: usize,
+
+    /// Requests per minute to `/auth/*` allowed per client address (per replica); 0 turns
+    /// the limit off.
+    #[arg(long, env = "NEXUS_AUTH_RATE", default_value_t = 60, global = true)]
+    pub auth_rate: u32,
+
+    /// Failed logins an account may see within `--login-window` before its logins are
+    /// refused until the window ends; 0 turns the limit off.
+    #[arg(long, env = "NEXUS_LOGIN_FAILURES", default_value_t = 10, global = true)]
+    pub login_failures: u32,
+
+    /// The window failed logins are counted in.
+    #[arg(long, env = "NEXUS_LOGIN_WINDOW", default_value = "15m", global = true)]
+    pub login_window: humantime::Duration,
+
+    /// Proxies whose `X-Forwarded-For` is believed, as comma-separated CIDRs or addresses
+    /// (`10.0.0.0/8,192.0.2.7`). From any other peer the header is ignored.
+    #[arg(long, env = "NEXUS_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net, global = true)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 
     /// Where tenants' nodes and agents run. `memory`: in this process, for local
     /// development and tests; `kube`: a Kubernetes cluster (in-cluster configuration or
@@ -134,6 +158,14 @@ impl ServeConfig {
     }
 }
 
+/// A CIDR, or a single address (a /32 or /128).
+fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is neither a CIDR (10.0.0.0/8) nor an address"))
+}
+
 const SECOND: Duration = Duration::from_secs(1);
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -175,12 +207,16 @@ impl ServeConfig {
         duration_within("NEXUS_ACCESS_TTL (--access-ttl)", self.access_ttl, SECOND, DAY)?;
         duration_within("NEXUS_REFRESH_TTL (--refresh-ttl)", self.refresh_ttl, SECOND, 365 * DAY)?;
         duration_within("NEXUS_RESYNC (--resync)", self.resync, Duration::from_millis(100), DAY)?;
+        duration_within("NEXUS_LOGIN_WINDOW (--login-window)", self.login_window, SECOND, DAY)?;
         if let Some(secret) = &self.jwt_secret {
             count_within("the length in bytes of NEXUS_JWT_SECRET (--jwt-secret)", secret.len(), nexus_crypto::MIN_SECRET_BYTES, 4096)?;
         }
         if let Some(hashes) = self.hash_concurrency {
             count_within("NEXUS_HASH_CONCURRENCY (--hash-concurrency)", hashes, 1, 1024)?;
         }
+        count_within("NEXUS_HASH_QUEUE (--hash-queue)", self.hash_queue, 0, 100_000)?;
+        count_within("NEXUS_AUTH_RATE (--auth-rate)", self.auth_rate, 0, 1_000_000)?;
+        count_within("NEXUS_LOGIN_FAILURES (--login-failures)", self.login_failures, 0, 10_000)?;
         count_within("NEXUS_MAX_AGENTS (--max-agents)", self.max_agents, 1, 100_000)?;
         count_within("NEXUS_MAX_TENANTS (--max-tenants)", self.max_tenants, 1, 100_000)?;
         count_within("NEXUS_MAX_KEYS (--max-keys)", self.max_keys, 1, 10_000)?;
@@ -221,7 +257,9 @@ mod tests {
     fn the_declared_defaults_pass_the_check() {
         let config = config();
         assert_eq!(config.check(), Ok(()));
-        assert_eq!((config.max_tenants, config.max_keys, config.max_versions), (10, 20, 100));
+        assert_eq!((config.max_tenants, config.max_keys, config.max_versions, config.auth_rate), (10, 20, 100, 60));
+        assert_eq!((*config.login_window, config.login_failures, config.hash_queue), (Duration::from_secs(900), 10, 32));
+        assert!(config.trusted_proxies.is_empty());
     }
 
     #[test]
@@ -233,15 +271,28 @@ mod tests {
             (ServeConfig { resync: days(1000), ..config() }, "NEXUS_RESYNC (--resync) must be between 100ms and 1d; got 1000d"),
             (ServeConfig { resync: Duration::from_millis(10).into(), ..config() }, "NEXUS_RESYNC"),
             (ServeConfig { jwt_secret: Some("short".into()), ..config() }, "NEXUS_JWT_SECRET (--jwt-secret) must be between 32 and 4096; got 5"),
+            (ServeConfig { login_window: days(2), ..config() }, "NEXUS_LOGIN_WINDOW"),
             (ServeConfig { hash_concurrency: Some(0), ..config() }, "NEXUS_HASH_CONCURRENCY"),
+            (ServeConfig { hash_queue: 1_000_000, ..config() }, "NEXUS_HASH_QUEUE"),
             (ServeConfig { max_tenants: 0, ..config() }, "NEXUS_MAX_TENANTS (--max-tenants) must be between 1 and 100000; got 0"),
             (ServeConfig { max_keys: 0, ..config() }, "NEXUS_MAX_KEYS"),
             (ServeConfig { max_versions: 0, ..config() }, "NEXUS_MAX_VERSIONS"),
             (ServeConfig { max_agents: 0, ..config() }, "NEXUS_MAX_AGENTS"),
+            (ServeConfig { auth_rate: 10_000_000, ..config() }, "NEXUS_AUTH_RATE"),
+            (ServeConfig { login_failures: 20_000, ..config() }, "NEXUS_LOGIN_FAILURES"),
         ];
         for (config, expected) in cases {
             let refusal = config.check().unwrap_err();
             assert!(refusal.contains(expected), "{refusal:?} should contain {expected:?}");
         }
+        assert_eq!(ServeConfig { auth_rate: 0, login_failures: 0, hash_queue: 0, ..config() }.check(), Ok(()), "0 turns a limit off");
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses() {
+        let parsed = Cli::try_parse_from(["nexus", "--trusted-proxies", "10.0.0.0/8, 192.0.2.7,2001:db8::/32"]).unwrap().serve.trusted_proxies;
+        assert_eq!(parsed, vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.7/32".parse().unwrap(), "2001:db8::/32".parse().unwrap()]);
+        let refused = Cli::try_parse_from(["nexus", "--trusted-proxies", "10.0.0.0/33"]).unwrap_err().to_string();
+        assert!(refused.contains("neither a CIDR"), "{refused}");
     }
 }

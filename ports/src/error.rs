@@ -32,6 +32,14 @@ pub enum Error {
     /// A dependency of the service itself (database, cluster) cannot be reached right now.
     #[error("{0}")]
     Unavailable(String),
+    /// Too many requests from this client, or failed logins for this account: refused
+    /// without doing the work, until `retry_after_secs` have passed.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_secs: u64 },
+    /// The service is saturated (too many password hashes waiting): refused at once
+    /// instead of queued without end; worth retrying after `retry_after_secs`.
+    #[error("{message}")]
+    Overloaded { message: String, retry_after_secs: u64 },
     /// An upstream the request was relayed to (a tenant's node) failed or cannot be reached.
     #[error("{0}")]
     Upstream(String),
@@ -76,8 +84,36 @@ impl Error {
         Self::Unauthorized(message.into())
     }
 
+    /// Shorthand for [`Error::RateLimited`]; a wait under a second is rounded up to one.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self::RateLimited { message: message.into(), retry_after_secs: whole_seconds(retry_after) }
+    }
+
     /// Shorthand for [`Error::Internal`].
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self::Internal(detail.to_string())
+    }
+}
+
+/// A wait in whole seconds, rounded up, at least one (what `Retry-After` carries).
+pub fn whole_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn waits_round_up_to_whole_seconds() {
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(whole_seconds(Duration::from_millis(2001)), 3);
+        let limited = Error::rate_limited("slow down", Duration::from_millis(1500));
+        assert_eq!(limited, Error::RateLimited { message: "slow down".into(), retry_after_secs: 2 });
+        assert_eq!(limited.to_string(), "slow down");
     }
 }

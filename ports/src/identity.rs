@@ -239,6 +239,15 @@ pub struct UserCredentials {
     pub password_hash: PasswordHash,
 }
 
+/// The login attempts counted for one account in its current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptWindow {
+    /// When the window began (at its first attempt).
+    pub started_at: DateTime<Utc>,
+    /// Attempts counted in it, the one just counted included.
+    pub attempts: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

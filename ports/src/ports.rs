@@ -13,7 +13,7 @@ use crate::Result;
 use serde_json::Value;
 
 use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion};
-use crate::identity::{Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
+use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
 use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
 use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
 
@@ -32,6 +32,25 @@ pub trait UserStore: Send + Sync + 'static {
 
     /// The user with this id, if any.
     async fn find_user(&self, id: &UserId) -> Result<Option<User>>;
+}
+
+/// Login attempts per account, counted in fixed windows, shared by every process using
+/// the store so that guesses spread over replicas add up. Accounts are named by email,
+/// registered or not (so that the limit says nothing about which emails have accounts),
+/// and stored only as digests.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait LoginAttemptStore: Send + Sync + 'static {
+    /// Counts one attempt for `account`, atomically, and returns its window after counting.
+    /// A window that began before `window_from` is over: the attempt begins a new one at
+    /// `now`, counted as 1.
+    async fn count_login_attempt(&self, account: &Email, now: DateTime<Utc>, window_from: DateTime<Utc>) -> Result<AttemptWindow>;
+
+    /// Forgets the account's attempts (after a successful login).
+    async fn clear_login_attempts(&self, account: &Email) -> Result<()>;
+
+    /// Deletes the windows that began before `window_from`; returns how many.
+    async fn prune_login_attempts(&self, window_from: DateTime<Utc>) -> Result<u64>;
 }
 
 /// Refresh tokens, by digest.
@@ -246,14 +265,21 @@ pub trait HealthCheck: Send + Sync + 'static {
     async fn check(&self) -> Result<()>;
 }
 
-/// Password hashing, with bounded cost per call.
+/// Password hashing, with bounded cost per call and a bounded queue: both methods answer
+/// [`Error::Overloaded`] at once when too many hashes are waiting already.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait PasswordHasher: Send + Sync + 'static {
     /// A salted hash of the password.
+    ///
+    /// # Errors
+    /// [`Error::Overloaded`] when the queue is full.
     async fn hash(&self, password: &Password) -> Result<PasswordHash>;
 
     /// Whether `password` matches `hash`. A malformed hash does not match.
+    ///
+    /// # Errors
+    /// [`Error::Overloaded`] when the queue is full.
     async fn verify(&self, password: &Password, hash: &PasswordHash) -> Result<bool>;
 
     /// A valid hash of no one's password, so that checking a login for an unknown user

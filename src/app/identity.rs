@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use nexus_ports::identity::{DisplayName, Email, NewUser, Password, User, UserId};
-use nexus_ports::ports::{AccessTokens, Clock, PasswordHasher, RefreshTokenStore, SecretGenerator, UserStore};
+use nexus_ports::ports::{AccessTokens, Clock, LoginAttemptStore, PasswordHasher, RefreshTokenStore, SecretGenerator, UserStore};
 use nexus_ports::tokens::{AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation};
 use nexus_ports::{Error, Result};
+
+use super::login_limit::LoginLimit;
 
 /// Prefix of refresh tokens, so a leaked one is recognisable.
 const REFRESH_PREFIX: &str = "nxr_";
@@ -42,40 +44,44 @@ pub struct Session {
     pub tokens: TokenPair,
 }
 
-/// The identity use cases.
-pub struct IdentityService {
-    users: Arc<dyn UserStore>,
-    refresh_tokens: Arc<dyn RefreshTokenStore>,
-    hasher: Arc<dyn PasswordHasher>,
-    access_tokens: Arc<dyn AccessTokens>,
-    secrets: Arc<dyn SecretGenerator>,
-    clock: Arc<dyn Clock>,
-    refresh_ttl: Duration,
-}
-
 /// The ports the identity use cases need, named so that one adapter serving several of
 /// them cannot be wired to the wrong one.
 pub struct IdentityPorts {
     pub users: Arc<dyn UserStore>,
     pub refresh_tokens: Arc<dyn RefreshTokenStore>,
+    pub login_attempts: Arc<dyn LoginAttemptStore>,
     pub hasher: Arc<dyn PasswordHasher>,
     pub access_tokens: Arc<dyn AccessTokens>,
     pub secrets: Arc<dyn SecretGenerator>,
     pub clock: Arc<dyn Clock>,
 }
 
+/// How long sessions last, and how many failed logins an account may see.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPolicy {
+    /// Lifetime of each refresh token.
+    pub refresh_ttl: Duration,
+    pub login_limit: LoginLimit,
+}
+
+/// The identity use cases.
+pub struct IdentityService {
+    ports: IdentityPorts,
+    policy: SessionPolicy,
+}
+
 impl IdentityService {
-    /// Wires the use cases to their ports; refresh tokens live for `refresh_ttl`.
-    pub fn new(ports: IdentityPorts, refresh_ttl: Duration) -> Self {
-        let IdentityPorts { users, refresh_tokens, hasher, access_tokens, secrets, clock } = ports;
-        Self { users, refresh_tokens, hasher, access_tokens, secrets, clock, refresh_ttl }
+    /// Wires the use cases to their ports.
+    pub fn new(ports: IdentityPorts, policy: SessionPolicy) -> Self {
+        Self { ports, policy }
     }
 
     /// Creates an account and signs it in.
     ///
     /// # Errors
     /// [`Error::InvalidRequest`] for a bad email, password or display name;
-    /// [`Error::AlreadyExists`] when the email is taken (compared case-insensitively).
+    /// [`Error::AlreadyExists`] when the email is taken (compared case-insensitively);
+    /// [`Error::Overloaded`] when the hasher's queue is full.
     pub async fn register(&self, registration: Registration) -> Result<Session> {
         let email = Email::parse(&registration.email)?;
         let password = Password::choose(registration.password)?;
@@ -84,12 +90,12 @@ impl IdentityService {
             None => DisplayName::from_email(&email),
         };
         // Fails fast without hashing in the common case; the store's unique index decides races.
-        if self.users.find_credentials(&email).await?.is_some() {
+        if self.ports.users.find_credentials(&email).await?.is_some() {
             return Err(taken());
         }
-        let password_hash = self.hasher.hash(&password).await?;
-        let user = User { id: UserId::generate(), email, display_name, created_at: self.clock.now() };
-        self.users.insert_user(&NewUser { user: user.clone(), password_hash }).await.map_err(|err| match err {
+        let password_hash = self.ports.hasher.hash(&password).await?;
+        let user = User { id: UserId::generate(), email, display_name, created_at: self.ports.clock.now() };
+        self.ports.users.insert_user(&NewUser { user: user.clone(), password_hash }).await.map_err(|err| match err {
             Error::AlreadyExists(_) => taken(),
             other => other,
         })?;
@@ -99,21 +105,27 @@ impl IdentityService {
 
     /// Signs a user in. Unknown emails and wrong passwords get the same error after the
     /// same work (a verification against a dummy hash), so neither answer nor timing tells
-    /// which emails have accounts.
+    /// which emails have accounts; the failed-login limit counts both alike.
     ///
     /// # Errors
     /// [`Error::Unauthorized`] for bad credentials; [`Error::InvalidRequest`] for a password
-    /// over the length limit.
+    /// over the length limit; [`Error::RateLimited`] when the account has seen too many
+    /// failed logins lately; [`Error::Overloaded`] when the hasher's queue is full.
     pub async fn login(&self, email: &str, password: String) -> Result<Session> {
         let password = Password::presented(password)?;
-        let credentials = match Email::parse(email) {
-            Ok(email) => self.users.find_credentials(&email).await?,
-            Err(_) => None,
+        let Ok(email) = Email::parse(email) else {
+            self.ports.hasher.verify(&password, &self.ports.hasher.dummy_hash()).await?;
+            return Err(Error::unauthorized(BAD_LOGIN));
         };
-        let hash = credentials.as_ref().map_or_else(|| self.hasher.dummy_hash(), |c| c.password_hash.clone());
-        let matches = self.hasher.verify(&password, &hash).await?;
+        self.count_attempt(&email).await?;
+        let credentials = self.ports.users.find_credentials(&email).await?;
+        let hash = credentials.as_ref().map_or_else(|| self.ports.hasher.dummy_hash(), |c| c.password_hash.clone());
+        let matches = self.ports.hasher.verify(&password, &hash).await?;
         match credentials {
-            Some(credentials) if matches => self.start_session(credentials.user).await,
+            Some(credentials) if matches => {
+                self.clear_attempts(&email).await;
+                self.start_session(credentials.user).await
+            }
             _ => Err(Error::unauthorized(BAD_LOGIN)),
         }
     }
@@ -125,16 +137,16 @@ impl IdentityService {
     /// also revokes every token of its family.
     pub async fn rotate_refresh(&self, presented: &str) -> Result<TokenPair> {
         let presented = OpaqueSecret::new(presented.to_owned());
-        let now = self.clock.now();
-        let refresh = self.secrets.generate(REFRESH_PREFIX)?;
-        let replacement = Replacement { digest: refresh.digest(), issued_at: now, expires_at: now + self.refresh_ttl };
-        match self.refresh_tokens.rotate_refresh_token(&presented.digest(), &replacement, now).await? {
+        let now = self.ports.clock.now();
+        let refresh = self.ports.secrets.generate(REFRESH_PREFIX)?;
+        let replacement = Replacement { digest: refresh.digest(), issued_at: now, expires_at: now + self.policy.refresh_ttl };
+        match self.ports.refresh_tokens.rotate_refresh_token(&presented.digest(), &replacement, now).await? {
             Rotation::Rotated { user_id, .. } => {
-                let access = self.access_tokens.issue(&user_id, now)?;
+                let access = self.ports.access_tokens.issue(&user_id, now)?;
                 Ok(TokenPair { access, refresh, refresh_expires_at: replacement.expires_at })
             }
             Rotation::Reused { user_id, family_id } => {
-                let revoked = self.refresh_tokens.revoke_family(&family_id, now).await?;
+                let revoked = self.ports.refresh_tokens.revoke_family(&family_id, now).await?;
                 tracing::warn!(user = %user_id, revoked, "refresh token presented after rotation: its session was revoked");
                 Err(Error::unauthorized("refresh token has already been used; the session was revoked, log in again"))
             }
@@ -148,21 +160,43 @@ impl IdentityService {
     /// # Errors
     /// [`Error::Unauthorized`] when that user no longer exists.
     pub async fn current_user(&self, user_id: &UserId) -> Result<User> {
-        self.users.find_user(user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))
+        self.ports.users.find_user(user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))
+    }
+
+    /// Counts a login attempt for the account and refuses it when over the limit.
+    async fn count_attempt(&self, email: &Email) -> Result<()> {
+        let limit = self.policy.login_limit;
+        if !limit.enabled() {
+            return Ok(());
+        }
+        let now = self.ports.clock.now();
+        let window = self.ports.login_attempts.count_login_attempt(email, now, limit.window_from(now)).await?;
+        limit.admit(&window, now).inspect_err(|_| tracing::warn!(attempts = window.attempts, "login refused: too many failed attempts for the account"))
+    }
+
+    /// Forgets the account's attempts after a success; a failure to do so only leaves the
+    /// count to expire with its window.
+    async fn clear_attempts(&self, email: &Email) {
+        if !self.policy.login_limit.enabled() {
+            return;
+        }
+        if let Err(err) = self.ports.login_attempts.clear_login_attempts(email).await {
+            tracing::warn!(error = %err, "could not clear the login attempts of an account");
+        }
     }
 
     async fn start_session(&self, user: User) -> Result<Session> {
-        let now = self.clock.now();
-        let access = self.access_tokens.issue(&user.id, now)?;
-        let refresh = self.secrets.generate(REFRESH_PREFIX)?;
+        let now = self.ports.clock.now();
+        let access = self.ports.access_tokens.issue(&user.id, now)?;
+        let refresh = self.ports.secrets.generate(REFRESH_PREFIX)?;
         let record = RefreshTokenRecord {
             digest: refresh.digest(),
             user_id: user.id,
             family_id: FamilyId::generate(),
             issued_at: now,
-            expires_at: now + self.refresh_ttl,
+            expires_at: now + self.policy.refresh_ttl,
         };
-        self.refresh_tokens.insert_refresh_token(&record).await?;
+        self.ports.refresh_tokens.insert_refresh_token(&record).await?;
         Ok(Session { user, tokens: TokenPair { access, refresh, refresh_expires_at: record.expires_at } })
     }
 }

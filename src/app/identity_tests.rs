@@ -5,23 +5,30 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use mockall::predicate::eq;
 use nexus_ports::Error;
-use nexus_ports::identity::{DisplayName, Email, PasswordHash, User, UserCredentials, UserId};
-use nexus_ports::ports::{MockAccessTokens, MockClock, MockPasswordHasher, MockRefreshTokenStore, MockSecretGenerator, MockUserStore};
+use nexus_ports::identity::{AttemptWindow, DisplayName, Email, PasswordHash, User, UserCredentials, UserId};
+use nexus_ports::ports::{MockAccessTokens, MockClock, MockLoginAttemptStore, MockPasswordHasher, MockRefreshTokenStore, MockSecretGenerator, MockUserStore};
 use nexus_ports::tokens::{AccessToken, FamilyId, OpaqueSecret, Rotation};
 
-use super::{IdentityPorts, IdentityService, Registration};
+use super::{IdentityPorts, IdentityService, Registration, SessionPolicy};
+use crate::app::LoginLimit;
 
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
 }
 
 const TTL_DAYS: i64 = 30;
+const MAX_FAILURES: u32 = 3;
+
+fn policy() -> SessionPolicy {
+    SessionPolicy { refresh_ttl: Duration::days(TTL_DAYS), login_limit: LoginLimit { max_failures: MAX_FAILURES, window: Duration::minutes(15) } }
+}
 
 /// One double per port; each test sets the expectations it needs, so any other call fails.
 #[derive(Default)]
 struct Ports {
     users: MockUserStore,
     refresh: MockRefreshTokenStore,
+    attempts: MockLoginAttemptStore,
     hasher: MockPasswordHasher,
     access: MockAccessTokens,
     secrets: MockSecretGenerator,
@@ -29,17 +36,31 @@ struct Ports {
 
 impl Ports {
     fn service(self) -> IdentityService {
+        self.service_with(policy())
+    }
+
+    fn service_with(self, policy: SessionPolicy) -> IdentityService {
         let mut clock = MockClock::new();
         clock.expect_now().returning(now);
         let ports = IdentityPorts {
             users: Arc::new(self.users),
             refresh_tokens: Arc::new(self.refresh),
+            login_attempts: Arc::new(self.attempts),
             hasher: Arc::new(self.hasher),
             access_tokens: Arc::new(self.access),
             secrets: Arc::new(self.secrets),
             clock: Arc::new(clock),
         };
-        IdentityService::new(ports, Duration::days(TTL_DAYS))
+        IdentityService::new(ports, policy)
+    }
+
+    /// Expects the account's attempt to be counted once, as the `attempts`-th of its window.
+    fn expect_attempt(&mut self, attempts: u32) {
+        self.attempts
+            .expect_count_login_attempt()
+            .withf(|email, at, from| email.as_str() == "ada@example.com" && *at == now() && *from == now() - Duration::minutes(15))
+            .times(1)
+            .returning(move |_, _, _| Ok(AttemptWindow { started_at: now() - Duration::minutes(5), attempts }));
     }
 
     /// Expects one new session: an access token and a stored refresh token.
@@ -120,8 +141,10 @@ async fn register_losing_the_insert_race_is_a_conflict() {
 #[tokio::test]
 async fn login_checks_the_stored_hash_and_starts_a_session() {
     let mut ports = Ports::default();
+    ports.expect_attempt(1);
     ports.users.expect_find_credentials().with(eq(Email::parse("ada@example.com").unwrap())).returning(|_| Ok(Some(stored_user())));
     ports.hasher.expect_verify().withf(|_, hash| hash.as_phc() == "$argon2id$real").times(1).returning(|_, _| Ok(true));
+    ports.attempts.expect_clear_login_attempts().times(1).returning(|_| Ok(()));
     ports.expect_session();
     let session = ports.service().login("Ada@example.com", "long enough".into()).await.unwrap();
     assert_eq!(session.user.display_name.as_str(), "Ada");
@@ -132,6 +155,7 @@ async fn login_failures_look_alike_and_cost_a_verification() {
     // Unknown email, malformed email, wrong password: one message, one verification each.
     for (email, known) in [("ghost@example.com", false), ("not an email", false), ("ada@example.com", true)] {
         let mut ports = Ports::default();
+        ports.attempts.expect_count_login_attempt().returning(|_, _, _| Ok(AttemptWindow { started_at: now(), attempts: 1 }));
         ports.users.expect_find_credentials().returning(move |_| Ok(known.then(stored_user)));
         ports.hasher.expect_dummy_hash().times(usize::from(!known)).returning(|| PasswordHash::from_phc("$argon2id$dummy".into()));
         let expected = if known { "$argon2id$real" } else { "$argon2id$dummy" };
@@ -196,7 +220,35 @@ async fn tokens_of_vanished_users_are_refused() {
 #[tokio::test]
 async fn store_outages_pass_through_as_unavailable() {
     let mut ports = Ports::default();
+    ports.attempts.expect_count_login_attempt().returning(|_, _, _| Ok(AttemptWindow { started_at: now(), attempts: 1 }));
     ports.users.expect_find_credentials().returning(|_| Err(Error::Unavailable("the database is unavailable".into())));
     let result = ports.service().login("ada@example.com", "whatever1".into()).await;
     assert!(matches!(result, Err(Error::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn an_account_over_its_failures_is_refused_before_any_hashing() {
+    let mut ports = Ports::default();
+    ports.expect_attempt(MAX_FAILURES + 1);
+    // No credentials lookup, no verification: the doubles would fail on either.
+    let result = ports.service().login("ada@example.com", "the right one, maybe".into()).await;
+    // The window began five minutes ago and lasts fifteen: ten minutes to wait.
+    assert_eq!(result.unwrap_err(), Error::RateLimited { message: "too many failed logins for this account; try again later".into(), retry_after_secs: 600 });
+}
+
+#[tokio::test]
+async fn a_failed_login_stays_counted_and_an_off_limit_counts_nothing() {
+    let mut ports = Ports::default();
+    ports.expect_attempt(MAX_FAILURES);
+    ports.users.expect_find_credentials().returning(|_| Ok(Some(stored_user())));
+    ports.hasher.expect_verify().returning(|_, _| Ok(false));
+    // No clear_login_attempts expectation: a failure must not clear the count.
+    assert!(matches!(ports.service().login("ada@example.com", "wrong".into()).await, Err(Error::Unauthorized(_))));
+
+    let mut off = Ports::default();
+    off.users.expect_find_credentials().returning(|_| Ok(Some(stored_user())));
+    off.hasher.expect_verify().returning(|_, _| Ok(true));
+    off.expect_session();
+    let policy = SessionPolicy { login_limit: LoginLimit { max_failures: 0, window: Duration::minutes(15) }, ..policy() };
+    off.service_with(policy).login("ada@example.com", "right".into()).await.unwrap();
 }

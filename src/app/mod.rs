@@ -7,18 +7,22 @@ pub mod health;
 pub mod identity;
 pub mod key_usage;
 pub mod leadership;
+pub mod login_limit;
 pub mod reconcile;
 pub mod tenancy;
+pub mod throttle;
 
 use std::sync::{Arc, Mutex};
 
 pub use access::{AccessPorts, AccessService, Credentials, Principal};
 pub use agents::{AgentPorts, AgentService, AgentState, LiveStatus, LogQuery};
 pub use health::{CheckOutcome, Readiness};
-pub use identity::{IdentityPorts, IdentityService, Registration, Session, TokenPair};
+pub use identity::{IdentityPorts, IdentityService, Registration, Session, SessionPolicy, TokenPair};
 pub use key_usage::KeyUsage;
+pub use login_limit::LoginLimit;
 pub use reconcile::{ReconcilePorts, Reconciler};
 pub use tenancy::{NewKey, Quotas, TenancyPorts, TenancyService, TenantState};
+pub use throttle::{AddressLimiter, AuthThrottle};
 
 /// Every use case of the running service, shared by the HTTP handlers.
 pub struct Nexus {
@@ -28,6 +32,8 @@ pub struct Nexus {
     pub agents: AgentService,
     pub readiness: Readiness,
     pub key_usage: Arc<KeyUsage>,
+    /// The per-address rate of the `/auth` routes.
+    pub auth_throttle: AuthThrottle,
     /// Background tasks, stopped by [`Nexus::shutdown`].
     pub background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }

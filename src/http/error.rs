@@ -2,16 +2,18 @@
 //!
 //! [`ApiError`] is what operations return; its type parameter names the statuses the
 //! operation documents. Core errors become statuses in [`status_of`], the one mapping;
-//! poem's own errors (parse, auth, 404, 405, 415...) are rendered by [`render`].
+//! poem's own errors (parse, auth, 404, 405, 415...) are rendered by [`render`]. Refusals
+//! that are worth retrying later (429, and 503 from a saturated hasher) carry
+//! `Retry-After` in seconds.
 
 use std::any::Any;
 use std::marker::PhantomData;
 
 use nexus_ports::Error;
-use poem::http::StatusCode;
+use poem::http::{HeaderValue, StatusCode, header};
 use poem::web::Json;
 use poem::{IntoResponse, Response};
-use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, Object};
 
@@ -53,9 +55,9 @@ macro_rules! error_sets {
 
 error_sets! {
     /// Creating an account.
-    RegisterErrors = [400, 409, 413, 415, 500, 503];
+    RegisterErrors = [400, 409, 413, 415, 429, 500, 503];
     /// Exchanging credentials or a refresh token for tokens.
-    CredentialErrors = [400, 401, 413, 415, 500, 503];
+    CredentialErrors = [400, 401, 413, 415, 429, 500, 503];
     /// Creating something a quota bounds (a tenant, a key).
     QuotaCreateErrors = [400, 401, 403, 409, 413, 415, 500, 503];
     /// An operation behind authentication without a body.
@@ -81,39 +83,66 @@ fn describe(status: u16) -> &'static str {
         409 => "The request conflicts with existing state.",
         413 => "The request body is too large.",
         415 => "The request body's content type is not accepted.",
+        429 => "Too many requests from this address, or failed logins for this account; retry after `Retry-After` seconds.",
         502 => "An upstream node could not be reached.",
-        503 => "A dependency is unavailable; retry later.",
+        503 => "A dependency is unavailable, or the service is saturated; retry later (after `Retry-After` seconds, when given).",
         _ => "An unexpected failure; the details are in the server log.",
+    }
+}
+
+/// A failure as it goes on the wire.
+pub(crate) struct Refusal {
+    status: StatusCode,
+    body: ErrorBody,
+    /// Seconds for `Retry-After`.
+    retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn plain(status: StatusCode, error: String) -> Self {
+        Self { status, body: ErrorBody { error, errors: None }, retry_after: None }
+    }
+
+    fn retry(status: StatusCode, error: String, retry_after: u64) -> Self {
+        Self { retry_after: Some(retry_after), ..Self::plain(status, error) }
+    }
+
+    pub(crate) fn into_response(self) -> Response {
+        let mut response = Json(self.body).with_status(self.status).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
 /// A failure of an operation documenting the statuses of `S`.
 pub(crate) struct ApiError<S> {
-    status: StatusCode,
-    body: ErrorBody,
+    refusal: Refusal,
     set: PhantomData<fn() -> S>,
 }
 
 /// The one mapping of core errors to statuses. Internal details are logged, not sent.
-pub(crate) fn status_of(err: Error) -> (StatusCode, ErrorBody) {
-    let plain = |status, error| (status, ErrorBody { error, errors: None });
+pub(crate) fn status_of(err: Error) -> Refusal {
     match err {
-        Error::NotFound(m) => plain(StatusCode::NOT_FOUND, m),
-        Error::AlreadyExists(m) | Error::Conflict(m) => plain(StatusCode::CONFLICT, m),
-        Error::InvalidRequest(m) => plain(StatusCode::BAD_REQUEST, m),
-        Error::Unauthorized(m) => plain(StatusCode::UNAUTHORIZED, m),
-        Error::Forbidden(m) => plain(StatusCode::FORBIDDEN, m),
-        Error::Unavailable(m) => plain(StatusCode::SERVICE_UNAVAILABLE, m),
-        Error::Upstream(m) => plain(StatusCode::BAD_GATEWAY, m),
+        Error::NotFound(m) => Refusal::plain(StatusCode::NOT_FOUND, m),
+        Error::AlreadyExists(m) | Error::Conflict(m) => Refusal::plain(StatusCode::CONFLICT, m),
+        Error::InvalidRequest(m) => Refusal::plain(StatusCode::BAD_REQUEST, m),
+        Error::Unauthorized(m) => Refusal::plain(StatusCode::UNAUTHORIZED, m),
+        Error::Forbidden(m) => Refusal::plain(StatusCode::FORBIDDEN, m),
+        Error::Unavailable(m) => Refusal::plain(StatusCode::SERVICE_UNAVAILABLE, m),
+        Error::RateLimited { message, retry_after_secs } => Refusal::retry(StatusCode::TOO_MANY_REQUESTS, message, retry_after_secs),
+        Error::Overloaded { message, retry_after_secs } => Refusal::retry(StatusCode::SERVICE_UNAVAILABLE, message, retry_after_secs),
+        Error::Upstream(m) => Refusal::plain(StatusCode::BAD_GATEWAY, m),
         invalid @ Error::InvalidFields(_) => {
             let error = invalid.to_string();
             let Error::InvalidFields(problems) = invalid else { unreachable!("matched above") };
             let errors = problems.into_iter().map(|p| FieldProblem { field: p.field, message: p.message }).collect();
-            (StatusCode::BAD_REQUEST, ErrorBody { error, errors: Some(errors) })
+            Refusal { status: StatusCode::BAD_REQUEST, body: ErrorBody { error, errors: Some(errors) }, retry_after: None }
         }
         Error::Internal(detail) => {
             tracing::error!(%detail, "internal error");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+            Refusal::plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
         }
     }
 }
@@ -123,23 +152,25 @@ impl<S: ErrorSet> From<Error> for ApiError<S> {
     /// is one the operation declares: a use case answering outside its operation's set
     /// fails the test that reaches it.
     fn from(err: Error) -> Self {
-        let (status, body) = status_of(err);
-        debug_assert!(S::STATUSES.contains(&status.as_u16()), "{status} is not among the statuses this operation declares ({:?}): {}", S::STATUSES, body.error);
-        Self { status, body, set: PhantomData }
+        let refusal = status_of(err);
+        debug_assert!(
+            S::STATUSES.contains(&refusal.status.as_u16()),
+            "{} is not among the statuses this operation declares ({:?}): {}",
+            refusal.status,
+            S::STATUSES,
+            refusal.body.error
+        );
+        Self { refusal, set: PhantomData }
     }
 }
 
 pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
-    json_body(status, ErrorBody { error: message.into(), errors: None })
-}
-
-fn json_body(status: StatusCode, body: ErrorBody) -> Response {
-    Json(body).with_status(status).into_response()
+    Refusal::plain(status, message.into()).into_response()
 }
 
 impl<S> From<ApiError<S>> for poem::Error {
     fn from(err: ApiError<S>) -> Self {
-        poem::Error::from_response(json_body(err.status, err.body))
+        poem::Error::from_response(err.refusal.into_response())
     }
 }
 
@@ -152,7 +183,7 @@ impl<S: ErrorSet> ApiResponse for ApiError<S> {
                 status: Some(status),
                 status_range: None,
                 content: vec![MetaMediaType { content_type: "application/json; charset=utf-8", schema: ErrorBody::schema_ref() }],
-                headers: vec![],
+                headers: if matches!(status, 429 | 503) { vec![retry_after_header()] } else { vec![] },
             })
             .collect();
         MetaResponses { responses }
@@ -160,6 +191,16 @@ impl<S: ErrorSet> ApiResponse for ApiError<S> {
 
     fn register(registry: &mut Registry) {
         ErrorBody::register(registry);
+    }
+}
+
+fn retry_after_header() -> MetaHeader {
+    MetaHeader {
+        name: "Retry-After".to_owned(),
+        description: Some("Seconds to wait before retrying (on 503, only when the service is saturated).".to_owned()),
+        required: false,
+        deprecated: false,
+        schema: u64::schema_ref(),
     }
 }
 

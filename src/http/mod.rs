@@ -14,6 +14,7 @@ pub mod metrics;
 mod observe;
 mod tenants;
 mod text;
+mod throttle;
 
 use poem::listener::Acceptor;
 use poem::middleware::{AddData, CatchPanic};
@@ -33,7 +34,9 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3
 
 #[derive(Tags)]
 enum ApiTags {
-    /// Accounts, logins and token rotation.
+    /// Accounts, logins and token rotation. Every `/auth` route is rate-limited per
+    /// client address (429 with `Retry-After`), and logins per account (10 failures in 15
+    /// minutes by default).
     Auth,
     /// The authenticated caller.
     Me,
@@ -165,7 +168,8 @@ fn served_document() -> poem::Response {
 }
 
 /// The whole HTTP application: the API, `/openapi.json`, Swagger UI at `/docs`, with the
-/// body limit, JSON errors for everything, panics caught, and an access log.
+/// `/auth` rate limit, the body limit, JSON errors for everything, panics caught, and an
+/// access log.
 pub fn endpoint(nexus: SharedNexus) -> impl Endpoint {
     let api = openapi();
     let docs = api.swagger_ui();
@@ -173,8 +177,9 @@ pub fn endpoint(nexus: SharedNexus) -> impl Endpoint {
         .nest("/", api)
         .at("/openapi.json", served_document)
         .nest("/docs", docs)
-        .with(AddData::new(nexus))
+        .with(AddData::new(nexus.clone()))
         .with(body_limit::BodyLimit::new(BODY_LIMIT))
+        .with(throttle::AuthThrottle::new(nexus))
         .catch_all_error(error::render)
         .around(allow_on_405)
         .with(CatchPanic::new().with_handler(error::panicked))

@@ -40,7 +40,7 @@ fn out_of_range_configuration_stops_the_start_with_a_clear_message() {
 
 #[test]
 fn values_that_do_not_parse_are_refused_by_the_parser() {
-    for args in [&["--max-agents", "lots"][..], &["--refresh-ttl", "forever"]] {
+    for args in [&["--trusted-proxies", "10.0.0.0/33"][..], &["--auth-rate", "lots"], &["--refresh-ttl", "forever"]] {
         let (code, printed) = refused(args);
         assert_eq!(code, Some(2), "{args:?}: {printed}");
         assert!(printed.contains("invalid value"), "{args:?}: {printed}");

@@ -40,9 +40,11 @@ pub async fn database(backend: Backend) -> Option<TestDatabase> {
     }
 }
 
-/// Configuration for a test server on `database_url`: every option at its default.
+/// Configuration for a test server on `database_url`: every option at its default, but
+/// the per-address rate of `/auth` off, since every test client is 127.0.0.1 and cases
+/// register many users. The rate-limit cases set it explicitly.
 pub fn config(database_url: &str) -> ServeConfig {
-    ServeConfig::local(database_url)
+    ServeConfig { auth_rate: 0, ..ServeConfig::local(database_url) }
 }
 
 /// A running Nexus.
@@ -53,10 +55,11 @@ pub struct Server {
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-/// An answer: status and JSON body (`Value::Null` when the body is not JSON).
+/// An answer: status, headers and JSON body (`Value::Null` when the body is not JSON).
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
 }
 
@@ -66,6 +69,14 @@ impl Answer {
         let message = self.body.get("error").and_then(Value::as_str).unwrap_or_else(|| panic!("no error message in {self:?}"));
         assert!(!message.is_empty());
         message
+    }
+
+    /// `Retry-After` in seconds, asserting it is there and a whole number of at least 1.
+    pub fn retry_after(&self) -> u64 {
+        let value = self.headers.get("retry-after").unwrap_or_else(|| panic!("no Retry-After in {self:?}"));
+        let seconds: u64 = value.to_str().unwrap().parse().unwrap_or_else(|_| panic!("Retry-After {value:?} is not whole seconds"));
+        assert!(seconds >= 1, "{self:?}");
+        seconds
     }
 
     /// A string field of the body.
@@ -160,6 +171,11 @@ impl Server {
         answer
     }
 
+    /// Logs `email` in with `password`.
+    pub async fn login(&self, email: &str, password: &str) -> Answer {
+        self.post("/auth/login", &json!({"email": email, "password": password})).await
+    }
+
     /// Registers `email` with a valid password; asserts 201 and returns the answer.
     pub async fn register(&self, email: &str) -> Answer {
         let answer = self.post("/auth/register", &json!({"email": email, "password": PASSWORD, "displayName": "Tester"})).await;
@@ -176,10 +192,10 @@ async fn answer(client: &reqwest::Client, request: reqwest::RequestBuilder) -> A
     let request = request.build().expect("request built");
     let (method, path) = (request.method().clone(), request.url().path().to_owned());
     let response = client.execute(request).await.expect("request sent");
-    let status = response.status();
-    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (status, headers) = (response.status(), response.headers().clone());
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let bytes = response.bytes().await.expect("body read");
-    let answer = Answer { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+    let answer = Answer { status, headers, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
     if let Some(operation) = contract::operation(&method, &path) {
         contract::check(operation, &format!("{method} {path}"), &answer, content_type.as_deref(), bytes.is_empty());
     }

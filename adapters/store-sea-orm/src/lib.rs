@@ -6,6 +6,7 @@ mod agents;
 mod api_keys;
 mod entity;
 mod error;
+mod login_attempts;
 mod migration;
 mod refresh_tokens;
 mod settings;

@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m20261128_000001_identity;
 mod m20261128_000002_tenancy;
 mod m20261128_000003_agents;
+mod m20261205_000004_login_attempts;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -12,6 +13,11 @@ pub(crate) struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261128_000001_identity::Migration), Box::new(m20261128_000002_tenancy::Migration), Box::new(m20261128_000003_agents::Migration)]
+        vec![
+            Box::new(m20261128_000001_identity::Migration),
+            Box::new(m20261128_000002_tenancy::Migration),
+            Box::new(m20261128_000003_agents::Migration),
+            Box::new(m20261205_000004_login_attempts::Migration),
+        ]
     }
 }

@@ -3,7 +3,7 @@
 use chrono::{Duration, Utc};
 use nexus_ports::Error;
 use nexus_ports::identity::{DisplayName, Email, NewUser, PasswordHash, User, UserId};
-use nexus_ports::ports::{HealthCheck, RefreshTokenStore, SettingsStore, UserStore};
+use nexus_ports::ports::{HealthCheck, LoginAttemptStore, RefreshTokenStore, SettingsStore, UserStore};
 use nexus_ports::tokens::{FamilyId, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
 use nexus_store_sea_orm::SqlStore;
 
@@ -15,7 +15,8 @@ on_both_backends!(
     rotation_refuses_unknown_and_expired,
     racing_rotations_across_pools_have_one_winner,
     settings_keep_the_first_value,
-    migrations_are_idempotent_and_health_answers
+    migrations_are_idempotent_and_health_answers,
+    login_attempts_are_counted_per_account_in_windows
 );
 
 pub(crate) fn new_user(email: &str) -> NewUser {
@@ -128,4 +129,37 @@ async fn unreachable_database_is_unavailable_fast() {
     let result = SqlStore::connect("postgres://postgres@127.0.0.1:1/none").await;
     assert!(matches!(result, Err(Error::Unavailable(_))), "{:?}", result.err());
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+async fn login_attempts_are_counted_per_account_in_windows(url: &str) {
+    let (a, b) = (SqlStore::connect(url).await.unwrap(), SqlStore::connect(url).await.unwrap());
+    let (ada, bob) = (Email::parse("ada@example.com").unwrap(), Email::parse("bob@example.com").unwrap());
+    let start = crate::now();
+    let window = Duration::minutes(15);
+    // Racing attempts from two pools all count.
+    let racers = (0..10).map(|i| {
+        let (store, ada) = (if i % 2 == 0 { a.clone() } else { b.clone() }, ada.clone());
+        tokio::spawn(async move { store.count_login_attempt(&ada, start, start - window).await.unwrap() })
+    });
+    let mut counts = Vec::new();
+    for racer in racers.collect::<Vec<_>>() {
+        let counted = racer.await.unwrap();
+        assert_eq!(counted.started_at, start);
+        counts.push(counted.attempts);
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=10).collect::<Vec<_>>(), "each attempt got a count of its own");
+    assert_eq!(a.count_login_attempt(&bob, start, start - window).await.unwrap().attempts, 1, "per account");
+
+    // Within the window the count goes on; past it a new window begins.
+    let later = start + Duration::minutes(10);
+    assert_eq!(a.count_login_attempt(&ada, later, later - window).await.unwrap().attempts, 11);
+    let next = start + Duration::minutes(16);
+    let fresh = a.count_login_attempt(&ada, next, next - window).await.unwrap();
+    assert_eq!((fresh.started_at, fresh.attempts), (next, 1));
+
+    a.clear_login_attempts(&ada).await.unwrap();
+    assert_eq!(a.count_login_attempt(&ada, next, next - window).await.unwrap().attempts, 1);
+    assert_eq!(a.prune_login_attempts(next - window).await.unwrap(), 1, "bob's window began before");
+    assert_eq!(a.prune_login_attempts(next - window).await.unwrap(), 0);
 }
