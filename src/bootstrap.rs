@@ -15,10 +15,11 @@ use nexus_ports::ports::{AccessTokens, Clock, ClusterBackend, HealthCheck, NodeP
 use nexus_ports::{Error, Result};
 use nexus_store_sea_orm::SqlStore;
 
+use crate::app::housekeeping::PRUNE_EVERY;
 use crate::app::key_usage::FLUSH_EVERY;
 use crate::app::{
-    AccessPorts, AccessService, AgentPorts, AgentService, AuthThrottle, IdentityPorts, IdentityService, KeyUsage, LoginLimit, Nexus, Quotas, Readiness,
-    ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
+    AccessPorts, AccessService, AgentPorts, AgentService, AuthThrottle, Housekeeping, IdentityPorts, IdentityService, KeyUsage, LoginLimit, Nexus, Quotas,
+    Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
 };
 use crate::config::{ClusterKind, NodeKind, ServeConfig};
 
@@ -56,6 +57,7 @@ fn lifetime(value: humantime::Duration) -> Result<chrono::Duration> {
 pub struct Wiring {
     nexus: SharedNexus,
     reconciler: Arc<Reconciler>,
+    housekeeping: Housekeeping,
     kube: Option<KubeCluster>,
 }
 
@@ -77,7 +79,7 @@ pub async fn build(config: &ServeConfig) -> Result<SharedNexus> {
 /// cannot be reached.
 pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     config.check().map_err(Error::InvalidRequest)?;
-    let (access_ttl, refresh_ttl) = (lifetime(config.access_ttl)?, lifetime(config.refresh_ttl)?);
+    let (access_ttl, refresh_ttl, session_max) = (lifetime(config.access_ttl)?, lifetime(config.refresh_ttl)?, lifetime(config.session_max)?);
     let login_limit = LoginLimit { max_failures: config.login_failures, window: lifetime(config.login_window)? };
     let store = Arc::new(SqlStore::connect(&config.database_url).await?);
     let access_tokens: Arc<dyn AccessTokens> = Arc::new(JwtAccessTokens::new(jwt_secret(config, &store).await?.as_bytes(), access_ttl)?);
@@ -114,15 +116,22 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             secrets: secrets.clone(),
             clock: clock.clone(),
         },
-        SessionPolicy { refresh_ttl, login_limit },
+        SessionPolicy { refresh_ttl, session_max, login_limit },
     );
-    let access =
-        AccessService::new(AccessPorts { tokens: access_tokens, keys: store.clone(), tenants: store.clone(), clock: clock.clone(), usage: key_usage.clone() });
+    let access = AccessService::new(AccessPorts {
+        tokens: access_tokens,
+        users: store.clone(),
+        keys: store.clone(),
+        tenants: store.clone(),
+        clock: clock.clone(),
+        usage: key_usage.clone(),
+    });
     let quotas = Quotas { max_tenants: config.max_tenants, max_keys: config.max_keys, max_agents: config.max_agents };
     let tenancy = TenancyService::new(
         TenancyPorts { tenants: store.clone(), keys: store.clone(), cluster: cluster.clone(), secrets, clock: clock.clone(), usage: key_usage.clone() },
         quotas,
     );
+    let housekeeping = Housekeeping { refresh_tokens: store.clone(), login_attempts: store.clone(), clock: clock.clone(), login_window: login_limit.window };
     let reconciler = Arc::new(Reconciler::new(
         ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: store.clone(), tenants: store.clone(), clock: clock.clone() },
         resync,
@@ -131,26 +140,27 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
     let auth_throttle = AuthThrottle::new(config.auth_rate, config.trusted_proxies.clone());
     let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, auth_throttle, background: Mutex::default() });
-    Ok(Wiring { nexus, reconciler, kube })
+    Ok(Wiring { nexus, reconciler, housekeeping, kube })
 }
 
 /// Brings a wired service up: on the in-memory cluster, stored tenants are provisioned
 /// and the registry's agents applied before serving; then the background tasks start (the
-/// key-usage writer; the reconcile loop). On Kubernetes nothing is written before
-/// leadership is known: the loop runs only while this replica holds the lease, and its
-/// first pass provisions the tenants and applies the registry, with the watches waking it.
+/// key-usage writer; the pruning of spent refresh tokens and login attempts; the reconcile
+/// loop). On Kubernetes nothing is written before leadership is known: the loop runs only
+/// while this replica holds the lease, and its first pass provisions the tenants and
+/// applies the registry, with the watches waking it.
 ///
 /// # Errors
 /// [`Error::Unavailable`] when the registry cannot be read (in-memory cluster).
 pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
-    let Wiring { nexus, reconciler, kube } = wiring;
+    let Wiring { nexus, reconciler, housekeeping, kube } = wiring;
     crate::http::metrics::install();
     if kube.is_none() {
         let tenants = reconciler.reconcile_tenants().await.len();
         let agents_applied = reconciler.apply_registry().await?;
         tracing::info!(tenants, agents = agents_applied, "stored tenants and agents applied to the cluster");
     }
-    let mut background = vec![tokio::spawn(nexus.key_usage.clone().run(FLUSH_EVERY))];
+    let mut background = vec![tokio::spawn(nexus.key_usage.clone().run(FLUSH_EVERY)), tokio::spawn(housekeeping.run(PRUNE_EVERY))];
     match kube {
         // Every replica serves the API and wakes on changes; the one holding the lease reconciles.
         Some(kube) => {

@@ -59,6 +59,11 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_REFRESH_TTL", default_value = "30d", global = true)]
     pub refresh_ttl: humantime::Duration,
 
+    /// Absolute lifetime of a session (a refresh-token family): past it, refreshing stops
+    /// and the user logs in again.
+    #[arg(long, env = "NEXUS_SESSION_MAX", default_value = "90d", global = true)]
+    pub session_max: humantime::Duration,
+
     /// How many password hashes may run at once (default: the number of CPUs).
     #[arg(long, env = "NEXUS_HASH_CONCURRENCY", global = true)]
     pub hash_concurrency: Option<usize>,
@@ -206,6 +211,7 @@ impl ServeConfig {
     pub fn check(&self) -> Result<(), String> {
         duration_within("NEXUS_ACCESS_TTL (--access-ttl)", self.access_ttl, SECOND, DAY)?;
         duration_within("NEXUS_REFRESH_TTL (--refresh-ttl)", self.refresh_ttl, SECOND, 365 * DAY)?;
+        duration_within("NEXUS_SESSION_MAX (--session-max)", self.session_max, SECOND, 365 * DAY)?;
         duration_within("NEXUS_RESYNC (--resync)", self.resync, Duration::from_millis(100), DAY)?;
         duration_within("NEXUS_LOGIN_WINDOW (--login-window)", self.login_window, SECOND, DAY)?;
         if let Some(secret) = &self.jwt_secret {
@@ -258,7 +264,7 @@ mod tests {
         let config = config();
         assert_eq!(config.check(), Ok(()));
         assert_eq!((config.max_tenants, config.max_keys, config.max_versions, config.auth_rate), (10, 20, 100, 60));
-        assert_eq!((*config.login_window, config.login_failures, config.hash_queue), (Duration::from_secs(900), 10, 32));
+        assert_eq!((*config.session_max, *config.login_window, config.login_failures), (90 * DAY, Duration::from_secs(900), 10));
         assert!(config.trusted_proxies.is_empty());
     }
 
@@ -268,10 +274,11 @@ mod tests {
         let cases: Vec<(ServeConfig, &str)> = vec![
             (ServeConfig { refresh_ttl: days(1_000_000), ..config() }, "NEXUS_REFRESH_TTL (--refresh-ttl) must be between 1s and 365d; got 1000000d"),
             (ServeConfig { access_ttl: Duration::ZERO.into(), ..config() }, "NEXUS_ACCESS_TTL"),
+            (ServeConfig { session_max: days(400), ..config() }, "NEXUS_SESSION_MAX"),
             (ServeConfig { resync: days(1000), ..config() }, "NEXUS_RESYNC (--resync) must be between 100ms and 1d; got 1000d"),
             (ServeConfig { resync: Duration::from_millis(10).into(), ..config() }, "NEXUS_RESYNC"),
-            (ServeConfig { jwt_secret: Some("short".into()), ..config() }, "NEXUS_JWT_SECRET (--jwt-secret) must be between 32 and 4096; got 5"),
             (ServeConfig { login_window: days(2), ..config() }, "NEXUS_LOGIN_WINDOW"),
+            (ServeConfig { jwt_secret: Some("short".into()), ..config() }, "NEXUS_JWT_SECRET (--jwt-secret) must be between 32 and 4096; got 5"),
             (ServeConfig { hash_concurrency: Some(0), ..config() }, "NEXUS_HASH_CONCURRENCY"),
             (ServeConfig { hash_queue: 1_000_000, ..config() }, "NEXUS_HASH_QUEUE"),
             (ServeConfig { max_tenants: 0, ..config() }, "NEXUS_MAX_TENANTS (--max-tenants) must be between 1 and 100000; got 0"),

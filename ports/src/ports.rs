@@ -32,6 +32,25 @@ pub trait UserStore: Send + Sync + 'static {
 
     /// The user with this id, if any.
     async fn find_user(&self, id: &UserId) -> Result<Option<User>>;
+
+    /// Replaces the user's password hash and, in the same step, ends every session of the
+    /// user at `at` as [`UserStore::end_sessions`] does.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such user.
+    async fn change_password(&self, user: &UserId, hash: &PasswordHash, at: DateTime<Utc>) -> Result<()>;
+
+    /// Ends every session of the user at `at`, in one step: each of its live refresh tokens
+    /// is revoked, and `at` becomes the moment before which its access tokens are refused
+    /// (by every process sharing the store).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such user.
+    async fn end_sessions(&self, user: &UserId, at: DateTime<Utc>) -> Result<()>;
+
+    /// The moment before which the user's access tokens are refused: when its sessions
+    /// were last ended. `None` when they never were (or there is no such user).
+    async fn sessions_valid_after(&self, user: &UserId) -> Result<Option<DateTime<Utc>>>;
 }
 
 /// Login attempts per account, counted in fixed windows, shared by every process using
@@ -64,13 +83,22 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> Result<()>;
 
     /// Rotates the token with digest `presented` as one atomic step: when it is live (not
-    /// revoked, not expired at `now`) it is revoked and `replacement` joins its family. Of
-    /// any number of concurrent rotations of one token, across processes sharing the
-    /// store, exactly one sees [`Rotation::Rotated`].
+    /// revoked, not expired at `now`, its session not over) it is revoked and
+    /// `replacement` joins its family, expiring no later than the session. Of any number
+    /// of concurrent rotations of one token, across processes sharing the store, exactly
+    /// one sees [`Rotation::Rotated`].
     async fn rotate_refresh_token(&self, presented: &SecretDigest, replacement: &Replacement, now: DateTime<Utc>) -> Result<Rotation>;
 
     /// Revokes every live token of a family; returns how many it revoked.
     async fn revoke_family(&self, family: &FamilyId, now: DateTime<Utc>) -> Result<u64>;
+
+    /// The family of the stored token with this digest (live or not), if any.
+    async fn family_of(&self, digest: &SecretDigest) -> Result<Option<FamilyId>>;
+
+    /// Deletes the tokens no one can use any more: those expired at `now`, and every token
+    /// of a family with no live token left. Returns how many it deleted. Rotated tokens of
+    /// a live family are kept, so that presenting one still revokes its family.
+    async fn prune_refresh_tokens(&self, now: DateTime<Utc>) -> Result<u64>;
 }
 
 /// Tenants and who owns them.

@@ -91,7 +91,10 @@ pub struct RefreshTokenRecord {
     pub user_id: UserId,
     pub family_id: FamilyId,
     pub issued_at: DateTime<Utc>,
+    /// At most `session_expires_at`.
     pub expires_at: DateTime<Utc>,
+    /// The absolute end of the family (the session): no token of it outlives this.
+    pub session_expires_at: DateTime<Utc>,
 }
 
 /// The replacement a rotation inserts when the presented token is live.
@@ -99,18 +102,22 @@ pub struct RefreshTokenRecord {
 pub struct Replacement {
     pub digest: SecretDigest,
     pub issued_at: DateTime<Utc>,
+    /// The expiry asked for; the store cuts it to the family's `session_expires_at`.
     pub expires_at: DateTime<Utc>,
 }
 
 /// What a refresh-token rotation found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
-    /// The presented token was live: it is now revoked and the replacement stored in its family.
-    Rotated { user_id: UserId, family_id: FamilyId },
+    /// The presented token was live: it is now revoked and the replacement stored in its
+    /// family, expiring at `expires_at` (the asked expiry, cut to the session's end).
+    Rotated { user_id: UserId, family_id: FamilyId, expires_at: DateTime<Utc> },
     /// The presented token had already been rotated or revoked: a replay.
     Reused { user_id: UserId, family_id: FamilyId },
     /// The presented token exists but has expired.
     Expired,
+    /// The presented token's session has reached its absolute lifetime.
+    SessionEnded,
     /// No such token.
     Unknown,
 }

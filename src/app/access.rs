@@ -1,13 +1,18 @@
 //! Who is calling, and what they may reach. `authenticate` tries the bearer access token
 //! first; when it is absent or invalid, the API key. A user reaches a tenant it owns by
 //! naming it in `X-Tenant-ID`; an API key reaches its own tenant only.
+//!
+//! An access token is valid when it is signed, unexpired, and issued no earlier than its
+//! user last ended every session ([`AccessService::session_is_current`], read from the
+//! store so that every replica agrees).
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use nexus_ports::identity::UserId;
-use nexus_ports::ports::{AccessTokens, ApiKeyStore, Clock, TenantStore};
+use nexus_ports::ports::{AccessTokens, ApiKeyStore, Clock, TenantStore, UserStore};
 use nexus_ports::tenancy::{ApiKey, Tenant, TenantId};
-use nexus_ports::tokens::SecretDigest;
+use nexus_ports::tokens::{AccessClaims, SecretDigest};
 use nexus_ports::{Error, Result};
 
 use super::key_usage::KeyUsage;
@@ -43,6 +48,7 @@ pub struct Credentials<'a> {
 /// Authentication and authorization.
 pub struct AccessService {
     tokens: Arc<dyn AccessTokens>,
+    users: Arc<dyn UserStore>,
     keys: Arc<dyn ApiKeyStore>,
     tenants: Arc<dyn TenantStore>,
     clock: Arc<dyn Clock>,
@@ -64,6 +70,8 @@ pub(crate) async fn owned_tenant(tenants: &dyn TenantStore, user: &UserId, id: &
 /// The ports authentication needs, by name.
 pub struct AccessPorts {
     pub tokens: Arc<dyn AccessTokens>,
+    /// Where each user's sessions cut-off is kept.
+    pub users: Arc<dyn UserStore>,
     pub keys: Arc<dyn ApiKeyStore>,
     pub tenants: Arc<dyn TenantStore>,
     pub clock: Arc<dyn Clock>,
@@ -71,11 +79,28 @@ pub struct AccessPorts {
     pub usage: Arc<KeyUsage>,
 }
 
+/// Whether a token issued at `issued_at` outlived its user's last ending of every session
+/// (`cutoff`): it did when it was issued before it.
+pub(crate) fn issued_before_cutoff(issued_at: DateTime<Utc>, cutoff: Option<DateTime<Utc>>) -> bool {
+    cutoff.is_some_and(|cutoff| issued_at < cutoff)
+}
+
 impl AccessService {
     /// Wires authentication to its ports.
     pub fn new(ports: AccessPorts) -> Self {
-        let AccessPorts { tokens, keys, tenants, clock, usage } = ports;
-        Self { tokens, keys, tenants, clock, usage }
+        let AccessPorts { tokens, users, keys, tenants, clock, usage } = ports;
+        Self { tokens, users, keys, tenants, clock, usage }
+    }
+
+    /// Whether the session of a verified access token is still current: its user has not
+    /// ended every session since the token was issued. The one place this is decided (a
+    /// cache of the cut-offs belongs here).
+    ///
+    /// # Errors
+    /// What the store answered.
+    pub async fn session_is_current(&self, claims: &AccessClaims) -> Result<bool> {
+        let cutoff = self.users.sessions_valid_after(&claims.user_id).await?;
+        Ok(!issued_before_cutoff(claims.issued_at, cutoff))
     }
 
     /// Who the credentials belong to. An API key costs one indexed lookup by its SHA-256
@@ -88,7 +113,8 @@ impl AccessService {
         let mut refusal = None;
         if let Some(token) = credentials.bearer {
             match self.tokens.verify(token, now) {
-                Ok(claims) => return Ok(Principal::User(claims.user_id)),
+                Ok(claims) if self.session_is_current(&claims).await? => return Ok(Principal::User(claims.user_id)),
+                Ok(_) => refusal = Some(Error::unauthorized("this session has ended; log in again")),
                 Err(err) => refusal = Some(err),
             }
         }

@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, Duration, TimeZone, Utc};
 use nexus_ports::Error;
 use nexus_ports::identity::UserId;
-use nexus_ports::ports::{MockAccessTokens, MockApiKeyStore, MockClock, MockTenantStore};
+use nexus_ports::ports::{MockAccessTokens, MockApiKeyStore, MockClock, MockTenantStore, MockUserStore};
 use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId};
 use nexus_ports::tokens::{AccessClaims, SecretDigest};
 
-use super::{AccessPorts, AccessService, Credentials, Principal};
+use super::{AccessPorts, AccessService, Credentials, Principal, issued_before_cutoff};
 use crate::app::key_usage::KeyUsage;
 
 fn tenant(owner: UserId) -> Tenant {
@@ -20,30 +20,40 @@ fn key(tenant: &Tenant, raw: &str) -> ApiKey {
     ApiKey { digest: SecretDigest::of(raw), tenant_id: tenant.id, label: KeyLabel::parse("ci").unwrap(), created_at: Utc::now(), last_used_at: None }
 }
 
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+}
+
 struct Ports {
     tokens: MockAccessTokens,
+    users: MockUserStore,
     keys: MockApiKeyStore,
     tenants: MockTenantStore,
 }
 
 impl Ports {
+    /// Tokens: "good" was issued a minute ago, "older" an hour ago; no session was ever ended.
     fn new() -> Self {
         let mut tokens = MockAccessTokens::new();
         let user = UserId::from_uuid(uuid::Uuid::nil());
         tokens.expect_verify().returning(move |token, at| match token {
-            "good" => Ok(AccessClaims { user_id: user, token_id: "j".into(), issued_at: at, expires_at: at }),
+            "good" => Ok(AccessClaims { user_id: user, token_id: "j".into(), issued_at: at - Duration::minutes(1), expires_at: at }),
+            "older" => Ok(AccessClaims { user_id: user, token_id: "k".into(), issued_at: at - Duration::hours(1), expires_at: at }),
             _ => Err(Error::unauthorized("invalid or expired access token")),
         });
-        Self { tokens, keys: MockApiKeyStore::new(), tenants: MockTenantStore::new() }
+        let mut users = MockUserStore::new();
+        users.expect_sessions_valid_after().returning(|_| Ok(None));
+        Self { tokens, users, keys: MockApiKeyStore::new(), tenants: MockTenantStore::new() }
     }
 
     fn service(self) -> (AccessService, Arc<KeyUsage>) {
         let mut clock = MockClock::new();
-        clock.expect_now().returning(|| Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap());
+        clock.expect_now().returning(now);
         let usage = Arc::new(KeyUsage::new(Arc::new(MockApiKeyStore::new())));
         (
             AccessService::new(AccessPorts {
                 tokens: Arc::new(self.tokens),
+                users: Arc::new(self.users),
                 keys: Arc::new(self.keys),
                 tenants: Arc::new(self.tenants),
                 clock: Arc::new(clock),
@@ -108,4 +118,40 @@ async fn users_reach_only_tenants_they_own_and_keys_only_their_own() {
 
     assert_eq!(AccessService::require_user(&user).unwrap(), nil_user());
     assert!(matches!(AccessService::require_user(&by_key), Err(Error::Forbidden(_))));
+}
+
+#[test]
+fn tokens_issued_before_the_cutoff_are_stale() {
+    assert!(!issued_before_cutoff(now(), None), "no session was ever ended");
+    assert!(issued_before_cutoff(now() - Duration::microseconds(1), Some(now())));
+    assert!(!issued_before_cutoff(now(), Some(now())), "issued at the very moment: a login just after the end");
+    assert!(!issued_before_cutoff(now() + Duration::seconds(1), Some(now())));
+}
+
+#[tokio::test]
+async fn tokens_from_before_the_sessions_ended_are_refused_and_fall_back_to_the_key() {
+    let org = tenant(UserId::generate());
+    let stored = key(&org, "nxk_good");
+    let mut ports = Ports::new();
+    // The user ended every session ten minutes ago: "older" predates it, "good" does not.
+    ports.users.checkpoint();
+    ports.users.expect_sessions_valid_after().returning(|_| Ok(Some(now() - Duration::minutes(10))));
+    let found = (stored.clone(), org.clone());
+    ports.keys.expect_find_key().returning(move |_| Ok(Some(found.clone())));
+    let (access, _) = ports.service();
+    let auth = |bearer| access.authenticate(Credentials { bearer: Some(bearer), api_key: None });
+    assert_eq!(auth("good").await.unwrap(), Principal::User(nil_user()));
+    assert_eq!(auth("older").await, Err(Error::unauthorized("this session has ended; log in again")));
+    let with_key = access.authenticate(Credentials { bearer: Some("older"), api_key: Some("nxk_good") }).await.unwrap();
+    assert_eq!(with_key, Principal::ApiKey { key: stored, tenant: org });
+}
+
+#[tokio::test]
+async fn a_store_outage_while_checking_the_session_is_not_a_refusal() {
+    let mut ports = Ports::new();
+    ports.users.checkpoint();
+    ports.users.expect_sessions_valid_after().returning(|_| Err(Error::Unavailable("the database is unavailable".into())));
+    let (access, _) = ports.service();
+    let result = access.authenticate(Credentials { bearer: Some("good"), api_key: None }).await;
+    assert!(matches!(result, Err(Error::Unavailable(_))), "{result:?}");
 }

@@ -1,10 +1,13 @@
-//! Identity use cases: register, login, rotate a refresh token, and resolve the caller of
-//! an access token.
+//! Identity use cases: register, login, rotate a refresh token, end sessions, change a
+//! password, and resolve the caller of an access token.
 //!
 //! Sessions: each registration or login starts a refresh-token *family*. Refreshing rotates
 //! the presented token (revoked, replaced within the family, atomically in the store). A
 //! token presented again after its rotation is a replay, whether by a thief or by a racing
-//! client: the whole family is revoked and the holder must log in again.
+//! client: the whole family is revoked and the holder must log in again. A family ends for
+//! good at its absolute lifetime (`session_max`), whatever the rotations. Logging out
+//! revokes one family; ending every session (or changing the password) revokes them all and
+//! makes every access token issued before that moment invalid.
 
 use std::sync::Arc;
 
@@ -61,6 +64,8 @@ pub struct IdentityPorts {
 pub struct SessionPolicy {
     /// Lifetime of each refresh token.
     pub refresh_ttl: Duration,
+    /// Absolute lifetime of a family, however often it is rotated.
+    pub session_max: Duration,
     pub login_limit: LoginLimit,
 }
 
@@ -130,20 +135,22 @@ impl IdentityService {
         }
     }
 
-    /// Exchanges a refresh token for a new pair, revoking the presented one.
+    /// Exchanges a refresh token for a new pair, revoking the presented one. The new
+    /// refresh token expires no later than its session.
     ///
     /// # Errors
-    /// [`Error::Unauthorized`] for an unknown, expired or already-used token; a used one
-    /// also revokes every token of its family.
+    /// [`Error::Unauthorized`] for an unknown, expired or already-used token, or one whose
+    /// session has reached its absolute lifetime; a used one also revokes every token of
+    /// its family.
     pub async fn rotate_refresh(&self, presented: &str) -> Result<TokenPair> {
         let presented = OpaqueSecret::new(presented.to_owned());
         let now = self.ports.clock.now();
         let refresh = self.ports.secrets.generate(REFRESH_PREFIX)?;
         let replacement = Replacement { digest: refresh.digest(), issued_at: now, expires_at: now + self.policy.refresh_ttl };
         match self.ports.refresh_tokens.rotate_refresh_token(&presented.digest(), &replacement, now).await? {
-            Rotation::Rotated { user_id, .. } => {
+            Rotation::Rotated { user_id, expires_at, .. } => {
                 let access = self.ports.access_tokens.issue(&user_id, now)?;
-                Ok(TokenPair { access, refresh, refresh_expires_at: replacement.expires_at })
+                Ok(TokenPair { access, refresh, refresh_expires_at: expires_at })
             }
             Rotation::Reused { user_id, family_id } => {
                 let revoked = self.ports.refresh_tokens.revoke_family(&family_id, now).await?;
@@ -151,8 +158,55 @@ impl IdentityService {
                 Err(Error::unauthorized("refresh token has already been used; the session was revoked, log in again"))
             }
             Rotation::Expired => Err(Error::unauthorized("refresh token has expired; log in again")),
+            Rotation::SessionEnded => Err(Error::unauthorized("the session has reached its maximum lifetime; log in again")),
             Rotation::Unknown => Err(Error::unauthorized("invalid refresh token")),
         }
+    }
+
+    /// Logs out: revokes the whole family of the presented refresh token. A token that is
+    /// unknown (or already revoked) is not an error: there is nothing to reveal.
+    pub async fn logout(&self, presented: &str) -> Result<()> {
+        let digest = OpaqueSecret::new(presented.to_owned()).digest();
+        if let Some(family) = self.ports.refresh_tokens.family_of(&digest).await? {
+            let revoked = self.ports.refresh_tokens.revoke_family(&family, self.ports.clock.now()).await?;
+            tracing::info!(revoked, "logged out: a session was revoked");
+        }
+        Ok(())
+    }
+
+    /// Ends every session of the user: all its refresh tokens are revoked, and every access
+    /// token issued before now is refused from now on, by every replica.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] when the user no longer exists.
+    pub async fn end_sessions(&self, user: &UserId) -> Result<()> {
+        self.ports.users.end_sessions(user, self.ports.clock.now()).await.map_err(gone_as_unauthorized)?;
+        tracing::info!(user = %user, "every session of the user was ended");
+        Ok(())
+    }
+
+    /// Changes the user's password, then ends every session as [`Self::end_sessions`].
+    /// A wrong current password counts as a failed login.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] when the new password breaks the registration rules;
+    /// [`Error::Forbidden`] when the current password is wrong; [`Error::RateLimited`]
+    /// when the account has seen too many failed logins lately; [`Error::Overloaded`] when
+    /// the hasher's queue is full.
+    pub async fn change_password(&self, user: &UserId, current: String, new: String) -> Result<()> {
+        let current = Password::presented(current)?;
+        let new = Password::choose(new)?;
+        let email = self.current_user(user).await?.email;
+        self.count_attempt(&email).await?;
+        let credentials = self.ports.users.find_credentials(&email).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))?;
+        if !self.ports.hasher.verify(&current, &credentials.password_hash).await? {
+            return Err(Error::Forbidden("the current password is wrong".to_owned()));
+        }
+        self.clear_attempts(&email).await;
+        let hash = self.ports.hasher.hash(&new).await?;
+        self.ports.users.change_password(user, &hash, self.ports.clock.now()).await.map_err(gone_as_unauthorized)?;
+        tracing::info!(user = %user, "password changed; every session of the user was ended");
+        Ok(())
     }
 
     /// The user an access token was issued to.
@@ -189,12 +243,14 @@ impl IdentityService {
         let now = self.ports.clock.now();
         let access = self.ports.access_tokens.issue(&user.id, now)?;
         let refresh = self.ports.secrets.generate(REFRESH_PREFIX)?;
+        let session_expires_at = now + self.policy.session_max;
         let record = RefreshTokenRecord {
             digest: refresh.digest(),
             user_id: user.id,
             family_id: FamilyId::generate(),
             issued_at: now,
-            expires_at: now + self.policy.refresh_ttl,
+            expires_at: (now + self.policy.refresh_ttl).min(session_expires_at),
+            session_expires_at,
         };
         self.ports.refresh_tokens.insert_refresh_token(&record).await?;
         Ok(Session { user, tokens: TokenPair { access, refresh, refresh_expires_at: record.expires_at } })
@@ -203,6 +259,13 @@ impl IdentityService {
 
 fn taken() -> Error {
     Error::AlreadyExists("a user with this email already exists".to_owned())
+}
+
+fn gone_as_unauthorized(err: Error) -> Error {
+    match err {
+        Error::NotFound(_) => Error::unauthorized("the user of this token no longer exists"),
+        other => other,
+    }
 }
 
 #[cfg(test)]

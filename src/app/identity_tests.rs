@@ -17,10 +17,15 @@ fn now() -> DateTime<Utc> {
 }
 
 const TTL_DAYS: i64 = 30;
+const SESSION_DAYS: i64 = 90;
 const MAX_FAILURES: u32 = 3;
 
 fn policy() -> SessionPolicy {
-    SessionPolicy { refresh_ttl: Duration::days(TTL_DAYS), login_limit: LoginLimit { max_failures: MAX_FAILURES, window: Duration::minutes(15) } }
+    SessionPolicy {
+        refresh_ttl: Duration::days(TTL_DAYS),
+        session_max: Duration::days(SESSION_DAYS),
+        login_limit: LoginLimit { max_failures: MAX_FAILURES, window: Duration::minutes(15) },
+    }
 }
 
 /// One double per port; each test sets the expectations it needs, so any other call fails.
@@ -69,7 +74,11 @@ impl Ports {
         self.secrets.expect_generate().with(eq("nxr_")).times(1).returning(|_| Ok(OpaqueSecret::new("nxr_secret".into())));
         self.refresh
             .expect_insert_refresh_token()
-            .withf(|record| record.digest == OpaqueSecret::new("nxr_secret".into()).digest() && record.expires_at == now() + Duration::days(TTL_DAYS))
+            .withf(|record| {
+                record.digest == OpaqueSecret::new("nxr_secret".into()).digest()
+                    && record.expires_at == now() + Duration::days(TTL_DAYS)
+                    && record.session_expires_at == now() + Duration::days(SESSION_DAYS)
+            })
             .times(1)
             .returning(|_| Ok(()));
     }
@@ -188,10 +197,13 @@ fn rotating(outcome: Rotation) -> Ports {
 #[tokio::test]
 async fn refresh_rotates_a_live_token() {
     let user = UserId::generate();
-    let mut ports = rotating(Rotation::Rotated { user_id: user, family_id: FamilyId::generate() });
+    // The store cut the new token's expiry to the session's end.
+    let session_end = now() + Duration::days(2);
+    let mut ports = rotating(Rotation::Rotated { user_id: user, family_id: FamilyId::generate(), expires_at: session_end });
     ports.access.expect_issue().with(eq(user), eq(now())).returning(|_, at| Ok(AccessToken { token: "jwt2".into(), issued_at: at, expires_at: at }));
     let pair = ports.service().rotate_refresh("nxr_old").await.unwrap();
     assert_eq!((pair.access.token.as_str(), pair.refresh.expose()), ("jwt2", "nxr_next"));
+    assert_eq!(pair.refresh_expires_at, session_end);
 }
 
 #[tokio::test]
@@ -204,10 +216,12 @@ async fn refresh_reuse_revokes_the_whole_family() {
 
 #[tokio::test]
 async fn refresh_refuses_expired_and_unknown_tokens() {
-    for outcome in [Rotation::Expired, Rotation::Unknown] {
+    for outcome in [Rotation::Expired, Rotation::Unknown, Rotation::SessionEnded] {
         let result = rotating(outcome.clone()).service().rotate_refresh("nxr_old").await;
         assert!(matches!(result, Err(Error::Unauthorized(_))), "{outcome:?}");
     }
+    let ended = rotating(Rotation::SessionEnded).service().rotate_refresh("nxr_old").await;
+    assert_eq!(ended.unwrap_err(), Error::unauthorized("the session has reached its maximum lifetime; log in again"));
 }
 
 #[tokio::test]
@@ -224,6 +238,26 @@ async fn store_outages_pass_through_as_unavailable() {
     ports.users.expect_find_credentials().returning(|_| Err(Error::Unavailable("the database is unavailable".into())));
     let result = ports.service().login("ada@example.com", "whatever1".into()).await;
     assert!(matches!(result, Err(Error::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn a_session_never_outlives_its_maximum() {
+    // Sessions of a day with tokens of thirty: the first token is cut to the day.
+    let mut ports = Ports::default();
+    ports.users.expect_find_credentials().returning(|_| Ok(None));
+    ports.hasher.expect_hash().returning(|_| Ok(PasswordHash::from_phc("h".into())));
+    ports.users.expect_insert_user().returning(|_| Ok(()));
+    ports.access.expect_issue().returning(|_, at| Ok(AccessToken { token: "jwt".into(), issued_at: at, expires_at: at }));
+    ports.secrets.expect_generate().returning(|_| Ok(OpaqueSecret::new("nxr_secret".into())));
+    ports
+        .refresh
+        .expect_insert_refresh_token()
+        .withf(|record| record.expires_at == now() + Duration::days(1) && record.session_expires_at == now() + Duration::days(1))
+        .times(1)
+        .returning(|_| Ok(()));
+    let session =
+        ports.service_with(SessionPolicy { session_max: Duration::days(1), ..policy() }).register(registration("ada@example.com", "long enough", None)).await;
+    assert_eq!(session.unwrap().tokens.refresh_expires_at, now() + Duration::days(1));
 }
 
 #[tokio::test]
@@ -251,4 +285,74 @@ async fn a_failed_login_stays_counted_and_an_off_limit_counts_nothing() {
     off.expect_session();
     let policy = SessionPolicy { login_limit: LoginLimit { max_failures: 0, window: Duration::minutes(15) }, ..policy() };
     off.service_with(policy).login("ada@example.com", "right".into()).await.unwrap();
+}
+
+#[tokio::test]
+async fn logout_revokes_the_family_and_says_nothing_of_unknown_tokens() {
+    let family = FamilyId::generate();
+    let mut ports = Ports::default();
+    ports.refresh.expect_family_of().returning(move |digest| Ok((*digest == OpaqueSecret::new("nxr_known".into()).digest()).then_some(family)));
+    ports.refresh.expect_revoke_family().with(eq(family), eq(now())).times(1).returning(|_, _| Ok(2));
+    let service = ports.service();
+    service.logout("nxr_known").await.unwrap();
+    service.logout("nxr_unknown").await.unwrap();
+}
+
+#[tokio::test]
+async fn ending_sessions_records_the_moment() {
+    let user = UserId::generate();
+    let mut ports = Ports::default();
+    ports.users.expect_end_sessions().with(eq(user), eq(now())).times(1).returning(|_, _| Ok(()));
+    ports.users.expect_end_sessions().returning(|_, _| Err(Error::NotFound("no such user".into())));
+    let service = ports.service();
+    service.end_sessions(&user).await.unwrap();
+    assert!(matches!(service.end_sessions(&UserId::generate()).await, Err(Error::Unauthorized(_))), "a vanished user");
+}
+
+/// A user whose current password is "old password".
+fn changing() -> (Ports, UserId) {
+    let stored = stored_user();
+    let id = stored.user.id;
+    let mut ports = Ports::default();
+    let user = stored.user.clone();
+    ports.users.expect_find_user().returning(move |_| Ok(Some(user.clone())));
+    ports.users.expect_find_credentials().returning(move |_| Ok(Some(stored.clone())));
+    ports.hasher.expect_verify().returning(|password, _| Ok(password.expose() == "old password"));
+    (ports, id)
+}
+
+#[tokio::test]
+async fn a_password_change_rehashes_and_ends_every_session() {
+    let (mut ports, id) = changing();
+    ports.expect_attempt(1);
+    ports.attempts.expect_clear_login_attempts().times(1).returning(|_| Ok(()));
+    ports.hasher.expect_hash().withf(|p| p.expose() == "new password").times(1).returning(|_| Ok(PasswordHash::from_phc("$argon2id$new".into())));
+    ports
+        .users
+        .expect_change_password()
+        .withf(move |user, hash, at| *user == id && hash.as_phc() == "$argon2id$new" && *at == now())
+        .times(1)
+        .returning(|_, _, _| Ok(()));
+    ports.service().change_password(&id, "old password".into(), "new password".into()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_current_password_is_forbidden_and_counted() {
+    let (mut ports, id) = changing();
+    ports.expect_attempt(1);
+    let result = ports.service().change_password(&id, "not it".into(), "new password".into()).await;
+    assert_eq!(result.unwrap_err(), Error::Forbidden("the current password is wrong".into()));
+
+    let (mut locked, id) = changing();
+    locked.expect_attempt(MAX_FAILURES + 1);
+    assert!(matches!(locked.service().change_password(&id, "old password".into(), "new password".into()).await, Err(Error::RateLimited { .. })));
+}
+
+#[tokio::test]
+async fn a_new_password_breaking_the_rules_is_refused_before_anything() {
+    let service = Ports::default().service();
+    for new in ["short", &"x".repeat(1025)] {
+        let result = service.change_password(&UserId::generate(), "old password".into(), new.into()).await;
+        assert!(matches!(result, Err(Error::InvalidRequest(_))), "{result:?}");
+    }
 }

@@ -1,6 +1,6 @@
-//! The failed-login limit per account, as a pure decision. Every login attempt is counted
-//! in the store *before* the password is checked, in fixed windows; a successful one
-//! clears the count. Counting first means parallel guesses
+//! The failed-login limit per account, as a pure decision. Every login attempt (and every
+//! password change) is counted in the store *before* the password is checked, in fixed
+//! windows; a successful one clears the count. Counting first means parallel guesses
 //! cannot slip past the limit while earlier ones are still being verified.
 
 use chrono::{DateTime, Duration, Utc};

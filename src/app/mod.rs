@@ -4,6 +4,7 @@
 pub mod access;
 pub mod agents;
 pub mod health;
+pub mod housekeeping;
 pub mod identity;
 pub mod key_usage;
 pub mod leadership;
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex};
 pub use access::{AccessPorts, AccessService, Credentials, Principal};
 pub use agents::{AgentPorts, AgentService, AgentState, LiveStatus, LogQuery};
 pub use health::{CheckOutcome, Readiness};
+pub use housekeeping::Housekeeping;
 pub use identity::{IdentityPorts, IdentityService, Registration, Session, SessionPolicy, TokenPair};
 pub use key_usage::KeyUsage;
 pub use login_limit::LoginLimit;

@@ -58,6 +58,10 @@ error_sets! {
     RegisterErrors = [400, 409, 413, 415, 429, 500, 503];
     /// Exchanging credentials or a refresh token for tokens.
     CredentialErrors = [400, 401, 413, 415, 429, 500, 503];
+    /// Logging out: an unknown token is not an error.
+    LogoutErrors = [400, 413, 415, 429, 500, 503];
+    /// Changing one's password.
+    PasswordErrors = [400, 401, 403, 413, 415, 429, 500, 503];
     /// Creating something a quota bounds (a tenant, a key).
     QuotaCreateErrors = [400, 401, 403, 409, 413, 415, 500, 503];
     /// An operation behind authentication without a body.

@@ -1,4 +1,5 @@
-//! `/auth/*` and `/api/v1/me`: accounts, logins, token rotation, and the caller.
+//! `/auth/*` and `/api/v1/me`: accounts, logins, token rotation, logout, the caller, and
+//! the caller's sessions and password.
 
 use chrono::{DateTime, Utc};
 use nexus_ports::identity::User;
@@ -10,9 +11,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Union};
 
 use super::ApiTags;
 use super::auth::Caller;
-use super::error::{ApiError, AuthenticatedErrors, CredentialErrors, RegisterErrors};
+use super::error::{ApiError, AuthenticatedErrors, CredentialErrors, LogoutErrors, PasswordErrors, RegisterErrors};
 use super::text::Text;
-use crate::app::{Principal, Registration, Session, SharedNexus, TokenPair};
+use crate::app::{AccessService, Principal, Registration, Session, SharedNexus, TokenPair};
 
 /// A new account.
 #[derive(Object)]
@@ -45,12 +46,32 @@ struct LoginRequest {
     password: Text,
 }
 
-/// A refresh token to rotate.
+/// A refresh token to rotate, or whose session to end.
 #[derive(Object)]
 #[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
 struct RefreshRequest {
     refresh_token: Text,
+}
+
+/// A password change.
+#[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
+#[oai(rename_all = "camelCase")]
+struct ChangePasswordRequest {
+    /// The password in use now; at most 1024 characters.
+    #[oai(write_only, validator(max_length = 1024))]
+    current_password: Text,
+    /// 8 to 1024 characters, as at registration.
+    #[oai(write_only, validator(min_length = 8, max_length = 1024))]
+    new_password: Text,
+}
+
+#[derive(ApiResponse)]
+enum Done {
+    /// Done; nothing to answer.
+    #[oai(status = 204)]
+    NoContent,
 }
 
 /// A user, as clients see it.
@@ -194,6 +215,14 @@ impl AuthApi {
         let pair = nexus.identity.rotate_refresh(&body.refresh_token).await?;
         Ok(Json((&pair).into()))
     }
+
+    /// Log out: the refresh token's whole session (its rotation family) is revoked. An
+    /// unknown or already revoked token answers the same: there is nothing to reveal.
+    #[oai(path = "/auth/logout", method = "post", operation_id = "auth_logout")]
+    async fn logout(&self, nexus: Data<&SharedNexus>, body: Json<RefreshRequest>) -> Result<Done, ApiError<LogoutErrors>> {
+        nexus.identity.logout(&body.refresh_token).await?;
+        Ok(Done::NoContent)
+    }
 }
 
 pub(crate) struct MeApi;
@@ -224,5 +253,26 @@ impl MeApi {
             }
         };
         Ok(Json(me))
+    }
+
+    /// End every session of the caller: all its refresh tokens are revoked, and every
+    /// access token issued before now is refused from now on (this one too), by every
+    /// replica. Needs a user's access token.
+    #[oai(path = "/api/v1/me/sessions", method = "delete", operation_id = "me_sessions_end")]
+    async fn end_sessions(&self, nexus: Data<&SharedNexus>, caller: Caller) -> Result<Done, ApiError<AuthenticatedErrors>> {
+        let user = AccessService::require_user(&caller.0)?;
+        nexus.identity.end_sessions(&user).await?;
+        Ok(Done::NoContent)
+    }
+
+    /// Change the caller's password; then every session ends as with `DELETE
+    /// /api/v1/me/sessions`. A wrong current password is refused with 403 and counts as a
+    /// failed login. Needs a user's access token.
+    #[oai(path = "/api/v1/me/password", method = "put", operation_id = "me_password_change")]
+    async fn change_password(&self, nexus: Data<&SharedNexus>, caller: Caller, body: Json<ChangePasswordRequest>) -> Result<Done, ApiError<PasswordErrors>> {
+        let user = AccessService::require_user(&caller.0)?;
+        let Json(ChangePasswordRequest { current_password, new_password }) = body;
+        nexus.identity.change_password(&user, current_password.0, new_password.0).await?;
+        Ok(Done::NoContent)
     }
 }

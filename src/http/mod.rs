@@ -34,11 +34,11 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3
 
 #[derive(Tags)]
 enum ApiTags {
-    /// Accounts, logins and token rotation. Every `/auth` route is rate-limited per
+    /// Accounts, logins, token rotation and logout. Every `/auth` route is rate-limited per
     /// client address (429 with `Retry-After`), and logins per account (10 failures in 15
     /// minutes by default).
     Auth,
-    /// The authenticated caller.
+    /// The authenticated caller, its sessions and its password.
     Me,
     /// Tenants: the unit of isolation, with a namespace and a node of its own. These routes
     /// act for a user: they need a user's access token, and refuse API keys with 403.

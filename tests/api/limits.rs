@@ -12,6 +12,7 @@ use crate::support::{Answer, Backend, PASSWORD, Server, on_both_backends, with_c
 on_both_backends!(
     auth_routes_are_limited_per_address_and_other_routes_keep_answering,
     failed_logins_are_limited_per_account,
+    a_wrong_current_password_counts_as_a_failed_login,
     a_saturated_hasher_refuses_at_once_with_503
 );
 
@@ -102,6 +103,28 @@ async fn failed_logins_are_limited_per_account(backend: Backend) {
             let guesses = join_all((0..8).map(|_| server.login("bob@example.com", "guess"))).await;
             let checked = guesses.iter().filter(|a| a.status == StatusCode::UNAUTHORIZED).count();
             assert_eq!(checked, 3, "{guesses:?}");
+        },
+    )
+    .await;
+}
+
+async fn a_wrong_current_password_counts_as_a_failed_login(backend: Backend) {
+    with_configured_server(
+        backend,
+        |config| ServeConfig { login_failures: 3, ..config },
+        async |server: &Server| {
+            let token = server.user("ada@example.com").await;
+            let change = async |current: &str| {
+                let body = json!({"currentPassword": current, "newPassword": "a-new-strong-password"});
+                server.call(Method::PUT, "/api/v1/me/password", &[("authorization", &format!("Bearer {token}"))], Some(&body)).await
+            };
+            assert_eq!(server.login("ada@example.com", "guess").await.status, StatusCode::UNAUTHORIZED);
+            assert_eq!(server.login("ada@example.com", "guess").await.status, StatusCode::UNAUTHORIZED);
+            let wrong = change("guess").await;
+            assert_eq!(wrong.status, StatusCode::FORBIDDEN, "{wrong:?}");
+            assert_eq!(wrong.error(), "the current password is wrong");
+            assert_limited(&server.login("ada@example.com", PASSWORD).await);
+            assert_limited(&change(PASSWORD).await);
         },
     )
     .await;

@@ -19,5 +19,6 @@ mod quotas;
 mod reconcile_kube;
 mod restart;
 mod secrets;
+mod sessions;
 mod startup;
 mod tenancy;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{Backend, Server, on_both_backends, with_server};
+use crate::support::{Backend, PASSWORD, Server, on_both_backends, with_server};
 
 /// Who calls.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +45,15 @@ fn manifest(name: &str) -> Value {
 
 const ROWS: &[Row] = &[
     ("GET", "/api/v1/me", Scope::User, None, [401, 401, 200, 200, 200]),
+    // A user ends its own sessions and changes its own password; an API key acts for no user.
+    ("DELETE", "/api/v1/me/sessions", Scope::User, None, [401, 401, 204, 403, 204]),
+    (
+        "PUT",
+        "/api/v1/me/password",
+        Scope::User,
+        Some(|| json!({"currentPassword": PASSWORD, "newPassword": "another-strong-password"})),
+        [401, 401, 204, 403, 204],
+    ),
     ("POST", "/api/v1/tenants", Scope::User, Some(|| json!({"displayName": "matrix"})), [401, 401, 201, 403, 201]),
     ("GET", "/api/v1/tenants", Scope::User, None, [401, 401, 200, 403, 200]),
     ("DELETE", "/api/v1/tenants/{tenantId}", Scope::User, None, [401, 401, 403, 403, 200]),

@@ -38,7 +38,7 @@ impl Write for Capture {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_is_ever_logged() {
     let logs = captured_logs();
-    let mut secrets = vec!["Sup3r-Secret-Passw0rd".to_owned(), "Wr0ng-Secret-Passw0rd".to_owned()];
+    let mut secrets = vec!["Sup3r-Secret-Passw0rd".to_owned(), "Wr0ng-Secret-Passw0rd".to_owned(), "N3w-Secret-Passw0rd".to_owned()];
     with_server(Backend::Sqlite, async |server: &Server| {
         let registered = server.post("/auth/register", &json!({"email": "secret@example.com", "password": secrets[0]})).await;
         assert_eq!(registered.status, StatusCode::CREATED);
@@ -53,12 +53,19 @@ async fn no_secret_is_ever_logged() {
         let key = server.key(&token, &tenant, "ci").await;
         assert_eq!(server.call(Method::GET, "/api/v1/me", &[("x-api-key", &key.str("rawKey"))], None).await.status, StatusCode::OK);
         assert_eq!(server.call(Method::GET, "/api/v1/me", &[("x-api-key", "nxk_wrong-key-value")], None).await.status, StatusCode::UNAUTHORIZED);
+        let logout = server.post("/auth/logout", &json!({"refreshToken": refreshed.str("refreshToken")})).await;
+        assert_eq!(logout.status, StatusCode::NO_CONTENT);
+        let auth = ("authorization", format!("Bearer {token}"));
+        let change = json!({"currentPassword": secrets[0], "newPassword": secrets[2]});
+        assert_eq!(server.call(Method::PUT, "/api/v1/me/password", &[(auth.0, &auth.1)], Some(&change)).await.status, StatusCode::NO_CONTENT);
+        assert_eq!(server.get("/api/v1/me", Some(&token)).await.status, StatusCode::UNAUTHORIZED);
         secrets.extend([registered.str("accessToken"), registered.str("refreshToken"), login.str("accessToken"), login.str("refreshToken")]);
         secrets.extend([token, refreshed.str("refreshToken"), key.str("rawKey"), "nxk_wrong-key-value".to_owned()]);
     })
     .await;
     let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(logged.contains("user registered") && logged.contains("refresh token presented after rotation"), "the capture works");
+    assert!(logged.contains("logged out") && logged.contains("password changed"), "the session routes log too");
     for secret in &secrets {
         assert!(!logged.contains(secret.as_str()), "a secret was logged: {secret}");
     }

@@ -24,11 +24,12 @@ fn refused(args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn out_of_range_configuration_stops_the_start_with_a_clear_message() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--refresh-ttl", "1000000d"], "NEXUS_REFRESH_TTL (--refresh-ttl) must be between 1s and 365d; got 1000000d"),
         (&["--resync", "1000d"], "NEXUS_RESYNC (--resync) must be between 100ms and 1d; got 1000d"),
         (&["--jwt-secret", "too-short"], "NEXUS_JWT_SECRET (--jwt-secret) must be between 32 and 4096; got 9"),
-        (&["--max-agents", "0"], "NEXUS_MAX_AGENTS (--max-agents) must be between 1 and 100000; got 0"),
+        (&["--max-tenants", "0"], "NEXUS_MAX_TENANTS (--max-tenants) must be between 1 and 100000; got 0"),
+        (&["--session-max", "400d"], "NEXUS_SESSION_MAX (--session-max) must be between 1s and 365d; got 400d"),
     ];
     for (args, message) in cases {
         let (code, printed) = refused(args);
@@ -40,7 +41,7 @@ fn out_of_range_configuration_stops_the_start_with_a_clear_message() {
 
 #[test]
 fn values_that_do_not_parse_are_refused_by_the_parser() {
-    for args in [&["--trusted-proxies", "10.0.0.0/33"][..], &["--auth-rate", "lots"], &["--refresh-ttl", "forever"]] {
+    for args in [&["--trusted-proxies", "10.0.0.0/33"][..], &["--auth-rate", "lots"], &["--session-max", "forever"]] {
         let (code, printed) = refused(args);
         assert_eq!(code, Some(2), "{args:?}: {printed}");
         assert!(printed.contains("invalid value"), "{args:?}: {printed}");

@@ -1,6 +1,10 @@
 //! HS256 access tokens. The algorithm is pinned (a token claiming any other is refused),
 //! and `iss`, `sub`, `iat`, `exp`, `jti` and the token type are all required and checked;
 //! expiry is checked against the caller's clock, with no leeway.
+//!
+//! `iat` is in whole seconds, as the standard has it; `iat_us` repeats it to the
+//! microsecond, so that "every token issued before this moment" (ending every session)
+//! does not also catch a token issued a moment after, within the same second.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
@@ -20,6 +24,9 @@ const ACCESS_TYPE: &str = "access";
 struct Claims {
     sub: String,
     iat: i64,
+    /// `iat` in microseconds; absent from tokens issued before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat_us: Option<i64>,
     exp: i64,
     iss: String,
     typ: String,
@@ -76,6 +83,7 @@ impl AccessTokens for JwtAccessTokens {
         let claims = Claims {
             sub: user_id.to_string(),
             iat: now.timestamp(),
+            iat_us: Some(now.timestamp_micros()),
             exp: expires_at.timestamp(),
             iss: ISSUER.to_owned(),
             typ: ACCESS_TYPE.to_owned(),
@@ -91,12 +99,12 @@ impl AccessTokens for JwtAccessTokens {
             return Err(rejected());
         }
         let at = |secs| Utc.timestamp_opt(secs, 0).single().ok_or_else(rejected);
-        Ok(AccessClaims {
-            user_id: UserId::parse(&claims.sub).map_err(|_| rejected())?,
-            token_id: claims.jti,
-            issued_at: at(claims.iat)?,
-            expires_at: at(claims.exp)?,
-        })
+        let issued_at = match claims.iat_us {
+            Some(micros) if micros.div_euclid(1_000_000) == claims.iat => DateTime::from_timestamp_micros(micros).ok_or_else(rejected)?,
+            Some(_) => return Err(rejected()),
+            None => at(claims.iat)?,
+        };
+        Ok(AccessClaims { user_id: UserId::parse(&claims.sub).map_err(|_| rejected())?, token_id: claims.jti, issued_at, expires_at: at(claims.exp)? })
     }
 }
 
@@ -140,6 +148,7 @@ mod tests {
         let refresh_typed = Claims {
             sub: UserId::generate().to_string(),
             iat: now.timestamp(),
+            iat_us: None,
             exp: now.timestamp() + 60,
             iss: ISSUER.into(),
             typ: "refresh".into(),
@@ -163,5 +172,25 @@ mod tests {
     #[test]
     fn short_secrets_are_refused() {
         assert!(JwtAccessTokens::new(b"short", Duration::minutes(1)).is_err());
+    }
+
+    #[test]
+    fn the_issue_time_is_kept_to_the_microsecond() {
+        let tokens = tokens();
+        let issued_at = Utc.timestamp_opt(1_800_000_000, 123_456_000).single().unwrap();
+        let token = tokens.issue(&UserId::generate(), issued_at).unwrap();
+        assert_eq!(tokens.verify(&token.token, issued_at).unwrap().issued_at, issued_at);
+        // A token without `iat_us` (issued before it existed) is taken at its whole second.
+        let claims = Claims {
+            sub: UserId::generate().to_string(),
+            iat: 1_800_000_000,
+            iat_us: None,
+            exp: 1_800_000_060,
+            iss: ISSUER.into(),
+            typ: ACCESS_TYPE.into(),
+            jti: "x".into(),
+        };
+        let older = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET).unwrap()).unwrap();
+        assert_eq!(tokens.verify(&older, issued_at).unwrap().issued_at.timestamp_micros(), 1_800_000_000_000_000);
     }
 }

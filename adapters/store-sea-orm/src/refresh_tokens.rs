@@ -4,44 +4,86 @@
 //! decides the one winner among concurrent rotations. On PostgreSQL the losers block on
 //! the row lock and then match nothing; on SQLite the write lock serialises them. Reading
 //! before writing would let two SQLite readers both try to upgrade and fail.
+//!
+//! Every write of a new token first writes its user's row (see `users`), so that ending
+//! the user's sessions concurrently cannot leave the new token live.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use nexus_ports::Result;
 use nexus_ports::identity::UserId;
 use nexus_ports::ports::RefreshTokenStore;
 use nexus_ports::tokens::{FamilyId, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+use nexus_ports::{Error, Result};
+use sea_orm::sea_query::{Condition, Expr, Query};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
 
 use crate::SqlStore;
-use crate::entity::refresh_tokens as tokens;
+use crate::entity::{refresh_tokens as tokens, users};
 use crate::error::{db, translate};
+use crate::users::sessions_allowed_at;
 
-fn row(digest: &SecretDigest, user_id: &UserId, family_id: &FamilyId, issued_at: DateTime<Utc>, expires_at: DateTime<Utc>) -> tokens::ActiveModel {
-    tokens::ActiveModel {
-        digest: Set(digest.to_hex()),
-        user_id: Set(user_id.as_uuid()),
-        family_id: Set(family_id.0),
-        issued_at: Set(issued_at),
-        expires_at: Set(expires_at),
+struct Row<'a> {
+    digest: &'a SecretDigest,
+    user_id: &'a UserId,
+    family_id: &'a FamilyId,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    session_expires_at: DateTime<Utc>,
+}
+
+async fn insert(conn: &impl ConnectionTrait, row: Row<'_>) -> Result<()> {
+    let model = tokens::ActiveModel {
+        digest: Set(row.digest.to_hex()),
+        user_id: Set(row.user_id.as_uuid()),
+        family_id: Set(row.family_id.0),
+        issued_at: Set(row.issued_at),
+        expires_at: Set(row.expires_at.min(row.session_expires_at)),
         revoked_at: Set(None),
         replaced_by: Set(None),
-    }
+        session_expires_at: Set(Some(row.session_expires_at)),
+    };
+    tokens::Entity::insert(model).exec_without_returning(conn).await.map_err(|e| translate(e, "refresh token"))?;
+    Ok(())
 }
 
 #[async_trait]
 impl RefreshTokenStore for SqlStore {
     async fn insert_refresh_token(&self, t: &RefreshTokenRecord) -> Result<()> {
-        tokens::Entity::insert(row(&t.digest, &t.user_id, &t.family_id, t.issued_at, t.expires_at))
-            .exec_without_returning(&self.db)
+        let txn = self.db.begin().await.map_err(db)?;
+        let allowed = users::Entity::update_many()
+            .col_expr(users::Column::Id, Expr::col(users::Column::Id))
+            .filter(users::Column::Id.eq(t.user_id.as_uuid()))
+            .filter(sessions_allowed_at(t.issued_at))
+            .exec(&txn)
             .await
-            .map_err(|e| translate(e, "refresh token"))?;
-        Ok(())
+            .map_err(db)?;
+        if allowed.rows_affected == 0 {
+            return Err(match users::Entity::find_by_id(t.user_id.as_uuid()).one(&txn).await.map_err(db)? {
+                Some(_) => Error::unauthorized("the sessions of this user were ended while it signed in; log in again"),
+                None => Error::NotFound("refresh token refers to a user that does not exist".to_owned()),
+            });
+        }
+        let row = Row {
+            digest: &t.digest,
+            user_id: &t.user_id,
+            family_id: &t.family_id,
+            issued_at: t.issued_at,
+            expires_at: t.expires_at,
+            session_expires_at: t.session_expires_at,
+        };
+        insert(&txn, row).await?;
+        txn.commit().await.map_err(db)
     }
 
     async fn rotate_refresh_token(&self, presented: &SecretDigest, replacement: &Replacement, now: DateTime<Utc>) -> Result<Rotation> {
         let txn = self.db.begin().await.map_err(db)?;
+        let owner = Query::select().column(tokens::Column::UserId).from(tokens::Entity).and_where(tokens::Column::Digest.eq(presented.to_hex())).to_owned();
+        users::Entity::update_many()
+            .col_expr(users::Column::Id, Expr::col(users::Column::Id))
+            .filter(users::Column::Id.in_subquery(owner))
+            .exec(&txn)
+            .await
+            .map_err(db)?;
         let claimed = tokens::Entity::update_many()
             .col_expr(tokens::Column::RevokedAt, Expr::value(now))
             .col_expr(tokens::Column::ReplacedBy, Expr::value(replacement.digest.to_hex()))
@@ -58,16 +100,25 @@ impl RefreshTokenStore for SqlStore {
         if claimed == 0 {
             return Ok(Rotation::Reused { user_id, family_id });
         }
+        // Dropping the transaction rolls the claim back: a token past its end stays as it was.
+        let session_expires_at = current.session_expires_at.unwrap_or(current.expires_at);
+        if session_expires_at <= now {
+            return Ok(Rotation::SessionEnded);
+        }
         if current.expires_at <= now {
-            // Dropping the transaction rolls the claim back: an expired token stays as it was.
             return Ok(Rotation::Expired);
         }
-        tokens::Entity::insert(row(&replacement.digest, &user_id, &family_id, replacement.issued_at, replacement.expires_at))
-            .exec_without_returning(&txn)
-            .await
-            .map_err(|e| translate(e, "refresh token"))?;
+        let row = Row {
+            digest: &replacement.digest,
+            user_id: &user_id,
+            family_id: &family_id,
+            issued_at: replacement.issued_at,
+            expires_at: replacement.expires_at,
+            session_expires_at,
+        };
+        insert(&txn, row).await?;
         txn.commit().await.map_err(db)?;
-        Ok(Rotation::Rotated { user_id, family_id })
+        Ok(Rotation::Rotated { user_id, family_id, expires_at: replacement.expires_at.min(session_expires_at) })
     }
 
     async fn revoke_family(&self, family: &FamilyId, now: DateTime<Utc>) -> Result<u64> {
@@ -79,5 +130,26 @@ impl RefreshTokenStore for SqlStore {
             .await
             .map_err(db)?;
         Ok(result.rows_affected)
+    }
+
+    async fn family_of(&self, digest: &SecretDigest) -> Result<Option<FamilyId>> {
+        let family: Option<uuid::Uuid> =
+            tokens::Entity::find_by_id(digest.to_hex()).select_only().column(tokens::Column::FamilyId).into_tuple().one(&self.db).await.map_err(db)?;
+        Ok(family.map(FamilyId))
+    }
+
+    async fn prune_refresh_tokens(&self, now: DateTime<Utc>) -> Result<u64> {
+        let live_families = Query::select()
+            .column(tokens::Column::FamilyId)
+            .from(tokens::Entity)
+            .and_where(tokens::Column::RevokedAt.is_null())
+            .and_where(tokens::Column::ExpiresAt.gt(now))
+            .to_owned();
+        let pruned = tokens::Entity::delete_many()
+            .filter(Condition::any().add(tokens::Column::ExpiresAt.lte(now)).add(tokens::Column::FamilyId.not_in_subquery(live_families)))
+            .exec(&self.db)
+            .await
+            .map_err(db)?;
+        Ok(pruned.rows_affected)
     }
 }

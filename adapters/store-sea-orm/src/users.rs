@@ -1,13 +1,20 @@
 //! [`UserStore`] on the `users` table.
+//!
+//! Ending a user's sessions writes the user's row first, and so does every write of a new
+//! refresh token (`refresh_tokens`): on PostgreSQL the row lock orders them, so a token
+//! written concurrently is either refused or revoked with the rest, never left live; on
+//! SQLite the write lock does the same.
 
 use async_trait::async_trait;
-use nexus_ports::Result;
+use chrono::{DateTime, Utc};
 use nexus_ports::identity::{DisplayName, Email, NewUser, PasswordHash, User, UserCredentials, UserId};
 use nexus_ports::ports::UserStore;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use nexus_ports::{Error, Result};
+use sea_orm::sea_query::{Condition, Expr};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
 
 use crate::SqlStore;
-use crate::entity::users;
+use crate::entity::{refresh_tokens as tokens, users};
 use crate::error::{db, translate};
 
 fn credentials(row: users::Model) -> Result<UserCredentials> {
@@ -22,6 +29,38 @@ fn credentials(row: users::Model) -> Result<UserCredentials> {
     })
 }
 
+fn no_such_user() -> Error {
+    Error::NotFound("no such user".to_owned())
+}
+
+/// Whether sessions that began at `at` are still allowed: none were ended after it.
+pub(crate) fn sessions_allowed_at(at: DateTime<Utc>) -> Condition {
+    Condition::any().add(users::Column::SessionsValidAfter.is_null()).add(users::Column::SessionsValidAfter.lte(at))
+}
+
+/// Ends every session of `user` at `at` inside `txn`: moves the user's cut-off forward
+/// (never back) and revokes its live refresh tokens.
+async fn end_sessions_in(txn: &impl ConnectionTrait, user: &UserId, at: DateTime<Utc>) -> Result<()> {
+    let moved = users::Entity::update_many()
+        .col_expr(users::Column::SessionsValidAfter, Expr::value(at))
+        .filter(users::Column::Id.eq(user.as_uuid()))
+        .filter(Condition::any().add(users::Column::SessionsValidAfter.is_null()).add(users::Column::SessionsValidAfter.lt(at)))
+        .exec(txn)
+        .await
+        .map_err(db)?;
+    if moved.rows_affected == 0 && users::Entity::find_by_id(user.as_uuid()).one(txn).await.map_err(db)?.is_none() {
+        return Err(no_such_user());
+    }
+    tokens::Entity::update_many()
+        .col_expr(tokens::Column::RevokedAt, Expr::value(at))
+        .filter(tokens::Column::UserId.eq(user.as_uuid()))
+        .filter(tokens::Column::RevokedAt.is_null())
+        .exec(txn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
 #[async_trait]
 impl UserStore for SqlStore {
     async fn insert_user(&self, new: &NewUser) -> Result<()> {
@@ -31,6 +70,7 @@ impl UserStore for SqlStore {
             display_name: Set(new.user.display_name.as_str().to_owned()),
             password_hash: Set(new.password_hash.as_phc().to_owned()),
             created_at: Set(new.user.created_at),
+            sessions_valid_after: Set(None),
         };
         users::Entity::insert(row).exec_without_returning(&self.db).await.map_err(|e| translate(e, "a user with this email"))?;
         Ok(())
@@ -44,5 +84,32 @@ impl UserStore for SqlStore {
     async fn find_user(&self, id: &UserId) -> Result<Option<User>> {
         let row = users::Entity::find_by_id(id.as_uuid()).one(&self.db).await.map_err(db)?;
         Ok(row.map(credentials).transpose()?.map(|c| c.user))
+    }
+
+    async fn change_password(&self, user: &UserId, hash: &PasswordHash, at: DateTime<Utc>) -> Result<()> {
+        let txn = self.db.begin().await.map_err(db)?;
+        let changed = users::Entity::update_many()
+            .col_expr(users::Column::PasswordHash, Expr::value(hash.as_phc()))
+            .filter(users::Column::Id.eq(user.as_uuid()))
+            .exec(&txn)
+            .await
+            .map_err(db)?;
+        if changed.rows_affected == 0 {
+            return Err(no_such_user());
+        }
+        end_sessions_in(&txn, user, at).await?;
+        txn.commit().await.map_err(db)
+    }
+
+    async fn end_sessions(&self, user: &UserId, at: DateTime<Utc>) -> Result<()> {
+        let txn = self.db.begin().await.map_err(db)?;
+        end_sessions_in(&txn, user, at).await?;
+        txn.commit().await.map_err(db)
+    }
+
+    async fn sessions_valid_after(&self, user: &UserId) -> Result<Option<DateTime<Utc>>> {
+        let cutoff: Option<Option<DateTime<Utc>>> =
+            users::Entity::find_by_id(user.as_uuid()).select_only().column(users::Column::SessionsValidAfter).into_tuple().one(&self.db).await.map_err(db)?;
+        Ok(cutoff.flatten())
     }
 }

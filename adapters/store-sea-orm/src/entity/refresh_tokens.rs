@@ -14,6 +14,8 @@ pub struct Model {
     pub expires_at: DateTimeUtc,
     pub revoked_at: Option<DateTimeUtc>,
     pub replaced_by: Option<String>,
+    /// The absolute end of the token's family; set on every row written since it exists.
+    pub session_expires_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,6 +12,8 @@ pub struct Model {
     pub display_name: String,
     pub password_hash: String,
     pub created_at: DateTimeUtc,
+    /// Access tokens issued before this are refused (set when every session is ended).
+    pub sessions_valid_after: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

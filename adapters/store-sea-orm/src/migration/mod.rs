@@ -6,6 +6,7 @@ mod m20261128_000001_identity;
 mod m20261128_000002_tenancy;
 mod m20261128_000003_agents;
 mod m20261205_000004_login_attempts;
+mod m20261205_000005_sessions;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_tenancy::Migration),
             Box::new(m20261128_000003_agents::Migration),
             Box::new(m20261205_000004_login_attempts::Migration),
+            Box::new(m20261205_000005_sessions::Migration),
         ]
     }
 }

@@ -16,6 +16,11 @@ on_both_backends!(
     racing_rotations_across_pools_have_one_winner,
     settings_keep_the_first_value,
     migrations_are_idempotent_and_health_answers,
+    ending_sessions_revokes_every_token_and_sets_the_cutoff,
+    a_password_change_ends_every_session,
+    sessions_end_at_their_absolute_lifetime,
+    logout_finds_the_family_of_any_of_its_tokens,
+    pruning_keeps_only_tokens_that_can_still_matter,
     login_attempts_are_counted_per_account_in_windows
 );
 
@@ -29,11 +34,23 @@ pub(crate) fn new_user(email: &str) -> NewUser {
 async fn user_with_token(store: &SqlStore, expires_in: Duration) -> (UserId, SecretDigest) {
     let new = new_user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
     store.insert_user(&new).await.unwrap();
+    (new.user.id, session_of(store, new.user.id, expires_in, Duration::days(90)).await)
+}
+
+/// Starts a session of `user` now: the first token of a new family.
+async fn session_of(store: &SqlStore, user: UserId, expires_in: Duration, session_max: Duration) -> SecretDigest {
     let digest = SecretDigest::of(&uuid::Uuid::new_v4().to_string());
     let now = Utc::now();
-    let record = RefreshTokenRecord { digest, user_id: new.user.id, family_id: FamilyId::generate(), issued_at: now, expires_at: now + expires_in };
+    let record = RefreshTokenRecord {
+        digest,
+        user_id: user,
+        family_id: FamilyId::generate(),
+        issued_at: now,
+        expires_at: now + expires_in,
+        session_expires_at: now + session_max,
+    };
     store.insert_refresh_token(&record).await.unwrap();
-    (new.user.id, digest)
+    digest
 }
 
 fn replacement() -> Replacement {
@@ -62,7 +79,8 @@ async fn rotation_has_one_winner_and_detects_reuse(url: &str) {
     let (user, first) = user_with_token(&store, Duration::days(1)).await;
     let next = replacement();
     let rotated = store.rotate_refresh_token(&first, &next, Utc::now()).await.unwrap();
-    let Rotation::Rotated { user_id, family_id } = rotated else { panic!("{rotated:?}") };
+    let Rotation::Rotated { user_id, family_id, expires_at } = rotated else { panic!("{rotated:?}") };
+    assert_eq!(expires_at.timestamp_micros(), next.expires_at.timestamp_micros(), "well within the session: as asked");
     assert_eq!(user_id, user);
 
     // The replacement is live and in the same family; the first is now a replay.
@@ -129,6 +147,99 @@ async fn unreachable_database_is_unavailable_fast() {
     let result = SqlStore::connect("postgres://postgres@127.0.0.1:1/none").await;
     assert!(matches!(result, Err(Error::Unavailable(_))), "{:?}", result.err());
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+async fn ending_sessions_revokes_every_token_and_sets_the_cutoff(url: &str) {
+    let (a, b) = (SqlStore::connect(url).await.unwrap(), SqlStore::connect(url).await.unwrap());
+    let (user, first) = user_with_token(&a, Duration::days(1)).await;
+    let second = session_of(&a, user, Duration::days(1), Duration::days(90)).await;
+    let (bystander, theirs) = user_with_token(&a, Duration::days(1)).await;
+    assert_eq!(a.sessions_valid_after(&user).await.unwrap(), None);
+
+    let ended = crate::now();
+    a.end_sessions(&user, ended).await.unwrap();
+    assert_eq!(b.sessions_valid_after(&user).await.unwrap(), Some(ended), "seen through another pool");
+    for token in [first, second] {
+        assert!(matches!(b.rotate_refresh_token(&token, &replacement(), Utc::now()).await.unwrap(), Rotation::Reused { .. }), "revoked");
+    }
+    assert_eq!(a.sessions_valid_after(&bystander).await.unwrap(), None);
+    assert!(matches!(a.rotate_refresh_token(&theirs, &replacement(), Utc::now()).await.unwrap(), Rotation::Rotated { .. }));
+
+    // The cut-off only moves forward.
+    a.end_sessions(&user, ended - Duration::seconds(10)).await.unwrap();
+    assert_eq!(a.sessions_valid_after(&user).await.unwrap(), Some(ended));
+    // A session that began before the cut-off (a login racing the end) is refused; one after is fine.
+    let late = RefreshTokenRecord {
+        digest: SecretDigest::of("late"),
+        user_id: user,
+        family_id: FamilyId::generate(),
+        issued_at: ended - Duration::milliseconds(1),
+        expires_at: ended + Duration::days(1),
+        session_expires_at: ended + Duration::days(2),
+    };
+    assert!(matches!(a.insert_refresh_token(&late).await, Err(Error::Unauthorized(_))));
+    session_of(&a, user, Duration::days(1), Duration::days(90)).await;
+    assert!(matches!(a.end_sessions(&UserId::generate(), ended).await, Err(Error::NotFound(_))));
+    assert_eq!(a.sessions_valid_after(&UserId::generate()).await.unwrap(), None);
+}
+
+async fn a_password_change_ends_every_session(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let (user, token) = user_with_token(&store, Duration::days(1)).await;
+    let email = store.find_user(&user).await.unwrap().unwrap().email;
+    let (hash, at) = (PasswordHash::from_phc("$argon2id$new".into()), crate::now());
+    store.change_password(&user, &hash, at).await.unwrap();
+    assert_eq!(store.find_credentials(&email).await.unwrap().unwrap().password_hash, hash);
+    assert_eq!(store.sessions_valid_after(&user).await.unwrap(), Some(at));
+    assert!(matches!(store.rotate_refresh_token(&token, &replacement(), Utc::now()).await.unwrap(), Rotation::Reused { .. }));
+    assert!(matches!(store.change_password(&UserId::generate(), &hash, at).await, Err(Error::NotFound(_))));
+}
+
+async fn sessions_end_at_their_absolute_lifetime(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let new = new_user("long@example.com");
+    store.insert_user(&new).await.unwrap();
+    // Tokens live a day, the session an hour: the first token is cut to the hour already.
+    let first = session_of(&store, new.user.id, Duration::days(1), Duration::hours(1)).await;
+    let session_end = Utc::now() + Duration::hours(1);
+    let next = replacement();
+    let Rotation::Rotated { expires_at, .. } = store.rotate_refresh_token(&first, &next, Utc::now()).await.unwrap() else { panic!("rotates") };
+    assert!(expires_at <= session_end && expires_at < next.expires_at, "cut to the session's end: {expires_at}");
+    // Past the session's end, rotation stops, whatever the token's own expiry said.
+    let after = Utc::now() + Duration::hours(2);
+    assert_eq!(store.rotate_refresh_token(&next.digest, &replacement(), after).await.unwrap(), Rotation::SessionEnded);
+    assert_eq!(store.rotate_refresh_token(&next.digest, &replacement(), after).await.unwrap(), Rotation::SessionEnded, "and changes nothing");
+}
+
+async fn logout_finds_the_family_of_any_of_its_tokens(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let (_, first) = user_with_token(&store, Duration::days(1)).await;
+    let next = replacement();
+    let Rotation::Rotated { family_id, .. } = store.rotate_refresh_token(&first, &next, Utc::now()).await.unwrap() else { panic!("rotates") };
+    assert_eq!(store.family_of(&first).await.unwrap(), Some(family_id), "a rotated token still names its family");
+    assert_eq!(store.family_of(&next.digest).await.unwrap(), Some(family_id));
+    assert_eq!(store.family_of(&SecretDigest::of("unknown")).await.unwrap(), None);
+    assert_eq!(store.revoke_family(&family_id, Utc::now()).await.unwrap(), 1);
+}
+
+async fn pruning_keeps_only_tokens_that_can_still_matter(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    // A live family with a rotated ancestor: both kept (presenting the ancestor revokes the family).
+    let (_, ancestor) = user_with_token(&store, Duration::days(1)).await;
+    let live = replacement();
+    store.rotate_refresh_token(&ancestor, &live, Utc::now()).await.unwrap();
+    // An ended family (logged out): gone. An expired token: gone.
+    let (_, ended) = user_with_token(&store, Duration::days(1)).await;
+    let ended_family = store.family_of(&ended).await.unwrap().unwrap();
+    store.revoke_family(&ended_family, Utc::now()).await.unwrap();
+    let (_, expired) = user_with_token(&store, Duration::seconds(1)).await;
+
+    let pruned = store.prune_refresh_tokens(Utc::now() + Duration::minutes(1)).await.unwrap();
+    assert_eq!(pruned, 2);
+    assert!(store.family_of(&ended).await.unwrap().is_none() && store.family_of(&expired).await.unwrap().is_none());
+    let Rotation::Reused { family_id, .. } = store.rotate_refresh_token(&ancestor, &replacement(), Utc::now()).await.unwrap() else { panic!("a replay") };
+    store.revoke_family(&family_id, Utc::now()).await.unwrap();
+    assert_eq!(store.prune_refresh_tokens(Utc::now()).await.unwrap(), 2, "the family the replay revoked goes next");
 }
 
 async fn login_attempts_are_counted_per_account_in_windows(url: &str) {

@@ -1,0 +1,153 @@
+//! Sessions end: logout revokes one session, `DELETE /api/v1/me/sessions` and a password
+//! change end them all (refusing every older access token on every replica), and a
+//! session ends for good at its absolute lifetime.
+
+use chrono::{DateTime, Utc};
+use nexus::config::ServeConfig;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::{Answer, Backend, PASSWORD, Server, config, database, on_both_backends, with_configured_server, with_server};
+
+on_both_backends!(
+    logout_revokes_that_session_only,
+    ending_every_session_holds_on_every_replica,
+    a_password_change_ends_every_session,
+    a_session_ends_at_its_absolute_lifetime
+);
+
+async fn refresh(server: &Server, token: &str) -> Answer {
+    server.post("/auth/refresh", &json!({"refreshToken": token})).await
+}
+
+fn bearer(token: &str) -> [(&'static str, String); 1] {
+    [("authorization", format!("Bearer {token}"))]
+}
+
+async fn with_bearer(server: &Server, method: Method, path: &str, token: &str, body: Option<&serde_json::Value>) -> Answer {
+    let [(name, value)] = bearer(token);
+    server.call(method, path, &[(name, &value)], body).await
+}
+
+async fn logout_revokes_that_session_only(backend: Backend) {
+    with_server(backend, async |server: &Server| {
+        let first = server.register("ada@example.com").await;
+        let other = server.login("ada@example.com", PASSWORD).await;
+        let rotated = refresh(server, &first.str("refreshToken")).await;
+        assert_eq!(rotated.status, StatusCode::OK);
+
+        // Logging out with the current token ends its whole family...
+        let out = server.post("/auth/logout", &json!({"refreshToken": rotated.str("refreshToken")})).await;
+        assert_eq!((out.status, &out.body), (StatusCode::NO_CONTENT, &serde_json::Value::Null));
+        assert_eq!(refresh(server, &rotated.str("refreshToken")).await.status, StatusCode::UNAUTHORIZED);
+        // ...the older token of the family with it, but not the other login's session.
+        assert_eq!(refresh(server, &first.str("refreshToken")).await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(refresh(server, &other.str("refreshToken")).await.status, StatusCode::OK);
+
+        // Unknown, repeated or garbage tokens reveal nothing.
+        for token in ["nxr_unknown", "", rotated.str("refreshToken").as_str()] {
+            assert_eq!(server.post("/auth/logout", &json!({"refreshToken": token})).await.status, StatusCode::NO_CONTENT, "{token:?}");
+        }
+        for body in [json!({}), json!({"refreshToken": 7})] {
+            let bad = server.post("/auth/logout", &body).await;
+            assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{body}");
+            bad.error();
+        }
+    })
+    .await;
+}
+
+async fn ending_every_session_holds_on_every_replica(backend: Backend) {
+    let Some(db) = database(backend).await else { return };
+    // Two servers, two pools: two replicas on one database.
+    let (a, b) = (Server::start(config(&db.url)).await, Server::start(config(&db.url)).await);
+    let first = a.register("ada@example.com").await;
+    let second = b.login("ada@example.com", PASSWORD).await;
+    let bystander = a.register("bob@example.com").await;
+    let tenant = a.tenant(&first.str("accessToken"), "org").await.str("id");
+    let key = a.key(&first.str("accessToken"), &tenant, "ci").await.str("rawKey");
+    for server in [&a, &b] {
+        for session in [&first, &second] {
+            assert_eq!(server.get("/api/v1/me", Some(&session.str("accessToken"))).await.status, StatusCode::OK);
+        }
+    }
+
+    let ended = with_bearer(&b, Method::DELETE, "/api/v1/me/sessions", &second.str("accessToken"), None).await;
+    assert_eq!(ended.status, StatusCode::NO_CONTENT, "{ended:?}");
+
+    for server in [&a, &b] {
+        for session in [&first, &second] {
+            let me = server.get("/api/v1/me", Some(&session.str("accessToken"))).await;
+            assert_eq!(me.status, StatusCode::UNAUTHORIZED, "{me:?}");
+            assert_eq!(me.error(), "this session has ended; log in again");
+            assert_eq!(refresh(server, &session.str("refreshToken")).await.status, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(server.get("/api/v1/me", Some(&bystander.str("accessToken"))).await.status, StatusCode::OK, "another user's session goes on");
+        // API keys are not sessions: the tenant's key keeps working.
+        assert_eq!(server.call(Method::GET, "/api/v1/me", &[("x-api-key", &key)], None).await.status, StatusCode::OK);
+    }
+
+    // A new login works everywhere, at once.
+    let again = a.login("ada@example.com", PASSWORD).await;
+    assert_eq!(again.status, StatusCode::OK);
+    for server in [&a, &b] {
+        assert_eq!(server.get("/api/v1/me", Some(&again.str("accessToken"))).await.status, StatusCode::OK);
+    }
+    assert_eq!(refresh(&b, &again.str("refreshToken")).await.status, StatusCode::OK);
+    a.stop().await;
+    b.stop().await;
+    db.drop_database().await;
+}
+
+async fn a_password_change_ends_every_session(backend: Backend) {
+    with_server(backend, async |server: &Server| {
+        let session = server.register("ada@example.com").await;
+        let token = session.str("accessToken");
+        let change = async |current: &str, new: &str| {
+            with_bearer(server, Method::PUT, "/api/v1/me/password", &token, Some(&json!({"currentPassword": current, "newPassword": new}))).await
+        };
+        // The new password obeys the registration rules; a wrong current one is refused.
+        for short in ["short", "", "ééééééé"] {
+            let refused = change(PASSWORD, short).await;
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+            refused.error();
+        }
+        assert_eq!(change("not-the-password", "a-new-strong-password").await.status, StatusCode::FORBIDDEN);
+        let missing = with_bearer(server, Method::PUT, "/api/v1/me/password", &token, Some(&json!({"newPassword": "a-new-strong-password"}))).await;
+        assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+        assert_eq!(server.get("/api/v1/me", Some(&token)).await.status, StatusCode::OK, "refusals change nothing");
+
+        assert_eq!(change(PASSWORD, "a-new-strong-password").await.status, StatusCode::NO_CONTENT);
+        assert_eq!(server.get("/api/v1/me", Some(&token)).await.status, StatusCode::UNAUTHORIZED, "the token it was changed with too");
+        assert_eq!(refresh(server, &session.str("refreshToken")).await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(server.login("ada@example.com", PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+        let fresh = server.login("ada@example.com", "a-new-strong-password").await;
+        assert_eq!(fresh.status, StatusCode::OK);
+        assert_eq!(server.get("/api/v1/me", Some(&fresh.str("accessToken"))).await.status, StatusCode::OK);
+    })
+    .await;
+}
+
+fn refresh_expiry(answer: &Answer) -> DateTime<Utc> {
+    answer.str("refreshExpiresAt").parse().unwrap()
+}
+
+async fn a_session_ends_at_its_absolute_lifetime(backend: Backend) {
+    let short_sessions = |config| ServeConfig { session_max: std::time::Duration::from_secs(2).into(), ..config };
+    with_configured_server(backend, short_sessions, async |server: &Server| {
+        let before = Utc::now();
+        let session = server.register("ada@example.com").await;
+        let end = refresh_expiry(&session);
+        assert!(end > before && end <= Utc::now() + chrono::Duration::seconds(2), "the 30-day token is cut to the 2-second session: {end}");
+        // Rotating does not stretch the session.
+        let rotated = refresh(server, &session.str("refreshToken")).await;
+        assert_eq!(rotated.status, StatusCode::OK);
+        assert_eq!(refresh_expiry(&rotated), end);
+        tokio::time::sleep((end - Utc::now()).to_std().unwrap_or_default() + std::time::Duration::from_millis(200)).await;
+        let over = refresh(server, &rotated.str("refreshToken")).await;
+        assert_eq!(over.status, StatusCode::UNAUTHORIZED, "{over:?}");
+        assert_eq!(over.error(), "the session has reached its maximum lifetime; log in again");
+        assert_eq!(server.login("ada@example.com", PASSWORD).await.status, StatusCode::OK, "logging in again starts a new session");
+    })
+    .await;
+}
