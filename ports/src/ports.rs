@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion};
 use crate::identity::{Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
+use crate::node_names::NodeSharing;
 use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
 use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
 
@@ -170,6 +171,10 @@ pub trait NodeProxy: Send + Sync + 'static {
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait ClusterBackend: Send + Sync + 'static {
+    /// Whether tenants share the nodes this cluster runs (their agents then go there under
+    /// node-side names, see [`crate::node_names`]).
+    fn node_sharing(&self) -> NodeSharing;
+
     /// Makes the tenant's namespace and node exist; applying it again changes nothing.
     ///
     /// # Errors

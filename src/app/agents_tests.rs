@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use nexus_ports::Error;
-use nexus_ports::agents::{Agent, AgentManifest, AgentStatus};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus};
 use nexus_ports::identity::UserId;
+use nexus_ports::node_names::{NodeNames, NodeSharing};
 use nexus_ports::ports::{MockAgentStore, MockClock, MockClusterBackend, MockNodeProxy, MockTenantStore};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::testing;
@@ -38,7 +39,8 @@ struct Ports {
 }
 
 impl Ports {
-    fn service(self) -> AgentService {
+    fn service(mut self) -> AgentService {
+        self.cluster.expect_node_sharing().return_const(NodeSharing::Shared);
         let mut clock = MockClock::new();
         clock.expect_now().returning(|| Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap());
         let clock = Arc::new(clock);
@@ -137,6 +139,28 @@ async fn the_live_view_comes_from_the_node_or_is_an_upstream_error() {
 
     let not_ready = Ports::default().with_agent("bot").with_node(TenantPhase::Provisioning).service();
     assert!(matches!(not_ready.live_status(&tenant(), "bot").await, Err(Error::Upstream(_))));
+}
+
+/// The node-side name of the tenant's agent `name` on the shared node.
+fn on_node(name: &str) -> AgentName {
+    NodeNames::new(tenant().id, NodeSharing::Shared).node_name(&AgentName::parse(name).unwrap())
+}
+
+#[tokio::test]
+async fn the_node_is_asked_about_the_node_side_name_and_answers_in_the_tenants_names() {
+    let mut ports = Ports::default().with_agent("bot").with_node(TenantPhase::Ready);
+    ports
+        .node
+        .expect_agent_view()
+        .withf(|_, name| *name == on_node("bot"))
+        .returning(|_, name| Ok(Some(json!({"name": name.as_str(), "status": "deployed", "manifest": {"metadata": {"name": name.as_str()}}}))));
+    ports.node.expect_agent_traces().withf(|_, name, _| *name == on_node("bot")).returning(|_, name, _| Ok(json!({"traces": [{"agent": name.as_str()}]})));
+    let service = ports.service();
+    let live = service.live_status(&tenant(), "bot").await.unwrap();
+    assert_eq!(live.node_agent_name, on_node("bot"));
+    assert_eq!(live.node, json!({"name": "bot", "status": "deployed", "manifest": {"metadata": {"name": "bot"}}}));
+    assert_eq!(service.logs(&tenant(), "bot", &LogQuery::default()).await.unwrap(), [json!({"agent": "bot"})]);
+    assert_eq!(service.get(&tenant(), "bot").await.unwrap().node_agent_name, on_node("bot"));
 }
 
 #[tokio::test]

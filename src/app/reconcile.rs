@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use nexus_ports::agents::{AgentName, AgentObject, AgentPhase, AgentStatus};
+use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy, TenantStore};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use tokio::sync::Notify;
@@ -126,6 +127,11 @@ impl Reconciler {
 
     fn tenant_retries(&self) -> MutexGuard<'_, HashMap<TenantId, Retry>> {
         self.tenant_retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How a tenant's agents are named on its node.
+    fn names(&self, tenant: &TenantId) -> NodeNames {
+        NodeNames::new(*tenant, self.cluster.node_sharing())
     }
 
     /// Runs passes forever: after an event, or when the earliest wait is over. Passes that
@@ -282,8 +288,9 @@ impl Reconciler {
                 backoff(retry.map_or(1, |r| r.failures + 1))
             }
             Step::Cleanup { node } => {
+                let node_name = self.names(&key.0).node_name(&key.1);
                 if let Some(node) = node
-                    && let Err(err) = self.node.remove_agent(&node, &key.1).await
+                    && let Err(err) = self.node.remove_agent(&node, &node_name).await
                 {
                     tracing::warn!(agent = %key.1, error = %err, "could not remove the agent from its node; letting it go");
                 }
@@ -307,8 +314,9 @@ impl Reconciler {
             let deploying = AgentStatus { phase: AgentPhase::Deploying, node_ack: false, message: None, ..object.status.clone() };
             self.record(object, &deploying).await;
         }
-        let outcome = match self.node.register_agent(node, object.manifest.document()).await {
-            Ok(()) => self.node.deploy_agent(node, &key.1).await,
+        let names = self.names(&object.tenant_id);
+        let outcome = match self.node.register_agent(node, &names.to_node(&object.manifest)).await {
+            Ok(()) => self.node.deploy_agent(node, &names.node_name(&key.1)).await,
             Err(err) => Err(err),
         };
         match outcome {

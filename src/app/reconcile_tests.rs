@@ -10,9 +10,11 @@ use nexus_node_stub::StubNode;
 use nexus_ports::Error;
 use nexus_ports::agents::{Agent, AgentManifest, AgentObject, AgentPhase, AgentStatus};
 use nexus_ports::identity::UserId;
+use nexus_ports::node_names::{NodeNames, NodeSharing};
 use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockClusterBackend, MockTenantStore};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::testing;
+use serde_json::json;
 
 use super::{ReconcilePorts, Reconciler, Retry, Step, backoff, next_step, retry_wait};
 
@@ -112,9 +114,29 @@ impl TestClock {
     }
 }
 
+fn a_tenant() -> Tenant {
+    Tenant { created_at: t0(), ..testing::tenant(UserId::generate()) }
+}
+
+/// The name the shared node knows `tenant`'s agent `bot` by.
+fn bot_on_node(tenant: &Tenant) -> String {
+    NodeNames::new(tenant.id, NodeSharing::Shared).node_name(manifest("m").name()).to_string()
+}
+
+/// A reconciler over `cluster` and `node`, listing `tenants`.
+fn reconciler(cluster: &Arc<MemoryCluster>, node: &Arc<StubNode>, tenants: Vec<Tenant>, clock: Arc<TestClock>) -> Reconciler {
+    let mut store = MockTenantStore::new();
+    store.expect_list_all_tenants().returning(move || Ok(tenants.clone()));
+    Reconciler::new(
+        ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: Arc::new(MockAgentStore::new()), tenants: Arc::new(store), clock },
+        RESYNC,
+    )
+}
+
 #[tokio::test]
 async fn the_runner_deploys_fails_recovers_and_cleans_up() {
-    let tenant = Tenant { created_at: t0(), ..testing::tenant(UserId::generate()) };
+    let tenant = a_tenant();
+    let bot = bot_on_node(&tenant);
     let cluster = Arc::new(MemoryCluster::new("http://node"));
     let node = Arc::new(StubNode::new());
     let clock = Arc::new(TestClock(Mutex::new(t0())));
@@ -136,7 +158,7 @@ async fn the_runner_deploys_fails_recovers_and_cleans_up() {
     cluster.apply_agent(&tenant.id, &manifest("a")).await.unwrap();
     assert_eq!(reconciler.pass().await, RESYNC, "the tenant was provisioned and the agent deployed in one pass");
     assert_eq!((status().await.phase, status().await.node_ack), (AgentPhase::Running, true));
-    assert!(node.agent("http://node", "bot").unwrap().deployed);
+    assert!(node.agent("http://node", &bot).unwrap().deployed);
 
     node.set_failing(true);
     cluster.apply_agent(&tenant.id, &manifest("b")).await.unwrap();
@@ -152,16 +174,18 @@ async fn the_runner_deploys_fails_recovers_and_cleans_up() {
     clock.advance(secs(2));
     reconciler.pass().await;
     assert_eq!(status().await.phase, AgentPhase::Running, "recovered with no API call");
-    assert_eq!(node.agent("http://node", "bot").unwrap().manifest["spec"]["model"]["primary"]["model"], "b");
+    assert_eq!(node.agent("http://node", &bot).unwrap().manifest["spec"]["model"]["primary"]["model"], "b");
 
     cluster.request_agent_deletion(&tenant.id, manifest("b").name()).await.unwrap();
     reconciler.pass().await;
-    assert!(node.agent("http://node", "bot").is_none(), "the node forgot it");
+    assert!(node.agent("http://node", &bot).is_none(), "the node forgot it");
     assert!(cluster.agent_object(&tenant.id, manifest("b").name()).await.unwrap().is_none());
 }
 
-/// Ports around a mocked cluster, for the tests that count its calls.
-fn over(cluster: MockClusterBackend, tenants: Vec<Tenant>, agents: Vec<Agent>, clock: Arc<TestClock>) -> Reconciler {
+/// Ports around a mocked cluster (a node of each tenant's own), for the tests that count
+/// its calls.
+fn over(mut cluster: MockClusterBackend, tenants: Vec<Tenant>, agents: Vec<Agent>, clock: Arc<TestClock>) -> Reconciler {
+    cluster.expect_node_sharing().return_const(NodeSharing::PerTenant);
     let mut tenant_store = MockTenantStore::new();
     tenant_store.expect_list_all_tenants().returning(move || Ok(tenants.clone()));
     let mut agent_store = MockAgentStore::new();
@@ -218,4 +242,28 @@ async fn a_status_already_recorded_is_not_written_again() {
     cluster.expect_set_agent_status().never();
     let reconciler = over(cluster, vec![tenant], vec![], Arc::new(TestClock(Mutex::new(t0()))));
     reconciler.pass().await;
+}
+
+#[tokio::test]
+async fn tenants_sharing_a_node_keep_their_own_agent_of_one_name() {
+    let (mine, theirs) = (a_tenant(), a_tenant());
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    let node = Arc::new(StubNode::new());
+    let reconciler = reconciler(&cluster, &node, vec![mine.clone(), theirs.clone()], Arc::new(TestClock(Mutex::new(t0()))));
+
+    cluster.apply_agent(&mine.id, &manifest("mine")).await.unwrap();
+    cluster.apply_agent(&theirs.id, &manifest("theirs")).await.unwrap();
+    reconciler.pass().await;
+    let model = |tenant: &Tenant| node.agent("http://node", &bot_on_node(tenant)).map(|a| a.manifest["spec"]["model"]["primary"]["model"].clone());
+    assert_eq!((model(&mine), model(&theirs)), (Some(json!("mine")), Some(json!("theirs"))), "one node, two agents named bot");
+    assert_eq!(node.agent("http://node", &bot_on_node(&mine)).unwrap().manifest["metadata"]["name"], bot_on_node(&mine));
+
+    cluster.request_agent_deletion(&mine.id, manifest("m").name()).await.unwrap();
+    reconciler.pass().await;
+    assert_eq!((model(&mine), model(&theirs)), (None, Some(json!("theirs"))), "deleting mine leaves theirs");
+    cluster.apply_agent(&mine.id, &manifest("again")).await.unwrap();
+    reconciler.pass().await;
+    cluster.deprovision_tenant(&mine.id).await.unwrap();
+    reconciler.pass().await;
+    assert_eq!((model(&mine), model(&theirs)), (None, Some(json!("theirs"))), "deleting my tenant leaves theirs");
 }

@@ -3,7 +3,7 @@
 //! tenant answers 404 exactly as a missing one.
 
 use chrono::{DateTime, Utc};
-use nexus_ports::agents::{AgentPhase, AgentStatus, AgentVersion};
+use nexus_ports::agents::{AgentName, AgentPhase, AgentStatus, AgentVersion};
 use nexus_ports::tenancy::Tenant;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
@@ -95,11 +95,20 @@ struct AgentStatusView {
     last_synced_at: Option<DateTime<Utc>>,
     /// Why it is `Failed`, or what it waits for.
     message: Option<String>,
+    /// The name the agent's node knows it by: on a node that tenants share, a name derived
+    /// from the tenant and the agent's name; on a node of the tenant's own, its name.
+    node_agent_name: String,
 }
 
-impl From<AgentStatus> for AgentStatusView {
-    fn from(status: AgentStatus) -> Self {
-        Self { phase: status.phase.into(), node_ack: status.node_ack, last_synced_at: status.last_synced_at, message: status.message }
+impl AgentStatusView {
+    fn new(status: AgentStatus, node_agent_name: &AgentName) -> Self {
+        Self {
+            phase: status.phase.into(),
+            node_ack: status.node_ack,
+            last_synced_at: status.last_synced_at,
+            message: status.message,
+            node_agent_name: node_agent_name.to_string(),
+        }
     }
 }
 
@@ -118,12 +127,12 @@ struct AgentDetailView {
 }
 
 impl From<AgentState> for AgentDetailView {
-    fn from(AgentState { agent, status }: AgentState) -> Self {
+    fn from(AgentState { agent, status, node_agent_name }: AgentState) -> Self {
         Self {
             name: agent.manifest.name().to_string(),
             namespace: agent.tenant_id.cr_name(),
             agent_spec: agent.manifest.document().clone(),
-            status: status.into(),
+            status: AgentStatusView::new(status, &node_agent_name),
             created_at: agent.created_at,
             updated_at: agent.updated_at,
         }
@@ -139,8 +148,10 @@ struct LiveStatusView {
     node_ack: bool,
     last_synced_at: Option<DateTime<Utc>>,
     message: Option<String>,
-    /// What the node says of the agent (its list entry, with the manifest it holds);
-    /// null when the node does not know it yet.
+    /// The name the agent's node knows it by (see the agent's status).
+    node_agent_name: String,
+    /// What the node says of the agent (its list entry, with the manifest it holds), in
+    /// the tenant's names; null when the node does not know it yet.
     node: Value,
 }
 
@@ -309,6 +320,7 @@ impl AgentApi {
             node_ack: status.node_ack,
             last_synced_at: status.last_synced_at,
             message: status.message,
+            node_agent_name: live.node_agent_name.to_string(),
             node: live.node,
         }))
     }

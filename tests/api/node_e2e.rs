@@ -1,7 +1,8 @@
 //! End to end against a real astromesh-node (PyPI `astromesh` 0.74.1), started here on a
 //! free loopback port from the virtualenv `.ci/run` installs (`.venv-node`, or the one
-//! `NEXUS_TEST_NODE_VENV` names). Without it the test skips, unless `CI` is set: then a
-//! missing node is a failure.
+//! `NEXUS_TEST_NODE_VENV` names). Without it the tests skip, unless `CI` is set: then a
+//! missing node is a failure. Every tenant shares the one node (the in-memory cluster), so
+//! the node is checked through its own API under each agent's node-side name.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -138,7 +139,8 @@ async fn agents_reach_a_real_node_and_survive_its_outage() {
     // Deploy: Running with nodeAck, and the node itself says deployed, in our namespace.
     assert_eq!(send(&server, Method::POST, "/api/v1/agents", &key, "application/yaml", SUPPORT_BOT).await.status, StatusCode::CREATED);
     eventually("support-bot Running", async || running(&get(&server, "/api/v1/agents/support-bot", &key).await.body)).await;
-    let on_node = node.agent("support-bot").await.expect("the node lists support-bot");
+    let support_bot = node_name(&server, &key, "support-bot").await;
+    let on_node = node.agent(&support_bot).await.expect("the node lists support-bot");
     assert_eq!((on_node["status"].as_str(), on_node["namespace"].as_str()), (Some("deployed"), Some(namespace.as_str())));
     let status = get(&server, "/api/v1/agents/support-bot/status", &key).await;
     assert_eq!((status.status, status.body["node"]["status"].as_str()), (StatusCode::OK, Some("deployed")), "{status:?}");
@@ -148,11 +150,11 @@ async fn agents_reach_a_real_node_and_survive_its_outage() {
     // Update: the node holds the new manifest.
     let updated = send(&server, Method::PUT, "/api/v1/agents/support-bot", &key, "application/yaml", &SUPPORT_BOT.replace("1.0.0", "1.1.0")).await;
     assert_eq!(updated.status, StatusCode::OK, "{updated:?}");
-    eventually("the node holds version 1.1.0", async || node.agent("support-bot").await.is_some_and(|a| a["version"] == "1.1.0")).await;
+    eventually("the node holds version 1.1.0", async || node.agent(&support_bot).await.is_some_and(|a| a["version"] == "1.1.0")).await;
 
     // Delete: the node forgets it.
     assert_eq!(server.call(Method::DELETE, "/api/v1/agents/support-bot", &[("x-api-key", &key)], None).await.status, StatusCode::OK);
-    eventually("the node forgot support-bot", async || node.agent("support-bot").await.is_none()).await;
+    eventually("the node forgot support-bot", async || node.agent(&support_bot).await.is_none()).await;
 
     // Every sample manifest the package ships is accepted.
     let samples = node.samples();
@@ -165,7 +167,7 @@ async fn agents_reach_a_real_node_and_survive_its_outage() {
         let body = std::fs::read_to_string(sample).unwrap();
         let created = send(&server, Method::POST, "/api/v1/agents", &samples_key, "application/x-yaml", &body).await;
         assert_eq!(created.status, StatusCode::CREATED, "{}: {created:?}", sample.display());
-        names.push(created.str("name"));
+        names.push(node_name(&server, &samples_key, &created.str("name")).await);
     }
     eventually("the node holds every sample", async || {
         let held = node.agents().await;
@@ -187,6 +189,7 @@ async fn agents_reach_a_real_node_and_survive_its_outage() {
     let resilient = SUPPORT_BOT.replace("name: support-bot", "name: resilient-bot");
     assert_eq!(send(&server, Method::POST, "/api/v1/agents", &key, "application/yaml", &resilient).await.status, StatusCode::CREATED);
     eventually("resilient-bot Running", async || running(&get(&server, "/api/v1/agents/resilient-bot", &key).await.body)).await;
+    let resilient_bot = node_name(&server, &key, "resilient-bot").await;
     node.stop();
     let down = get(&server, "/api/v1/agents/resilient-bot/status", &key).await;
     assert_eq!(down.status, StatusCode::BAD_GATEWAY, "{down:?}");
@@ -198,11 +201,16 @@ async fn agents_reach_a_real_node_and_survive_its_outage() {
 
     node = Node::start(venv, port).await;
     eventually("resilient-bot Running again", async || running(&get(&server, "/api/v1/agents/resilient-bot", &key).await.body)).await;
-    eventually("the restarted node holds resilient-bot", async || node.agent("resilient-bot").await.is_some_and(|a| a["status"] == "deployed")).await;
+    eventually("the restarted node holds resilient-bot", async || node.agent(&resilient_bot).await.is_some_and(|a| a["status"] == "deployed")).await;
 
     server.stop().await;
     drop(node);
     db.drop_database().await;
+}
+
+/// The name the node knows the agent `name` of `key`'s tenant by.
+async fn node_name(server: &Server, key: &str, name: &str) -> String {
+    get(server, &format!("/api/v1/agents/{name}"), key).await.body["status"]["nodeAgentName"].as_str().expect("a node-side name").to_owned()
 }
 
 /// The uuid of a `t_<hex>` id, hyphenated as in namespaces.

@@ -15,6 +15,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use nexus_ports::agents::{AgentManifest, AgentName, AgentObject, AgentStatus};
+use nexus_ports::node_names::NodeSharing;
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantStatus};
 use nexus_ports::{Error, Result};
@@ -159,6 +160,11 @@ impl KubeCluster {
 
 #[async_trait]
 impl ClusterBackend for KubeCluster {
+    /// Each tenant has a node of its own, in its namespace.
+    fn node_sharing(&self) -> NodeSharing {
+        NodeSharing::PerTenant
+    }
+
     async fn provision_tenant(&self, tenant: &Tenant) -> Result<TenantStatus> {
         self.provision(tenant).await
     }
