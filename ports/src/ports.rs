@@ -160,11 +160,9 @@ pub trait NodeProxy: Send + Sync + 'static {
     /// stores), or `None` when the node does not know it.
     async fn agent_view(&self, node: &str, name: &AgentName) -> Result<Option<Value>>;
 
-    /// The node's execution traces of an agent, at most `limit`: `GET {node}/v1/traces/`.
+    /// The node's execution traces of an agent, most recent first, at most `limit` (and at
+    /// most what the node answers at once): `GET {node}/v1/traces/`, as `{"traces": [...]}`.
     async fn agent_traces(&self, node: &str, name: &AgentName, limit: u32) -> Result<Value>;
-
-    /// The node's metrics: `GET {node}/v1/metrics/`.
-    async fn node_metrics(&self, node: &str) -> Result<Value>;
 }
 
 /// The cluster that runs tenants' nodes and agents (in memory, or Kubernetes).

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion};
 use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
@@ -16,9 +16,13 @@ use nexus_ports::{Error, Result};
 use serde_json::Value;
 
 use super::reconcile::Reconciler;
+use super::traces::{NODE_TRACE_WINDOW, RunMetrics, run_metrics, started_at};
 
 /// The most traces one logs request returns.
 pub const MAX_LOG_LINES: u32 = 1000;
+
+/// The longest metrics period.
+pub const MAX_METRICS_PERIOD: Duration = Duration::days(366);
 
 /// An agent with what the runtime reports of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,14 +234,20 @@ impl AgentService {
         Ok(traces.into_iter().filter(|trace| keep(trace, query)).collect())
     }
 
-    /// The node's metrics.
+    /// The agent's run metrics over the `period` before now, computed from its own most
+    /// recent traces on its node (at most [`NODE_TRACE_WINDOW`] of them).
     ///
     /// # Errors
-    /// [`Error::NotFound`] when there is no such agent; [`Error::Upstream`] when the node
-    /// cannot be reached.
-    pub async fn metrics(&self, tenant: &Tenant, name: &str) -> Result<Value> {
-        self.find(tenant, name).await?;
-        self.node.node_metrics(&self.node_of(tenant).await?).await
+    /// [`Error::InvalidRequest`] for a period that is not positive or over
+    /// [`MAX_METRICS_PERIOD`]; [`Error::NotFound`] when there is no such agent;
+    /// [`Error::Upstream`] when the node cannot be reached.
+    pub async fn metrics(&self, tenant: &Tenant, name: &str, period: Duration) -> Result<RunMetrics> {
+        if period <= Duration::zero() || period > MAX_METRICS_PERIOD {
+            return Err(Error::invalid("period must be a duration from 1s to 366d, such as 15m, 1h or 24h"));
+        }
+        let agent = self.find(tenant, name).await?;
+        let traces = self.traces(tenant, &agent, NODE_TRACE_WINDOW).await?;
+        Ok(run_metrics(&traces, NODE_TRACE_WINDOW, period, self.clock.now()))
     }
 
     /// The agent's published versions, oldest first.
@@ -256,7 +266,8 @@ fn keep(trace: &Value, query: &LogQuery) -> bool {
     let time = ["timestamp", "started_at", "start_time", "created_at"]
         .iter()
         .find_map(|k| trace.get(*k).and_then(Value::as_str))
-        .and_then(|t| t.parse::<DateTime<Utc>>().ok());
+        .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+        .or_else(|| started_at(trace));
     let since_ok = query.since.is_none_or(|since| time.is_none_or(|t| t >= since));
     level_ok && since_ok
 }

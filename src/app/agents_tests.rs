@@ -164,6 +164,26 @@ async fn the_node_is_asked_about_the_node_side_name_and_answers_in_the_tenants_n
 }
 
 #[tokio::test]
+async fn metrics_come_from_the_agents_own_traces_within_the_period() {
+    let mut ports = Ports::default().with_agent("bot").with_node(TenantPhase::Ready);
+    ports.node.expect_agent_traces().withf(|_, name, limit| *name == on_node("bot") && *limit == 100).returning(|_, _, _| {
+        let at = |minutes: i64| (Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap() - chrono::Duration::minutes(minutes)).timestamp() as f64;
+        Ok(json!({"traces": [
+            {"spans": [{"name": "agent.run", "parent_span_id": null, "status": "error", "start_time": at(1), "duration_ms": 12.0}]},
+            {"spans": [{"name": "agent.run", "parent_span_id": null, "status": "ok", "start_time": at(90), "duration_ms": 50.0}]}
+        ]}))
+    });
+    let service = ports.service();
+    let hour = service.metrics(&tenant(), "bot", chrono::Duration::hours(1)).await.unwrap();
+    assert_eq!((hour.runs, hour.errors, hour.latency_ms.max, hour.complete), (1, 1, Some(12.0), true));
+    assert_eq!(service.metrics(&tenant(), "bot", chrono::Duration::hours(2)).await.unwrap().runs, 2);
+    for period in [chrono::Duration::zero(), chrono::Duration::days(367)] {
+        assert!(matches!(service.metrics(&tenant(), "bot", period).await, Err(Error::InvalidRequest(_))), "{period}");
+    }
+    assert!(matches!(service.metrics(&tenant(), "ghost", chrono::Duration::hours(1)).await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
 async fn logs_are_bounded_and_filtered() {
     let mut ports = Ports::default().with_agent("bot").with_node(TenantPhase::Ready);
     ports.node.expect_agent_traces().withf(|_, _, limit| *limit == 5).returning(|_, _, _| {

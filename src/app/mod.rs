@@ -9,6 +9,7 @@ pub mod key_usage;
 pub mod leadership;
 pub mod reconcile;
 pub mod tenancy;
+pub mod traces;
 
 use std::sync::{Arc, Mutex};
 

@@ -1,5 +1,5 @@
-//! The node proxy over HTTP: the astromesh-node API (`/v1/agents`, `/v1/traces/`,
-//! `/v1/metrics/`) with connect and request timeouts and pooled keep-alive connections.
+//! The node proxy over HTTP: the astromesh-node API (`/v1/agents`, `/v1/traces/`) with
+//! connect and request timeouts and pooled keep-alive connections.
 //! Every failure to reach a node, or an error answer from it, is [`Error::Upstream`].
 #![forbid(unsafe_code)]
 
@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a whole call to a node may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most traces astromesh-node 0.74.1 answers at once (it refuses a larger `limit`).
+const MAX_TRACES: u32 = 100;
 
 /// [`NodeProxy`] over HTTP.
 #[derive(Clone)]
@@ -101,11 +103,8 @@ impl NodeProxy for HttpNode {
 
     async fn agent_traces(&self, node: &str, name: &AgentName, limit: u32) -> Result<Value> {
         // A DNS-1123 name and a number need no escaping.
+        let limit = limit.clamp(1, MAX_TRACES);
         self.expect_success(node, self.request(Method::GET, node, &format!("/v1/traces/?agent={name}&limit={limit}"))).await
-    }
-
-    async fn node_metrics(&self, node: &str) -> Result<Value> {
-        self.expect_success(node, self.request(Method::GET, node, "/v1/metrics/")).await
     }
 }
 

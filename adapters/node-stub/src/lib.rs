@@ -90,11 +90,6 @@ impl NodeProxy for StubNode {
         self.reachable(node)?;
         Ok(json!({"traces": []}))
     }
-
-    async fn node_metrics(&self, node: &str) -> Result<Value> {
-        self.reachable(node)?;
-        Ok(json!({"counters": {}, "histograms": {}}))
-    }
 }
 
 #[cfg(test)]
@@ -112,7 +107,7 @@ mod tests {
         assert_eq!(stub.agent_view("http://a", &name).await.unwrap().unwrap()["status"], "deployed");
         assert!(stub.agent_view("http://b", &name).await.unwrap().is_none());
         stub.set_failing(true);
-        assert!(matches!(stub.node_metrics("http://a").await, Err(Error::Upstream(_))));
+        assert!(matches!(stub.agent_traces("http://a", &name, 5).await, Err(Error::Upstream(_))));
         stub.set_failing(false);
         stub.remove_agent("http://a", &name).await.unwrap();
         assert!(stub.agent("http://a", "bot").is_none());
