@@ -248,7 +248,7 @@ impl Reconciler {
         if let Some(wait) = retry_wait(retry, now) {
             let status = self.cluster.tenant_status(&tenant.id).await.unwrap_or_else(|err| TenantStatus {
                 phase: TenantPhase::Error,
-                message: Some(err.to_string()),
+                message: Some(err.public_message()),
                 ..TenantStatus::pending()
             });
             return (tenant.id, status, Some(wait));
@@ -335,8 +335,12 @@ impl Reconciler {
                     retry.failures
                 };
                 tracing::warn!(agent = %key.1, failures, error = %err, "deploying the agent failed; will retry");
-                let failed =
-                    AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: object.status.last_synced_at, message: Some(err.to_string()) };
+                let failed = AgentStatus {
+                    phase: AgentPhase::Failed,
+                    node_ack: false,
+                    last_synced_at: object.status.last_synced_at,
+                    message: Some(err.public_message()),
+                };
                 self.record(object, &failed).await;
                 backoff(failures)
             }
