@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod chains;
 pub mod health;
 pub mod identity;
 pub mod key_usage;
