@@ -93,6 +93,15 @@ impl Error {
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self::Internal(detail.to_string())
     }
+
+    /// What a client may read of this error (in an answer, or in a status it can fetch):
+    /// the message, but never the detail of [`Error::Internal`], which is for the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// A wait in whole seconds, rounded up, at least one (what `Retry-After` carries).

@@ -10,6 +10,7 @@ pub mod agents;
 pub mod context;
 pub mod error;
 pub mod identity;
+pub mod node_names;
 pub mod ports;
 pub mod tenancy;
 #[cfg(feature = "testing")]

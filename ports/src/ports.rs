@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion};
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
+use crate::node_names::NodeSharing;
 use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
 use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
 
@@ -210,17 +211,19 @@ pub trait NodeProxy: Send + Sync + 'static {
     /// stores), or `None` when the node does not know it.
     async fn agent_view(&self, node: &str, name: &AgentName) -> Result<Option<Value>>;
 
-    /// The node's execution traces of an agent, at most `limit`: `GET {node}/v1/traces/`.
+    /// The node's execution traces of an agent, most recent first, at most `limit` (and at
+    /// most what the node answers at once): `GET {node}/v1/traces/`, as `{"traces": [...]}`.
     async fn agent_traces(&self, node: &str, name: &AgentName, limit: u32) -> Result<Value>;
-
-    /// The node's metrics: `GET {node}/v1/metrics/`.
-    async fn node_metrics(&self, node: &str) -> Result<Value>;
 }
 
 /// The cluster that runs tenants' nodes and agents (in memory, or Kubernetes).
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait ClusterBackend: Send + Sync + 'static {
+    /// Whether tenants share the nodes this cluster runs (their agents then go there under
+    /// node-side names, see [`crate::node_names`]).
+    fn node_sharing(&self) -> NodeSharing;
+
     /// Makes the tenant's namespace and node exist; applying it again changes nothing.
     ///
     /// # Errors

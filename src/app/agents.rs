@@ -1,34 +1,46 @@
 //! Agent use cases, all within one tenant (the caller's scope): register, list, read,
 //! update, delete, and the node's live view, traces and metrics. The registry (store) is
 //! the durable record; the cluster holds the desired runtime state; the reconcile loop is
-//! woken by every change.
+//! woken by every change. On a node that tenants share, the node knows each agent by its
+//! node-side name ([`NodeNames`]): it is asked only about that name, and its answers are
+//! turned back into the tenant's names.
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion};
+use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
-use nexus_ports::tenancy::{Tenant, TenantPhase};
+use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase};
 use nexus_ports::{Error, Result};
 use serde_json::Value;
 
 use super::reconcile::Reconciler;
+use super::traces::{NODE_TRACE_WINDOW, RunMetrics, run_metrics, started_at};
 
 /// The most traces one logs request returns.
 pub const MAX_LOG_LINES: u32 = 1000;
+
+/// The longest metrics period.
+pub const MAX_METRICS_PERIOD: Duration = Duration::days(366);
 
 /// An agent with what the runtime reports of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentState {
     pub agent: Agent,
     pub status: AgentStatus,
+    /// The name its node knows it by.
+    pub node_agent_name: AgentName,
 }
 
 /// What the node says of an agent, with the runtime status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveStatus {
     pub status: AgentStatus,
-    /// The node's view of the agent; `Null` when the node does not know it (yet).
+    /// The name its node knows it by.
+    pub node_agent_name: AgentName,
+    /// The node's view of the agent, in the tenant's names; `Null` when the node does not
+    /// know it (yet).
     pub node: Value,
 }
 
@@ -88,7 +100,13 @@ impl AgentService {
         })?;
         tracing::info!(tenant = %tenant.id, agent = %agent.manifest.name(), "agent registered");
         self.apply(&agent).await;
-        Ok(AgentState { agent, status: AgentStatus::pending() })
+        let node_agent_name = self.names(&tenant.id).node_name(agent.manifest.name());
+        Ok(AgentState { agent, status: AgentStatus::pending(), node_agent_name })
+    }
+
+    /// How the tenant's agents are named on their node.
+    fn names(&self, tenant: &TenantId) -> NodeNames {
+        NodeNames::new(*tenant, self.cluster.node_sharing())
     }
 
     /// The desired state goes to the cluster and the loop wakes. A new agent the cluster
@@ -106,12 +124,17 @@ impl AgentService {
         Ok(object.map_or_else(AgentStatus::pending, |o| o.status))
     }
 
+    async fn state_of(&self, agent: Agent) -> Result<AgentState> {
+        let status = self.status_of(&agent).await?;
+        let node_agent_name = self.names(&agent.tenant_id).node_name(agent.manifest.name());
+        Ok(AgentState { agent, status, node_agent_name })
+    }
+
     /// The tenant's agents, by name.
     pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentState>> {
         let mut states = Vec::new();
         for agent in self.agents.list_agents(&tenant.id).await? {
-            let status = self.status_of(&agent).await?;
-            states.push(AgentState { agent, status });
+            states.push(self.state_of(agent).await?);
         }
         Ok(states)
     }
@@ -123,8 +146,7 @@ impl AgentService {
     /// has no such agent (also when another tenant has one).
     pub async fn get(&self, tenant: &Tenant, name: &str) -> Result<AgentState> {
         let agent = self.find(tenant, name).await?;
-        let status = self.status_of(&agent).await?;
-        Ok(AgentState { agent, status })
+        self.state_of(agent).await
     }
 
     async fn find(&self, tenant: &Tenant, name: &str) -> Result<Agent> {
@@ -151,8 +173,7 @@ impl AgentService {
         })?;
         tracing::info!(tenant = %tenant.id, agent = %name, "agent updated");
         self.apply(&agent).await;
-        let status = self.status_of(&agent).await?;
-        Ok(AgentState { agent, status })
+        self.state_of(agent).await
     }
 
     /// Deletes an agent; the reconcile loop removes it from its node.
@@ -186,9 +207,18 @@ impl AgentService {
     /// cannot be reached.
     pub async fn live_status(&self, tenant: &Tenant, name: &str) -> Result<LiveStatus> {
         let agent = self.find(tenant, name).await?;
-        let status = self.status_of(&agent).await?;
-        let view = self.node.agent_view(&self.node_of(tenant).await?, agent.manifest.name()).await?;
-        Ok(LiveStatus { status, node: view.unwrap_or(Value::Null) })
+        let state = self.state_of(agent).await?;
+        let view = self.node.agent_view(&self.node_of(tenant).await?, &state.node_agent_name).await?;
+        let node = view.map_or(Value::Null, |view| self.names(&tenant.id).restore(&state.agent.manifest, view));
+        Ok(LiveStatus { status: state.status, node_agent_name: state.node_agent_name, node })
+    }
+
+    /// The agent's most recent traces on its node (at most `limit`), in the tenant's names.
+    async fn traces(&self, tenant: &Tenant, agent: &Agent, limit: u32) -> Result<Vec<Value>> {
+        let names = self.names(&tenant.id);
+        let answer = self.node.agent_traces(&self.node_of(tenant).await?, &names.node_name(agent.manifest.name()), limit).await?;
+        let traces = answer.get("traces").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(traces.into_iter().map(|trace| names.restore(&agent.manifest, trace)).collect())
     }
 
     /// The node's execution traces of the agent (its nearest thing to logs), newest as the
@@ -203,19 +233,24 @@ impl AgentService {
             return Err(Error::invalid(format!("lines must be between 1 and {MAX_LOG_LINES}")));
         }
         let agent = self.find(tenant, name).await?;
-        let traces = self.node.agent_traces(&self.node_of(tenant).await?, agent.manifest.name(), lines).await?;
-        let traces = traces.get("traces").and_then(Value::as_array).cloned().unwrap_or_default();
+        let traces = self.traces(tenant, &agent, lines).await?;
         Ok(traces.into_iter().filter(|trace| keep(trace, query)).collect())
     }
 
-    /// The node's metrics.
+    /// The agent's run metrics over the `period` before now, computed from its own most
+    /// recent traces on its node (at most [`NODE_TRACE_WINDOW`] of them).
     ///
     /// # Errors
-    /// [`Error::NotFound`] when there is no such agent; [`Error::Upstream`] when the node
-    /// cannot be reached.
-    pub async fn metrics(&self, tenant: &Tenant, name: &str) -> Result<Value> {
-        self.find(tenant, name).await?;
-        self.node.node_metrics(&self.node_of(tenant).await?).await
+    /// [`Error::InvalidRequest`] for a period that is not positive or over
+    /// [`MAX_METRICS_PERIOD`]; [`Error::NotFound`] when there is no such agent;
+    /// [`Error::Upstream`] when the node cannot be reached.
+    pub async fn metrics(&self, tenant: &Tenant, name: &str, period: Duration) -> Result<RunMetrics> {
+        if period <= Duration::zero() || period > MAX_METRICS_PERIOD {
+            return Err(Error::invalid("period must be a duration from 1s to 366d, such as 15m, 1h or 24h"));
+        }
+        let agent = self.find(tenant, name).await?;
+        let traces = self.traces(tenant, &agent, NODE_TRACE_WINDOW).await?;
+        Ok(run_metrics(&traces, NODE_TRACE_WINDOW, period, self.clock.now()))
     }
 
     /// The agent's published versions, oldest first.
@@ -234,7 +269,8 @@ fn keep(trace: &Value, query: &LogQuery) -> bool {
     let time = ["timestamp", "started_at", "start_time", "created_at"]
         .iter()
         .find_map(|k| trace.get(*k).and_then(Value::as_str))
-        .and_then(|t| t.parse::<DateTime<Utc>>().ok());
+        .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+        .or_else(|| started_at(trace));
     let since_ok = query.since.is_none_or(|since| time.is_none_or(|t| t >= since));
     level_ok && since_ok
 }

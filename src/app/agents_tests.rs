@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use nexus_ports::Error;
-use nexus_ports::agents::{Agent, AgentManifest, AgentStatus};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus};
 use nexus_ports::identity::UserId;
+use nexus_ports::node_names::{NodeNames, NodeSharing};
 use nexus_ports::ports::{MockAgentStore, MockClock, MockClusterBackend, MockNodeProxy, MockTenantStore};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::testing;
@@ -41,7 +42,8 @@ struct Ports {
 }
 
 impl Ports {
-    fn service(self) -> AgentService {
+    fn service(mut self) -> AgentService {
+        self.cluster.expect_node_sharing().return_const(NodeSharing::Shared);
         let mut clock = MockClock::new();
         clock.expect_now().returning(|| Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap());
         let clock = Arc::new(clock);
@@ -145,6 +147,48 @@ async fn the_live_view_comes_from_the_node_or_is_an_upstream_error() {
 
     let not_ready = Ports::default().with_agent("bot").with_node(TenantPhase::Provisioning).service();
     assert!(matches!(not_ready.live_status(&tenant(), "bot").await, Err(Error::Upstream(_))));
+}
+
+/// The node-side name of the tenant's agent `name` on the shared node.
+fn on_node(name: &str) -> AgentName {
+    NodeNames::new(tenant().id, NodeSharing::Shared).node_name(&AgentName::parse(name).unwrap())
+}
+
+#[tokio::test]
+async fn the_node_is_asked_about_the_node_side_name_and_answers_in_the_tenants_names() {
+    let mut ports = Ports::default().with_agent("bot").with_node(TenantPhase::Ready);
+    ports
+        .node
+        .expect_agent_view()
+        .withf(|_, name| *name == on_node("bot"))
+        .returning(|_, name| Ok(Some(json!({"name": name.as_str(), "status": "deployed", "manifest": {"metadata": {"name": name.as_str()}}}))));
+    ports.node.expect_agent_traces().withf(|_, name, _| *name == on_node("bot")).returning(|_, name, _| Ok(json!({"traces": [{"agent": name.as_str()}]})));
+    let service = ports.service();
+    let live = service.live_status(&tenant(), "bot").await.unwrap();
+    assert_eq!(live.node_agent_name, on_node("bot"));
+    assert_eq!(live.node, json!({"name": "bot", "status": "deployed", "manifest": {"metadata": {"name": "bot"}}}));
+    assert_eq!(service.logs(&tenant(), "bot", &LogQuery::default()).await.unwrap(), [json!({"agent": "bot"})]);
+    assert_eq!(service.get(&tenant(), "bot").await.unwrap().node_agent_name, on_node("bot"));
+}
+
+#[tokio::test]
+async fn metrics_come_from_the_agents_own_traces_within_the_period() {
+    let mut ports = Ports::default().with_agent("bot").with_node(TenantPhase::Ready);
+    ports.node.expect_agent_traces().withf(|_, name, limit| *name == on_node("bot") && *limit == 100).returning(|_, _, _| {
+        let at = |minutes: i64| (Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap() - chrono::Duration::minutes(minutes)).timestamp() as f64;
+        Ok(json!({"traces": [
+            {"spans": [{"name": "agent.run", "parent_span_id": null, "status": "error", "start_time": at(1), "duration_ms": 12.0}]},
+            {"spans": [{"name": "agent.run", "parent_span_id": null, "status": "ok", "start_time": at(90), "duration_ms": 50.0}]}
+        ]}))
+    });
+    let service = ports.service();
+    let hour = service.metrics(&tenant(), "bot", chrono::Duration::hours(1)).await.unwrap();
+    assert_eq!((hour.runs, hour.errors, hour.latency_ms.max, hour.complete), (1, 1, Some(12.0), true));
+    assert_eq!(service.metrics(&tenant(), "bot", chrono::Duration::hours(2)).await.unwrap().runs, 2);
+    for period in [chrono::Duration::zero(), chrono::Duration::days(367)] {
+        assert!(matches!(service.metrics(&tenant(), "bot", period).await, Err(Error::InvalidRequest(_))), "{period}");
+    }
+    assert!(matches!(service.metrics(&tenant(), "ghost", chrono::Duration::hours(1)).await, Err(Error::NotFound(_))));
 }
 
 #[tokio::test]

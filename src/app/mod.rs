@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod chains;
 pub mod health;
 pub mod housekeeping;
 pub mod identity;
@@ -12,6 +13,7 @@ pub mod login_limit;
 pub mod reconcile;
 pub mod tenancy;
 pub mod throttle;
+pub mod traces;
 
 use std::sync::{Arc, Mutex};
 

@@ -6,7 +6,8 @@
 //! when they change. Events from the API wake it at once.
 //!
 //! What to do next for an object is decided by the pure [`next_step`]; the runner around
-//! it only performs I/O.
+//! it only performs I/O. On a node that tenants share, an agent's chains must compile there
+//! before it is pushed ([`super::chains`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,16 +16,20 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use nexus_ports::agents::{AgentName, AgentObject, AgentPhase, AgentStatus};
+use nexus_ports::node_names::{NodeNames, NodeSharing};
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy, TenantStore};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use tokio::sync::Notify;
 
+use super::chains::{NodeCheck, may_be_on_node, node_check};
 use super::tenancy::provision;
 
 /// The longest wait between retries of a failing agent.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// How many agents are reconciled at once.
 const CONCURRENCY: usize = 8;
+/// The shortest wait between passes.
+const MIN_WAIT: Duration = Duration::from_millis(50);
 
 /// What to do next with an agent object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +42,17 @@ pub enum Step {
     AwaitTenant,
     /// Nothing to do until then.
     Wait(Duration),
+    /// It must not be on its (shared) node now, for `reason`: keep it off, Pending, taking
+    /// it off first when it may be there (`withdraw`).
+    Hold { reason: String, withdraw: bool },
+}
+
+/// What reconciling one agent did, as far as the next pass cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Deployed,
+    Held,
+    Other,
 }
 
 /// Failures of an agent in a row, and when the last attempt was.
@@ -60,16 +76,32 @@ pub fn retry_wait(retry: Option<Retry>, now: DateTime<Utc>) -> Option<Duration> 
     (now < due).then(|| (due - now).to_std().unwrap_or_default())
 }
 
-/// Decides what to do next with `object`, given its tenant's status, its retry state, the
-/// resync period and the time.
-pub fn next_step(object: &AgentObject, tenant: Option<&TenantStatus>, retry: Option<Retry>, resync: Duration, now: DateTime<Utc>) -> Step {
+/// How long an agent being deleted waits for those handing over to it to leave the node.
+pub const NEEDED_WAIT: Duration = Duration::from_secs(1);
+
+/// Decides what to do next with `object`, given its tenant's status, what its tenant's
+/// chains allow on the node, its retry state, the resync period and the time.
+pub fn next_step(object: &AgentObject, tenant: Option<&TenantStatus>, check: &NodeCheck, retry: Option<Retry>, resync: Duration, now: DateTime<Utc>) -> Step {
     let node = tenant.filter(|t| t.phase == TenantPhase::Ready).and_then(|t| t.node_endpoint.clone());
     if object.deleting {
+        if node.is_some() && *check == NodeCheck::Needed {
+            return Step::Wait(NEEDED_WAIT);
+        }
         return Step::Cleanup { node };
     }
     if node.is_none() {
         return Step::AwaitTenant;
     }
+    if let NodeCheck::Blocked(reason) = check {
+        // Taken off at once when it may be there; otherwise held whenever it would deploy.
+        let usual = timed_step(object, retry, resync, now);
+        return if may_be_on_node(object) || usual == Step::Deploy { Step::Hold { reason: reason.clone(), withdraw: may_be_on_node(object) } } else { usual };
+    }
+    timed_step(object, retry, resync, now)
+}
+
+/// Deploy now, or wait for the backoff of a failed agent or the resync of a running one.
+fn timed_step(object: &AgentObject, retry: Option<Retry>, resync: Duration, now: DateTime<Utc>) -> Step {
     let wait_until = |since: DateTime<Utc>, wait: Duration| {
         let due = since + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
         if now >= due { Step::Deploy } else { Step::Wait((due - now).to_std().unwrap_or_default()) }
@@ -126,6 +158,11 @@ impl Reconciler {
 
     fn tenant_retries(&self) -> MutexGuard<'_, HashMap<TenantId, Retry>> {
         self.tenant_retries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How a tenant's agents are named on its node, and whether it is shared.
+    fn names(&self, tenant: &TenantId) -> NodeNames {
+        NodeNames::new(*tenant, self.cluster.node_sharing())
     }
 
     /// Runs passes forever: after an event, or when the earliest wait is over. Passes that
@@ -200,16 +237,33 @@ impl Reconciler {
             }
         }
         record_phases(&statuses, &objects);
-        let waits: Vec<Duration> = futures_util::stream::iter(objects)
-            .map(|object| {
+        let checks = self.node_checks(&objects);
+        let outcomes: Vec<(Duration, Outcome)> = futures_util::stream::iter(objects.into_iter().zip(checks))
+            .map(|(object, check)| {
                 let tenant = statuses.get(&object.tenant_id);
-                async move { self.reconcile_agent(object, tenant).await }
+                async move { self.reconcile_agent(object, tenant, &check).await }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
         metrics::histogram!("nexus_reconcile_pass_duration_seconds").record(started.elapsed().as_secs_f64());
-        waits.into_iter().chain(tenant_wait).min().unwrap_or(self.resync).min(self.resync).max(Duration::from_millis(50))
+        // An agent held for another one that was deployed in this pass goes in the next.
+        let soon = outcomes.iter().any(|(_, o)| *o == Outcome::Held) && outcomes.iter().any(|(_, o)| *o == Outcome::Deployed);
+        let wait = outcomes.into_iter().map(|(wait, _)| wait).chain(tenant_wait).min().unwrap_or(self.resync).min(self.resync);
+        if soon { MIN_WAIT } else { wait.max(MIN_WAIT) }
+    }
+
+    /// What each object's tenant's chains allow for it; everything is clear on nodes of
+    /// tenants' own.
+    fn node_checks(&self, objects: &[AgentObject]) -> Vec<NodeCheck> {
+        if self.cluster.node_sharing() == NodeSharing::PerTenant {
+            return vec![NodeCheck::Clear; objects.len()];
+        }
+        let mut by_tenant: HashMap<TenantId, Vec<&AgentObject>> = HashMap::new();
+        for object in objects {
+            by_tenant.entry(object.tenant_id).or_default().push(object);
+        }
+        objects.iter().map(|object| node_check(object, &by_tenant[&object.tenant_id], &self.names(&object.tenant_id))).collect()
     }
 
     /// Provisions every stored tenant (all of them at start-up on the in-memory cluster);
@@ -242,7 +296,7 @@ impl Reconciler {
         if let Some(wait) = retry_wait(retry, now) {
             let status = self.cluster.tenant_status(&tenant.id).await.unwrap_or_else(|err| TenantStatus {
                 phase: TenantPhase::Error,
-                message: Some(err.to_string()),
+                message: Some(err.public_message()),
                 ..TenantStatus::pending()
             });
             return (tenant.id, status, Some(wait));
@@ -262,11 +316,11 @@ impl Reconciler {
         (tenant.id, status, Some(backoff(failures)))
     }
 
-    async fn reconcile_agent(&self, object: AgentObject, tenant: Option<&TenantStatus>) -> Duration {
+    async fn reconcile_agent(&self, object: AgentObject, tenant: Option<&TenantStatus>, check: &NodeCheck) -> (Duration, Outcome) {
         let key = (object.tenant_id, object.manifest.name().clone());
         let now = self.clock.now();
         let retry = self.retries().get(&key).copied();
-        match next_step(&object, tenant, retry, self.resync, now) {
+        let wait = match next_step(&object, tenant, check, retry, self.resync, now) {
             Step::Wait(wait) => wait,
             Step::AwaitTenant => {
                 let waiting = AgentStatus {
@@ -282,33 +336,74 @@ impl Reconciler {
                 backoff(retry.map_or(1, |r| r.failures + 1))
             }
             Step::Cleanup { node } => {
+                let node_name = self.names(&key.0).node_name(&key.1);
                 if let Some(node) = node
-                    && let Err(err) = self.node.remove_agent(&node, &key.1).await
+                    && let Err(err) = self.node.remove_agent(&node, &node_name).await
                 {
                     tracing::warn!(agent = %key.1, error = %err, "could not remove the agent from its node; letting it go");
                 }
                 if let Err(err) = self.cluster.forget_agent(&key.0, &key.1).await {
                     tracing::warn!(agent = %key.1, error = %err, "could not forget the agent object; will retry");
-                    return backoff(1);
+                    return (backoff(1), Outcome::Other);
                 }
                 self.retries().remove(&key);
                 self.resync
             }
             Step::Deploy => {
                 let node = tenant.and_then(|t| t.node_endpoint.clone()).unwrap_or_default();
-                self.deploy(&object, &node, now).await
+                return self.deploy(&object, &node, now).await;
             }
-        }
+            Step::Hold { reason, withdraw } => {
+                let node = tenant.and_then(|t| t.node_endpoint.clone()).unwrap_or_default();
+                return (self.hold(&object, &node, reason, withdraw, now).await, Outcome::Held);
+            }
+        };
+        (wait, Outcome::Other)
     }
 
-    async fn deploy(&self, object: &AgentObject, node: &str, now: DateTime<Utc>) -> Duration {
+    /// Counts a failure of the agent now; returns how many in a row.
+    fn failed_again(&self, key: &(TenantId, AgentName), now: DateTime<Utc>) -> u32 {
+        let mut retries = self.retries();
+        let retry = retries.entry(key.clone()).or_insert(Retry { failures: 0, last_attempt: now });
+        retry.failures += 1;
+        retry.last_attempt = now;
+        retry.failures
+    }
+
+    /// Keeps the agent off its node (taking it off first when it may be there): Pending,
+    /// with the reason. Looked at again after a backoff, or after an event.
+    async fn hold(&self, object: &AgentObject, node: &str, reason: String, withdraw: bool, now: DateTime<Utc>) -> Duration {
+        let key = (object.tenant_id, object.manifest.name().clone());
+        let failures = self.failed_again(&key, now);
+        if withdraw && let Err(err) = self.node.remove_agent(node, &self.names(&key.0).node_name(&key.1)).await {
+            tracing::warn!(agent = %key.1, error = %err, "could not take the agent off its node; will retry");
+            let failed =
+                AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: object.status.last_synced_at, message: Some(err.public_message()) };
+            self.record(object, &failed).await;
+            return backoff(failures);
+        }
+        let held = AgentStatus {
+            phase: AgentPhase::Pending,
+            node_ack: false,
+            last_synced_at: object.status.last_synced_at,
+            message: Some(format!("not on the node: {reason}")),
+        };
+        if held != object.status || object.observed_generation != object.generation {
+            tracing::info!(agent = %key.1, %reason, withdraw, "agent held off its shared node");
+            self.record(object, &held).await;
+        }
+        backoff(failures)
+    }
+
+    async fn deploy(&self, object: &AgentObject, node: &str, now: DateTime<Utc>) -> (Duration, Outcome) {
         let key = (object.tenant_id, object.manifest.name().clone());
         if object.status.phase != AgentPhase::Running || object.observed_generation != object.generation {
             let deploying = AgentStatus { phase: AgentPhase::Deploying, node_ack: false, message: None, ..object.status.clone() };
             self.record(object, &deploying).await;
         }
-        let outcome = match self.node.register_agent(node, object.manifest.document()).await {
-            Ok(()) => self.node.deploy_agent(node, &key.1).await,
+        let names = self.names(&object.tenant_id);
+        let outcome = match self.node.register_agent(node, &names.to_node(&object.manifest)).await {
+            Ok(()) => self.node.deploy_agent(node, &names.node_name(&key.1)).await,
             Err(err) => Err(err),
         };
         match outcome {
@@ -316,21 +411,19 @@ impl Reconciler {
                 self.retries().remove(&key);
                 let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: Some(self.clock.now()), message: None };
                 self.record(object, &running).await;
-                self.resync
+                (self.resync, Outcome::Deployed)
             }
             Err(err) => {
-                let failures = {
-                    let mut retries = self.retries();
-                    let retry = retries.entry(key.clone()).or_insert(Retry { failures: 0, last_attempt: now });
-                    retry.failures += 1;
-                    retry.last_attempt = now;
-                    retry.failures
-                };
+                let failures = self.failed_again(&key, now);
                 tracing::warn!(agent = %key.1, failures, error = %err, "deploying the agent failed; will retry");
-                let failed =
-                    AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: object.status.last_synced_at, message: Some(err.to_string()) };
+                let failed = AgentStatus {
+                    phase: AgentPhase::Failed,
+                    node_ack: false,
+                    last_synced_at: object.status.last_synced_at,
+                    message: Some(err.public_message()),
+                };
                 self.record(object, &failed).await;
-                backoff(failures)
+                (backoff(failures), Outcome::Other)
             }
         }
     }

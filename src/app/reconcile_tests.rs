@@ -10,11 +10,14 @@ use nexus_node_stub::StubNode;
 use nexus_ports::Error;
 use nexus_ports::agents::{Agent, AgentManifest, AgentObject, AgentPhase, AgentStatus};
 use nexus_ports::identity::UserId;
+use nexus_ports::node_names::{NodeNames, NodeSharing};
 use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockClusterBackend, MockTenantStore};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::testing;
+use serde_json::{Value, json};
 
-use super::{ReconcilePorts, Reconciler, Retry, Step, backoff, next_step, retry_wait};
+use super::{NEEDED_WAIT, ReconcilePorts, Reconciler, Retry, Step, backoff, next_step, retry_wait};
+use crate::app::chains::NodeCheck;
 
 const RESYNC: Duration = Duration::from_secs(60);
 
@@ -54,39 +57,43 @@ fn backoff_doubles_up_to_thirty_seconds() {
 
 #[test]
 fn new_and_changed_agents_deploy_at_once() {
-    assert_eq!(next_step(&object(AgentPhase::Pending, 1, 0, None), Some(&ready()), None, RESYNC, t0()), Step::Deploy);
+    assert_eq!(next_step(&object(AgentPhase::Pending, 1, 0, None), Some(&ready()), &NodeCheck::Clear, None, RESYNC, t0()), Step::Deploy);
     let changed = object(AgentPhase::Running, 2, 1, Some(t0()));
-    assert_eq!(next_step(&changed, Some(&ready()), None, RESYNC, t0()), Step::Deploy, "a new generation does not wait for the resync");
+    assert_eq!(next_step(&changed, Some(&ready()), &NodeCheck::Clear, None, RESYNC, t0()), Step::Deploy, "a new generation does not wait for the resync");
     let failed_changed = object(AgentPhase::Failed, 3, 2, None);
     let retry = Retry { failures: 5, last_attempt: t0() };
-    assert_eq!(next_step(&failed_changed, Some(&ready()), Some(retry), RESYNC, t0()), Step::Deploy, "nor for the backoff of an older one");
+    assert_eq!(next_step(&failed_changed, Some(&ready()), &NodeCheck::Clear, Some(retry), RESYNC, t0()), Step::Deploy, "nor for the backoff of an older one");
 }
 
 #[test]
 fn running_agents_resync_periodically() {
     let running = object(AgentPhase::Running, 1, 1, Some(t0()));
-    assert_eq!(next_step(&running, Some(&ready()), None, RESYNC, t0() + secs(10)), Step::Wait(Duration::from_secs(50)));
-    assert_eq!(next_step(&running, Some(&ready()), None, RESYNC, t0() + secs(60)), Step::Deploy);
+    assert_eq!(next_step(&running, Some(&ready()), &NodeCheck::Clear, None, RESYNC, t0() + secs(10)), Step::Wait(Duration::from_secs(50)));
+    assert_eq!(next_step(&running, Some(&ready()), &NodeCheck::Clear, None, RESYNC, t0() + secs(60)), Step::Deploy);
 }
 
 #[test]
 fn failed_agents_retry_after_their_backoff() {
     let failed = object(AgentPhase::Failed, 1, 1, None);
     let retry = Retry { failures: 3, last_attempt: t0() };
-    assert_eq!(next_step(&failed, Some(&ready()), Some(retry), RESYNC, t0() + secs(1)), Step::Wait(Duration::from_secs(3)));
-    assert_eq!(next_step(&failed, Some(&ready()), Some(retry), RESYNC, t0() + secs(4)), Step::Deploy);
-    assert_eq!(next_step(&failed, Some(&ready()), None, RESYNC, t0()), Step::Deploy, "no retry state (a restart): try now");
+    assert_eq!(next_step(&failed, Some(&ready()), &NodeCheck::Clear, Some(retry), RESYNC, t0() + secs(1)), Step::Wait(Duration::from_secs(3)));
+    assert_eq!(next_step(&failed, Some(&ready()), &NodeCheck::Clear, Some(retry), RESYNC, t0() + secs(4)), Step::Deploy);
+    assert_eq!(next_step(&failed, Some(&ready()), &NodeCheck::Clear, None, RESYNC, t0()), Step::Deploy, "no retry state (a restart): try now");
 }
 
 #[test]
 fn agents_wait_for_their_tenant_and_deletion_comes_first() {
     let pending = object(AgentPhase::Pending, 1, 0, None);
     let provisioning = TenantStatus { phase: TenantPhase::Provisioning, ..ready() };
-    assert_eq!(next_step(&pending, Some(&provisioning), None, RESYNC, t0()), Step::AwaitTenant);
-    assert_eq!(next_step(&pending, None, None, RESYNC, t0()), Step::AwaitTenant);
+    assert_eq!(next_step(&pending, Some(&provisioning), &NodeCheck::Clear, None, RESYNC, t0()), Step::AwaitTenant);
+    assert_eq!(next_step(&pending, None, &NodeCheck::Clear, None, RESYNC, t0()), Step::AwaitTenant);
     let deleting = AgentObject { deleting: true, ..object(AgentPhase::Running, 1, 1, Some(t0())) };
-    assert_eq!(next_step(&deleting, Some(&ready()), None, RESYNC, t0()), Step::Cleanup { node: Some("http://node".into()) });
-    assert_eq!(next_step(&deleting, None, None, RESYNC, t0()), Step::Cleanup { node: None }, "a tenant that is gone does not block deletion");
+    assert_eq!(next_step(&deleting, Some(&ready()), &NodeCheck::Clear, None, RESYNC, t0()), Step::Cleanup { node: Some("http://node".into()) });
+    assert_eq!(
+        next_step(&deleting, None, &NodeCheck::Clear, None, RESYNC, t0()),
+        Step::Cleanup { node: None },
+        "a tenant that is gone does not block deletion"
+    );
 }
 
 #[test]
@@ -95,6 +102,25 @@ fn a_failed_attempt_waits_for_its_backoff() {
     let third = Retry { failures: 3, last_attempt: t0() };
     assert_eq!(retry_wait(Some(third), t0() + secs(1)), Some(Duration::from_secs(3)));
     assert_eq!(retry_wait(Some(third), t0() + secs(4)), None);
+}
+
+#[test]
+fn chains_that_cannot_compile_on_a_shared_node_hold_the_agent_off_it() {
+    let blocked = NodeCheck::Blocked("why".into());
+    let pending = object(AgentPhase::Pending, 1, 0, None);
+    assert_eq!(next_step(&pending, Some(&ready()), &blocked, None, RESYNC, t0()), Step::Hold { reason: "why".into(), withdraw: false });
+    let running = object(AgentPhase::Running, 1, 1, Some(t0()));
+    let taken_off = Step::Hold { reason: "why".into(), withdraw: true };
+    assert_eq!(next_step(&running, Some(&ready()), &blocked, None, RESYNC, t0() + secs(1)), taken_off, "taken off at once, not at the resync");
+    let failed = object(AgentPhase::Failed, 1, 1, None);
+    assert_eq!(
+        next_step(&failed, Some(&ready()), &blocked, Some(Retry { failures: 3, last_attempt: t0() }), RESYNC, t0()),
+        taken_off,
+        "a failed push may have registered it"
+    );
+    let deleting = AgentObject { deleting: true, ..running.clone() };
+    assert_eq!(next_step(&deleting, Some(&ready()), &NodeCheck::Needed, None, RESYNC, t0()), Step::Wait(NEEDED_WAIT), "those handing over to it leave first");
+    assert_eq!(next_step(&deleting, None, &NodeCheck::Needed, None, RESYNC, t0()), Step::Cleanup { node: None });
 }
 
 /// A clock the test moves.
@@ -112,9 +138,29 @@ impl TestClock {
     }
 }
 
+fn a_tenant() -> Tenant {
+    Tenant { created_at: t0(), ..testing::tenant(UserId::generate()) }
+}
+
+/// The name the shared node knows `tenant`'s agent `bot` by.
+fn bot_on_node(tenant: &Tenant) -> String {
+    NodeNames::new(tenant.id, NodeSharing::Shared).node_name(manifest("m").name()).to_string()
+}
+
+/// A reconciler over `cluster` and `node`, listing `tenants`.
+fn reconciler(cluster: &Arc<MemoryCluster>, node: &Arc<StubNode>, tenants: Vec<Tenant>, clock: Arc<TestClock>) -> Reconciler {
+    let mut store = MockTenantStore::new();
+    store.expect_list_all_tenants().returning(move || Ok(tenants.clone()));
+    Reconciler::new(
+        ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: Arc::new(MockAgentStore::new()), tenants: Arc::new(store), clock },
+        RESYNC,
+    )
+}
+
 #[tokio::test]
 async fn the_runner_deploys_fails_recovers_and_cleans_up() {
-    let tenant = Tenant { created_at: t0(), ..testing::tenant(UserId::generate()) };
+    let tenant = a_tenant();
+    let bot = bot_on_node(&tenant);
     let cluster = Arc::new(MemoryCluster::new("http://node"));
     let node = Arc::new(StubNode::new());
     let clock = Arc::new(TestClock(Mutex::new(t0())));
@@ -136,7 +182,7 @@ async fn the_runner_deploys_fails_recovers_and_cleans_up() {
     cluster.apply_agent(&tenant.id, &manifest("a")).await.unwrap();
     assert_eq!(reconciler.pass().await, RESYNC, "the tenant was provisioned and the agent deployed in one pass");
     assert_eq!((status().await.phase, status().await.node_ack), (AgentPhase::Running, true));
-    assert!(node.agent("http://node", "bot").unwrap().deployed);
+    assert!(node.agent("http://node", &bot).unwrap().deployed);
 
     node.set_failing(true);
     cluster.apply_agent(&tenant.id, &manifest("b")).await.unwrap();
@@ -152,16 +198,18 @@ async fn the_runner_deploys_fails_recovers_and_cleans_up() {
     clock.advance(secs(2));
     reconciler.pass().await;
     assert_eq!(status().await.phase, AgentPhase::Running, "recovered with no API call");
-    assert_eq!(node.agent("http://node", "bot").unwrap().manifest["spec"]["model"]["primary"]["model"], "b");
+    assert_eq!(node.agent("http://node", &bot).unwrap().manifest["spec"]["model"]["primary"]["model"], "b");
 
     cluster.request_agent_deletion(&tenant.id, manifest("b").name()).await.unwrap();
     reconciler.pass().await;
-    assert!(node.agent("http://node", "bot").is_none(), "the node forgot it");
+    assert!(node.agent("http://node", &bot).is_none(), "the node forgot it");
     assert!(cluster.agent_object(&tenant.id, manifest("b").name()).await.unwrap().is_none());
 }
 
-/// Ports around a mocked cluster, for the tests that count its calls.
-fn over(cluster: MockClusterBackend, tenants: Vec<Tenant>, agents: Vec<Agent>, clock: Arc<TestClock>) -> Reconciler {
+/// Ports around a mocked cluster (a node of each tenant's own), for the tests that count
+/// its calls.
+fn over(mut cluster: MockClusterBackend, tenants: Vec<Tenant>, agents: Vec<Agent>, clock: Arc<TestClock>) -> Reconciler {
+    cluster.expect_node_sharing().return_const(NodeSharing::PerTenant);
     let mut tenant_store = MockTenantStore::new();
     tenant_store.expect_list_all_tenants().returning(move || Ok(tenants.clone()));
     let mut agent_store = MockAgentStore::new();
@@ -218,4 +266,79 @@ async fn a_status_already_recorded_is_not_written_again() {
     cluster.expect_set_agent_status().never();
     let reconciler = over(cluster, vec![tenant], vec![], Arc::new(TestClock(Mutex::new(t0()))));
     reconciler.pass().await;
+}
+
+/// A manifest `name` with `chain` in its spec (none when null).
+fn chained(name: &str, chain: Value) -> AgentManifest {
+    let mut document = json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": name}, "spec": {"model": {"primary": {"provider": "ollama", "model": "m"}}}});
+    if !chain.is_null() {
+        document["spec"]["chain"] = chain;
+    }
+    AgentManifest::parse(document).unwrap()
+}
+
+#[tokio::test]
+async fn a_tenants_chains_never_break_the_shared_node() {
+    let (mine, theirs) = (a_tenant(), a_tenant());
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    let node = Arc::new(StubNode::new());
+    let reconciler = reconciler(&cluster, &node, vec![mine.clone(), theirs.clone()], Arc::new(TestClock(Mutex::new(t0()))));
+    let on_node = |tenant: &Tenant, name: &str| {
+        node.agent("http://node", NodeNames::new(tenant.id, NodeSharing::Shared).node_name(chained(name, Value::Null).name()).as_str())
+    };
+    let status = async |tenant: &Tenant, name: &str| cluster.agent_object(&tenant.id, chained(name, Value::Null).name()).await.unwrap().unwrap().status;
+    let to_helper = json!({"on_complete": [{"agent": "helper"}]});
+
+    // A chain the node cannot parse, and one whose target is not there yet: neither is
+    // pushed; the other tenant's agent is deployed as usual.
+    cluster.apply_agent(&mine.id, &chained("broken", json!("x"))).await.unwrap();
+    cluster.apply_agent(&mine.id, &chained("waiter", to_helper.clone())).await.unwrap();
+    cluster.apply_agent(&theirs.id, &chained("bot", Value::Null)).await.unwrap();
+    reconciler.pass().await;
+    assert!(on_node(&mine, "broken").is_none() && on_node(&mine, "waiter").is_none());
+    assert!(on_node(&theirs, "bot").unwrap().deployed);
+    let broken = status(&mine, "broken").await;
+    assert_eq!((broken.phase, broken.message.as_deref()), (AgentPhase::Pending, Some("not on the node: spec.chain must be a mapping")));
+    assert!(status(&mine, "waiter").await.message.unwrap().contains("hands over to helper, which this tenant has not deployed"));
+
+    // Its target deployed, the chain follows in the next pass.
+    cluster.apply_agent(&mine.id, &chained("helper", Value::Null)).await.unwrap();
+    assert_eq!(reconciler.pass().await, Duration::from_millis(50), "the held agent is looked at again at once");
+    reconciler.pass().await;
+    assert!(on_node(&mine, "waiter").unwrap().deployed);
+    assert_eq!(status(&mine, "waiter").await.phase, AgentPhase::Running);
+
+    // Deleting the target: the chain leaves the node first, then the target.
+    cluster.request_agent_deletion(&mine.id, chained("helper", Value::Null).name()).await.unwrap();
+    reconciler.pass().await;
+    assert!(on_node(&mine, "waiter").is_none(), "taken off: its chain would no longer compile");
+    assert!(on_node(&mine, "helper").is_some(), "still needed while the chain was there");
+    assert_eq!(status(&mine, "waiter").await.phase, AgentPhase::Pending);
+    reconciler.pass().await;
+    assert!(on_node(&mine, "helper").is_none());
+    assert!(on_node(&theirs, "bot").unwrap().deployed);
+}
+
+#[tokio::test]
+async fn tenants_sharing_a_node_keep_their_own_agent_of_one_name() {
+    let (mine, theirs) = (a_tenant(), a_tenant());
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    let node = Arc::new(StubNode::new());
+    let reconciler = reconciler(&cluster, &node, vec![mine.clone(), theirs.clone()], Arc::new(TestClock(Mutex::new(t0()))));
+
+    cluster.apply_agent(&mine.id, &manifest("mine")).await.unwrap();
+    cluster.apply_agent(&theirs.id, &manifest("theirs")).await.unwrap();
+    reconciler.pass().await;
+    let model = |tenant: &Tenant| node.agent("http://node", &bot_on_node(tenant)).map(|a| a.manifest["spec"]["model"]["primary"]["model"].clone());
+    assert_eq!((model(&mine), model(&theirs)), (Some(json!("mine")), Some(json!("theirs"))), "one node, two agents named bot");
+    assert_eq!(node.agent("http://node", &bot_on_node(&mine)).unwrap().manifest["metadata"]["name"], bot_on_node(&mine));
+
+    cluster.request_agent_deletion(&mine.id, manifest("m").name()).await.unwrap();
+    reconciler.pass().await;
+    assert_eq!((model(&mine), model(&theirs)), (None, Some(json!("theirs"))), "deleting mine leaves theirs");
+    cluster.apply_agent(&mine.id, &manifest("again")).await.unwrap();
+    reconciler.pass().await;
+    cluster.deprovision_tenant(&mine.id).await.unwrap();
+    reconciler.pass().await;
+    assert_eq!((model(&mine), model(&theirs)), (None, Some(json!("theirs"))), "deleting my tenant leaves theirs");
 }

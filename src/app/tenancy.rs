@@ -37,7 +37,7 @@ pub struct NewKey {
 pub(crate) async fn provision(cluster: &dyn ClusterBackend, tenant: &Tenant) -> TenantStatus {
     cluster.provision_tenant(tenant).await.unwrap_or_else(|err| {
         tracing::warn!(tenant = %tenant.id, error = %err, "provisioning failed; will retry");
-        TenantStatus { phase: TenantPhase::Error, message: Some(err.to_string()), ..TenantStatus::pending() }
+        TenantStatus { phase: TenantPhase::Error, message: Some(err.public_message()), ..TenantStatus::pending() }
     })
 }
 

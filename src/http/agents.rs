@@ -3,7 +3,7 @@
 //! tenant answers 404 exactly as a missing one.
 
 use chrono::{DateTime, Utc};
-use nexus_ports::agents::{AgentPhase, AgentStatus, AgentVersion};
+use nexus_ports::agents::{AgentName, AgentPhase, AgentStatus, AgentVersion};
 use nexus_ports::tenancy::Tenant;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
@@ -15,6 +15,7 @@ use super::ApiTags;
 use super::auth::Caller;
 use super::error::{AgentCreateErrors, AgentUpdateErrors, ApiError, AuthenticatedErrors, AuthenticatedItemErrors, ErrorSet, NodeErrors};
 use super::manifest::ManifestBody;
+use crate::app::traces::RunMetrics;
 use crate::app::{AgentState, LogQuery, SharedNexus};
 
 /// A log level to filter traces by.
@@ -95,11 +96,20 @@ struct AgentStatusView {
     last_synced_at: Option<DateTime<Utc>>,
     /// Why it is `Failed`, or what it waits for.
     message: Option<String>,
+    /// The name the agent's node knows it by: on a node that tenants share, a name derived
+    /// from the tenant and the agent's name; on a node of the tenant's own, its name.
+    node_agent_name: String,
 }
 
-impl From<AgentStatus> for AgentStatusView {
-    fn from(status: AgentStatus) -> Self {
-        Self { phase: status.phase.into(), node_ack: status.node_ack, last_synced_at: status.last_synced_at, message: status.message }
+impl AgentStatusView {
+    fn new(status: AgentStatus, node_agent_name: &AgentName) -> Self {
+        Self {
+            phase: status.phase.into(),
+            node_ack: status.node_ack,
+            last_synced_at: status.last_synced_at,
+            message: status.message,
+            node_agent_name: node_agent_name.to_string(),
+        }
     }
 }
 
@@ -118,12 +128,12 @@ struct AgentDetailView {
 }
 
 impl From<AgentState> for AgentDetailView {
-    fn from(AgentState { agent, status }: AgentState) -> Self {
+    fn from(AgentState { agent, status, node_agent_name }: AgentState) -> Self {
         Self {
             name: agent.manifest.name().to_string(),
             namespace: agent.tenant_id.cr_name(),
             agent_spec: agent.manifest.document().clone(),
-            status: status.into(),
+            status: AgentStatusView::new(status, &node_agent_name),
             created_at: agent.created_at,
             updated_at: agent.updated_at,
         }
@@ -139,8 +149,10 @@ struct LiveStatusView {
     node_ack: bool,
     last_synced_at: Option<DateTime<Utc>>,
     message: Option<String>,
-    /// What the node says of the agent (its list entry, with the manifest it holds);
-    /// null when the node does not know it yet.
+    /// The name the agent's node knows it by (see the agent's status).
+    node_agent_name: String,
+    /// What the node says of the agent (its list entry, with the manifest it holds), in
+    /// the tenant's names; null when the node does not know it yet.
     node: Value,
 }
 
@@ -152,15 +164,61 @@ struct LogsView {
     traces: Vec<Value>,
 }
 
-/// The node's metrics.
+/// Latency percentiles of runs, in milliseconds; absent without runs.
 #[derive(Object)]
 #[oai(skip_serializing_if_is_none)]
+struct LatencyView {
+    p50: Option<f64>,
+    p95: Option<f64>,
+    max: Option<f64>,
+}
+
+/// An agent's runs within the period.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct RunMetricsView {
+    /// Runs that started within the period.
+    runs: u32,
+    /// Of those, the runs that failed.
+    errors: u32,
+    latency_ms: LatencyView,
+}
+
+/// What the metrics were computed from.
+#[derive(Object)]
+struct ComputedFromView {
+    /// The agent's traces on its node that fell within the period (one per run).
+    traces: u32,
+    /// Whether every run of the period was seen: false when the node's window of the
+    /// agent's 100 most recent traces does not reach back to the period's start.
+    complete: bool,
+}
+
+/// The agent's run metrics, computed from its own traces on its node.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
 struct MetricsView {
     agent: String,
-    /// The period asked for. The node reports cumulative counters and histograms since it
-    /// started, whatever the period.
-    period: Option<String>,
-    metrics: Value,
+    /// The period, as asked for (default `1h`).
+    period: String,
+    metrics: RunMetricsView,
+    computed_from: ComputedFromView,
+}
+
+impl MetricsView {
+    fn new(agent: String, period: String, metrics: RunMetrics) -> Self {
+        let latency = metrics.latency_ms;
+        Self {
+            agent,
+            period,
+            metrics: RunMetricsView {
+                runs: metrics.runs,
+                errors: metrics.errors,
+                latency_ms: LatencyView { p50: latency.p50, p95: latency.p95, max: latency.max },
+            },
+            computed_from: ComputedFromView { traces: metrics.runs, complete: metrics.complete },
+        }
+    }
 }
 
 /// One published version of an agent.
@@ -309,6 +367,7 @@ impl AgentApi {
             node_ack: status.node_ack,
             last_synced_at: status.last_synced_at,
             message: status.message,
+            node_agent_name: live.node_agent_name.to_string(),
             node: live.node,
         }))
     }
@@ -334,7 +393,8 @@ impl AgentApi {
         Ok(Json(LogsView { agent: name.0, traces }))
     }
 
-    /// The metrics of the agent's node; `period` (such as `1h`) is echoed.
+    /// The agent's run metrics over `period` (such as `15m`, `1h`, `24h`; default `1h`):
+    /// runs, errors and latency percentiles, computed from the agent's own traces on its node.
     #[oai(path = "/api/v1/agents/:name/metrics", method = "get", operation_id = "agent_metrics")]
     async fn metrics(
         &self,
@@ -345,11 +405,12 @@ impl AgentApi {
         #[oai(validator(pattern = r"^[1-9][0-9]{0,3}[smhd]$"))] period: Query<Option<String>>,
     ) -> Result<Json<MetricsView>, ApiError<NodeErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        if let Some(period) = &period.0 {
-            humantime::parse_duration(period).map_err(|_| nexus_ports::Error::invalid("period must be a duration such as 15m, 1h or 24h"))?;
-        }
-        let metrics = nexus.agents.metrics(&tenant, &name).await?;
-        Ok(Json(MetricsView { agent: name.0, period: period.0, metrics }))
+        let period = period.0.unwrap_or_else(|| "1h".to_owned());
+        let invalid = || nexus_ports::Error::invalid("period must be a duration from 1s to 366d, such as 15m, 1h or 24h");
+        let length = humantime::parse_duration(&period).map_err(|_| invalid())?;
+        let length = chrono::Duration::from_std(length).map_err(|_| invalid())?;
+        let metrics = nexus.agents.metrics(&tenant, &name, length).await?;
+        Ok(Json(MetricsView::new(name.0, period, metrics)))
     }
 
     /// The agent's published versions, oldest first.

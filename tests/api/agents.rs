@@ -134,9 +134,17 @@ async fn walk_create_read_update_delete(backend: Backend) {
         assert_eq!((logs.status, logs.body["traces"].is_array()), (StatusCode::OK, true), "{logs:?}");
         assert_eq!(get(server, "/api/v1/agents/support-bot/logs?lines=0", &key).await.status, StatusCode::BAD_REQUEST);
         assert_eq!(get(server, "/api/v1/agents/support-bot/logs?since=yesterday", &key).await.status, StatusCode::BAD_REQUEST);
-        let metrics = get(server, "/api/v1/agents/support-bot/metrics?period=1h", &key).await;
-        assert_eq!((metrics.status, metrics.body["period"].as_str()), (StatusCode::OK, Some("1h")));
-        assert_eq!(get(server, "/api/v1/agents/support-bot/metrics?period=soon", &key).await.status, StatusCode::BAD_REQUEST);
+        let metrics = get(server, "/api/v1/agents/support-bot/metrics?period=15m", &key).await;
+        assert_eq!(metrics.status, StatusCode::OK, "{metrics:?}");
+        let no_runs = json!({"runs": 0, "errors": 0, "latencyMs": {}});
+        assert_eq!((&metrics.body["agent"], &metrics.body["period"], &metrics.body["metrics"]), (&json!("support-bot"), &json!("15m"), &no_runs));
+        assert_eq!(metrics.body["computedFrom"], json!({"traces": 0, "complete": true}));
+        assert_eq!(get(server, "/api/v1/agents/support-bot/metrics", &key).await.body["period"], "1h", "the default period");
+        for period in ["soon", "0s", "400d"] {
+            let refused = get(server, &format!("/api/v1/agents/support-bot/metrics?period={period}"), &key).await;
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{period}");
+            refused.error();
+        }
 
         let deleted = server.call(Method::DELETE, "/api/v1/agents/support-bot", &[("x-api-key", &key)], None).await;
         assert_eq!((deleted.status, deleted.body.clone()), (StatusCode::OK, json!({"deleted": "support-bot"})));
@@ -274,11 +282,11 @@ async fn an_unreachable_node_answers_502_and_fails_the_agent(backend: Backend) {
     for path in ["status", "logs", "metrics"] {
         let answer = get(&server, &format!("/api/v1/agents/support-bot/{path}"), &key).await;
         assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{path}: {answer:?}");
-        assert!(answer.error().contains("cannot be reached"), "{answer:?}");
+        assert_eq!(answer.error(), "the agent's node cannot be reached", "the node's address is not for clients");
     }
     let failed = wait_for(&server, &key, "support-bot", "Failed", |a| a["status"]["phase"] == "Failed").await;
     assert_eq!(failed["status"]["nodeAck"], false);
-    assert!(failed["status"]["message"].as_str().unwrap().contains("cannot be reached"));
+    assert_eq!(failed["status"]["message"], "the agent's node cannot be reached");
     // Deletion is not blocked by the node being gone.
     assert_eq!(server.call(Method::DELETE, "/api/v1/agents/support-bot", &[("x-api-key", &key)], None).await.status, StatusCode::OK);
     server.stop().await;

@@ -10,6 +10,7 @@ mod deploy;
 mod health;
 mod identity;
 mod input;
+mod isolation;
 mod limits;
 mod matrix;
 mod node_e2e;

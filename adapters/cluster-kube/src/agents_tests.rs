@@ -168,14 +168,21 @@ async fn forgetting_an_agent_removes_only_our_finalizer_at_the_version_read() {
 #[tokio::test]
 async fn api_server_failures_are_translated_by_intent() {
     let (cluster, scenario) = mocked(vec![
-        Expect { method: Method::GET, uri: AGENTS.to_owned(), body: anything, answer: status_error(503, "ServiceUnavailable") },
+        Expect { method: Method::GET, uri: AGENTS.to_owned(), body: anything, answer: status_error(503, "etcdserver: request timed out") },
         Expect { method: Method::GET, uri: AGENTS.to_owned(), body: anything, answer: status_error(429, "TooManyRequests") },
-        Expect { method: Method::PATCH, uri: format!("{}{APPLY}", agent_uri()), body: anything, answer: status_error(409, "Conflict") },
+        Expect {
+            method: Method::PATCH,
+            uri: format!("{}{APPLY}", agent_uri()),
+            body: anything,
+            answer: status_error(409, "Operation cannot be fulfilled on nexusagents.nexus.astromesh.io"),
+        },
         Expect { method: Method::GET, uri: tenant_uri(NS), body: anything, answer: status_error(404, "NotFound") },
     ]);
-    assert!(matches!(cluster.list_agent_objects().await, Err(Error::Unavailable(_))));
-    assert!(matches!(cluster.list_agent_objects().await, Err(Error::Unavailable(_))), "throttled: retry, not an internal error");
-    assert!(matches!(cluster.apply_agent(&tenant().id, &manifest()).await, Err(Error::Conflict(_))));
+    let unavailable = Error::Unavailable("the cluster is unavailable; retry later".into());
+    assert_eq!(cluster.list_agent_objects().await.unwrap_err(), unavailable, "the API server's text is logged, not passed on");
+    assert_eq!(cluster.list_agent_objects().await.unwrap_err(), unavailable, "throttled: retry, not an internal error");
+    let conflict = cluster.apply_agent(&tenant().id, &manifest()).await.unwrap_err();
+    assert_eq!(conflict, Error::Conflict("the cluster holds a conflicting change; retry".into()));
     drop(cluster);
     scenario.await.unwrap();
 }

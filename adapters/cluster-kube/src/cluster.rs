@@ -15,6 +15,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use nexus_ports::agents::{AgentManifest, AgentName, AgentObject, AgentStatus};
+use nexus_ports::node_names::NodeSharing;
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantStatus};
 use nexus_ports::{Error, Result};
@@ -46,17 +47,27 @@ pub struct KubeCluster {
     recorder: Recorder,
 }
 
-/// Translates a Kubernetes error by intent.
+/// What clients are told when the cluster cannot serve them.
+pub(crate) const UNAVAILABLE: &str = "the cluster is unavailable; retry later";
+/// What clients are told when the cluster holds a conflicting change.
+pub(crate) const CONFLICT: &str = "the cluster holds a conflicting change; retry";
+
+/// Translates a Kubernetes error by intent. The API server's own message is logged here
+/// and never put into a core error's client-facing text.
 pub(crate) fn translate(err: kube::Error) -> Error {
     match err {
-        kube::Error::Api(status) if status.code == 409 => Error::Conflict(status.message),
+        kube::Error::Api(status) if status.code == 409 => {
+            tracing::warn!(code = status.code, reason = %status.reason, message = %status.message, "the Kubernetes API refused a conflicting change");
+            Error::Conflict(CONFLICT.to_owned())
+        }
         kube::Error::Api(status) if status.code == 429 || status.code >= 500 => {
-            Error::Unavailable(format!("the Kubernetes API answered {}: {}", status.code, status.message))
+            tracing::warn!(code = status.code, reason = %status.reason, message = %status.message, "the Kubernetes API failed or asked to slow down");
+            Error::Unavailable(UNAVAILABLE.to_owned())
         }
         kube::Error::Api(status) => Error::Internal(format!("the Kubernetes API refused a request ({}): {}", status.code, status.message)),
         other => {
             tracing::warn!(error = %other, "Kubernetes API unreachable");
-            Error::Unavailable("the Kubernetes cluster cannot be reached".to_owned())
+            Error::Unavailable(UNAVAILABLE.to_owned())
         }
     }
 }
@@ -159,6 +170,11 @@ impl KubeCluster {
 
 #[async_trait]
 impl ClusterBackend for KubeCluster {
+    /// Each tenant has a node of its own, in its namespace.
+    fn node_sharing(&self) -> NodeSharing {
+        NodeSharing::PerTenant
+    }
+
     async fn provision_tenant(&self, tenant: &Tenant) -> Result<TenantStatus> {
         self.provision(tenant).await
     }

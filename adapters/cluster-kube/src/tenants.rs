@@ -55,11 +55,12 @@ pub(crate) fn applied_status(namespace: &str, available: bool, current: &NexusTe
     NexusTenantStatus { phase: Some(phase), namespace: Some(namespace.to_owned()), node_endpoint: Some(node_endpoint(namespace)), conditions: vec![condition] }
 }
 
-/// The status of a tenant whose resources could not be applied: `Error` with the reason.
+/// The status of a tenant whose resources could not be applied: `Error` with the reason
+/// its owner may read (it is the tenant's `message`), never an internal error's detail.
 pub(crate) fn failed_status(current: &NexusTenantStatus, error: &Error, now: DateTime<Utc>) -> NexusTenantStatus {
     NexusTenantStatus {
         phase: Some(NexusTenantPhase::Error),
-        conditions: vec![ready_condition(current, false, "ProvisioningFailed", Some(error.to_string()), now)],
+        conditions: vec![ready_condition(current, false, "ProvisioningFailed", Some(error.public_message()), now)],
         ..current.clone()
     }
 }
@@ -229,6 +230,13 @@ mod tests {
             failed,
             "the same failure again writes nothing"
         );
+    }
+
+    #[test]
+    fn a_tenants_message_never_carries_internal_detail() {
+        let refused = Error::internal("the Kubernetes API refused a request (422): spec.replicas: Invalid value");
+        let failed = failed_status(&NexusTenantStatus::default(), &refused, t0());
+        assert_eq!(port_status(&failed).message.as_deref(), Some("internal error"), "the detail is for the log");
     }
 }
 

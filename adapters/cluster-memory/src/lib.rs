@@ -1,6 +1,7 @@
 //! The in-memory cluster backend: what a cluster would hold of each tenant and agent,
-//! kept in maps. Every tenant's node is the one configured node endpoint. It forgets
-//! everything on restart; the core re-applies stored tenants and agents at start-up.
+//! kept in maps. Every tenant's node is the one configured node endpoint, so tenants share
+//! it: their agents go there under node-side names. It forgets everything on restart; the
+//! core re-applies stored tenants and agents at start-up.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -8,6 +9,7 @@ use std::sync::RwLock;
 
 use async_trait::async_trait;
 use nexus_ports::agents::{AgentManifest, AgentName, AgentObject, AgentStatus};
+use nexus_ports::node_names::NodeSharing;
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::{Error, Result};
@@ -38,6 +40,11 @@ fn poisoned<T>(_: T) -> Error {
 
 #[async_trait]
 impl ClusterBackend for MemoryCluster {
+    /// Every tenant's node is the one configured endpoint.
+    fn node_sharing(&self) -> NodeSharing {
+        NodeSharing::Shared
+    }
+
     async fn provision_tenant(&self, tenant: &Tenant) -> Result<TenantStatus> {
         let status =
             TenantStatus { phase: TenantPhase::Ready, namespace: Some(tenant.id.cr_name()), node_endpoint: Some(self.node_endpoint.clone()), message: None };

@@ -1,6 +1,11 @@
-//! The node proxy over HTTP: the astromesh-node API (`/v1/agents`, `/v1/traces/`,
-//! `/v1/metrics/`) with connect and request timeouts and pooled keep-alive connections.
-//! Every failure to reach a node, or an error answer from it, is [`Error::Upstream`].
+//! The node proxy over HTTP: the astromesh-node API (`/v1/agents`, `/v1/traces/`) with
+//! connect and request timeouts and pooled keep-alive connections.
+//!
+//! A node is not trusted to steer Nexus: redirects are never followed (a redirect is an
+//! error answer), and its answers are read up to [`MAX_ANSWER_BYTES`]. Every failure to
+//! reach a node, or an error answer from it, is [`Error::Upstream`] with a stable sentence
+//! naming what failed and the status; the node's address and its own text (which may
+//! name other tenants' agents, or be a Python exception) go to the log only.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -16,6 +21,12 @@ use serde_json::{Value, json};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a whole call to a node may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest answer read from a node.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+/// The most traces astromesh-node 0.74.1 answers at once (it refuses a larger `limit`).
+const MAX_TRACES: u32 = 100;
+/// What a client reads when the node cannot be reached.
+const UNREACHABLE: &str = "the agent's node cannot be reached";
 
 /// [`NodeProxy`] over HTTP.
 #[derive(Clone)]
@@ -33,6 +44,7 @@ impl HttpNode {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(Error::internal)?;
         Ok(Self { client })
@@ -44,43 +56,60 @@ impl HttpNode {
 
     /// Sends and returns the status and JSON body (`Null` when the body is not JSON).
     async fn call(&self, node: &str, request: RequestBuilder) -> Result<(StatusCode, Value)> {
-        let response = request.send().await.map_err(|err| {
+        let mut response = request.send().await.map_err(|err| {
             tracing::warn!(%node, error = %err, "node unreachable");
-            Error::Upstream(format!("the node at {node} cannot be reached"))
+            Error::Upstream(UNREACHABLE.to_owned())
         })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|_| Error::Upstream(format!("the node at {node} broke off its answer")))?;
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_ANSWER_BYTES => body.extend_from_slice(&chunk),
+                Ok(Some(_)) => {
+                    tracing::warn!(%node, %status, limit = MAX_ANSWER_BYTES, "the node's answer is too large");
+                    return Err(Error::Upstream("the agent's node answered more than Nexus reads".to_owned()));
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(%node, error = %err, "the node broke off its answer");
+                    return Err(Error::Upstream("the agent's node broke off its answer".to_owned()));
+                }
+            }
+        }
         Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
     /// Like [`HttpNode::call`], but an error status is an error.
-    async fn expect_success(&self, node: &str, request: RequestBuilder) -> Result<Value> {
+    async fn expect_success(&self, node: &str, what: &str, request: RequestBuilder) -> Result<Value> {
         match self.call(node, request).await? {
             (status, body) if status.is_success() => Ok(body),
-            (status, body) => Err(refusal(node, status, &body)),
+            (status, body) => Err(refusal(node, what, status, &body)),
         }
     }
 }
 
-fn refusal(node: &str, status: StatusCode, body: &Value) -> Error {
+/// The error for a node's error answer to `what` (a redirect included): a stable sentence
+/// for the client, the node's own detail for the log.
+fn refusal(node: &str, what: &str, status: StatusCode, body: &Value) -> Error {
     let detail = body.get("detail").map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_owned)).unwrap_or_default();
-    Error::Upstream(format!("the node at {node} answered {status}{}{detail}", if detail.is_empty() { "" } else { ": " }))
+    tracing::warn!(%node, %status, %detail, "the node refused {what}");
+    Error::Upstream(format!("the agent's node refused {what} ({status})"))
 }
 
 #[async_trait]
 impl NodeProxy for HttpNode {
     async fn register_agent(&self, node: &str, manifest: &Value) -> Result<()> {
-        self.expect_success(node, self.request(Method::POST, node, "/v1/agents").json(manifest)).await.map(drop)
+        self.expect_success(node, "to register the agent", self.request(Method::POST, node, "/v1/agents").json(manifest)).await.map(drop)
     }
 
     async fn deploy_agent(&self, node: &str, name: &AgentName) -> Result<()> {
-        self.expect_success(node, self.request(Method::POST, node, &format!("/v1/agents/{name}/deploy"))).await.map(drop)
+        self.expect_success(node, "to deploy the agent", self.request(Method::POST, node, &format!("/v1/agents/{name}/deploy"))).await.map(drop)
     }
 
     async fn remove_agent(&self, node: &str, name: &AgentName) -> Result<()> {
         match self.call(node, self.request(Method::DELETE, node, &format!("/v1/agents/{name}"))).await? {
             (status, _) if status.is_success() || status == StatusCode::NOT_FOUND => Ok(()),
-            (status, body) => Err(refusal(node, status, &body)),
+            (status, body) => Err(refusal(node, "to remove the agent", status, &body)),
         }
     }
 
@@ -88,9 +117,9 @@ impl NodeProxy for HttpNode {
         let manifest = match self.call(node, self.request(Method::GET, node, &format!("/v1/agents/{name}"))).await? {
             (StatusCode::NOT_FOUND, _) => return Ok(None),
             (status, body) if status.is_success() => body,
-            (status, body) => return Err(refusal(node, status, &body)),
+            (status, body) => return Err(refusal(node, "to show the agent", status, &body)),
         };
-        let listed = self.expect_success(node, self.request(Method::GET, node, "/v1/agents")).await?;
+        let listed = self.expect_success(node, "to list its agents", self.request(Method::GET, node, "/v1/agents")).await?;
         let entry = listed["agents"].as_array().and_then(|agents| agents.iter().find(|a| a["name"] == name.as_str())).cloned();
         let mut view = entry.unwrap_or_else(|| json!({"name": name.as_str()}));
         if let Value::Object(fields) = &mut view {
@@ -101,34 +130,94 @@ impl NodeProxy for HttpNode {
 
     async fn agent_traces(&self, node: &str, name: &AgentName, limit: u32) -> Result<Value> {
         // A DNS-1123 name and a number need no escaping.
-        self.expect_success(node, self.request(Method::GET, node, &format!("/v1/traces/?agent={name}&limit={limit}"))).await
-    }
-
-    async fn node_metrics(&self, node: &str) -> Result<Value> {
-        self.expect_success(node, self.request(Method::GET, node, "/v1/metrics/")).await
+        let limit = limit.clamp(1, MAX_TRACES);
+        self.expect_success(node, "to list the agent's traces", self.request(Method::GET, node, &format!("/v1/traces/?agent={name}&limit={limit}"))).await
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
     use super::*;
 
-    #[tokio::test]
-    async fn an_unreachable_node_is_an_upstream_error_fast() {
-        let node = HttpNode::new().unwrap();
-        let started = std::time::Instant::now();
-        let name = AgentName::parse("bot").unwrap();
-        let err = node.deploy_agent("http://127.0.0.1:1", &name).await.unwrap_err();
-        assert!(matches!(&err, Error::Upstream(message) if message.contains("cannot be reached")), "{err:?}");
-        assert!(node.agent_view("http://127.0.0.1:1/", &name).await.is_err());
-        assert!(started.elapsed() < Duration::from_secs(5));
+    /// A server on a loopback port answering every request with `answer`; counts requests.
+    async fn serve(answer: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let _ = socket.write_all(&answer).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        (url, hits)
     }
 
-    #[test]
-    fn refusals_carry_the_nodes_detail() {
-        let err = refusal("http://n", StatusCode::NOT_FOUND, &json!({"detail": "Agent 'x' not found"}));
-        assert_eq!(err, Error::Upstream("the node at http://n answered 404 Not Found: Agent 'x' not found".into()));
-        let err = refusal("http://n", StatusCode::UNPROCESSABLE_ENTITY, &json!({"detail": [{"loc": ["body"]}]}));
-        assert!(err.to_string().contains("422"));
+    fn answer(status: &str, headers: &str, body: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_is_an_upstream_error() {
+        let node = HttpNode::new().unwrap();
+        let name = AgentName::parse("bot").unwrap();
+        let err = node.deploy_agent("http://127.0.0.1:1", &name).await.unwrap_err();
+        assert_eq!(err, Error::Upstream("the agent's node cannot be reached".into()), "the node's address is for the log");
+        assert!(node.agent_view("http://127.0.0.1:1/", &name).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn redirects_are_never_followed() {
+        let (elsewhere, visits) = serve(answer("200 OK", "Content-Type: application/json\r\n", r#"{"agents": []}"#)).await;
+        let location = format!("Location: {elsewhere}/v1/agents\r\n");
+        let node = HttpNode::new().unwrap();
+        let name = AgentName::parse("bot").unwrap();
+        for status in ["301 Moved Permanently", "302 Found", "307 Temporary Redirect", "308 Permanent Redirect"] {
+            let (steering, _) = serve(answer(status, &location, "")).await;
+            let err = node.register_agent(&steering, &json!({"metadata": {"name": "bot"}})).await.unwrap_err();
+            assert_eq!(err, Error::Upstream(format!("the agent's node refused to register the agent ({status})")));
+            assert!(node.agent_view(&steering, &name).await.is_err(), "{status}");
+            assert!(node.remove_agent(&steering, &name).await.is_err(), "{status}");
+            assert!(node.agent_traces(&steering, &name, 5).await.is_err(), "{status}");
+        }
+        assert_eq!(visits.load(Ordering::SeqCst), 0, "nothing reached the address the node pointed to");
+    }
+
+    #[tokio::test]
+    async fn refusals_keep_the_nodes_text_out_of_the_message() {
+        let detail = r#"{"detail": "el agente 'spy-0123', referenciado por la cadena de 'other-tenant-bot', no existe"}"#;
+        let (node_url, _) = serve(answer("404 Not Found", "Content-Type: application/json\r\n", detail)).await;
+        let err = HttpNode::new().unwrap().deploy_agent(&node_url, &AgentName::parse("bot").unwrap()).await.unwrap_err();
+        assert_eq!(err, Error::Upstream("the agent's node refused to deploy the agent (404 Not Found)".into()));
+        let (failing, _) = serve(answer("500 Internal Server Error", "", "Traceback (most recent call last): KeyError 'x'")).await;
+        let err = HttpNode::new().unwrap().register_agent(&failing, &json!({})).await.unwrap_err();
+        assert!(!err.to_string().contains("Traceback") && !err.to_string().contains("127.0.0.1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn oversized_answers_are_not_read_whole() {
+        let huge = "x".repeat(MAX_ANSWER_BYTES + 1);
+        let (node_url, _) = serve(answer("200 OK", "", &huge)).await;
+        let err = HttpNode::new().unwrap().agent_traces(&node_url, &AgentName::parse("bot").unwrap(), 5).await.unwrap_err();
+        assert_eq!(err, Error::Upstream("the agent's node answered more than Nexus reads".into()));
     }
 }

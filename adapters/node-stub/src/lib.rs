@@ -47,53 +47,48 @@ impl StubNode {
         self.agents.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn reachable(&self, node: &str) -> Result<()> {
-        if self.failing.load(Ordering::SeqCst) { Err(Error::Upstream(format!("the node at {node} cannot be reached (stub told to fail)"))) } else { Ok(()) }
+    fn reachable(&self) -> Result<()> {
+        if self.failing.load(Ordering::SeqCst) { Err(Error::Upstream("the agent's node cannot be reached (stub told to fail)".to_owned())) } else { Ok(()) }
     }
 }
 
 #[async_trait]
 impl NodeProxy for StubNode {
     async fn register_agent(&self, node: &str, manifest: &Value) -> Result<()> {
-        self.reachable(node)?;
+        self.reachable()?;
         let name = manifest["metadata"]["name"].as_str().ok_or_else(|| Error::Upstream("the stub node needs metadata.name".to_owned()))?;
         self.agents().insert((node.to_owned(), name.to_owned()), StubAgent { manifest: manifest.clone(), deployed: false });
         Ok(())
     }
 
     async fn deploy_agent(&self, node: &str, name: &AgentName) -> Result<()> {
-        self.reachable(node)?;
+        self.reachable()?;
         match self.agents().get_mut(&(node.to_owned(), name.to_string())) {
             Some(agent) => {
                 agent.deployed = true;
                 Ok(())
             }
-            None => Err(Error::Upstream(format!("the node at {node} answered 404 Not Found: Agent '{name}' not found"))),
+            None => Err(Error::Upstream("the agent's node refused to deploy the agent (404 Not Found)".to_owned())),
         }
     }
 
     async fn remove_agent(&self, node: &str, name: &AgentName) -> Result<()> {
-        self.reachable(node)?;
+        self.reachable()?;
         self.agents().remove(&(node.to_owned(), name.to_string()));
         Ok(())
     }
 
     async fn agent_view(&self, node: &str, name: &AgentName) -> Result<Option<Value>> {
-        self.reachable(node)?;
+        self.reachable()?;
         Ok(self.agent(node, name.as_str()).map(|agent| {
             let status = if agent.deployed { "deployed" } else { "draft" };
             json!({"name": name.as_str(), "version": agent.manifest["metadata"]["version"], "status": status, "manifest": agent.manifest})
         }))
     }
 
-    async fn agent_traces(&self, node: &str, _name: &AgentName, _limit: u32) -> Result<Value> {
-        self.reachable(node)?;
+    async fn agent_traces(&self, _node: &str, _name: &AgentName, _limit: u32) -> Result<Value> {
+        self.reachable()?;
         Ok(json!({"traces": []}))
-    }
-
-    async fn node_metrics(&self, node: &str) -> Result<Value> {
-        self.reachable(node)?;
-        Ok(json!({"counters": {}, "histograms": {}}))
     }
 }
 
@@ -112,7 +107,7 @@ mod tests {
         assert_eq!(stub.agent_view("http://a", &name).await.unwrap().unwrap()["status"], "deployed");
         assert!(stub.agent_view("http://b", &name).await.unwrap().is_none());
         stub.set_failing(true);
-        assert!(matches!(stub.node_metrics("http://a").await, Err(Error::Upstream(_))));
+        assert!(matches!(stub.agent_traces("http://a", &name, 5).await, Err(Error::Upstream(_))));
         stub.set_failing(false);
         stub.remove_agent("http://a", &name).await.unwrap();
         assert!(stub.agent("http://a", "bot").is_none());

@@ -1,0 +1,160 @@
+//! Agents as their node knows them. A node that tenants share sees only bare agent names,
+//! so each agent is pushed there under a node-side name derived from its tenant and its
+//! name, which no other tenant can produce; the references a manifest makes to other
+//! agents are rewritten to the same tenant's node-side names, so they resolve inside the
+//! tenant. What the node answers is turned back into the tenant's own names before a
+//! client sees it. A node of the tenant's own keeps the agents' names.
+//!
+//! The places an astromesh/v1 manifest names another agent (astromesh-node 0.74.1):
+//! `spec.tools[]` entries of `type: agent` (their `agent`, the agent the tool invokes; their
+//! `name` is the tool's name) and `spec.chain.on_complete[].agent` (the agents a chain
+//! hands its output to).
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::agents::{AgentManifest, AgentName};
+use crate::tenancy::TenantId;
+
+/// Whether the node a tenant's agents run on is shared with other tenants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeSharing {
+    /// One node for every tenant: agents get node-side names.
+    Shared,
+    /// A node per tenant: agents keep their names.
+    PerTenant,
+}
+
+/// How much of an agent's name a shared node's name keeps, for people reading the node.
+const READABLE_PREFIX: usize = 30;
+/// Hex digits of the digest in a shared node's name: 128 bits.
+const DIGEST_HEX: usize = 32;
+
+/// The node-side names of one tenant's agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeNames {
+    tenant: TenantId,
+    sharing: NodeSharing,
+}
+
+impl NodeNames {
+    /// The names of `tenant`'s agents on a node shared or not.
+    pub fn new(tenant: TenantId, sharing: NodeSharing) -> Self {
+        Self { tenant, sharing }
+    }
+
+    /// The name `name` is pushed under. On a shared node: up to 30 characters of the name,
+    /// `-`, then 32 hex digits of SHA-256 over the tenant's id and the name; a DNS-1123
+    /// label of at most 63 characters, distinct for every (tenant, name).
+    pub fn node_name(&self, name: &AgentName) -> AgentName {
+        match self.sharing {
+            NodeSharing::PerTenant => name.clone(),
+            NodeSharing::Shared => AgentName::parse(&self.shared_name(name.as_str())).unwrap_or_else(|_| unreachable!("a hex digest is a DNS-1123 label")),
+        }
+    }
+
+    /// The shared node's name of any referenced name (a reference need not be a valid agent
+    /// name; it still must not reach outside the tenant).
+    fn shared_name(&self, raw: &str) -> String {
+        let mut digest = Sha256::new();
+        digest.update(b"nexus node agent name\0");
+        digest.update(self.tenant.as_uuid().as_bytes());
+        digest.update(raw.as_bytes());
+        let hash = &hex::encode(digest.finalize())[..DIGEST_HEX];
+        let readable: String = raw.chars().filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-').take(READABLE_PREFIX).collect();
+        let readable = readable.trim_matches('-');
+        if readable.is_empty() { hash.to_owned() } else { format!("{readable}-{hash}") }
+    }
+
+    /// The node-side name a reference to `raw` is rewritten to.
+    pub fn node_reference(&self, raw: &str) -> String {
+        match self.sharing {
+            NodeSharing::PerTenant => raw.to_owned(),
+            NodeSharing::Shared => self.shared_name(raw),
+        }
+    }
+
+    /// The document to push: `metadata.name` is the node-side name, and every reference
+    /// to another agent names that agent's node-side name in the same tenant.
+    pub fn to_node(&self, manifest: &AgentManifest) -> Value {
+        let mut document = manifest.document().clone();
+        if self.sharing == NodeSharing::PerTenant {
+            return document;
+        }
+        if let Some(metadata) = document.get_mut("metadata").and_then(Value::as_object_mut) {
+            metadata.insert("name".to_owned(), Value::String(self.node_name(manifest.name()).as_str().to_owned()));
+        }
+        for reference in references_mut(&mut document) {
+            if let Value::String(name) = reference {
+                *name = self.shared_name(name);
+            }
+        }
+        document
+    }
+
+    /// Turns what the node answered about `manifest`'s agent (its view, its manifest, its
+    /// traces) back into the tenant's names: every string that is the node-side name of
+    /// the agent or of an agent its manifest references becomes that agent's own name.
+    pub fn restore(&self, manifest: &AgentManifest, answer: Value) -> Value {
+        if self.sharing == NodeSharing::PerTenant {
+            return answer;
+        }
+        let mut names = HashMap::new();
+        names.insert(self.node_name(manifest.name()).as_str().to_owned(), manifest.name().as_str().to_owned());
+        for reference in references(manifest.document()) {
+            names.insert(self.node_reference(reference), reference.to_owned());
+        }
+        replace_strings(answer, &names)
+    }
+}
+
+/// The names `document` references other agents by (string values only).
+pub fn references(document: &Value) -> Vec<&str> {
+    let spec = &document["spec"];
+    let tools = spec["tools"].as_array().into_iter().flatten().filter(|tool| tool["type"] == "agent").map(|tool| &tool["agent"]);
+    let chain = spec["chain"]["on_complete"].as_array().into_iter().flatten().map(|link| &link["agent"]);
+    tools.chain(chain).filter_map(Value::as_str).collect()
+}
+
+/// The values of the reference fields of `document`, to rewrite.
+fn references_mut(document: &mut Value) -> Vec<&mut Value> {
+    let Some(spec) = document.get_mut("spec").and_then(Value::as_object_mut) else { return Vec::new() };
+    let mut found = Vec::new();
+    let (mut tools, mut chain) = (None, None);
+    for (key, value) in spec.iter_mut() {
+        match key.as_str() {
+            "tools" => tools = value.as_array_mut(),
+            "chain" => chain = value.get_mut("on_complete").and_then(Value::as_array_mut),
+            _ => {}
+        }
+    }
+    for tool in tools.into_iter().flatten() {
+        if tool["type"] == "agent"
+            && let Some(agent) = tool.get_mut("agent")
+        {
+            found.push(agent);
+        }
+    }
+    for link in chain.into_iter().flatten() {
+        if let Some(agent) = link.get_mut("agent") {
+            found.push(agent);
+        }
+    }
+    found
+}
+
+/// `value` with every string that is a key of `names` replaced by its value.
+fn replace_strings(value: Value, names: &HashMap<String, String>) -> Value {
+    match value {
+        Value::String(text) => Value::String(names.get(&text).cloned().unwrap_or(text)),
+        Value::Array(items) => Value::Array(items.into_iter().map(|item| replace_strings(item, names)).collect()),
+        Value::Object(fields) => Value::Object(fields.into_iter().map(|(key, item)| (key, replace_strings(item, names))).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+#[path = "node_names_tests.rs"]
+mod tests;
