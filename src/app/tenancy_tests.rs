@@ -103,7 +103,7 @@ async fn a_tenant_the_cluster_fails_to_provision_is_kept_in_phase_error() {
 #[tokio::test]
 async fn a_tenants_message_never_carries_internal_detail() {
     let mut ports = Ports::default();
-    ports.tenants.expect_insert_tenant().returning(|_| Ok(()));
+    ports.tenants.expect_insert_tenant().returning(|_, _| Ok(()));
     ports.cluster.expect_provision_tenant().returning(|_| Err(Error::internal("the Kubernetes API refused a request (422): spec.replicas: Invalid value")));
     let state = ports.service().0.create_tenant(owner(), "org", None).await.unwrap();
     assert_eq!((state.status.phase, state.status.message.as_deref()), (TenantPhase::Error, Some("internal error")), "the detail is for the log");
