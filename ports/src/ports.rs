@@ -12,7 +12,7 @@ use crate::Error;
 use crate::Result;
 use serde_json::Value;
 
-use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion};
+use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentQuota, AgentStatus, AgentSummary, AgentVersion};
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
 use crate::node_names::NodeSharing;
 use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
@@ -158,28 +158,41 @@ pub trait ApiKeyStore: Send + Sync + 'static {
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait AgentStore: Send + Sync + 'static {
-    /// Registers a new agent as version 1, unless the tenant already runs `max_agents`.
-    /// The quota check and the insert are one atomic step.
+    /// Registers a new agent as version 1, unless the tenant already runs
+    /// `quota.max_agents`, or its manifests would then take more than
+    /// `quota.max_manifest_bytes` ([`AgentManifest::size`] summed over its agents). The
+    /// quota checks and the insert are one atomic step.
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when the tenant has an agent of that name;
-    /// [`Error::Conflict`] when the quota is reached; [`Error::NotFound`] when the tenant
+    /// [`Error::Conflict`] when a quota is reached; [`Error::NotFound`] when the tenant
     /// does not exist.
-    async fn insert_agent(&self, agent: &Agent, author: &str, max_agents: u32) -> Result<()>;
+    async fn insert_agent(&self, agent: &Agent, author: &str, quota: AgentQuota) -> Result<()>;
 
     /// Replaces an agent's manifest and appends a version numbered one past the last; then
     /// keeps only the newest `keep_versions` (at least the new one), in the same step.
-    /// Numbers are never reused while the agent exists. Returns the updated agent.
+    /// Numbers are never reused while the agent exists. Returns the updated agent. Refused
+    /// when the tenant's manifests would then take more than `max_manifest_bytes`, checked
+    /// in the same step.
     ///
     /// # Errors
-    /// [`Error::NotFound`] when the tenant has no agent of that name.
-    async fn update_agent(&self, tenant: &TenantId, manifest: &AgentManifest, author: &str, at: DateTime<Utc>, keep_versions: u32) -> Result<Agent>;
+    /// [`Error::NotFound`] when the tenant has no agent of that name; [`Error::Conflict`]
+    /// when the budget would be exceeded.
+    async fn update_agent(
+        &self,
+        tenant: &TenantId,
+        manifest: &AgentManifest,
+        author: &str,
+        at: DateTime<Utc>,
+        keep_versions: u32,
+        max_manifest_bytes: u64,
+    ) -> Result<Agent>;
 
     /// The tenant's agent of that name, if any.
     async fn find_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<Agent>>;
 
-    /// The tenant's agents, by name.
-    async fn list_agents(&self, tenant: &TenantId) -> Result<Vec<Agent>>;
+    /// The tenant's agents, by name, without their manifests (none is read).
+    async fn list_agents(&self, tenant: &TenantId) -> Result<Vec<AgentSummary>>;
 
     /// Every tenant's agents (to re-apply them to the cluster at start-up).
     async fn list_all_agents(&self) -> Result<Vec<Agent>>;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentPhase, AgentQuota, AgentStatus, AgentSummary, AgentVersion};
 use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase};
@@ -31,6 +31,34 @@ pub struct AgentState {
     pub status: AgentStatus,
     /// The name its node knows it by.
     pub node_agent_name: AgentName,
+}
+
+/// An agent with its whole manifest, parsed, and what the runtime reports of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentDetail {
+    pub state: AgentState,
+    /// The manifest; `None` when its stored text cannot be read any more (the status then
+    /// says so, `Failed`).
+    pub document: Option<Value>,
+}
+
+/// An agent as a listing shows it, with its phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentListing {
+    pub summary: AgentSummary,
+    pub status: AgentStatus,
+}
+
+/// What an agent's status says when its stored manifest cannot be read.
+pub const UNREADABLE_MANIFEST: &str = "the stored manifest of this agent cannot be read; replace it with PUT or delete the agent";
+
+/// What tenants may store of agents, besides their own agent quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// The versions kept per agent.
+    pub max_versions: u32,
+    /// The bytes of manifests one tenant may hold, all its agents' together.
+    pub max_manifest_bytes: u64,
 }
 
 /// What the node says of an agent, with the runtime status.
@@ -62,7 +90,7 @@ pub struct AgentService {
     node: Arc<dyn NodeProxy>,
     clock: Arc<dyn Clock>,
     reconciler: Arc<Reconciler>,
-    max_versions: u32,
+    limits: AgentLimits,
 }
 
 fn missing(name: &AgentName) -> Error {
@@ -78,23 +106,24 @@ pub struct AgentPorts {
 }
 
 impl AgentService {
-    /// Wires the use cases; API changes wake `reconciler`; each agent keeps its newest
-    /// `max_versions` versions.
-    pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>, max_versions: u32) -> Self {
+    /// Wires the use cases; API changes wake `reconciler`; `limits` bound what is kept.
+    pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>, limits: AgentLimits) -> Self {
         let AgentPorts { agents, cluster, node, clock } = ports;
-        Self { agents, cluster, node, clock, reconciler, max_versions }
+        Self { agents, cluster, node, clock, reconciler, limits }
     }
 
     /// Registers an agent from its manifest; `metadata.namespace` becomes the tenant's.
     ///
     /// # Errors
     /// [`Error::InvalidFields`] for an invalid manifest; [`Error::AlreadyExists`] when the
-    /// tenant has an agent of that name; [`Error::Conflict`] when its quota is reached.
+    /// tenant has an agent of that name; [`Error::Conflict`] when its agent quota or its
+    /// manifest budget is reached.
     pub async fn create(&self, tenant: &Tenant, author: &str, document: Value) -> Result<AgentState> {
-        let manifest = AgentManifest::parse(document)?.in_namespace(&tenant.id.cr_name());
+        let manifest = AgentManifest::parse_in(document, Some(&tenant.id.cr_name()))?;
         let now = self.clock.now();
         let agent = Agent { tenant_id: tenant.id, manifest, created_at: now, updated_at: now };
-        self.agents.insert_agent(&agent, author, tenant.max_agents).await.map_err(|err| match err {
+        let quota = AgentQuota { max_agents: tenant.max_agents, max_manifest_bytes: self.limits.max_manifest_bytes };
+        self.agents.insert_agent(&agent, author, quota).await.map_err(|err| match err {
             Error::AlreadyExists(_) => Error::AlreadyExists(format!("an agent named {} already exists in this tenant", agent.manifest.name())),
             other => other,
         })?;
@@ -130,23 +159,24 @@ impl AgentService {
         Ok(AgentState { agent, status, node_agent_name })
     }
 
-    /// The tenant's agents, by name.
-    pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentState>> {
-        let mut states = Vec::new();
-        for agent in self.agents.list_agents(&tenant.id).await? {
-            states.push(self.state_of(agent).await?);
+    /// The tenant's agents, by name, with their phases (no manifest is read).
+    pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentListing>> {
+        let mut listings = Vec::new();
+        for summary in self.agents.list_agents(&tenant.id).await? {
+            let object = self.cluster.agent_object(&summary.tenant_id, &summary.name).await?;
+            listings.push(AgentListing { summary, status: object.map_or_else(AgentStatus::pending, |o| o.status) });
         }
-        Ok(states)
+        Ok(listings)
     }
 
-    /// One agent with its status.
+    /// One agent with its manifest and status.
     ///
     /// # Errors
     /// [`Error::InvalidRequest`] for a malformed name; [`Error::NotFound`] when the tenant
     /// has no such agent (also when another tenant has one).
-    pub async fn get(&self, tenant: &Tenant, name: &str) -> Result<AgentState> {
+    pub async fn get(&self, tenant: &Tenant, name: &str) -> Result<AgentDetail> {
         let agent = self.find(tenant, name).await?;
-        self.state_of(agent).await
+        Ok(detail(self.state_of(agent).await?))
     }
 
     async fn find(&self, tenant: &Tenant, name: &str) -> Result<Agent> {
@@ -161,19 +191,21 @@ impl AgentService {
     /// [`Error::InvalidFields`] for an invalid manifest; [`Error::Conflict`] when its
     /// `metadata.name` is not `name` (a well-formed manifest of another agent than the one
     /// addressed); [`Error::NotFound`] when there is no such agent.
-    pub async fn update(&self, tenant: &Tenant, author: &str, name: &str, document: Value) -> Result<AgentState> {
+    pub async fn update(&self, tenant: &Tenant, author: &str, name: &str, document: Value) -> Result<AgentDetail> {
         let name = AgentName::parse(name)?;
-        let manifest = AgentManifest::parse(document)?.in_namespace(&tenant.id.cr_name());
+        let manifest = AgentManifest::parse_in(document, Some(&tenant.id.cr_name()))?;
         if *manifest.name() != name {
             return Err(Error::Conflict(format!("metadata.name {} differs from the agent in the path, {name}", manifest.name())));
         }
-        let agent = self.agents.update_agent(&tenant.id, &manifest, author, self.clock.now(), self.max_versions).await.map_err(|err| match err {
-            Error::NotFound(_) => missing(&name),
-            other => other,
-        })?;
+        let AgentLimits { max_versions, max_manifest_bytes } = self.limits;
+        let agent =
+            self.agents.update_agent(&tenant.id, &manifest, author, self.clock.now(), max_versions, max_manifest_bytes).await.map_err(|err| match err {
+                Error::NotFound(_) => missing(&name),
+                other => other,
+            })?;
         tracing::info!(tenant = %tenant.id, agent = %name, "agent updated");
         self.apply(&agent).await;
-        self.state_of(agent).await
+        Ok(detail(self.state_of(agent).await?))
     }
 
     /// Deletes an agent; the reconcile loop removes it from its node.
@@ -260,6 +292,19 @@ impl AgentService {
     pub async fn versions(&self, tenant: &Tenant, name: &str) -> Result<Vec<AgentVersion>> {
         let agent = self.find(tenant, name).await?;
         self.agents.list_versions(&tenant.id, agent.manifest.name()).await
+    }
+}
+
+/// The agent with its manifest parsed; one whose stored manifest cannot be read is
+/// reported `Failed`, saying so.
+fn detail(mut state: AgentState) -> AgentDetail {
+    match state.agent.manifest.document() {
+        Ok(document) => AgentDetail { state, document: Some(document) },
+        Err(err) => {
+            tracing::error!(tenant = %state.agent.tenant_id, agent = %state.agent.manifest.name(), error = %err, "an agent's stored manifest cannot be read");
+            state.status = AgentStatus { phase: AgentPhase::Failed, node_ack: false, message: Some(UNREADABLE_MANIFEST.to_owned()), ..state.status };
+            AgentDetail { state, document: None }
+        }
     }
 }
 

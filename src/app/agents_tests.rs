@@ -13,7 +13,7 @@ use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::testing;
 use serde_json::{Value, json};
 
-use super::{AgentPorts, AgentService, LogQuery};
+use super::{AgentLimits, AgentPorts, AgentService, LogQuery};
 use crate::app::reconcile::{ReconcilePorts, Reconciler};
 
 /// Versions kept per agent.
@@ -58,7 +58,7 @@ impl Ports {
             Duration::from_secs(60),
         );
         let ports = AgentPorts { agents: Arc::new(self.agents), cluster: Arc::new(self.cluster), node: Arc::new(self.node), clock };
-        AgentService::new(ports, Arc::new(idle), MAX_VERSIONS)
+        AgentService::new(ports, Arc::new(idle), AgentLimits { max_versions: MAX_VERSIONS, max_manifest_bytes: 1 << 20 })
     }
 
     fn with_agent(mut self, name: &'static str) -> Self {
@@ -81,7 +81,12 @@ async fn creating_puts_the_agent_in_the_tenants_namespace_within_quota() {
     ports
         .agents
         .expect_insert_agent()
-        .withf(|agent, author, quota| agent.manifest.document()["metadata"]["namespace"] == tenant().id.cr_name() && author == "key:ci" && *quota == 7)
+        .withf(|agent, author, quota| {
+            agent.manifest.document().unwrap()["metadata"]["namespace"] == tenant().id.cr_name()
+                && author == "key:ci"
+                && quota.max_agents == 7
+                && quota.max_manifest_bytes == 1 << 20
+        })
         .times(1)
         .returning(|_, _, _| Ok(()));
     ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
@@ -113,15 +118,15 @@ async fn updates_must_name_the_agent_of_the_path() {
     ports
         .agents
         .expect_update_agent()
-        .withf(|_, _, _, _, keep| *keep == MAX_VERSIONS)
-        .returning(|_, m, _, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
+        .withf(|_, _, _, _, keep, budget| *keep == MAX_VERSIONS && *budget == 1 << 20)
+        .returning(|_, m, _, _, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
     ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
     ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
     let service = ports.service();
     assert!(matches!(service.update(&tenant(), "a", "bot", document("other")).await, Err(Error::Conflict(_))));
     assert!(matches!(service.update(&tenant(), "a", "ghost", document("ghost")).await, Err(Error::NotFound(_))));
     assert!(matches!(service.update(&tenant(), "a", "Bad_Name", document("bot")).await, Err(Error::InvalidRequest(_))));
-    assert_eq!(service.update(&tenant(), "a", "bot", document("bot")).await.unwrap().agent.manifest, stored("bot").manifest);
+    assert_eq!(service.update(&tenant(), "a", "bot", document("bot")).await.unwrap().state.agent.manifest, stored("bot").manifest);
 }
 
 #[tokio::test]
@@ -168,7 +173,7 @@ async fn the_node_is_asked_about_the_node_side_name_and_answers_in_the_tenants_n
     assert_eq!(live.node_agent_name, on_node("bot"));
     assert_eq!(live.node, json!({"name": "bot", "status": "deployed", "manifest": {"metadata": {"name": "bot"}}}));
     assert_eq!(service.logs(&tenant(), "bot", &LogQuery::default()).await.unwrap(), [json!({"agent": "bot"})]);
-    assert_eq!(service.get(&tenant(), "bot").await.unwrap().node_agent_name, on_node("bot"));
+    assert_eq!(service.get(&tenant(), "bot").await.unwrap().state.node_agent_name, on_node("bot"));
 }
 
 #[tokio::test]

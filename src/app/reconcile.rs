@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
+use nexus_ports::Error;
 use nexus_ports::agents::{AgentName, AgentObject, AgentPhase, AgentStatus};
 use nexus_ports::node_names::{NodeNames, NodeSharing};
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy, TenantStore};
@@ -402,9 +403,15 @@ impl Reconciler {
             self.record(object, &deploying).await;
         }
         let names = self.names(&object.tenant_id);
-        let outcome = match self.node.register_agent(node, &names.to_node(&object.manifest)).await {
-            Ok(()) => self.node.deploy_agent(node, &names.node_name(&key.1)).await,
-            Err(err) => Err(err),
+        let outcome = match names.to_node(&object.manifest) {
+            Ok(document) => match self.node.register_agent(node, &document).await {
+                Ok(()) => self.node.deploy_agent(node, &names.node_name(&key.1)).await,
+                Err(err) => Err(err),
+            },
+            Err(err) => {
+                tracing::error!(tenant = %key.0, agent = %key.1, error = %err, "an agent's stored manifest cannot be read");
+                Err(Error::Upstream(super::agents::UNREADABLE_MANIFEST.to_owned()))
+            }
         };
         match outcome {
             Ok(()) => {
