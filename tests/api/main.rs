@@ -12,6 +12,7 @@ mod identity;
 mod input;
 mod isolation;
 mod limits;
+mod manifests;
 mod matrix;
 mod node_e2e;
 mod observability;
