@@ -125,7 +125,8 @@ struct CreateKeyRequest {
     /// characters.
     #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"))]
     label: Text,
-    /// What it may do: `write` (the default) or `read` (GET routes only).
+    // What it may do: `write` (the default) or `read`, GET routes only (the enum's own
+    // description says so in the document).
     scope: Option<KeyScopeView>,
     /// When it stops working (RFC 3339, in the future); never when absent.
     expires_at: Option<DateTime<Utc>>,
@@ -155,7 +156,8 @@ struct KeyView {
     /// SHA-256 of the key, hex.
     hash: String,
     label: String,
-    /// `write`, or `read` (GET routes only).
+    // What it may do: `write` (the default) or `read`, GET routes only (the enum's own
+    // description says so in the document).
     scope: KeyScopeView,
     created_at: DateTime<Utc>,
     /// When it stops working (or stopped: an expired key answers 401); absent for never.
