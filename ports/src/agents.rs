@@ -392,6 +392,15 @@ pub struct AgentQuota {
     pub max_manifest_bytes: u64,
 }
 
+/// What an update keeps of an agent's history, and what its tenant may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateLimits {
+    /// The versions kept per agent (at least the newest).
+    pub keep_versions: u32,
+    /// The bytes of manifests the tenant may hold, all its agents' current ones together.
+    pub max_manifest_bytes: u64,
+}
+
 /// An agent as a listing shows it: what is recorded beside its manifest, without it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentSummary {
@@ -417,6 +426,8 @@ pub enum AgentPhase {
 pub struct Agent {
     pub tenant_id: TenantId,
     pub manifest: AgentManifest,
+    /// The number of its current version: 1 at creation, one more per publish.
+    pub version_number: u32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -433,6 +444,14 @@ pub struct AgentVersion {
     /// Who published it: `usr_...`, or `key:<label>` for an API key.
     pub author: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// One version with the manifest it published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedVersion {
+    pub version: AgentVersion,
+    /// `None` for a version published before manifests were kept.
+    pub manifest: Option<AgentManifest>,
 }
 
 /// What the runtime reports of an agent.

@@ -12,7 +12,7 @@ use crate::Error;
 use crate::Result;
 use serde_json::Value;
 
-use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentQuota, AgentStatus, AgentSummary, AgentVersion};
+use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentQuota, AgentStatus, AgentSummary, AgentVersion, PublishedVersion, UpdateLimits};
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
 use crate::node_names::NodeSharing;
 use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
@@ -158,10 +158,10 @@ pub trait ApiKeyStore: Send + Sync + 'static {
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait AgentStore: Send + Sync + 'static {
-    /// Registers a new agent as version 1, unless the tenant already runs
-    /// `quota.max_agents`, or its manifests would then take more than
-    /// `quota.max_manifest_bytes` ([`AgentManifest::size`] summed over its agents). The
-    /// quota checks and the insert are one atomic step.
+    /// Registers a new agent as version 1 (whatever its `version_number` says), unless the
+    /// tenant already runs `quota.max_agents`, or its manifests would then take more than
+    /// `quota.max_manifest_bytes` ([`AgentManifest::size`] summed over its agents' current
+    /// manifests). The quota checks and the insert are one atomic step.
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when the tenant has an agent of that name;
@@ -169,23 +169,26 @@ pub trait AgentStore: Send + Sync + 'static {
     /// does not exist.
     async fn insert_agent(&self, agent: &Agent, author: &str, quota: AgentQuota) -> Result<()>;
 
-    /// Replaces an agent's manifest and appends a version numbered one past the last; then
-    /// keeps only the newest `keep_versions` (at least the new one), in the same step.
-    /// Numbers are never reused while the agent exists. Returns the updated agent. Refused
-    /// when the tenant's manifests would then take more than `max_manifest_bytes`, checked
-    /// in the same step.
+    /// Replaces an agent's manifest and appends a version numbered one past the last
+    /// (keeping the manifest with it); then keeps only the newest `limits.keep_versions`
+    /// (at least the new one), in the same step. Numbers are never reused while the agent
+    /// exists. With `expected`, only when the agent's current version is that number;
+    /// refused when the tenant's current manifests would then take more than
+    /// `limits.max_manifest_bytes` (both checked in the same step). Returns the updated
+    /// agent.
     ///
     /// # Errors
-    /// [`Error::NotFound`] when the tenant has no agent of that name; [`Error::Conflict`]
-    /// when the budget would be exceeded.
+    /// [`Error::NotFound`] when the tenant has no agent of that name;
+    /// [`Error::PreconditionFailed`] when its current version is not `expected`;
+    /// [`Error::Conflict`] when the budget would be exceeded.
     async fn update_agent(
         &self,
         tenant: &TenantId,
         manifest: &AgentManifest,
         author: &str,
         at: DateTime<Utc>,
-        keep_versions: u32,
-        max_manifest_bytes: u64,
+        limits: UpdateLimits,
+        expected: Option<u32>,
     ) -> Result<Agent>;
 
     /// The tenant's agent of that name, if any.
@@ -197,11 +200,19 @@ pub trait AgentStore: Send + Sync + 'static {
     /// Every tenant's agents (to re-apply them to the cluster at start-up).
     async fn list_all_agents(&self) -> Result<Vec<Agent>>;
 
-    /// Deletes an agent and its history; whether it existed.
-    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<bool>;
+    /// Deletes an agent and its history; whether it existed. With `expected`, only when
+    /// its current version is that number (checked in the same step).
+    ///
+    /// # Errors
+    /// [`Error::PreconditionFailed`] when its current version is not `expected`.
+    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, expected: Option<u32>) -> Result<bool>;
 
     /// An agent's versions, oldest first (empty when there is no such agent).
     async fn list_versions(&self, tenant: &TenantId, name: &AgentName) -> Result<Vec<AgentVersion>>;
+
+    /// One version of an agent with its manifest; `None` when the agent has no such version
+    /// (never had, or pruned).
+    async fn find_version(&self, tenant: &TenantId, name: &AgentName, number: u32) -> Result<Option<PublishedVersion>>;
 }
 
 /// A tenant's astromesh-node, reached at its endpoint.

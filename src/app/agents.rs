@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentPhase, AgentQuota, AgentStatus, AgentSummary, AgentVersion};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentPhase, AgentQuota, AgentStatus, AgentSummary, AgentVersion, PublishedVersion, UpdateLimits};
 use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase};
@@ -42,6 +42,21 @@ pub struct AgentDetail {
     pub document: Option<Value>,
 }
 
+impl AgentDetail {
+    /// The agent with its manifest parsed; one whose stored manifest cannot be read is
+    /// reported `Failed`, saying so (the parser's detail goes to the log).
+    pub fn of(mut state: AgentState) -> Self {
+        match state.agent.manifest.document() {
+            Ok(document) => Self { state, document: Some(document) },
+            Err(err) => {
+                tracing::error!(tenant = %state.agent.tenant_id, agent = %state.agent.manifest.name(), error = %err, "an agent's stored manifest cannot be read");
+                state.status = AgentStatus { phase: AgentPhase::Failed, node_ack: false, message: Some(UNREADABLE_MANIFEST.to_owned()), ..state.status };
+                Self { state, document: None }
+            }
+        }
+    }
+}
+
 /// An agent as a listing shows it, with its phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentListing {
@@ -57,7 +72,7 @@ pub const UNREADABLE_MANIFEST: &str = "the stored manifest of this agent cannot 
 pub struct AgentLimits {
     /// The versions kept per agent.
     pub max_versions: u32,
-    /// The bytes of manifests one tenant may hold, all its agents' together.
+    /// The bytes of manifests one tenant may hold, all its agents' current ones together.
     pub max_manifest_bytes: u64,
 }
 
@@ -70,6 +85,22 @@ pub struct LiveStatus {
     /// The node's view of the agent, in the tenant's names; `Null` when the node does not
     /// know it (yet).
     pub node: Value,
+}
+
+/// What `If-Match` asks of an agent before it is changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// `*`: that it exists.
+    Any,
+    /// That its current tag ([`etag`]) is one of these.
+    Tags(Vec<String>),
+}
+
+/// The entity tag of an agent, without its quotes: the number of its current version and
+/// when the agent was created (so that an agent deleted and created again under the same
+/// name never matches a tag of its predecessor). Status changes do not change it.
+pub fn etag(agent: &Agent) -> String {
+    format!("{}-{:x}", agent.version_number, agent.created_at.timestamp_micros())
 }
 
 /// Which of an agent's traces to return.
@@ -97,6 +128,10 @@ fn missing(name: &AgentName) -> Error {
     Error::NotFound(format!("no agent named {name} in this tenant"))
 }
 
+fn no_version(name: &AgentName, number: u32) -> Error {
+    Error::NotFound(format!("agent {name} has no version {number} (never published, or pruned)"))
+}
+
 /// The ports the agent use cases need, by name.
 pub struct AgentPorts {
     pub agents: Arc<dyn AgentStore>,
@@ -121,7 +156,7 @@ impl AgentService {
     pub async fn create(&self, tenant: &Tenant, author: &str, document: Value) -> Result<AgentState> {
         let manifest = AgentManifest::parse_in(document, Some(&tenant.id.cr_name()))?;
         let now = self.clock.now();
-        let agent = Agent { tenant_id: tenant.id, manifest, created_at: now, updated_at: now };
+        let agent = Agent { tenant_id: tenant.id, manifest, version_number: 1, created_at: now, updated_at: now };
         let quota = AgentQuota { max_agents: tenant.max_agents, max_manifest_bytes: self.limits.max_manifest_bytes };
         self.agents.insert_agent(&agent, author, quota).await.map_err(|err| match err {
             Error::AlreadyExists(_) => Error::AlreadyExists(format!("an agent named {} already exists in this tenant", agent.manifest.name())),
@@ -169,14 +204,14 @@ impl AgentService {
         Ok(listings)
     }
 
-    /// One agent with its manifest and status.
+    /// One agent with its status.
     ///
     /// # Errors
     /// [`Error::InvalidRequest`] for a malformed name; [`Error::NotFound`] when the tenant
     /// has no such agent (also when another tenant has one).
-    pub async fn get(&self, tenant: &Tenant, name: &str) -> Result<AgentDetail> {
+    pub async fn get(&self, tenant: &Tenant, name: &str) -> Result<AgentState> {
         let agent = self.find(tenant, name).await?;
-        Ok(detail(self.state_of(agent).await?))
+        self.state_of(agent).await
     }
 
     async fn find(&self, tenant: &Tenant, name: &str) -> Result<Agent> {
@@ -185,36 +220,97 @@ impl AgentService {
     }
 
     /// Replaces an agent's manifest (a new version; the oldest past `max_versions` are
-    /// pruned, numbers never reused); the node receives it.
+    /// pruned, numbers never reused); the node receives it. With a `condition`, only when
+    /// it holds of the agent as it is when written.
     ///
     /// # Errors
     /// [`Error::InvalidFields`] for an invalid manifest; [`Error::Conflict`] when its
     /// `metadata.name` is not `name` (a well-formed manifest of another agent than the one
-    /// addressed); [`Error::NotFound`] when there is no such agent.
-    pub async fn update(&self, tenant: &Tenant, author: &str, name: &str, document: Value) -> Result<AgentDetail> {
+    /// addressed); [`Error::NotFound`] when there is no such agent;
+    /// [`Error::PreconditionFailed`] when the condition does not hold (nothing changes).
+    pub async fn update(&self, tenant: &Tenant, author: &str, name: &str, document: Value, condition: Option<&Condition>) -> Result<AgentState> {
         let name = AgentName::parse(name)?;
         let manifest = AgentManifest::parse_in(document, Some(&tenant.id.cr_name()))?;
         if *manifest.name() != name {
             return Err(Error::Conflict(format!("metadata.name {} differs from the agent in the path, {name}", manifest.name())));
         }
-        let AgentLimits { max_versions, max_manifest_bytes } = self.limits;
-        let agent =
-            self.agents.update_agent(&tenant.id, &manifest, author, self.clock.now(), max_versions, max_manifest_bytes).await.map_err(|err| match err {
-                Error::NotFound(_) => missing(&name),
-                other => other,
-            })?;
-        tracing::info!(tenant = %tenant.id, agent = %name, "agent updated");
-        self.apply(&agent).await;
-        Ok(detail(self.state_of(agent).await?))
+        let expected = self.expected(tenant, &name, condition).await?;
+        self.publish(tenant, author, &manifest, expected).await
     }
 
-    /// Deletes an agent; the reconcile loop removes it from its node.
+    /// Publishes `manifest` as the agent's next version and sends it to the cluster.
+    async fn publish(&self, tenant: &Tenant, author: &str, manifest: &AgentManifest, expected: Option<u32>) -> Result<AgentState> {
+        let name = manifest.name();
+        let limits = UpdateLimits { keep_versions: self.limits.max_versions, max_manifest_bytes: self.limits.max_manifest_bytes };
+        let agent = self.agents.update_agent(&tenant.id, manifest, author, self.clock.now(), limits, expected).await.map_err(|err| match err {
+            Error::NotFound(_) => missing(name),
+            other => other,
+        })?;
+        tracing::info!(tenant = %tenant.id, agent = %name, version = agent.version_number, "agent updated");
+        self.apply(&agent).await;
+        self.state_of(agent).await
+    }
+
+    /// The version number a conditional change of the agent must find (checked again by
+    /// the store as it writes), or `None` for a change without a version condition.
     ///
     /// # Errors
-    /// [`Error::NotFound`] when there is no such agent.
-    pub async fn delete(&self, tenant: &Tenant, name: &str) -> Result<AgentName> {
+    /// [`Error::NotFound`] when there is no such agent; [`Error::PreconditionFailed`] when
+    /// no tag of the condition is the agent's.
+    async fn expected(&self, tenant: &Tenant, name: &AgentName, condition: Option<&Condition>) -> Result<Option<u32>> {
+        let Some(condition) = condition else { return Ok(None) };
+        let agent = self.agents.find_agent(&tenant.id, name).await?.ok_or_else(|| missing(name))?;
+        match condition {
+            Condition::Any => Ok(None),
+            Condition::Tags(tags) if tags.contains(&etag(&agent)) => Ok(Some(agent.version_number)),
+            Condition::Tags(_) => {
+                Err(Error::PreconditionFailed(format!("If-Match does not name the agent's current version ({}): read it again", agent.version_number)))
+            }
+        }
+    }
+
+    /// One version of the agent, with the manifest it published.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such agent or version (pruned ones included).
+    pub async fn version(&self, tenant: &Tenant, name: &str, number: u32) -> Result<PublishedVersion> {
+        let agent = self.find(tenant, name).await?;
+        let name = agent.manifest.name();
+        self.agents.find_version(&tenant.id, name, number).await?.ok_or_else(|| no_version(name, number))
+    }
+
+    /// Publishes the manifest of version `number` again, as a new version (numbers only
+    /// grow); the node receives it. With a `condition`, only when it holds.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such agent or version (pruned ones included);
+    /// [`Error::Conflict`] when that version was published before versions kept their
+    /// manifest; [`Error::PreconditionFailed`] when the condition does not hold.
+    pub async fn rollback(&self, tenant: &Tenant, author: &str, name: &str, number: u32, condition: Option<&Condition>) -> Result<AgentState> {
+        let published = self.version(tenant, name, number).await?;
+        let manifest = published
+            .manifest
+            .ok_or_else(|| Error::Conflict(format!("version {number} was published before versions kept their manifest: it cannot be restored")))?;
+        // Published again as a new version: held to today's rules, like any other.
+        let document =
+            manifest.document().map_err(|_| Error::Conflict(format!("the stored manifest of version {number} cannot be read: it cannot be restored")))?;
+        let manifest = AgentManifest::parse_in(document, Some(&tenant.id.cr_name()))?;
+        let expected = self.expected(tenant, manifest.name(), condition).await?;
+        let state = self.publish(tenant, author, &manifest, expected).await?;
+        tracing::info!(tenant = %tenant.id, agent = %manifest.name(), from = number, to = state.agent.version_number, "agent rolled back");
+        Ok(state)
+    }
+
+    /// Deletes an agent; the reconcile loop removes it from its node. With a `condition`,
+    /// only when it holds.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such agent; [`Error::PreconditionFailed`] when
+    /// the condition does not hold (nothing is deleted).
+    pub async fn delete(&self, tenant: &Tenant, name: &str, condition: Option<&Condition>) -> Result<AgentName> {
         let name = AgentName::parse(name)?;
-        if !self.agents.delete_agent(&tenant.id, &name).await? {
+        let expected = self.expected(tenant, &name, condition).await?;
+        if !self.agents.delete_agent(&tenant.id, &name, expected).await? {
             return Err(missing(&name));
         }
         tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");
@@ -292,19 +388,6 @@ impl AgentService {
     pub async fn versions(&self, tenant: &Tenant, name: &str) -> Result<Vec<AgentVersion>> {
         let agent = self.find(tenant, name).await?;
         self.agents.list_versions(&tenant.id, agent.manifest.name()).await
-    }
-}
-
-/// The agent with its manifest parsed; one whose stored manifest cannot be read is
-/// reported `Failed`, saying so.
-fn detail(mut state: AgentState) -> AgentDetail {
-    match state.agent.manifest.document() {
-        Ok(document) => AgentDetail { state, document: Some(document) },
-        Err(err) => {
-            tracing::error!(tenant = %state.agent.tenant_id, agent = %state.agent.manifest.name(), error = %err, "an agent's stored manifest cannot be read");
-            state.status = AgentStatus { phase: AgentPhase::Failed, node_ack: false, message: Some(UNREADABLE_MANIFEST.to_owned()), ..state.status };
-            AgentDetail { state, document: None }
-        }
     }
 }
 

@@ -31,7 +31,7 @@ fn document(name: &str) -> Value {
 
 fn stored(name: &str) -> Agent {
     let manifest = AgentManifest::parse(document(name)).unwrap().in_namespace(&tenant().id.cr_name());
-    Agent { tenant_id: tenant().id, manifest, created_at: Utc::now(), updated_at: Utc::now() }
+    Agent { tenant_id: tenant().id, manifest, version_number: 1, created_at: Utc::now(), updated_at: Utc::now() }
 }
 
 #[derive(Default)]
@@ -118,25 +118,25 @@ async fn updates_must_name_the_agent_of_the_path() {
     ports
         .agents
         .expect_update_agent()
-        .withf(|_, _, _, _, keep, budget| *keep == MAX_VERSIONS && *budget == 1 << 20)
+        .withf(|_, _, _, _, limits, expected| limits.keep_versions == MAX_VERSIONS && limits.max_manifest_bytes == 1 << 20 && expected.is_none())
         .returning(|_, m, _, _, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
     ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
     ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
     let service = ports.service();
-    assert!(matches!(service.update(&tenant(), "a", "bot", document("other")).await, Err(Error::Conflict(_))));
-    assert!(matches!(service.update(&tenant(), "a", "ghost", document("ghost")).await, Err(Error::NotFound(_))));
-    assert!(matches!(service.update(&tenant(), "a", "Bad_Name", document("bot")).await, Err(Error::InvalidRequest(_))));
-    assert_eq!(service.update(&tenant(), "a", "bot", document("bot")).await.unwrap().state.agent.manifest, stored("bot").manifest);
+    assert!(matches!(service.update(&tenant(), "a", "bot", document("other"), None).await, Err(Error::Conflict(_))));
+    assert!(matches!(service.update(&tenant(), "a", "ghost", document("ghost"), None).await, Err(Error::NotFound(_))));
+    assert!(matches!(service.update(&tenant(), "a", "Bad_Name", document("bot"), None).await, Err(Error::InvalidRequest(_))));
+    assert_eq!(service.update(&tenant(), "a", "bot", document("bot"), None).await.unwrap().agent.manifest, stored("bot").manifest);
 }
 
 #[tokio::test]
 async fn deleting_asks_the_cluster_to_let_the_agent_go() {
     let mut ports = Ports::default();
-    ports.agents.expect_delete_agent().returning(|_, n| Ok(n.as_str() == "bot"));
+    ports.agents.expect_delete_agent().returning(|_, n, _| Ok(n.as_str() == "bot"));
     ports.cluster.expect_request_agent_deletion().times(1).returning(|_, _| Ok(()));
     let service = ports.service();
-    assert!(matches!(service.delete(&tenant(), "ghost").await, Err(Error::NotFound(_))));
-    assert_eq!(service.delete(&tenant(), "bot").await.unwrap().as_str(), "bot");
+    assert!(matches!(service.delete(&tenant(), "ghost", None).await, Err(Error::NotFound(_))));
+    assert_eq!(service.delete(&tenant(), "bot", None).await.unwrap().as_str(), "bot");
 }
 
 #[tokio::test]
@@ -173,7 +173,7 @@ async fn the_node_is_asked_about_the_node_side_name_and_answers_in_the_tenants_n
     assert_eq!(live.node_agent_name, on_node("bot"));
     assert_eq!(live.node, json!({"name": "bot", "status": "deployed", "manifest": {"metadata": {"name": "bot"}}}));
     assert_eq!(service.logs(&tenant(), "bot", &LogQuery::default()).await.unwrap(), [json!({"agent": "bot"})]);
-    assert_eq!(service.get(&tenant(), "bot").await.unwrap().state.node_agent_name, on_node("bot"));
+    assert_eq!(service.get(&tenant(), "bot").await.unwrap().node_agent_name, on_node("bot"));
 }
 
 #[tokio::test]

@@ -4,16 +4,18 @@
 //! count and the insert are one atomic step: PostgreSQL serialises on the row lock,
 //! SQLite on its write lock. Updating one writes the agent's row first, which orders
 //! concurrent updates the same way, so each appends one past the last number and prunes
-//! what falls out of the kept history. Each row keeps its manifest's size beside it, so
-//! that the tenant's manifest budget is checked, under the tenant's row lock too, without
-//! reading manifests; listings read no manifest at all.
+//! what falls out of the kept history. A conditional update or delete (`expected`) adds
+//! the current version number to the row's filter, so the check and the write are one
+//! statement. Each row keeps its manifest's size beside it, so that the tenant's
+//! manifest budget is checked, under the tenant's row lock, without reading manifests;
+//! listings read no manifest at all.
 //!
 //! Rows are trusted on read: a manifest is not checked again with today's rules (nor even
 //! parsed here), so a rule tightened later never makes an old row unreadable.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentQuota, AgentSummary, AgentVersion};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentQuota, AgentSummary, AgentVersion, PublishedVersion, UpdateLimits};
 use nexus_ports::ports::AgentStore;
 use nexus_ports::tenancy::TenantId;
 use nexus_ports::{Error, Result};
@@ -26,10 +28,16 @@ use crate::SqlStore;
 use crate::entity::{agent_versions as versions, agents, tenants};
 use crate::error::{db, translate};
 
+fn number(stored: i32) -> Result<u32> {
+    u32::try_from(stored).map_err(|_| Error::Internal(format!("stored version number {stored} is negative")))
+}
+
 fn agent(row: agents::Model) -> Agent {
     Agent {
         tenant_id: TenantId::from_uuid(row.tenant_id),
         manifest: AgentManifest::from_stored(AgentName::from_stored(row.name), row.version, row.manifest),
+        // Only a row corrupted by hand holds a negative number; it reads as no version yet.
+        version_number: u32::try_from(row.version_number).unwrap_or(0),
         created_at: row.created_at,
         updated_at: row.updated_at,
     }
@@ -56,7 +64,7 @@ async fn lock_tenant(txn: &impl ConnectionTrait, tenant: &TenantId) -> Result<bo
     Ok(locked.rows_affected > 0)
 }
 
-/// The bytes of manifests the tenant holds, but for its agent `except`.
+/// The bytes of current manifests the tenant holds, but for its agent `except`.
 async fn manifest_bytes(txn: &impl ConnectionTrait, tenant: &TenantId, except: Option<&AgentName>) -> Result<u64> {
     let mut query = agents::Entity::find()
         .select_only()
@@ -77,6 +85,15 @@ fn size_of(manifest: &AgentManifest) -> i64 {
     i64::try_from(manifest.size()).unwrap_or(i64::MAX)
 }
 
+fn version(v: versions::Model) -> Result<AgentVersion> {
+    Ok(AgentVersion { number: number(v.number)?, version: v.version, checksum: v.checksum, author: v.author, created_at: v.created_at })
+}
+
+/// What a conditional write found instead of `expected`.
+fn stale(expected: u32, found: &agents::Model) -> Error {
+    Error::PreconditionFailed(format!("If-Match names version {expected}, but the agent is at version {}: read it again", found.version_number))
+}
+
 fn version_row(tenant: &TenantId, manifest: &AgentManifest, number: i32, author: &str, at: DateTime<Utc>) -> versions::ActiveModel {
     versions::ActiveModel {
         tenant_id: Set(tenant.as_uuid()),
@@ -86,6 +103,7 @@ fn version_row(tenant: &TenantId, manifest: &AgentManifest, number: i32, author:
         checksum: Set(manifest.checksum()),
         author: Set(author.to_owned()),
         created_at: Set(at),
+        manifest: Set(Some(manifest.json().to_owned())),
     }
 }
 
@@ -113,6 +131,7 @@ impl AgentStore for SqlStore {
             manifest: Set(a.manifest.json().to_owned()),
             manifest_bytes: Set(size_of(&a.manifest)),
             version: Set(a.manifest.version().map(str::to_owned)),
+            version_number: Set(1),
             created_at: Set(a.created_at),
             updated_at: Set(a.updated_at),
         };
@@ -127,9 +146,10 @@ impl AgentStore for SqlStore {
         manifest: &AgentManifest,
         author: &str,
         at: DateTime<Utc>,
-        keep_versions: u32,
-        max_manifest_bytes: u64,
+        limits: UpdateLimits,
+        expected: Option<u32>,
     ) -> Result<Agent> {
+        let UpdateLimits { keep_versions, max_manifest_bytes } = limits;
         let txn = self.db.begin().await.map_err(db)?;
         if !lock_tenant(&txn, tenant).await? {
             return Err(Error::NotFound(format!("no agent named {}", manifest.name())));
@@ -137,17 +157,25 @@ impl AgentStore for SqlStore {
         if manifest_bytes(&txn, tenant, Some(manifest.name())).await?.saturating_add(manifest.size() as u64) > max_manifest_bytes {
             return Err(over_budget(max_manifest_bytes));
         }
+        let mut filter = of_agent(tenant, manifest.name());
+        if let Some(expected) = expected {
+            filter = filter.add(agents::Column::VersionNumber.eq(i64::from(expected)));
+        }
         let updated = agents::Entity::update_many()
             .col_expr(agents::Column::Manifest, Expr::value(manifest.json()))
             .col_expr(agents::Column::ManifestBytes, Expr::value(size_of(manifest)))
             .col_expr(agents::Column::Version, Expr::value(manifest.version().map(str::to_owned)))
             .col_expr(agents::Column::UpdatedAt, Expr::value(at))
-            .filter(of_agent(tenant, manifest.name()))
+            .filter(filter)
             .exec(&txn)
             .await
             .map_err(db)?;
         if updated.rows_affected == 0 {
-            return Err(Error::NotFound(format!("no agent named {}", manifest.name())));
+            let found = agents::Entity::find().filter(of_agent(tenant, manifest.name())).one(&txn).await.map_err(db)?;
+            return Err(match (expected, found) {
+                (Some(expected), Some(found)) => stale(expected, &found),
+                _ => Error::NotFound(format!("no agent named {}", manifest.name())),
+            });
         }
         let last = versions::Entity::find()
             .filter(versions::Column::TenantId.eq(tenant.as_uuid()))
@@ -157,7 +185,15 @@ impl AgentStore for SqlStore {
             .await
             .map_err(db)?
             .map_or(0, |v| v.number);
-        versions::Entity::insert(version_row(tenant, manifest, last + 1, author, at)).exec_without_returning(&txn).await.map_err(db)?;
+        // The agent's own count and its history's agree (both one past the last number given).
+        let next = last + 1;
+        agents::Entity::update_many()
+            .col_expr(agents::Column::VersionNumber, Expr::value(next))
+            .filter(of_agent(tenant, manifest.name()))
+            .exec(&txn)
+            .await
+            .map_err(db)?;
+        versions::Entity::insert(version_row(tenant, manifest, next, author, at)).exec_without_returning(&txn).await.map_err(db)?;
         // The newest is always kept, so the next number stays one past the last ever given.
         let pruned_up_to = i64::from(last + 1) - i64::from(keep_versions.max(1));
         versions::Entity::delete_many()
@@ -203,8 +239,25 @@ impl AgentStore for SqlStore {
         Ok(rows.into_iter().map(agent).collect())
     }
 
-    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<bool> {
+    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, expected: Option<u32>) -> Result<bool> {
         let txn = self.db.begin().await.map_err(db)?;
+        if let Some(expected) = expected {
+            // Locks the row (a no-op update) where the version matches, so that no update
+            // slips in between the check and the delete.
+            let matched = agents::Entity::update_many()
+                .col_expr(agents::Column::VersionNumber, Expr::col(agents::Column::VersionNumber))
+                .filter(of_agent(tenant, name).add(agents::Column::VersionNumber.eq(i64::from(expected))))
+                .exec(&txn)
+                .await
+                .map_err(db)?;
+            if matched.rows_affected == 0 {
+                let found = agents::Entity::find().filter(of_agent(tenant, name)).one(&txn).await.map_err(db)?;
+                return match found {
+                    Some(found) => Err(stale(expected, &found)),
+                    None => Ok(false),
+                };
+            }
+        }
         versions::Entity::delete_many()
             .filter(versions::Column::TenantId.eq(tenant.as_uuid()))
             .filter(versions::Column::Name.eq(name.as_str()))
@@ -224,11 +277,19 @@ impl AgentStore for SqlStore {
             .all(&self.db)
             .await
             .map_err(db)?;
-        rows.into_iter()
-            .map(|v| {
-                let number = u32::try_from(v.number).map_err(Error::internal)?;
-                Ok(AgentVersion { number, version: v.version, checksum: v.checksum, author: v.author, created_at: v.created_at })
-            })
-            .collect()
+        rows.into_iter().map(version).collect()
+    }
+
+    async fn find_version(&self, tenant: &TenantId, name: &AgentName, number: u32) -> Result<Option<PublishedVersion>> {
+        let row = versions::Entity::find()
+            .filter(versions::Column::TenantId.eq(tenant.as_uuid()))
+            .filter(versions::Column::Name.eq(name.as_str()))
+            .filter(versions::Column::Number.eq(i64::from(number)))
+            .one(&self.db)
+            .await
+            .map_err(db)?;
+        let Some(mut row) = row else { return Ok(None) };
+        let manifest = row.manifest.take().map(|stored| AgentManifest::from_stored(name.clone(), row.version.clone(), stored));
+        Ok(Some(PublishedVersion { version: version(row)?, manifest }))
     }
 }

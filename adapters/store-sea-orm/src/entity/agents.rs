@@ -13,6 +13,8 @@ pub struct Model {
     pub manifest: String,
     pub manifest_bytes: i64,
     pub version: Option<String>,
+    /// The number of its current version.
+    pub version_number: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -7,7 +7,9 @@ mod m20261128_000002_tenancy;
 mod m20261128_000003_agents;
 mod m20261205_000004_login_attempts;
 mod m20261205_000005_sessions;
-mod m20261206_000006_manifest_bytes;
+mod m20261212_000006_version_manifests;
+mod m20261212_000007_key_scopes;
+mod m20261213_000008_manifest_bytes;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -21,7 +23,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_agents::Migration),
             Box::new(m20261205_000004_login_attempts::Migration),
             Box::new(m20261205_000005_sessions::Migration),
-            Box::new(m20261206_000006_manifest_bytes::Migration),
+            Box::new(m20261212_000006_version_manifests::Migration),
+            Box::new(m20261212_000007_key_scopes::Migration),
+            Box::new(m20261213_000008_manifest_bytes::Migration),
         ]
     }
 }
