@@ -140,7 +140,8 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         AgentPorts { agents: store.clone(), cluster, node, clock },
         reconciler.clone(),
         AgentLimits { max_versions: config.max_versions, max_manifest_bytes: config.max_tenant_manifest_bytes },
-    );
+    )
+    .with_run_timeout(*config.run_timeout);
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
     let auth_throttle = AuthThrottle::new(config.auth_rate, config.trusted_proxies.clone());
     let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, auth_throttle, background: Mutex::default() });
