@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion};
+use nexus_ports::audit::{AuditAction, AuditEvent};
 use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase};
@@ -94,7 +95,8 @@ impl AgentService {
         let manifest = AgentManifest::parse(document)?.in_namespace(&tenant.id.cr_name());
         let now = self.clock.now();
         let agent = Agent { tenant_id: tenant.id, manifest, created_at: now, updated_at: now };
-        self.agents.insert_agent(&agent, author, tenant.max_agents).await.map_err(|err| match err {
+        let audit = AuditEvent::now(now, author, AuditAction::AgentCreate, agent.manifest.name().as_str()).in_tenant(tenant.id);
+        self.agents.insert_agent(&agent, author, tenant.max_agents, &audit).await.map_err(|err| match err {
             Error::AlreadyExists(_) => Error::AlreadyExists(format!("an agent named {} already exists in this tenant", agent.manifest.name())),
             other => other,
         })?;
@@ -167,7 +169,9 @@ impl AgentService {
         if *manifest.name() != name {
             return Err(Error::Conflict(format!("metadata.name {} differs from the agent in the path, {name}", manifest.name())));
         }
-        let agent = self.agents.update_agent(&tenant.id, &manifest, author, self.clock.now(), self.max_versions).await.map_err(|err| match err {
+        let now = self.clock.now();
+        let audit = AuditEvent::now(now, author, AuditAction::AgentUpdate, name.as_str()).in_tenant(tenant.id);
+        let agent = self.agents.update_agent(&tenant.id, &manifest, author, now, self.max_versions, &audit).await.map_err(|err| match err {
             Error::NotFound(_) => missing(&name),
             other => other,
         })?;
@@ -176,13 +180,14 @@ impl AgentService {
         self.state_of(agent).await
     }
 
-    /// Deletes an agent; the reconcile loop removes it from its node.
+    /// Deletes an agent for `author`; the reconcile loop removes it from its node.
     ///
     /// # Errors
     /// [`Error::NotFound`] when there is no such agent.
-    pub async fn delete(&self, tenant: &Tenant, name: &str) -> Result<AgentName> {
+    pub async fn delete(&self, tenant: &Tenant, author: &str, name: &str) -> Result<AgentName> {
         let name = AgentName::parse(name)?;
-        if !self.agents.delete_agent(&tenant.id, &name).await? {
+        let audit = AuditEvent::now(self.clock.now(), author, AuditAction::AgentDelete, name.as_str()).in_tenant(tenant.id);
+        if !self.agents.delete_agent(&tenant.id, &name, &audit).await? {
             return Err(missing(&name));
         }
         tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");

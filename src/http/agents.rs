@@ -347,7 +347,7 @@ impl AgentApi {
         #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
     ) -> Result<Json<AgentDeletedView>, ApiError<AuthenticatedItemErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &name).await?.to_string() }))
+        Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &caller.0.author(), &name).await?.to_string() }))
     }
 
     /// Phase, nodeAck and lastSyncedAt, with the node's live view of the agent.

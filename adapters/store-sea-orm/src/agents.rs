@@ -9,6 +9,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentVersion};
+use nexus_ports::audit::AuditEvent;
 use nexus_ports::ports::AgentStore;
 use nexus_ports::tenancy::TenantId;
 use nexus_ports::{Error, Result};
@@ -16,6 +17,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait};
 
 use crate::SqlStore;
+use crate::audit::record;
 use crate::entity::{agent_versions as versions, agents, tenants};
 use crate::error::{db, translate};
 
@@ -51,7 +53,7 @@ fn of_agent(tenant: &TenantId, name: &AgentName) -> sea_orm::Condition {
 
 #[async_trait]
 impl AgentStore for SqlStore {
-    async fn insert_agent(&self, a: &Agent, author: &str, max_agents: u32) -> Result<()> {
+    async fn insert_agent(&self, a: &Agent, author: &str, max_agents: u32, audit: &AuditEvent) -> Result<()> {
         let txn = self.db.begin().await.map_err(db)?;
         let locked = tenants::Entity::update_many()
             .col_expr(tenants::Column::MaxAgents, Expr::col(tenants::Column::MaxAgents))
@@ -76,10 +78,19 @@ impl AgentStore for SqlStore {
         };
         agents::Entity::insert(row).exec_without_returning(&txn).await.map_err(|e| translate(e, "an agent with this name"))?;
         versions::Entity::insert(version_row(&a.tenant_id, &a.manifest, 1, author, a.created_at)).exec_without_returning(&txn).await.map_err(db)?;
+        record(&txn, audit).await?;
         txn.commit().await.map_err(db)
     }
 
-    async fn update_agent(&self, tenant: &TenantId, manifest: &AgentManifest, author: &str, at: DateTime<Utc>, keep_versions: u32) -> Result<Agent> {
+    async fn update_agent(
+        &self,
+        tenant: &TenantId,
+        manifest: &AgentManifest,
+        author: &str,
+        at: DateTime<Utc>,
+        keep_versions: u32,
+        audit: &AuditEvent,
+    ) -> Result<Agent> {
         let txn = self.db.begin().await.map_err(db)?;
         let updated = agents::Entity::update_many()
             .col_expr(agents::Column::Manifest, Expr::value(manifest.document().to_string()))
@@ -111,6 +122,7 @@ impl AgentStore for SqlStore {
             .await
             .map_err(db)?;
         let row = agents::Entity::find().filter(of_agent(tenant, manifest.name())).one(&txn).await.map_err(db)?;
+        record(&txn, audit).await?;
         txn.commit().await.map_err(db)?;
         row.map(agent).transpose()?.ok_or_else(|| Error::internal("the updated agent vanished"))
     }
@@ -127,7 +139,7 @@ impl AgentStore for SqlStore {
         agents(agents::Entity::find().order_by_asc(agents::Column::TenantId).order_by_asc(agents::Column::Name).all(&self.db).await.map_err(db)?)
     }
 
-    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<bool> {
+    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, audit: &AuditEvent) -> Result<bool> {
         let txn = self.db.begin().await.map_err(db)?;
         versions::Entity::delete_many()
             .filter(versions::Column::TenantId.eq(tenant.as_uuid()))
@@ -136,6 +148,9 @@ impl AgentStore for SqlStore {
             .await
             .map_err(db)?;
         let deleted = agents::Entity::delete_many().filter(of_agent(tenant, name)).exec(&txn).await.map_err(db)?.rows_affected;
+        if deleted > 0 {
+            record(&txn, audit).await?;
+        }
         txn.commit().await.map_err(db)?;
         Ok(deleted > 0)
     }
