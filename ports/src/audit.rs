@@ -27,12 +27,13 @@ pub enum AuditAction {
     KeyRevoke,
     AgentCreate,
     AgentUpdate,
+    AgentRollback,
     AgentDelete,
 }
 
 impl AuditAction {
     /// Every action, in the order the documentation lists them.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::UserRegister,
         Self::UserLogin,
         Self::UserLoginFailed,
@@ -45,6 +46,7 @@ impl AuditAction {
         Self::KeyRevoke,
         Self::AgentCreate,
         Self::AgentUpdate,
+        Self::AgentRollback,
         Self::AgentDelete,
     ];
 
@@ -64,6 +66,7 @@ impl AuditAction {
             Self::KeyRevoke => "key.revoke",
             Self::AgentCreate => "agent.create",
             Self::AgentUpdate => "agent.update",
+            Self::AgentRollback => "agent.rollback",
             Self::AgentDelete => "agent.delete",
         }
     }

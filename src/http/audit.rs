@@ -41,6 +41,8 @@ enum AuditActionView {
     AgentCreate,
     #[oai(rename = "agent.update")]
     AgentUpdate,
+    #[oai(rename = "agent.rollback")]
+    AgentRollback,
     #[oai(rename = "agent.delete")]
     AgentDelete,
 }
@@ -60,6 +62,7 @@ impl From<AuditAction> for AuditActionView {
             AuditAction::KeyRevoke => Self::KeyRevoke,
             AuditAction::AgentCreate => Self::AgentCreate,
             AuditAction::AgentUpdate => Self::AgentUpdate,
+            AuditAction::AgentRollback => Self::AgentRollback,
             AuditAction::AgentDelete => Self::AgentDelete,
         }
     }
@@ -78,7 +81,7 @@ struct AuditEventView {
     actor: String,
     action: AuditActionView,
     /// What was acted on: a user id (`user.*`), a tenant id (`tenant.*`), a key's hash
-    /// (`key.*`), an agent's name (`agent.*`).
+    /// (`key.*`), an agent's name (`agent.*`; a rollback is `agent.rollback`).
     target: String,
     /// The `X-Request-ID` of the request that did it.
     request_id: Option<String>,
@@ -126,7 +129,7 @@ pub(crate) struct AuditApi;
 #[OpenApi(tag = "ApiTags::Audit")]
 impl AuditApi {
     /// A tenant's audit trail, newest first: its creation, its keys created and revoked,
-    /// its agents created, updated and deleted. Needs its owner's access token.
+    /// its agents created, updated, rolled back and deleted. Needs its owner's access token.
     #[oai(path = "/api/v1/tenants/:tenantId/audit", method = "get", operation_id = "tenant_audit")]
     async fn tenant_audit(
         &self,

@@ -46,6 +46,8 @@ async fn a_tenants_trail_names_each_change_its_actor_and_its_request(backend: Ba
         assert_eq!(registered.status, StatusCode::CREATED, "{registered:?}");
         let scoped = [(auth, value.as_str()), ("x-tenant-id", tenant.as_str())];
         assert_eq!(server.call(Method::PUT, "/api/v1/agents/audited", &scoped, Some(&manifest)).await.status, StatusCode::OK);
+        let rollback = server.call(Method::POST, "/api/v1/agents/audited/rollback", &scoped, Some(&json!({"version": 1}))).await;
+        assert_eq!(rollback.status, StatusCode::OK, "{rollback:?}");
         assert_eq!(server.call(Method::DELETE, "/api/v1/agents/audited", &scoped, None).await.status, StatusCode::OK);
         assert_eq!(server.call(Method::DELETE, &format!("/api/v1/tenants/{tenant}/keys/{hash}"), &[(auth, &value)], None).await.status, StatusCode::OK);
 
@@ -53,7 +55,7 @@ async fn a_tenants_trail_names_each_change_its_actor_and_its_request(backend: Ba
         let answer = server.get(&path, Some(&token)).await;
         let text = answer.body.to_string();
         let events = answer.body["events"].as_array().unwrap();
-        assert_eq!(actions(events), ["key.revoke", "agent.delete", "agent.update", "agent.create", "key.create", "tenant.create"]);
+        assert_eq!(actions(events), ["key.revoke", "agent.delete", "agent.rollback", "agent.update", "agent.create", "key.create", "tenant.create"]);
         assert!(answer.body.get("nextCursor").is_none(), "one page: {text}");
         let by_action = |action: &str| events.iter().find(|e| e["action"] == action).unwrap().clone();
         let tenant_created = by_action("tenant.create");
@@ -66,6 +68,7 @@ async fn a_tenants_trail_names_each_change_its_actor_and_its_request(backend: Ba
             (Some("key:ci"), Some("audited"), Some("req-agent"))
         );
         assert_eq!(by_action("agent.update")["actor"], owner.as_str());
+        assert_eq!(by_action("agent.rollback")["target"], "audited");
         assert_eq!(by_action("key.create")["target"], hash.as_str());
         for event in events {
             assert!(event["id"].as_str().unwrap().starts_with("aud_") && event["at"].is_string() && event["requestId"].is_string(), "{event}");

@@ -24,3 +24,4 @@ mod secrets;
 mod sessions;
 mod startup;
 mod tenancy;
+mod versions;

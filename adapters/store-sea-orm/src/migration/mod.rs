@@ -7,7 +7,8 @@ mod m20261128_000002_tenancy;
 mod m20261128_000003_agents;
 mod m20261205_000004_login_attempts;
 mod m20261205_000005_sessions;
-mod m20261206_140001_audit_events;
+mod m20261212_000006_version_manifests;
+mod m20261213_000007_audit_events;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -21,7 +22,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_agents::Migration),
             Box::new(m20261205_000004_login_attempts::Migration),
             Box::new(m20261205_000005_sessions::Migration),
-            Box::new(m20261206_140001_audit_events::Migration),
+            Box::new(m20261212_000006_version_manifests::Migration),
+            Box::new(m20261213_000007_audit_events::Migration),
         ]
     }
 }

@@ -57,11 +57,14 @@ async fn events_are_read_back_newest_first_a_page_at_a_time(url: &str) {
     let t = tenant(&store, ada, 10).await.unwrap();
     let key = ApiKey { digest: SecretDigest::of("k"), tenant_id: t.id, label: KeyLabel::parse("ci").unwrap(), created_at: now(), last_used_at: None };
     store.insert_key(&key, 10, &in_tenant(t.id, &ada.to_string(), AuditAction::KeyCreate, &key.digest.to_hex())).await.unwrap();
-    let bot = Agent { tenant_id: t.id, manifest: testing::manifest("bot", "m"), created_at: now(), updated_at: now() };
+    let bot = Agent { tenant_id: t.id, manifest: testing::manifest("bot", "m"), version_number: 1, created_at: now(), updated_at: now() };
     store.insert_agent(&bot, "key:ci", 10, &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "bot")).await.unwrap();
-    store.update_agent(&t.id, &testing::manifest("bot", "n"), "key:ci", now(), 10, &in_tenant(t.id, "key:ci", AuditAction::AgentUpdate, "bot")).await.unwrap();
+    store
+        .update_agent(&t.id, &testing::manifest("bot", "n"), "key:ci", now(), 10, None, &in_tenant(t.id, "key:ci", AuditAction::AgentUpdate, "bot"))
+        .await
+        .unwrap();
     let name = AgentName::parse("bot").unwrap();
-    assert!(store.delete_agent(&t.id, &name, &in_tenant(t.id, "key:ci", AuditAction::AgentDelete, "bot")).await.unwrap());
+    assert!(store.delete_agent(&t.id, &name, None, &in_tenant(t.id, "key:ci", AuditAction::AgentDelete, "bot")).await.unwrap());
     assert!(store.delete_key(&t.id, &key.digest, &in_tenant(t.id, &ada.to_string(), AuditAction::KeyRevoke, &key.digest.to_hex())).await.unwrap());
 
     let all = store.tenant_events(&t.id, 100, None).await.unwrap();
@@ -95,18 +98,26 @@ async fn a_failed_change_records_nothing(url: &str) {
     let ada = user(&store).await;
     let t = tenant(&store, ada, 1).await.unwrap();
     assert!(matches!(tenant(&store, ada, 1).await, Err(Error::Conflict(_))), "over the tenant quota");
-    let bot = Agent { tenant_id: t.id, manifest: testing::manifest("bot", "m"), created_at: now(), updated_at: now() };
+    let bot = Agent { tenant_id: t.id, manifest: testing::manifest("bot", "m"), version_number: 1, created_at: now(), updated_at: now() };
     store.insert_agent(&bot, "key:ci", 1, &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "bot")).await.unwrap();
     let again = store.insert_agent(&bot, "key:ci", 5, &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "bot")).await;
     assert!(matches!(again, Err(Error::AlreadyExists(_))), "a name taken");
     let other = Agent { manifest: testing::manifest("other", "m"), ..bot.clone() };
     let over = store.insert_agent(&other, "key:ci", 1, &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "other")).await;
     assert!(matches!(over, Err(Error::Conflict(_))), "over the agent quota");
-    let ghost =
-        store.update_agent(&t.id, &testing::manifest("ghost", "m"), "key:ci", now(), 5, &in_tenant(t.id, "key:ci", AuditAction::AgentUpdate, "ghost")).await;
+    let ghost = store
+        .update_agent(&t.id, &testing::manifest("ghost", "m"), "key:ci", now(), 5, None, &in_tenant(t.id, "key:ci", AuditAction::AgentUpdate, "ghost"))
+        .await;
     assert!(matches!(ghost, Err(Error::NotFound(_))));
+    let stale = store
+        .update_agent(&t.id, &testing::manifest("bot", "n"), "key:ci", now(), 5, Some(9), &in_tenant(t.id, "key:ci", AuditAction::AgentUpdate, "bot"))
+        .await;
+    assert!(matches!(stale, Err(Error::PreconditionFailed(_))), "a stale If-Match");
+    let bot_name = AgentName::parse("bot").unwrap();
+    let stale = store.delete_agent(&t.id, &bot_name, Some(9), &in_tenant(t.id, "key:ci", AuditAction::AgentDelete, "bot")).await;
+    assert!(matches!(stale, Err(Error::PreconditionFailed(_))));
     let name = AgentName::parse("ghost").unwrap();
-    assert!(!store.delete_agent(&t.id, &name, &in_tenant(t.id, "key:ci", AuditAction::AgentDelete, "ghost")).await.unwrap());
+    assert!(!store.delete_agent(&t.id, &name, None, &in_tenant(t.id, "key:ci", AuditAction::AgentDelete, "ghost")).await.unwrap());
     let key = ApiKey { digest: SecretDigest::of("k"), tenant_id: t.id, label: KeyLabel::parse("ci").unwrap(), created_at: now(), last_used_at: None };
     let revoke = in_tenant(t.id, &ada.to_string(), AuditAction::KeyRevoke, "k");
     assert!(!store.delete_key(&t.id, &key.digest, &revoke).await.unwrap(), "no such key");
