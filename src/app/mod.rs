@@ -25,7 +25,7 @@ pub use identity::{IdentityPorts, IdentityService, Registration, Session, Sessio
 pub use key_usage::KeyUsage;
 pub use login_limit::LoginLimit;
 pub use reconcile::{ReconcilePorts, Reconciler};
-pub use tenancy::{NewKey, Quotas, TenancyPorts, TenancyService, TenantState};
+pub use tenancy::{KeyGrant, NewKey, Quotas, TenancyPorts, TenancyService, TenantState};
 pub use throttle::{AddressLimiter, AuthThrottle};
 
 /// Every use case of the running service, shared by the HTTP handlers.

@@ -12,6 +12,7 @@ mod health;
 mod identity;
 mod input;
 mod isolation;
+mod keys;
 mod limits;
 mod matrix;
 mod node_e2e;

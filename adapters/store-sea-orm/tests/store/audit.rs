@@ -8,7 +8,7 @@ use nexus_ports::agents::{Agent, AgentName};
 use nexus_ports::audit::{AuditAction, AuditEvent};
 use nexus_ports::identity::UserId;
 use nexus_ports::ports::{AgentStore, ApiKeyStore, AuditStore, TenantStore, UserStore};
-use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId};
+use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId};
 use nexus_ports::testing;
 use nexus_ports::tokens::SecretDigest;
 use nexus_store_sea_orm::SqlStore;
@@ -55,7 +55,15 @@ async fn events_are_read_back_newest_first_a_page_at_a_time(url: &str) {
     let store = SqlStore::connect(url).await.unwrap();
     let ada = user(&store).await;
     let t = tenant(&store, ada, 10).await.unwrap();
-    let key = ApiKey { digest: SecretDigest::of("k"), tenant_id: t.id, label: KeyLabel::parse("ci").unwrap(), created_at: now(), last_used_at: None };
+    let key = ApiKey {
+        digest: SecretDigest::of("k"),
+        tenant_id: t.id,
+        label: KeyLabel::parse("ci").unwrap(),
+        scope: KeyScope::default(),
+        created_at: now(),
+        expires_at: None,
+        last_used_at: None,
+    };
     store.insert_key(&key, 10, &in_tenant(t.id, &ada.to_string(), AuditAction::KeyCreate, &key.digest.to_hex())).await.unwrap();
     let bot = Agent { tenant_id: t.id, manifest: testing::manifest("bot", "m"), version_number: 1, created_at: now(), updated_at: now() };
     store.insert_agent(&bot, "key:ci", 10, &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "bot")).await.unwrap();
@@ -118,7 +126,15 @@ async fn a_failed_change_records_nothing(url: &str) {
     assert!(matches!(stale, Err(Error::PreconditionFailed(_))));
     let name = AgentName::parse("ghost").unwrap();
     assert!(!store.delete_agent(&t.id, &name, None, &in_tenant(t.id, "key:ci", AuditAction::AgentDelete, "ghost")).await.unwrap());
-    let key = ApiKey { digest: SecretDigest::of("k"), tenant_id: t.id, label: KeyLabel::parse("ci").unwrap(), created_at: now(), last_used_at: None };
+    let key = ApiKey {
+        digest: SecretDigest::of("k"),
+        tenant_id: t.id,
+        label: KeyLabel::parse("ci").unwrap(),
+        scope: KeyScope::default(),
+        created_at: now(),
+        expires_at: None,
+        last_used_at: None,
+    };
     let revoke = in_tenant(t.id, &ada.to_string(), AuditAction::KeyRevoke, "k");
     assert!(!store.delete_key(&t.id, &key.digest, &revoke).await.unwrap(), "no such key");
     store.insert_key(&key, 1, &in_tenant(t.id, &ada.to_string(), AuditAction::KeyCreate, "k")).await.unwrap();
