@@ -21,6 +21,7 @@ mod openapi_doc;
 mod quotas;
 mod reconcile_kube;
 mod restart;
+mod runs;
 mod secrets;
 mod sessions;
 mod startup;
