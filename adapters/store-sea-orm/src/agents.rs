@@ -16,6 +16,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentQuota, AgentSummary, AgentVersion, PublishedVersion, UpdateLimits};
+use nexus_ports::audit::AuditEvent;
 use nexus_ports::ports::AgentStore;
 use nexus_ports::tenancy::TenantId;
 use nexus_ports::{Error, Result};
@@ -25,6 +26,7 @@ use sea_orm::{
 };
 
 use crate::SqlStore;
+use crate::audit::record;
 use crate::entity::{agent_versions as versions, agents, tenants};
 use crate::error::{db, translate};
 
@@ -113,7 +115,7 @@ fn of_agent(tenant: &TenantId, name: &AgentName) -> sea_orm::Condition {
 
 #[async_trait]
 impl AgentStore for SqlStore {
-    async fn insert_agent(&self, a: &Agent, author: &str, quota: AgentQuota) -> Result<()> {
+    async fn insert_agent(&self, a: &Agent, author: &str, quota: AgentQuota, audit: &AuditEvent) -> Result<()> {
         let txn = self.db.begin().await.map_err(db)?;
         if !lock_tenant(&txn, &a.tenant_id).await? {
             return Err(Error::NotFound("no such tenant".to_owned()));
@@ -137,6 +139,7 @@ impl AgentStore for SqlStore {
         };
         agents::Entity::insert(row).exec_without_returning(&txn).await.map_err(|e| translate(e, "an agent with this name"))?;
         versions::Entity::insert(version_row(&a.tenant_id, &a.manifest, 1, author, a.created_at)).exec_without_returning(&txn).await.map_err(db)?;
+        record(&txn, audit).await?;
         txn.commit().await.map_err(db)
     }
 
@@ -148,6 +151,7 @@ impl AgentStore for SqlStore {
         at: DateTime<Utc>,
         limits: UpdateLimits,
         expected: Option<u32>,
+        audit: &AuditEvent,
     ) -> Result<Agent> {
         let UpdateLimits { keep_versions, max_manifest_bytes } = limits;
         let txn = self.db.begin().await.map_err(db)?;
@@ -204,6 +208,7 @@ impl AgentStore for SqlStore {
             .await
             .map_err(db)?;
         let row = agents::Entity::find().filter(of_agent(tenant, manifest.name())).one(&txn).await.map_err(db)?;
+        record(&txn, audit).await?;
         txn.commit().await.map_err(db)?;
         row.map(agent).ok_or_else(|| Error::internal("the updated agent vanished"))
     }
@@ -239,7 +244,7 @@ impl AgentStore for SqlStore {
         Ok(rows.into_iter().map(agent).collect())
     }
 
-    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, expected: Option<u32>) -> Result<bool> {
+    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, expected: Option<u32>, audit: &AuditEvent) -> Result<bool> {
         let txn = self.db.begin().await.map_err(db)?;
         if let Some(expected) = expected {
             // Locks the row (a no-op update) where the version matches, so that no update
@@ -265,6 +270,9 @@ impl AgentStore for SqlStore {
             .await
             .map_err(db)?;
         let deleted = agents::Entity::delete_many().filter(of_agent(tenant, name)).exec(&txn).await.map_err(db)?.rows_affected;
+        if deleted > 0 {
+            record(&txn, audit).await?;
+        }
         txn.commit().await.map_err(db)?;
         Ok(deleted > 0)
     }
