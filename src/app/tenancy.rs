@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use nexus_ports::agents::Change;
 use nexus_ports::identity::{DisplayName, UserId};
 use nexus_ports::ports::{ApiKeyStore, Clock, ClusterBackend, SecretGenerator, TenantStore};
 use nexus_ports::tenancy::{ApiKey, KeyLabel, NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
@@ -14,6 +15,7 @@ use nexus_ports::{Error, Result};
 
 use super::access::owned_tenant;
 use super::key_usage::KeyUsage;
+use super::reconcile::Waker;
 
 /// Prefix of API keys, so a leaked one is recognisable.
 const KEY_PREFIX: &str = "nxk_";
@@ -61,6 +63,8 @@ pub struct TenancyService {
     clock: Arc<dyn Clock>,
     usage: Arc<KeyUsage>,
     quotas: Quotas,
+    /// Tells the reconcile loop which tenant changed.
+    waker: Option<Waker>,
 }
 
 /// The ports the tenancy use cases need, by name.
@@ -78,7 +82,19 @@ impl TenancyService {
     /// Wires the use cases, bounded by `quotas`.
     pub fn new(ports: TenancyPorts, quotas: Quotas) -> Self {
         let TenancyPorts { tenants, keys, cluster, secrets, clock, usage } = ports;
-        Self { tenants, keys, cluster, secrets, clock, usage, quotas }
+        Self { tenants, keys, cluster, secrets, clock, usage, quotas, waker: None }
+    }
+
+    /// The same use cases, waking the reconcile loop for every tenant they create or delete.
+    #[must_use]
+    pub fn with_waker(self, waker: Waker) -> Self {
+        Self { waker: Some(waker), ..self }
+    }
+
+    fn changed(&self, tenant: TenantId) {
+        if let Some(waker) = &self.waker {
+            waker.wake(Change::Tenant(tenant));
+        }
     }
 
     /// Creates a tenant owned by `owner` and provisions it. A cluster that fails leaves
@@ -102,6 +118,7 @@ impl TenancyService {
         })?;
         tracing::info!(tenant = %tenant.id, owner = %owner, "tenant created");
         let status = provision(self.cluster.as_ref(), &tenant).await;
+        self.changed(tenant.id);
         Ok(TenantState { tenant, status })
     }
 
@@ -128,6 +145,7 @@ impl TenancyService {
         }
         self.tenants.delete_tenant(&tenant.id).await?;
         tracing::info!(tenant = %tenant.id, "tenant deleted");
+        self.changed(tenant.id);
         Ok(tenant.id)
     }
 
