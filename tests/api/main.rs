@@ -23,3 +23,4 @@ mod secrets;
 mod sessions;
 mod startup;
 mod tenancy;
+mod versions;

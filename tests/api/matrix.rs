@@ -71,6 +71,8 @@ const ROWS: &[Row] = &[
     ("GET", "/api/v1/agents/{name}/logs", Scope::Tenant, None, [401, 401, 403, 404, 200]),
     ("GET", "/api/v1/agents/{name}/metrics", Scope::Tenant, None, [401, 401, 403, 404, 200]),
     ("GET", "/api/v1/agents/{name}/versions", Scope::Tenant, None, [401, 401, 403, 404, 200]),
+    ("GET", "/api/v1/agents/{name}/versions/{number}", Scope::Tenant, None, [401, 401, 403, 404, 200]),
+    ("POST", "/api/v1/agents/{name}/rollback", Scope::Tenant, Some(|| json!({"version": 1})), [401, 401, 403, 404, 200]),
 ];
 
 /// The owner's tenant and key, and the credentials of everyone else.
@@ -113,7 +115,7 @@ impl World {
     }
 
     fn path(&self, template: &str) -> String {
-        template.replace("{tenantId}", &self.tenant).replace("{keyHash}", &self.key_hash).replace("{name}", "matrix-bot")
+        template.replace("{tenantId}", &self.tenant).replace("{keyHash}", &self.key_hash).replace("{name}", "matrix-bot").replace("{number}", "1")
     }
 }
 
