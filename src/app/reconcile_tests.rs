@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use nexus_cluster_memory::MemoryCluster;
 use nexus_node_stub::StubNode;
 use nexus_ports::Error;
-use nexus_ports::agents::{Agent, AgentManifest, AgentObject, AgentPhase, AgentStatus};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentPhase, AgentStatus, Change};
 use nexus_ports::identity::UserId;
 use nexus_ports::node_names::{NodeNames, NodeSharing};
 use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockClusterBackend, MockTenantStore};
@@ -357,4 +357,99 @@ async fn tenants_sharing_a_node_keep_their_own_agent_of_one_name() {
     cluster.deprovision_tenant(&mine.id).await.unwrap();
     reconciler.pass().await;
     assert_eq!((model(&mine), model(&theirs)), (None, Some(json!("theirs"))), "deleting my tenant leaves theirs");
+}
+
+/// The in-memory cluster, counting the agent objects the loop reads.
+struct Counting {
+    inner: MemoryCluster,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ClusterBackend for Counting {
+    fn node_sharing(&self) -> NodeSharing {
+        self.inner.node_sharing()
+    }
+    async fn provision_tenant(&self, tenant: &Tenant) -> nexus_ports::Result<TenantStatus> {
+        self.inner.provision_tenant(tenant).await
+    }
+    async fn tenant_status(&self, id: &TenantId) -> nexus_ports::Result<TenantStatus> {
+        self.inner.tenant_status(id).await
+    }
+    async fn deprovision_tenant(&self, id: &TenantId) -> nexus_ports::Result<()> {
+        self.inner.deprovision_tenant(id).await
+    }
+    async fn finish_deletions(&self) -> nexus_ports::Result<()> {
+        self.inner.finish_deletions().await
+    }
+    async fn apply_agent(&self, tenant: &TenantId, manifest: &AgentManifest) -> nexus_ports::Result<()> {
+        self.inner.apply_agent(tenant, manifest).await
+    }
+    async fn request_agent_deletion(&self, tenant: &TenantId, name: &AgentName) -> nexus_ports::Result<()> {
+        self.inner.request_agent_deletion(tenant, name).await
+    }
+    async fn agent_object(&self, tenant: &TenantId, name: &AgentName) -> nexus_ports::Result<Option<AgentObject>> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.agent_object(tenant, name).await
+    }
+    async fn list_agent_objects(&self) -> nexus_ports::Result<Vec<AgentObject>> {
+        self.reads.fetch_add(1_000_000, std::sync::atomic::Ordering::Relaxed);
+        self.inner.list_agent_objects().await
+    }
+    async fn list_tenant_agent_objects(&self, tenant: &TenantId) -> nexus_ports::Result<Vec<AgentObject>> {
+        self.inner.list_tenant_agent_objects(tenant).await
+    }
+    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> nexus_ports::Result<()> {
+        self.inner.set_agent_status(tenant, name, observed_generation, status).await
+    }
+    async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> nexus_ports::Result<()> {
+        self.inner.forget_agent(tenant, name).await
+    }
+}
+
+#[tokio::test]
+async fn an_event_reconciles_its_object_alone() {
+    let tenants: Vec<Tenant> = (0..20).map(|_| a_tenant()).collect();
+    let cluster = Arc::new(Counting { inner: MemoryCluster::new("http://node"), reads: 0.into() });
+    let node = Arc::new(StubNode::new());
+    let reconciler = Arc::new(Reconciler::new(
+        ReconcilePorts {
+            cluster: cluster.clone(),
+            node: node.clone(),
+            agents: Arc::new(no_registry()),
+            tenants: Arc::new(tenant_store(tenants.clone())),
+            clock: Arc::new(TestClock(Mutex::new(t0()))),
+        },
+        RESYNC,
+    ));
+    for tenant in &tenants {
+        for name in ["a", "b", "c", "d", "e"] {
+            cluster.apply_agent(&tenant.id, &testing::manifest(name, "m")).await.unwrap();
+        }
+    }
+    let task = tokio::spawn(reconciler.clone().run());
+    let running = async || cluster.inner.list_agent_objects().await.unwrap().iter().filter(|o| o.status.phase == AgentPhase::Running).count();
+    for _ in 0..200 {
+        if running().await == 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(running().await, 100, "the first sweep found and deployed them all");
+
+    cluster.reads.store(0, std::sync::atomic::Ordering::Relaxed);
+    let (tenant, changed) = (tenants[7].id, testing::manifest("c", "other"));
+    cluster.apply_agent(&tenant, &changed).await.unwrap();
+    reconciler.wake(Change::Agent(tenant, changed.name().clone()));
+    let observed = async || cluster.inner.agent_object(&tenant, changed.name()).await.unwrap().unwrap().observed_generation;
+    for _ in 0..200 {
+        if observed().await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(observed().await, 2, "the changed agent was pushed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    task.abort();
+    assert_eq!(cluster.reads.load(std::sync::atomic::Ordering::Relaxed), 1, "one object read: no list, no other agent");
 }
