@@ -111,7 +111,7 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_NODE", value_enum, default_value = "stub", global = true)]
     pub node: NodeKind,
 
-    /// How often running agents are resynced with their node (and the loop runs without events).
+    /// How often running agents are resynced with their node (and the loop sweeps its lists).
     #[arg(long, env = "NEXUS_RESYNC", default_value = "60s", global = true)]
     pub resync: humantime::Duration,
 
