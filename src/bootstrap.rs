@@ -140,7 +140,8 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         quotas,
     )
     .with_waker(reconciler.waker());
-    let agents = AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock }, reconciler.clone(), config.max_versions);
+    let agents = AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock }, reconciler.clone(), config.max_versions)
+        .with_run_timeout(*config.run_timeout);
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
     let auth_throttle = AuthThrottle::new(config.auth_rate, config.trusted_proxies.clone());
     let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, auth_throttle, background: Mutex::default() });

@@ -233,6 +233,13 @@ pub trait NodeProxy: Send + Sync + 'static {
     /// The node's execution traces of an agent, most recent first, at most `limit` (and at
     /// most what the node answers at once): `GET {node}/v1/traces/`, as `{"traces": [...]}`.
     async fn agent_traces(&self, node: &str, name: &AgentName, limit: u32) -> Result<Value>;
+
+    /// Runs an agent once: `POST {node}/v1/agents/{name}/run` with `request` (`query`,
+    /// `session_id`, `context`), waiting at most `timeout`; the node's answer. A refusal
+    /// the node explains (no model reachable, its own run timeout) is [`Error::Upstream`]
+    /// carrying the node's reason, its code and message; any other failure, a stable
+    /// sentence.
+    async fn run_agent(&self, node: &str, name: &AgentName, request: &Value, timeout: std::time::Duration) -> Result<Value>;
 }
 
 /// The cluster that runs tenants' nodes and agents (in memory, or Kubernetes).

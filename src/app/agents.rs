@@ -44,6 +44,20 @@ pub struct LiveStatus {
     pub node: Value,
 }
 
+/// How long a run may take by default.
+pub const DEFAULT_RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// One run of an agent, as asked for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunRequest {
+    pub query: String,
+    /// The conversation the run belongs to (the node's `session_id`); the node's default
+    /// session when absent.
+    pub session_id: Option<String>,
+    /// Extra context for the run, passed to the node as it is.
+    pub context: Option<serde_json::Map<String, Value>>,
+}
+
 /// What `If-Match` asks of an agent before it is changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
@@ -79,6 +93,7 @@ pub struct AgentService {
     clock: Arc<dyn Clock>,
     reconciler: Arc<Reconciler>,
     max_versions: u32,
+    run_timeout: std::time::Duration,
 }
 
 fn missing(name: &AgentName) -> Error {
@@ -102,7 +117,13 @@ impl AgentService {
     /// `max_versions` versions.
     pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>, max_versions: u32) -> Self {
         let AgentPorts { agents, cluster, node, clock } = ports;
-        Self { agents, cluster, node, clock, reconciler, max_versions }
+        Self { agents, cluster, node, clock, reconciler, max_versions, run_timeout: DEFAULT_RUN_TIMEOUT }
+    }
+
+    /// The same, with runs waiting at most `timeout` for their node.
+    #[must_use]
+    pub fn with_run_timeout(self, timeout: std::time::Duration) -> Self {
+        Self { run_timeout: timeout, ..self }
     }
 
     /// Registers an agent from its manifest; `metadata.namespace` becomes the tenant's.
@@ -330,6 +351,36 @@ impl AgentService {
         let agent = self.find(tenant, name).await?;
         let traces = self.traces(tenant, &agent, NODE_TRACE_WINDOW).await?;
         Ok(run_metrics(&traces, NODE_TRACE_WINDOW, period, self.clock.now()))
+    }
+
+    /// Runs the agent once on its tenant's node, under its node-side name, waiting at most
+    /// the run timeout; the node's answer, in the tenant's names.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such agent; [`Error::Upstream`] when the node
+    /// is not ready, cannot be reached, does not answer in time, or refuses the run (then
+    /// with the node's reason, in the tenant's names).
+    pub async fn run(&self, tenant: &Tenant, name: &str, request: RunRequest) -> Result<Value> {
+        let agent = self.find(tenant, name).await?;
+        let names = self.names(&tenant.id);
+        let node_name = names.node_name(agent.manifest.name());
+        let mut body = serde_json::json!({"query": request.query});
+        if let Some(session) = request.session_id {
+            body["session_id"] = Value::String(session);
+        }
+        if let Some(context) = request.context {
+            body["context"] = Value::Object(context);
+        }
+        let node = self.node_of(tenant).await?;
+        match self.node.run_agent(&node, &node_name, &body, self.run_timeout).await {
+            Ok(answer) => {
+                tracing::info!(tenant = %tenant.id, agent = %agent.manifest.name(), "agent run");
+                Ok(names.restore(&agent.manifest, answer))
+            }
+            // The node's reason speaks of the agent by the name the node knows.
+            Err(Error::Upstream(reason)) => Err(Error::Upstream(reason.replace(node_name.as_str(), agent.manifest.name().as_str()))),
+            Err(other) => Err(other),
+        }
     }
 
     /// The agent's published versions, oldest first.

@@ -19,14 +19,14 @@ pub mod work_queue;
 use std::sync::{Arc, Mutex};
 
 pub use access::{AccessPorts, AccessService, Credentials, Principal};
-pub use agents::{AgentPorts, AgentService, AgentState, Condition, LiveStatus, LogQuery, etag};
+pub use agents::{AgentPorts, AgentService, AgentState, Condition, LiveStatus, LogQuery, RunRequest, etag};
 pub use health::{CheckOutcome, Readiness};
 pub use housekeeping::Housekeeping;
 pub use identity::{IdentityPorts, IdentityService, Registration, Session, SessionPolicy, TokenPair};
 pub use key_usage::KeyUsage;
 pub use login_limit::LoginLimit;
 pub use reconcile::{ReconcilePorts, Reconciler, Waker};
-pub use tenancy::{NewKey, Quotas, TenancyPorts, TenancyService, TenantState};
+pub use tenancy::{KeyGrant, NewKey, Quotas, TenancyPorts, TenancyService, TenantState};
 pub use throttle::{AddressLimiter, AuthThrottle};
 
 /// Every use case of the running service, shared by the HTTP handlers.

@@ -8,6 +8,7 @@ mod m20261128_000003_agents;
 mod m20261205_000004_login_attempts;
 mod m20261205_000005_sessions;
 mod m20261212_000006_version_manifests;
+mod m20261212_000007_key_scopes;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000004_login_attempts::Migration),
             Box::new(m20261205_000005_sessions::Migration),
             Box::new(m20261212_000006_version_manifests::Migration),
+            Box::new(m20261212_000007_key_scopes::Migration),
         ]
     }
 }
