@@ -115,6 +115,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             access_tokens: access_tokens.clone(),
             secrets: secrets.clone(),
             clock: clock.clone(),
+            audit: store.clone(),
         },
         SessionPolicy { refresh_ttl, session_max, login_limit },
     );
@@ -127,7 +128,6 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         usage: key_usage.clone(),
     });
     let quotas = Quotas { max_tenants: config.max_tenants, max_keys: config.max_keys, max_agents: config.max_agents };
-    let housekeeping = Housekeeping { refresh_tokens: store.clone(), login_attempts: store.clone(), clock: clock.clone(), login_window: login_limit.window };
     let reconciler = Arc::new(
         Reconciler::new(
             ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: store.clone(), tenants: store.clone(), clock: clock.clone() },
@@ -136,10 +136,26 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         .with_resync_rate(config.resync_rate),
     );
     let tenancy = TenancyService::new(
-        TenancyPorts { tenants: store.clone(), keys: store.clone(), cluster: cluster.clone(), secrets, clock: clock.clone(), usage: key_usage.clone() },
+        TenancyPorts {
+            tenants: store.clone(),
+            keys: store.clone(),
+            cluster: cluster.clone(),
+            secrets,
+            clock: clock.clone(),
+            usage: key_usage.clone(),
+            audit: store.clone(),
+        },
         quotas,
     )
     .with_waker(reconciler.waker());
+    let housekeeping = Housekeeping {
+        refresh_tokens: store.clone(),
+        login_attempts: store.clone(),
+        audit: store.clone(),
+        clock: clock.clone(),
+        login_window: login_limit.window,
+        audit_retention: lifetime(config.audit_retention)?,
+    };
     let agents = AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock }, reconciler.clone(), config.max_versions)
         .with_run_timeout(*config.run_timeout);
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);

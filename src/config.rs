@@ -87,6 +87,10 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_LOGIN_WINDOW", default_value = "15m", global = true)]
     pub login_window: humantime::Duration,
 
+    /// How long audit events are kept; older ones are pruned hourly.
+    #[arg(long, env = "NEXUS_AUDIT_RETENTION", default_value = "90d", global = true)]
+    pub audit_retention: humantime::Duration,
+
     /// Proxies whose `X-Forwarded-For` is believed, as comma-separated CIDRs or addresses
     /// (`10.0.0.0/8,192.0.2.7`). From any other peer the header is ignored.
     #[arg(long, env = "NEXUS_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net, global = true)]
@@ -224,6 +228,7 @@ impl ServeConfig {
         duration_within("NEXUS_RESYNC (--resync)", self.resync, Duration::from_millis(100), DAY)?;
         count_within("NEXUS_RESYNC_RATE (--resync-rate)", self.resync_rate, 0, 1_000_000)?;
         duration_within("NEXUS_LOGIN_WINDOW (--login-window)", self.login_window, SECOND, DAY)?;
+        duration_within("NEXUS_AUDIT_RETENTION (--audit-retention)", self.audit_retention, 60 * SECOND, 3650 * DAY)?;
         duration_within("NEXUS_RUN_TIMEOUT (--run-timeout)", self.run_timeout, Duration::from_millis(100), Duration::from_secs(3600))?;
         if let Some(secret) = &self.jwt_secret {
             count_within("the length in bytes of NEXUS_JWT_SECRET (--jwt-secret)", secret.len(), nexus_crypto::MIN_SECRET_BYTES, 4096)?;
