@@ -100,6 +100,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         NodeKind::Stub => Arc::new(StubNode::new()),
         NodeKind::Http => Arc::new(HttpNode::new()?),
     };
+    let node: Arc<dyn NodeProxy> = Arc::new(crate::metered_node::MeteredNode::new(node));
     let resync = *config.resync;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secrets: Arc<dyn SecretGenerator> = Arc::new(OsSecrets);
