@@ -25,6 +25,9 @@ pub struct AgentName(String);
 const NAME_RULE: &str = "must be a DNS-1123 label: at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit";
 
 impl AgentName {
+    /// Orders before every name (it is not one itself): where a range of names begins.
+    pub const MIN: Self = Self(String::new());
+
     /// Validates a DNS-1123 label.
     ///
     /// # Errors

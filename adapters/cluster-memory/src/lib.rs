@@ -4,7 +4,7 @@
 //! core re-applies stored tenants and agents at start-up.
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::RwLock;
 
 use async_trait::async_trait;
@@ -20,7 +20,8 @@ pub struct MemoryCluster {
     tenants: RwLock<HashMap<TenantId, TenantStatus>>,
     /// Deprovisioned tenants whose agents are still being removed from the node.
     terminating: RwLock<HashSet<TenantId>>,
-    agents: RwLock<HashMap<(TenantId, AgentName), AgentObject>>,
+    /// By tenant, then name: a tenant's agents are one range.
+    agents: RwLock<BTreeMap<(TenantId, AgentName), AgentObject>>,
 }
 
 impl MemoryCluster {
@@ -29,7 +30,7 @@ impl MemoryCluster {
         Self { node_endpoint: node_endpoint.into(), tenants: RwLock::default(), terminating: RwLock::default(), agents: RwLock::default() }
     }
 
-    fn agents(&self) -> Result<std::sync::RwLockWriteGuard<'_, HashMap<(TenantId, AgentName), AgentObject>>> {
+    fn agents(&self) -> Result<std::sync::RwLockWriteGuard<'_, BTreeMap<(TenantId, AgentName), AgentObject>>> {
         self.agents.write().map_err(poisoned)
     }
 }
@@ -115,6 +116,11 @@ impl ClusterBackend for MemoryCluster {
 
     async fn agent_object(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<AgentObject>> {
         Ok(self.agents.read().map_err(poisoned)?.get(&(*tenant, name.clone())).cloned())
+    }
+
+    async fn tenant_agent_objects(&self, tenant: &TenantId) -> Result<Vec<AgentObject>> {
+        let agents = self.agents.read().map_err(poisoned)?;
+        Ok(agents.range((*tenant, AgentName::MIN)..).take_while(|((t, _), _)| t == tenant).map(|(_, object)| object.clone()).collect())
     }
 
     async fn list_agent_objects(&self) -> Result<Vec<AgentObject>> {

@@ -4,6 +4,7 @@
 
 mod agents;
 mod api_keys;
+mod changes;
 mod entity;
 mod error;
 mod login_attempts;
@@ -16,6 +17,8 @@ pub mod testing;
 mod users;
 
 use std::time::Duration;
+
+pub use changes::{CHANNEL, SqlChangeFeed};
 
 use async_trait::async_trait;
 use nexus_ports::ports::HealthCheck;

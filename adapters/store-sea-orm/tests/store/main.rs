@@ -5,6 +5,7 @@
 use nexus_store_sea_orm::testing::TestDatabase;
 
 mod agents;
+mod changes;
 mod identity;
 mod tenancy;
 mod tls;
