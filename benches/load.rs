@@ -114,15 +114,15 @@ async fn during_flood(client: &reqwest::Client, base: &str, read: &Scenario, alo
 
 /// The ceiling: poem answering a constant, with no middleware.
 #[handler]
-fn bare() -> &'static str {
+fn constant() -> &'static str {
     "ok"
 }
 
-/// Serves [`bare`] on a loopback port of its own; its base URL.
+/// Serves [`constant`] on a loopback port of its own; its base URL.
 async fn serve_bare() -> String {
     let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind");
     let base = format!("http://127.0.0.1:{}", acceptor.local_addr()[0].as_socket_addr().expect("tcp").port());
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(Route::new().at("/", get(bare))));
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(Route::new().at("/", get(constant))));
     base
 }
 

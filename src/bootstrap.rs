@@ -13,13 +13,13 @@ use nexus_node_http::HttpNode;
 use nexus_node_stub::StubNode;
 use nexus_ports::ports::{AccessTokens, Clock, ClusterBackend, HealthCheck, NodeProxy, SecretGenerator, SettingsStore};
 use nexus_ports::{Error, Result};
-use nexus_store_sea_orm::SqlStore;
+use nexus_store_sea_orm::{SqlChangeFeed, SqlStore};
 
 use crate::app::housekeeping::PRUNE_EVERY;
 use crate::app::key_usage::FLUSH_EVERY;
 use crate::app::{
-    AccessPorts, AccessService, AgentPorts, AgentService, AuthThrottle, Housekeeping, IdentityPorts, IdentityService, KeyUsage, LoginLimit, Nexus, Quotas,
-    Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
+    AccessPorts, AccessService, AgentPorts, AgentService, AuthThrottle, Changes, Housekeeping, IdentityPorts, IdentityService, KeyUsage, LoginLimit, Nexus,
+    Quotas, Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
 };
 use crate::config::{ClusterKind, NodeKind, ServeConfig};
 
@@ -59,6 +59,8 @@ pub struct Wiring {
     reconciler: Arc<Reconciler>,
     housekeeping: Housekeeping,
     kube: Option<KubeCluster>,
+    feed: Arc<SqlChangeFeed>,
+    changes: Arc<Changes>,
 }
 
 /// Wires the service from its configuration ([`wire`]) and starts it ([`start`]).
@@ -82,6 +84,8 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     let (access_ttl, refresh_ttl, session_max) = (lifetime(config.access_ttl)?, lifetime(config.refresh_ttl)?, lifetime(config.session_max)?);
     let login_limit = LoginLimit { max_failures: config.login_failures, window: lifetime(config.login_window)? };
     let store = Arc::new(SqlStore::connect(&config.database_url).await?);
+    let feed = Arc::new(store.change_feed().await?);
+    let changes = Arc::new(Changes::new(feed.clone()));
     let access_tokens: Arc<dyn AccessTokens> = Arc::new(JwtAccessTokens::new(jwt_secret(config, &store).await?.as_bytes(), access_ttl)?);
     let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let (cluster, cluster_health, kube): (Arc<dyn ClusterBackend>, Arc<dyn HealthCheck>, Option<KubeCluster>) = match config.cluster {
@@ -115,6 +119,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             access_tokens: access_tokens.clone(),
             secrets: secrets.clone(),
             clock: clock.clone(),
+            changes: changes.clone(),
         },
         SessionPolicy { refresh_ttl, session_max, login_limit },
     );
@@ -125,10 +130,19 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         tenants: store.clone(),
         clock: clock.clone(),
         usage: key_usage.clone(),
+        changes: changes.clone(),
     });
     let quotas = Quotas { max_tenants: config.max_tenants, max_keys: config.max_keys, max_agents: config.max_agents };
     let tenancy = TenancyService::new(
-        TenancyPorts { tenants: store.clone(), keys: store.clone(), cluster: cluster.clone(), secrets, clock: clock.clone(), usage: key_usage.clone() },
+        TenancyPorts {
+            tenants: store.clone(),
+            keys: store.clone(),
+            cluster: cluster.clone(),
+            secrets,
+            clock: clock.clone(),
+            usage: key_usage.clone(),
+            changes: changes.clone(),
+        },
         quotas,
     );
     let housekeeping = Housekeeping { refresh_tokens: store.clone(), login_attempts: store.clone(), clock: clock.clone(), login_window: login_limit.window };
@@ -136,31 +150,38 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: store.clone(), tenants: store.clone(), clock: clock.clone() },
         resync,
     ));
-    let agents = AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock }, reconciler.clone(), config.max_versions);
+    let agents =
+        AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock, changes: changes.clone() }, reconciler.clone(), config.max_versions);
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
     let auth_throttle = AuthThrottle::new(config.auth_rate, config.trusted_proxies.clone());
     let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, auth_throttle, background: Mutex::default() });
-    Ok(Wiring { nexus, reconciler, housekeeping, kube })
+    Ok(Wiring { nexus, reconciler, housekeeping, kube, feed, changes })
 }
 
 /// Brings a wired service up: on the in-memory cluster, stored tenants are provisioned
 /// and the registry's agents applied before serving; then the background tasks start (the
-/// key-usage writer; the pruning of spent refresh tokens and login attempts; the reconcile
-/// loop). On Kubernetes nothing is written before leadership is known: the loop runs only
-/// while this replica holds the lease, and its first pass provisions the tenants and
-/// applies the registry, with the watches waking it.
+/// key-usage writer; the pruning of spent refresh tokens and login attempts; the change
+/// feed's relay and what follows it; the reconcile loop). On Kubernetes nothing is written
+/// before leadership is known: the loop runs only while this replica holds the lease, and
+/// its first pass provisions the tenants and applies the registry, with the watches
+/// waking it.
 ///
 /// # Errors
 /// [`Error::Unavailable`] when the registry cannot be read (in-memory cluster).
 pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
-    let Wiring { nexus, reconciler, housekeeping, kube } = wiring;
+    let Wiring { nexus, reconciler, housekeeping, kube, feed, changes } = wiring;
     crate::http::metrics::install();
     if kube.is_none() {
         let tenants = reconciler.reconcile_tenants().await.len();
         let agents_applied = reconciler.apply_registry().await?;
         tracing::info!(tenants, agents = agents_applied, "stored tenants and agents applied to the cluster");
     }
-    let mut background = vec![tokio::spawn(nexus.key_usage.clone().run(FLUSH_EVERY)), tokio::spawn(housekeeping.run(PRUNE_EVERY))];
+    let mut background = vec![
+        tokio::spawn(nexus.key_usage.clone().run(FLUSH_EVERY)),
+        tokio::spawn(housekeeping.run(PRUNE_EVERY)),
+        tokio::spawn(feed.relay()),
+        tokio::spawn(changes.follow()),
+    ];
     match kube {
         // Every replica serves the API and wakes on changes; the one holding the lease reconciles.
         Some(kube) => {

@@ -4,17 +4,24 @@
 //! woken by every change. On a node that tenants share, the node knows each agent by its
 //! node-side name ([`NodeNames`]): it is asked only about that name, and its answers are
 //! turned back into the tenant's names.
+//!
+//! Reads do not ask the store each time: each tenant's agents are kept in memory (see
+//! `changes`), dropped by every change to one of them (at once here, through the change
+//! feed elsewhere), so a client reads its own writes. Statuses come from the cluster,
+//! one request per listing (none on the in-memory cluster).
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion};
+use nexus_ports::changes::Change;
 use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase};
 use nexus_ports::{Error, Result};
 use serde_json::Value;
 
+use super::changes::Changes;
 use super::reconcile::Reconciler;
 use super::traces::{NODE_TRACE_WINDOW, RunMetrics, run_metrics, started_at};
 
@@ -61,6 +68,7 @@ pub struct AgentService {
     cluster: Arc<dyn ClusterBackend>,
     node: Arc<dyn NodeProxy>,
     clock: Arc<dyn Clock>,
+    changes: Arc<Changes>,
     reconciler: Arc<Reconciler>,
     max_versions: u32,
 }
@@ -75,14 +83,16 @@ pub struct AgentPorts {
     pub cluster: Arc<dyn ClusterBackend>,
     pub node: Arc<dyn NodeProxy>,
     pub clock: Arc<dyn Clock>,
+    /// Where changed agents are announced, and tenants' agents kept in memory.
+    pub changes: Arc<Changes>,
 }
 
 impl AgentService {
     /// Wires the use cases; API changes wake `reconciler`; each agent keeps its newest
     /// `max_versions` versions.
     pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>, max_versions: u32) -> Self {
-        let AgentPorts { agents, cluster, node, clock } = ports;
-        Self { agents, cluster, node, clock, reconciler, max_versions }
+        let AgentPorts { agents, cluster, node, clock, changes } = ports;
+        Self { agents, cluster, node, clock, changes, reconciler, max_versions }
     }
 
     /// Registers an agent from its manifest; `metadata.namespace` becomes the tenant's.
@@ -98,10 +108,28 @@ impl AgentService {
             Error::AlreadyExists(_) => Error::AlreadyExists(format!("an agent named {} already exists in this tenant", agent.manifest.name())),
             other => other,
         })?;
+        self.announce(&agent.tenant_id, agent.manifest.name()).await;
         tracing::info!(tenant = %tenant.id, agent = %agent.manifest.name(), "agent registered");
         self.apply(&agent).await;
         let node_agent_name = self.names(&tenant.id).node_name(agent.manifest.name());
         Ok(AgentState { agent, status: AgentStatus::pending(), node_agent_name })
+    }
+
+    /// Tells every replica the agent changed (this one at once).
+    async fn announce(&self, tenant: &TenantId, name: &AgentName) {
+        self.changes.announce(Change::AgentChanged { tenant: *tenant, name: name.clone() }).await;
+    }
+
+    /// The tenant's agents, by name: from memory when kept there.
+    async fn registry(&self, tenant: &TenantId) -> Result<Arc<Vec<Agent>>> {
+        let kept = &self.changes.caches().agents;
+        if let Some(agents) = kept.get(tenant) {
+            return Ok(agents);
+        }
+        let ticket = kept.ticket();
+        let agents = Arc::new(self.agents.list_agents(tenant).await?);
+        kept.insert(ticket, *tenant, agents.clone());
+        Ok(agents)
     }
 
     /// How the tenant's agents are named on their node.
@@ -132,11 +160,18 @@ impl AgentService {
 
     /// The tenant's agents, by name.
     pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentState>> {
-        let mut states = Vec::new();
-        for agent in self.agents.list_agents(&tenant.id).await? {
-            states.push(self.state_of(agent).await?);
-        }
-        Ok(states)
+        let agents = self.registry(&tenant.id).await?;
+        let objects = self.cluster.tenant_agent_objects(&tenant.id).await?;
+        let names = self.names(&tenant.id);
+        let status = |name: &AgentName| {
+            objects
+                .binary_search_by(|object: &AgentObject| object.manifest.name().cmp(name))
+                .map_or_else(|_| AgentStatus::pending(), |at| objects[at].status.clone())
+        };
+        Ok(agents
+            .iter()
+            .map(|agent| AgentState { agent: agent.clone(), status: status(agent.manifest.name()), node_agent_name: names.node_name(agent.manifest.name()) })
+            .collect())
     }
 
     /// One agent with its status.
@@ -151,7 +186,7 @@ impl AgentService {
 
     async fn find(&self, tenant: &Tenant, name: &str) -> Result<Agent> {
         let name = AgentName::parse(name)?;
-        self.agents.find_agent(&tenant.id, &name).await?.ok_or_else(|| missing(&name))
+        self.registry(&tenant.id).await?.iter().find(|agent| *agent.manifest.name() == name).cloned().ok_or_else(|| missing(&name))
     }
 
     /// Replaces an agent's manifest (a new version; the oldest past `max_versions` are
@@ -171,6 +206,7 @@ impl AgentService {
             Error::NotFound(_) => missing(&name),
             other => other,
         })?;
+        self.announce(&tenant.id, &name).await;
         tracing::info!(tenant = %tenant.id, agent = %name, "agent updated");
         self.apply(&agent).await;
         self.state_of(agent).await
@@ -185,6 +221,7 @@ impl AgentService {
         if !self.agents.delete_agent(&tenant.id, &name).await? {
             return Err(missing(&name));
         }
+        self.announce(&tenant.id, &name).await;
         tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");
         self.cluster.request_agent_deletion(&tenant.id, &name).await?;
         self.reconciler.trigger();

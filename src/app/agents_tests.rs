@@ -57,12 +57,18 @@ impl Ports {
             },
             Duration::from_secs(60),
         );
-        let ports = AgentPorts { agents: Arc::new(self.agents), cluster: Arc::new(self.cluster), node: Arc::new(self.node), clock };
+        let ports = AgentPorts {
+            agents: Arc::new(self.agents),
+            cluster: Arc::new(self.cluster),
+            node: Arc::new(self.node),
+            clock,
+            changes: crate::app::Changes::local(),
+        };
         AgentService::new(ports, Arc::new(idle), MAX_VERSIONS)
     }
 
     fn with_agent(mut self, name: &'static str) -> Self {
-        self.agents.expect_find_agent().returning(move |_, n| Ok((n.as_str() == name).then(|| stored(name))));
+        self.agents.expect_list_agents().returning(move |_| Ok(vec![stored(name)]));
         self
     }
 
@@ -122,6 +128,45 @@ async fn updates_must_name_the_agent_of_the_path() {
     assert!(matches!(service.update(&tenant(), "a", "ghost", document("ghost")).await, Err(Error::NotFound(_))));
     assert!(matches!(service.update(&tenant(), "a", "Bad_Name", document("bot")).await, Err(Error::InvalidRequest(_))));
     assert_eq!(service.update(&tenant(), "a", "bot", document("bot")).await.unwrap().agent.manifest, stored("bot").manifest);
+}
+
+#[tokio::test]
+async fn listings_come_from_memory_until_an_agent_changes() {
+    let mut ports = Ports::default();
+    let listed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = listed.clone();
+    ports.agents.expect_list_agents().returning(move |_| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(vec![stored("a-bot"), stored("b-bot")])
+    });
+    ports.agents.expect_update_agent().returning(|_, _, _, _, _| Ok(stored("b-bot")));
+    ports.cluster.expect_apply_agent().returning(|_, _| Ok(()));
+    ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
+    let running = AgentStatus { phase: nexus_ports::agents::AgentPhase::Running, node_ack: true, last_synced_at: None, message: None };
+    let status = running.clone();
+    ports.cluster.expect_tenant_agent_objects().returning(move |tenant| {
+        let manifest = stored("b-bot").manifest;
+        Ok(vec![nexus_ports::agents::AgentObject {
+            tenant_id: *tenant,
+            manifest,
+            generation: 1,
+            observed_generation: 1,
+            status: status.clone(),
+            deleting: false,
+        }])
+    });
+    let service = ports.service();
+    let states = service.list(&tenant()).await.unwrap();
+    assert_eq!(
+        states.iter().map(|s| (s.agent.manifest.name().as_str(), s.status.phase)).collect::<Vec<_>>(),
+        [("a-bot", AgentStatus::pending().phase), ("b-bot", running.phase)]
+    );
+    service.list(&tenant()).await.unwrap();
+    service.get(&tenant(), "a-bot").await.unwrap();
+    assert_eq!(listed.load(std::sync::atomic::Ordering::SeqCst), 1, "the store is asked once");
+    service.update(&tenant(), "a", "b-bot", document("b-bot")).await.unwrap();
+    service.list(&tenant()).await.unwrap();
+    assert_eq!(listed.load(std::sync::atomic::Ordering::SeqCst), 2, "a change is read back");
 }
 
 #[tokio::test]

@@ -12,11 +12,13 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use nexus_ports::changes::Change;
 use nexus_ports::identity::{DisplayName, Email, NewUser, Password, User, UserId};
 use nexus_ports::ports::{AccessTokens, Clock, LoginAttemptStore, PasswordHasher, RefreshTokenStore, SecretGenerator, UserStore};
 use nexus_ports::tokens::{AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation};
 use nexus_ports::{Error, Result};
 
+use super::changes::Changes;
 use super::login_limit::LoginLimit;
 
 /// Prefix of refresh tokens, so a leaked one is recognisable.
@@ -57,6 +59,8 @@ pub struct IdentityPorts {
     pub access_tokens: Arc<dyn AccessTokens>,
     pub secrets: Arc<dyn SecretGenerator>,
     pub clock: Arc<dyn Clock>,
+    /// Where ended sessions are announced, and users kept in memory.
+    pub changes: Arc<Changes>,
 }
 
 /// How long sessions last, and how many failed logins an account may see.
@@ -181,6 +185,7 @@ impl IdentityService {
     /// [`Error::Unauthorized`] when the user no longer exists.
     pub async fn end_sessions(&self, user: &UserId) -> Result<()> {
         self.ports.users.end_sessions(user, self.ports.clock.now()).await.map_err(gone_as_unauthorized)?;
+        self.ports.changes.announce(Change::SessionsEnded { user: *user }).await;
         tracing::info!(user = %user, "every session of the user was ended");
         Ok(())
     }
@@ -205,6 +210,7 @@ impl IdentityService {
         self.clear_attempts(&email).await;
         let hash = self.ports.hasher.hash(&new).await?;
         self.ports.users.change_password(user, &hash, self.ports.clock.now()).await.map_err(gone_as_unauthorized)?;
+        self.ports.changes.announce(Change::SessionsEnded { user: *user }).await;
         tracing::info!(user = %user, "password changed; every session of the user was ended");
         Ok(())
     }
@@ -214,7 +220,14 @@ impl IdentityService {
     /// # Errors
     /// [`Error::Unauthorized`] when that user no longer exists.
     pub async fn current_user(&self, user_id: &UserId) -> Result<User> {
-        self.ports.users.find_user(user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))
+        let users = &self.ports.changes.caches().users;
+        if let Some(user) = users.get(user_id) {
+            return Ok(user);
+        }
+        let ticket = users.ticket();
+        let user = self.ports.users.find_user(user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))?;
+        users.insert(ticket, *user_id, user.clone());
+        Ok(user)
     }
 
     /// Counts a login attempt for the account and refuses it when over the limit.

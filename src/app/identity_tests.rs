@@ -55,6 +55,7 @@ impl Ports {
             access_tokens: Arc::new(self.access),
             secrets: Arc::new(self.secrets),
             clock: Arc::new(clock),
+            changes: crate::app::Changes::local(),
         };
         IdentityService::new(ports, policy)
     }

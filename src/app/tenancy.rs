@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use nexus_ports::changes::Change;
 use nexus_ports::identity::{DisplayName, UserId};
 use nexus_ports::ports::{ApiKeyStore, Clock, ClusterBackend, SecretGenerator, TenantStore};
 use nexus_ports::tenancy::{ApiKey, KeyLabel, NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
@@ -13,6 +14,7 @@ use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
 use nexus_ports::{Error, Result};
 
 use super::access::owned_tenant;
+use super::changes::Changes;
 use super::key_usage::KeyUsage;
 
 /// Prefix of API keys, so a leaked one is recognisable.
@@ -60,6 +62,7 @@ pub struct TenancyService {
     secrets: Arc<dyn SecretGenerator>,
     clock: Arc<dyn Clock>,
     usage: Arc<KeyUsage>,
+    changes: Arc<Changes>,
     quotas: Quotas,
 }
 
@@ -72,13 +75,15 @@ pub struct TenancyPorts {
     pub clock: Arc<dyn Clock>,
     /// Key use noted but not yet written, forgotten when a key goes.
     pub usage: Arc<KeyUsage>,
+    /// Where deleted tenants and revoked keys are announced.
+    pub changes: Arc<Changes>,
 }
 
 impl TenancyService {
     /// Wires the use cases, bounded by `quotas`.
     pub fn new(ports: TenancyPorts, quotas: Quotas) -> Self {
-        let TenancyPorts { tenants, keys, cluster, secrets, clock, usage } = ports;
-        Self { tenants, keys, cluster, secrets, clock, usage, quotas }
+        let TenancyPorts { tenants, keys, cluster, secrets, clock, usage, changes } = ports;
+        Self { tenants, keys, cluster, secrets, clock, usage, changes, quotas }
     }
 
     /// Creates a tenant owned by `owner` and provisions it. A cluster that fails leaves
@@ -127,6 +132,7 @@ impl TenancyService {
             self.usage.forget(&key.digest);
         }
         self.tenants.delete_tenant(&tenant.id).await?;
+        self.changes.announce(Change::TenantDeleted { tenant: tenant.id }).await;
         tracing::info!(tenant = %tenant.id, "tenant deleted");
         Ok(tenant.id)
     }
@@ -171,6 +177,7 @@ impl TenancyService {
             return Err(Error::NotFound("this tenant has no API key with this hash".to_owned()));
         }
         self.usage.forget(&digest);
+        self.changes.announce(Change::KeyRevoked { tenant: tenant.id, key: digest }).await;
         tracing::info!(tenant = %tenant.id, key = %digest, "API key revoked");
         Ok(digest)
     }

@@ -57,6 +57,7 @@ impl Ports {
             secrets: Arc::new(self.secrets),
             clock: Arc::new(clock),
             usage: usage.clone(),
+            changes: crate::app::Changes::local(),
         };
         let service = TenancyService::new(ports, Quotas { max_tenants: 10, max_keys: 20, max_agents: 50 });
         (service, usage)

@@ -18,6 +18,7 @@ mod observability;
 mod openapi_doc;
 mod quotas;
 mod reconcile_kube;
+mod replicas;
 mod restart;
 mod secrets;
 mod sessions;
