@@ -131,9 +131,11 @@ impl SqlChangeFeed {
         let mut last_read = std::time::Instant::now();
         let mut ticks = tokio::time::interval(POLL_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for poll in 0u32.. {
+        let mut polls: u32 = 0;
+        loop {
             ticks.tick().await;
-            if poll % PRUNE_EVERY_POLLS == 0
+            polls = polls.wrapping_add(1);
+            if polls % PRUNE_EVERY_POLLS == 1
                 && let Err(err) = self.prune_log().await
             {
                 tracing::warn!(error = %err, "cannot prune the change log");
