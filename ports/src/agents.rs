@@ -250,6 +250,8 @@ pub enum AgentPhase {
 pub struct Agent {
     pub tenant_id: TenantId,
     pub manifest: AgentManifest,
+    /// The number of its current version: 1 at creation, one more per publish.
+    pub version_number: u32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -266,6 +268,14 @@ pub struct AgentVersion {
     /// Who published it: `usr_...`, or `key:<label>` for an API key.
     pub author: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// One version with the manifest it published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedVersion {
+    pub version: AgentVersion,
+    /// `None` for a version published before manifests were kept.
+    pub manifest: Option<AgentManifest>,
 }
 
 /// What the runtime reports of an agent.

@@ -29,6 +29,10 @@ pub enum Error {
     /// The request conflicts with the current state (other than a duplicate).
     #[error("{0}")]
     Conflict(String),
+    /// A precondition the request set (`If-Match`) does not hold: the thing changed since
+    /// the caller last read it; nothing was done.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// A dependency of the service itself (database, cluster) cannot be reached right now.
     #[error("{0}")]
     Unavailable(String),

@@ -12,7 +12,7 @@ use crate::Error;
 use crate::Result;
 use serde_json::Value;
 
-use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion};
+use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion, PublishedVersion};
 use crate::changes::Change;
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
 use crate::node_names::NodeSharing;
@@ -159,7 +159,7 @@ pub trait ApiKeyStore: Send + Sync + 'static {
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait AgentStore: Send + Sync + 'static {
-    /// Registers a new agent as version 1, unless the tenant already runs `max_agents`.
+    /// Registers a new agent as version 1 (whatever its `version_number` says), unless the tenant already runs `max_agents`.
     /// The quota check and the insert are one atomic step.
     ///
     /// # Errors
@@ -168,13 +168,24 @@ pub trait AgentStore: Send + Sync + 'static {
     /// does not exist.
     async fn insert_agent(&self, agent: &Agent, author: &str, max_agents: u32) -> Result<()>;
 
-    /// Replaces an agent's manifest and appends a version numbered one past the last; then
-    /// keeps only the newest `keep_versions` (at least the new one), in the same step.
-    /// Numbers are never reused while the agent exists. Returns the updated agent.
+    /// Replaces an agent's manifest and appends a version numbered one past the last
+    /// (keeping the manifest with it); then keeps only the newest `keep_versions` (at least
+    /// the new one), in the same step. Numbers are never reused while the agent exists.
+    /// With `expected`, only when the agent's current version is that number (checked in
+    /// the same step). Returns the updated agent.
     ///
     /// # Errors
-    /// [`Error::NotFound`] when the tenant has no agent of that name.
-    async fn update_agent(&self, tenant: &TenantId, manifest: &AgentManifest, author: &str, at: DateTime<Utc>, keep_versions: u32) -> Result<Agent>;
+    /// [`Error::NotFound`] when the tenant has no agent of that name;
+    /// [`Error::PreconditionFailed`] when its current version is not `expected`.
+    async fn update_agent(
+        &self,
+        tenant: &TenantId,
+        manifest: &AgentManifest,
+        author: &str,
+        at: DateTime<Utc>,
+        keep_versions: u32,
+        expected: Option<u32>,
+    ) -> Result<Agent>;
 
     /// The tenant's agent of that name, if any.
     async fn find_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<Agent>>;
@@ -185,11 +196,19 @@ pub trait AgentStore: Send + Sync + 'static {
     /// Every tenant's agents (to re-apply them to the cluster at start-up).
     async fn list_all_agents(&self) -> Result<Vec<Agent>>;
 
-    /// Deletes an agent and its history; whether it existed.
-    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<bool>;
+    /// Deletes an agent and its history; whether it existed. With `expected`, only when
+    /// its current version is that number (checked in the same step).
+    ///
+    /// # Errors
+    /// [`Error::PreconditionFailed`] when its current version is not `expected`.
+    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, expected: Option<u32>) -> Result<bool>;
 
     /// An agent's versions, oldest first (empty when there is no such agent).
     async fn list_versions(&self, tenant: &TenantId, name: &AgentName) -> Result<Vec<AgentVersion>>;
+
+    /// One version of an agent with its manifest; `None` when the agent has no such version
+    /// (never had, or pruned).
+    async fn find_version(&self, tenant: &TenantId, name: &AgentName, number: u32) -> Result<Option<PublishedVersion>>;
 }
 
 /// A tenant's astromesh-node, reached at its endpoint.

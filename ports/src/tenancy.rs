@@ -155,14 +155,56 @@ impl KeyLabel {
     }
 }
 
+/// What an API key may do in its tenant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum KeyScope {
+    /// Everything a tenant-scoped caller may do (the default).
+    #[default]
+    Write,
+    /// Reads only: `GET` routes; anything else is refused.
+    Read,
+}
+
+impl KeyScope {
+    /// `write` or `read`, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Write => "write",
+            Self::Read => "read",
+        }
+    }
+
+    /// The scope named `write` or `read`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for any other name.
+    pub fn parse(raw: &str) -> Result<Self> {
+        match raw {
+            "write" => Ok(Self::Write),
+            "read" => Ok(Self::Read),
+            _ => Err(Error::invalid("scope must be write or read")),
+        }
+    }
+}
+
 /// A tenant-scoped API key as stored: its digest and label, never its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
     pub digest: SecretDigest,
     pub tenant_id: TenantId,
     pub label: KeyLabel,
+    pub scope: KeyScope,
     pub created_at: DateTime<Utc>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    /// Whether it has expired at `now` (it works up to, not at, `expires_at`).
+    pub fn expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|end| now >= end)
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use nexus_ports::identity::UserId;
 use nexus_ports::ports::{AccessTokens, ApiKeyStore, Clock, TenantStore, UserStore};
-use nexus_ports::tenancy::{ApiKey, Tenant, TenantId};
+use nexus_ports::tenancy::{ApiKey, KeyScope, Tenant, TenantId};
 use nexus_ports::tokens::{AccessClaims, SecretDigest};
 use nexus_ports::{Error, Result};
 
@@ -156,6 +156,10 @@ impl AccessService {
         if let Some(raw) = credentials.api_key {
             let digest = SecretDigest::of(raw);
             match self.find_key(&digest).await? {
+                Some((key, _)) if key.expired_at(now) => {
+                    let end = key.expires_at.map(|end| end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
+                    refusal = Some(Error::unauthorized(format!("this API key expired at {end}")));
+                }
                 Some((key, tenant)) => {
                     self.usage.record(digest, now);
                     return Ok(Principal::ApiKey { key, tenant });
@@ -164,6 +168,20 @@ impl AccessService {
             }
         }
         Err(refusal.unwrap_or_else(|| Error::unauthorized("missing credentials: send Authorization: Bearer <access token> or X-API-Key: <key>")))
+    }
+
+    /// Whether the principal may make a request that reads only (`GET`, `HEAD`) or one that
+    /// changes something: a read-scoped API key may only read.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] for a change asked with a read-scoped key.
+    pub fn permits(principal: &Principal, reads_only: bool) -> Result<()> {
+        match principal {
+            Principal::ApiKey { key, .. } if key.scope == KeyScope::Read && !reads_only => {
+                Err(Error::Forbidden("this API key is read-only (scope read): it may only make GET requests".to_owned()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The user behind a principal, for routes that act on a user's behalf.

@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use nexus_ports::Error;
 use nexus_ports::identity::UserId;
 use nexus_ports::ports::{MockAccessTokens, MockApiKeyStore, MockClock, MockTenantStore, MockUserStore};
-use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId};
+use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId};
 use nexus_ports::tokens::{AccessClaims, SecretDigest};
 
 use super::{AccessPorts, AccessService, Credentials, Principal, issued_before_cutoff};
@@ -17,7 +17,15 @@ fn tenant(owner: UserId) -> Tenant {
 }
 
 fn key(tenant: &Tenant, raw: &str) -> ApiKey {
-    ApiKey { digest: SecretDigest::of(raw), tenant_id: tenant.id, label: KeyLabel::parse("ci").unwrap(), created_at: Utc::now(), last_used_at: None }
+    ApiKey {
+        digest: SecretDigest::of(raw),
+        tenant_id: tenant.id,
+        label: KeyLabel::parse("ci").unwrap(),
+        scope: KeyScope::Write,
+        created_at: Utc::now(),
+        expires_at: None,
+        last_used_at: None,
+    }
 }
 
 fn now() -> DateTime<Utc> {
@@ -155,4 +163,24 @@ async fn a_store_outage_while_checking_the_session_is_not_a_refusal() {
     let (access, _) = ports.service();
     let result = access.authenticate(Credentials { bearer: Some("good"), api_key: None }).await;
     assert!(matches!(result, Err(Error::Unavailable(_))), "{result:?}");
+}
+
+#[test]
+fn read_scoped_keys_may_only_read() {
+    let org = tenant(UserId::generate());
+    let reader = Principal::ApiKey { key: ApiKey { scope: KeyScope::Read, ..key(&org, "r") }, tenant: org.clone() };
+    let writer = Principal::ApiKey { key: key(&org, "w"), tenant: org.clone() };
+    assert_eq!(AccessService::permits(&reader, true), Ok(()));
+    assert!(matches!(AccessService::permits(&reader, false), Err(Error::Forbidden(m)) if m.contains("read-only")));
+    assert_eq!(AccessService::permits(&writer, false), Ok(()));
+    assert_eq!(AccessService::permits(&Principal::User(UserId::generate()), false), Ok(()));
+}
+
+#[test]
+fn keys_work_up_to_their_expiry() {
+    let end = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let expiring = ApiKey { expires_at: Some(end), ..key(&tenant(UserId::generate()), "e") };
+    assert!(!expiring.expired_at(end - Duration::seconds(1)));
+    assert!(expiring.expired_at(end));
+    assert!(!key(&tenant(UserId::generate()), "forever").expired_at(end));
 }

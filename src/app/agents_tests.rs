@@ -31,7 +31,7 @@ fn document(name: &str) -> Value {
 
 fn stored(name: &str) -> Agent {
     let manifest = AgentManifest::parse(document(name)).unwrap().in_namespace(&tenant().id.cr_name());
-    Agent { tenant_id: tenant().id, manifest, created_at: Utc::now(), updated_at: Utc::now() }
+    Agent { tenant_id: tenant().id, manifest, version_number: 1, created_at: Utc::now(), updated_at: Utc::now() }
 }
 
 #[derive(Default)]
@@ -119,15 +119,15 @@ async fn updates_must_name_the_agent_of_the_path() {
     ports
         .agents
         .expect_update_agent()
-        .withf(|_, _, _, _, keep| *keep == MAX_VERSIONS)
-        .returning(|_, m, _, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
+        .withf(|_, _, _, _, keep, expected| *keep == MAX_VERSIONS && expected.is_none())
+        .returning(|_, m, _, _, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
     ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
     ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
     let service = ports.service();
-    assert!(matches!(service.update(&tenant(), "a", "bot", document("other")).await, Err(Error::Conflict(_))));
-    assert!(matches!(service.update(&tenant(), "a", "ghost", document("ghost")).await, Err(Error::NotFound(_))));
-    assert!(matches!(service.update(&tenant(), "a", "Bad_Name", document("bot")).await, Err(Error::InvalidRequest(_))));
-    assert_eq!(service.update(&tenant(), "a", "bot", document("bot")).await.unwrap().agent.manifest, stored("bot").manifest);
+    assert!(matches!(service.update(&tenant(), "a", "bot", document("other"), None).await, Err(Error::Conflict(_))));
+    assert!(matches!(service.update(&tenant(), "a", "ghost", document("ghost"), None).await, Err(Error::NotFound(_))));
+    assert!(matches!(service.update(&tenant(), "a", "Bad_Name", document("bot"), None).await, Err(Error::InvalidRequest(_))));
+    assert_eq!(service.update(&tenant(), "a", "bot", document("bot"), None).await.unwrap().agent.manifest, stored("bot").manifest);
 }
 
 #[tokio::test]
@@ -139,7 +139,7 @@ async fn listings_come_from_memory_until_an_agent_changes() {
         count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(vec![stored("a-bot"), stored("b-bot")])
     });
-    ports.agents.expect_update_agent().returning(|_, _, _, _, _| Ok(stored("b-bot")));
+    ports.agents.expect_update_agent().returning(|_, _, _, _, _, _| Ok(stored("b-bot")));
     ports.cluster.expect_apply_agent().returning(|_, _| Ok(()));
     ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
     let running = AgentStatus { phase: nexus_ports::agents::AgentPhase::Running, node_ack: true, last_synced_at: None, message: None };
@@ -164,7 +164,7 @@ async fn listings_come_from_memory_until_an_agent_changes() {
     service.list(&tenant()).await.unwrap();
     service.get(&tenant(), "a-bot").await.unwrap();
     assert_eq!(listed.load(std::sync::atomic::Ordering::SeqCst), 1, "the store is asked once");
-    service.update(&tenant(), "a", "b-bot", document("b-bot")).await.unwrap();
+    service.update(&tenant(), "a", "b-bot", document("b-bot"), None).await.unwrap();
     service.list(&tenant()).await.unwrap();
     assert_eq!(listed.load(std::sync::atomic::Ordering::SeqCst), 2, "a change is read back");
 }
@@ -172,11 +172,11 @@ async fn listings_come_from_memory_until_an_agent_changes() {
 #[tokio::test]
 async fn deleting_asks_the_cluster_to_let_the_agent_go() {
     let mut ports = Ports::default();
-    ports.agents.expect_delete_agent().returning(|_, n| Ok(n.as_str() == "bot"));
+    ports.agents.expect_delete_agent().returning(|_, n, _| Ok(n.as_str() == "bot"));
     ports.cluster.expect_request_agent_deletion().times(1).returning(|_, _| Ok(()));
     let service = ports.service();
-    assert!(matches!(service.delete(&tenant(), "ghost").await, Err(Error::NotFound(_))));
-    assert_eq!(service.delete(&tenant(), "bot").await.unwrap().as_str(), "bot");
+    assert!(matches!(service.delete(&tenant(), "ghost", None).await, Err(Error::NotFound(_))));
+    assert_eq!(service.delete(&tenant(), "bot", None).await.unwrap().as_str(), "bot");
 }
 
 #[tokio::test]

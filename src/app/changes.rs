@@ -119,14 +119,22 @@ impl Changes {
 #[cfg(test)]
 mod tests {
     use nexus_ports::changes::LocalChangeFeed;
-    use nexus_ports::tenancy::KeyLabel;
+    use nexus_ports::tenancy::{KeyLabel, KeyScope};
     use nexus_ports::testing::tenant;
 
     use super::*;
 
     fn key_of(tenant: &Tenant) -> (SecretDigest, (ApiKey, Tenant)) {
         let digest = SecretDigest::of(&tenant.id.to_string());
-        let key = ApiKey { digest, tenant_id: tenant.id, label: KeyLabel::parse("ci").unwrap(), created_at: tenant.created_at, last_used_at: None };
+        let key = ApiKey {
+            digest,
+            tenant_id: tenant.id,
+            label: KeyLabel::parse("ci").unwrap(),
+            scope: KeyScope::Write,
+            created_at: tenant.created_at,
+            expires_at: None,
+            last_used_at: None,
+        };
         (digest, (key, tenant.clone()))
     }
 

@@ -20,7 +20,7 @@ pub mod traces;
 use std::sync::{Arc, Mutex};
 
 pub use access::{AccessPorts, AccessService, Credentials, Principal};
-pub use agents::{AgentPorts, AgentService, AgentState, LiveStatus, LogQuery};
+pub use agents::{AgentPorts, AgentService, AgentState, Condition, LiveStatus, LogQuery, etag};
 pub use changes::{Changes, HotCaches};
 pub use health::{CheckOutcome, Readiness};
 pub use housekeeping::Housekeeping;
@@ -28,7 +28,7 @@ pub use identity::{IdentityPorts, IdentityService, Registration, Session, Sessio
 pub use key_usage::KeyUsage;
 pub use login_limit::LoginLimit;
 pub use reconcile::{ReconcilePorts, Reconciler};
-pub use tenancy::{NewKey, Quotas, TenancyPorts, TenancyService, TenantState};
+pub use tenancy::{KeyGrant, NewKey, Quotas, TenancyPorts, TenancyService, TenantState};
 pub use throttle::{AddressLimiter, AuthThrottle};
 
 /// Every use case of the running service, shared by the HTTP handlers.

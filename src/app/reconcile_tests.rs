@@ -240,7 +240,7 @@ async fn a_tenant_whose_provisioning_fails_backs_off_instead_of_retrying_every_p
 #[tokio::test]
 async fn the_registry_is_applied_past_an_agent_the_cluster_refuses() {
     let tenant = testing::tenant(UserId::generate());
-    let registered = |name: &str| Agent { tenant_id: tenant.id, manifest: testing::manifest(name, "m"), created_at: t0(), updated_at: t0() };
+    let registered = |name: &str| Agent { tenant_id: tenant.id, manifest: testing::manifest(name, "m"), version_number: 1, created_at: t0(), updated_at: t0() };
     let mut cluster = MockClusterBackend::new();
     cluster.expect_list_agent_objects().returning(|| Ok(vec![]));
     cluster

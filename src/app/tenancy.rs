@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, DurationRound, Utc};
 use nexus_ports::changes::Change;
 use nexus_ports::identity::{DisplayName, UserId};
 use nexus_ports::ports::{ApiKeyStore, Clock, ClusterBackend, SecretGenerator, TenantStore};
-use nexus_ports::tenancy::{ApiKey, KeyLabel, NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
+use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
 use nexus_ports::{Error, Result};
 
@@ -32,6 +33,14 @@ pub struct TenantState {
 pub struct NewKey {
     pub raw: OpaqueSecret,
     pub key: ApiKey,
+}
+
+/// What a new key may do, and until when.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyGrant {
+    pub scope: KeyScope,
+    /// When it stops working; `None` for never.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Provisions a tenant on the cluster; a failure is logged and reported as phase `Error`
@@ -137,16 +146,24 @@ impl TenancyService {
         Ok(tenant.id)
     }
 
-    /// Creates an API key for a tenant; its value is returned once and stored only as a digest.
+    /// Creates an API key for a tenant, with the scope and expiry of `grant`; its value is
+    /// returned once and stored only as a digest.
     ///
     /// # Errors
     /// [`Error::Forbidden`] unless `owner` owns the tenant; [`Error::InvalidRequest`] for a
-    /// bad label; [`Error::Conflict`] when the tenant has reached its key quota.
-    pub async fn create_key(&self, owner: &UserId, tenant: &str, label: &str) -> Result<NewKey> {
+    /// bad label or an expiry that is not in the future; [`Error::Conflict`] when the
+    /// tenant has reached its key quota.
+    pub async fn create_key(&self, owner: &UserId, tenant: &str, label: &str, grant: KeyGrant) -> Result<NewKey> {
         let label = KeyLabel::parse(label)?;
+        let now = self.clock.now();
+        // To the microsecond, the precision every store keeps.
+        let expires_at = grant.expires_at.map(|end| end.duration_trunc(chrono::TimeDelta::microseconds(1)).unwrap_or(end));
+        if grant.expires_at.is_some_and(|end| end <= now) {
+            return Err(Error::invalid("expiresAt must be in the future"));
+        }
         let tenant = self.owned(owner, tenant).await?;
         let raw = self.secrets.generate(KEY_PREFIX)?;
-        let key = ApiKey { digest: raw.digest(), tenant_id: tenant.id, label, created_at: self.clock.now(), last_used_at: None };
+        let key = ApiKey { digest: raw.digest(), tenant_id: tenant.id, label, scope: grant.scope, created_at: now, expires_at, last_used_at: None };
         self.keys.insert_key(&key, self.quotas.max_keys).await?;
         tracing::info!(tenant = %tenant.id, key = %key.digest, "API key created");
         Ok(NewKey { raw, key })

@@ -8,10 +8,10 @@ use mockall::predicate::eq;
 use nexus_ports::Error;
 use nexus_ports::identity::UserId;
 use nexus_ports::ports::{MockApiKeyStore, MockClock, MockClusterBackend, MockSecretGenerator, MockTenantStore};
-use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId, TenantPhase, TenantStatus};
+use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
 
-use super::{Quotas, TenancyPorts, TenancyService};
+use super::{KeyGrant, Quotas, TenancyPorts, TenancyService};
 use crate::app::key_usage::KeyUsage;
 
 fn now() -> chrono::DateTime<Utc> {
@@ -157,16 +157,23 @@ async fn keys_are_minted_once_and_stored_as_digests() {
         .times(1)
         .returning(|_, _| Ok(()));
     let (service, _) = ports.service();
-    let created = service.create_key(&owner(), &tenant_id(), " ci ").await.unwrap();
+    let created = service.create_key(&owner(), &tenant_id(), " ci ", KeyGrant::default()).await.unwrap();
     assert_eq!(created.raw.expose(), "nxk_raw");
-    assert!(matches!(service.create_key(&owner(), &tenant_id(), "").await, Err(Error::InvalidRequest(_))));
-    assert!(matches!(service.create_key(&UserId::generate(), &tenant_id(), "ci").await, Err(Error::Forbidden(_))));
+    assert!(matches!(service.create_key(&owner(), &tenant_id(), "", KeyGrant::default()).await, Err(Error::InvalidRequest(_))));
+    assert!(matches!(service.create_key(&UserId::generate(), &tenant_id(), "ci", KeyGrant::default()).await, Err(Error::Forbidden(_))));
 }
 
 #[tokio::test]
 async fn listed_keys_show_usage_not_yet_written() {
-    let stored =
-        ApiKey { digest: SecretDigest::of("k"), tenant_id: owned_tenant().id, label: KeyLabel::parse("ci").unwrap(), created_at: now(), last_used_at: None };
+    let stored = ApiKey {
+        digest: SecretDigest::of("k"),
+        tenant_id: owned_tenant().id,
+        label: KeyLabel::parse("ci").unwrap(),
+        scope: KeyScope::Write,
+        created_at: now(),
+        expires_at: None,
+        last_used_at: None,
+    };
     let mut ports = Ports::with_owned_tenant();
     let listed = stored.clone();
     ports.keys.expect_list_keys().returning(move |_| Ok(vec![listed.clone()]));
@@ -197,7 +204,7 @@ async fn over_quota_nothing_is_provisioned_or_minted() {
         Error::Conflict("tenant quota reached: a user may own at most 10 tenants".into())
     );
     assert_eq!(
-        service.create_key(&owner(), &tenant_id(), "ci").await.unwrap_err(),
+        service.create_key(&owner(), &tenant_id(), "ci", KeyGrant::default()).await.unwrap_err(),
         Error::Conflict("API key quota reached: a tenant may have at most 20 keys".into())
     );
 }

@@ -3,7 +3,7 @@
 //! tenant answers 404 exactly as a missing one.
 
 use chrono::{DateTime, Utc};
-use nexus_ports::agents::{AgentName, AgentPhase, AgentStatus, AgentVersion};
+use nexus_ports::agents::{AgentName, AgentPhase, AgentStatus, AgentVersion, PublishedVersion};
 use nexus_ports::tenancy::Tenant;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
@@ -13,10 +13,11 @@ use serde_json::Value;
 
 use super::ApiTags;
 use super::auth::Caller;
-use super::error::{AgentCreateErrors, AgentUpdateErrors, ApiError, AuthenticatedErrors, AuthenticatedItemErrors, ErrorSet, NodeErrors};
+use super::error::{AgentCreateErrors, AgentDeleteErrors, AgentUpdateErrors, ApiError, AuthenticatedErrors, AuthenticatedItemErrors, ErrorSet, NodeErrors};
 use super::manifest::ManifestBody;
+use super::preconditions::{if_match, none_match, quoted};
 use crate::app::traces::RunMetrics;
-use crate::app::{AgentState, LogQuery, SharedNexus};
+use crate::app::{AgentState, LogQuery, SharedNexus, etag};
 
 /// A log level to filter traces by.
 #[derive(Enum, Clone, Copy)]
@@ -243,6 +244,42 @@ impl From<AgentVersion> for VersionView {
     }
 }
 
+/// One version of an agent with the manifest it published.
+#[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
+#[oai(rename_all = "camelCase")]
+struct VersionDetailView {
+    number: u32,
+    version: Option<String>,
+    checksum: String,
+    author: String,
+    created_at: DateTime<Utc>,
+    /// The whole manifest it published, as stored; absent for a version published before
+    /// versions kept their manifest.
+    manifest: Option<Value>,
+}
+
+impl From<PublishedVersion> for VersionDetailView {
+    fn from(PublishedVersion { version: v, manifest }: PublishedVersion) -> Self {
+        Self {
+            number: v.number,
+            version: v.version,
+            checksum: v.checksum,
+            author: v.author,
+            created_at: v.created_at,
+            manifest: manifest.map(|m| m.document().clone()),
+        }
+    }
+}
+
+/// Which version to publish again.
+#[derive(Object)]
+struct RollbackRequest {
+    /// The number of one of the agent's kept versions.
+    #[oai(validator(minimum(value = "1"), maximum(value = "2147483647")))]
+    version: u32,
+}
+
 /// An agent was deleted.
 #[derive(Object)]
 #[oai(skip_serializing_if_is_none)]
@@ -255,6 +292,32 @@ enum AgentCreated {
     /// The agent was registered; the reconcile loop deploys it.
     #[oai(status = 201)]
     Created(Json<AgentCreatedView>),
+}
+
+/// An agent, with its entity tag.
+#[derive(ApiResponse)]
+enum AgentAnswer {
+    /// The agent; `ETag` names its current version (status changes leave it as it is).
+    #[oai(status = 200)]
+    Ok(Json<AgentDetailView>, #[oai(header = "ETag")] String),
+    /// `If-None-Match` names the agent's current version: nothing to send again.
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "ETag")] String),
+}
+
+/// An agent just changed, with its new entity tag.
+#[derive(ApiResponse)]
+enum AgentChanged {
+    /// The agent as GET answers it; `ETag` names its new version.
+    #[oai(status = 200)]
+    Ok(Json<AgentDetailView>, #[oai(header = "ETag")] String),
+}
+
+impl From<AgentState> for AgentChanged {
+    fn from(state: AgentState) -> Self {
+        let tag = quoted(&etag(&state.agent));
+        Self::Ok(Json(state.into()), tag)
+    }
 }
 
 pub(crate) struct AgentApi;
@@ -310,7 +373,8 @@ impl AgentApi {
         ))
     }
 
-    /// An agent: its whole manifest and its status.
+    /// An agent: its whole manifest and its status. `ETag` names its current version;
+    /// with `If-None-Match` naming it, 304 and no body.
     #[oai(path = "/api/v1/agents/:name", method = "get", operation_id = "agent_get")]
     async fn get(
         &self,
@@ -318,12 +382,21 @@ impl AgentApi {
         caller: Caller,
         #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
         #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
-    ) -> Result<Json<AgentDetailView>, ApiError<AuthenticatedItemErrors>> {
+        /// Entity tags from earlier answers (or `*`): 304 when one names the current version.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<AgentAnswer, ApiError<AuthenticatedItemErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        Ok(Json(nexus.agents.get(&tenant, &name).await?.into()))
+        let state = nexus.agents.get(&tenant, &name).await?;
+        let tag = etag(&state.agent);
+        if none_match(if_none_match.0.as_deref(), &tag) {
+            return Ok(AgentAnswer::NotModified(quoted(&tag)));
+        }
+        Ok(AgentAnswer::Ok(Json(state.into()), quoted(&tag)))
     }
 
-    /// Replace an agent's manifest (a new version); its node receives it.
+    /// Replace an agent's manifest (a new version); its node receives it. With `If-Match`,
+    /// only if it names the current version (else 412, and nothing changes).
     #[oai(path = "/api/v1/agents/:name", method = "put", operation_id = "agent_update")]
     async fn update(
         &self,
@@ -331,13 +404,18 @@ impl AgentApi {
         caller: Caller,
         #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
         #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        /// The agent's `ETag` as last read (or `*`): the change is made only if it is current.
+        #[oai(name = "If-Match")]
+        if_match_header: Header<Option<String>>,
         body: ManifestBody,
-    ) -> Result<Json<AgentDetailView>, ApiError<AgentUpdateErrors>> {
+    ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        Ok(Json(nexus.agents.update(&tenant, &caller.0.author(), &name, body.into_document()).await?.into()))
+        let condition = if_match(if_match_header.0.as_deref());
+        Ok(nexus.agents.update(&tenant, &caller.0.author(), &name, body.into_document(), condition.as_ref()).await?.into())
     }
 
-    /// Delete an agent; its node forgets it.
+    /// Delete an agent; its node forgets it. With `If-Match`, only if it names the current
+    /// version (else 412, and nothing is deleted).
     #[oai(path = "/api/v1/agents/:name", method = "delete", operation_id = "agent_delete")]
     async fn delete(
         &self,
@@ -345,9 +423,13 @@ impl AgentApi {
         caller: Caller,
         #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
         #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
-    ) -> Result<Json<AgentDeletedView>, ApiError<AuthenticatedItemErrors>> {
+        /// The agent's `ETag` as last read (or `*`): it is deleted only if that is current.
+        #[oai(name = "If-Match")]
+        if_match_header: Header<Option<String>>,
+    ) -> Result<Json<AgentDeletedView>, ApiError<AgentDeleteErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &name).await?.to_string() }))
+        let condition = if_match(if_match_header.0.as_deref());
+        Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &name, condition.as_ref()).await?.to_string() }))
     }
 
     /// Phase, nodeAck and lastSyncedAt, with the node's live view of the agent.
@@ -424,5 +506,40 @@ impl AgentApi {
     ) -> Result<Json<Vec<VersionView>>, ApiError<AuthenticatedItemErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         Ok(Json(nexus.agents.versions(&tenant, &name).await?.into_iter().map(Into::into).collect()))
+    }
+
+    /// One version of the agent, with the manifest it published; 404 for a version it
+    /// never had or that was pruned.
+    #[oai(path = "/api/v1/agents/:name/versions/:number", method = "get", operation_id = "agent_version_get")]
+    async fn version(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(validator(minimum(value = "1"), maximum(value = "2147483647")))] number: Path<u32>,
+    ) -> Result<Json<VersionDetailView>, ApiError<AuthenticatedItemErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        Ok(Json(nexus.agents.version(&tenant, &name, number.0).await?.into()))
+    }
+
+    /// Publish a kept version's manifest again, as a new version (numbers only grow); its
+    /// node receives it. Answers as GET does. 404 for a version the agent never had or that
+    /// was pruned; with `If-Match`, only if it names the current version (else 412).
+    #[oai(path = "/api/v1/agents/:name/rollback", method = "post", operation_id = "agent_rollback")]
+    async fn rollback(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        /// The agent's `ETag` as last read (or `*`): it is rolled back only if that is current.
+        #[oai(name = "If-Match")]
+        if_match_header: Header<Option<String>>,
+        body: Json<RollbackRequest>,
+    ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        let condition = if_match(if_match_header.0.as_deref());
+        Ok(nexus.agents.rollback(&tenant, &caller.0.author(), &name, body.version, condition.as_ref()).await?.into())
     }
 }

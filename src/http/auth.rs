@@ -4,14 +4,14 @@
 //! (poem-openapi's own scheme enum would keep only the last scheme's error, so an invalid
 //! token with no key would read as "missing credentials".)
 
-use poem::http::header;
+use poem::http::{Method, header};
 use poem::{Request, RequestBody};
 use poem_openapi::auth::{ApiKey, Bearer};
 use poem_openapi::registry::Registry;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions, SecurityScheme};
 
 use super::error::{ApiError, AuthenticatedErrors};
-use crate::app::{Credentials, Principal, SharedNexus};
+use crate::app::{AccessService, Credentials, Principal, SharedNexus};
 
 // The two schemes below are never extracted: they only describe themselves in the document.
 
@@ -67,9 +67,12 @@ impl<'a> ApiExtractor<'a> for Caller {
             (false, true) => "api_key",
             (true, true) => "bearer_and_api_key",
         };
-        nexus.access.authenticate(credentials).await.map(Caller).map_err(|err| {
+        let principal = nexus.access.authenticate(credentials).await.map_err(|err| {
             metrics::counter!("nexus_auth_refusals_total", "reason" => reason).increment(1);
             fail(err)
-        })
+        })?;
+        let reads_only = matches!(*req.method(), Method::GET | Method::HEAD);
+        AccessService::permits(&principal, reads_only).map_err(fail)?;
+        Ok(Caller(principal))
     }
 }

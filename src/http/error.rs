@@ -72,8 +72,10 @@ error_sets! {
     AuthenticatedItemErrors = [400, 401, 403, 404, 500, 503];
     /// Registering an agent from its manifest.
     AgentCreateErrors = [400, 401, 403, 409, 413, 415, 500, 503];
-    /// Replacing an agent's manifest.
-    AgentUpdateErrors = [400, 401, 403, 404, 409, 413, 415, 500, 503];
+    /// Replacing an agent's manifest (`If-Match` may fail), or rolling it back.
+    AgentUpdateErrors = [400, 401, 403, 404, 409, 412, 413, 415, 500, 503];
+    /// Deleting an agent (`If-Match` may fail).
+    AgentDeleteErrors = [400, 401, 403, 404, 412, 500, 503];
     /// Reading through to an agent's node.
     NodeErrors = [400, 401, 403, 404, 500, 502, 503];
 }
@@ -85,6 +87,7 @@ fn describe(status: u16) -> &'static str {
         403 => "The caller may not do this.",
         404 => "No such resource.",
         409 => "The request conflicts with existing state.",
+        412 => "`If-Match` does not name the current version: the resource changed since it was read, and nothing was done.",
         413 => "The request body is too large.",
         415 => "The request body's content type is not accepted.",
         429 => "Too many requests from this address, or failed logins for this account; retry after `Retry-After` seconds.",
@@ -134,6 +137,7 @@ pub(crate) fn status_of(err: Error) -> Refusal {
         Error::InvalidRequest(m) => Refusal::plain(StatusCode::BAD_REQUEST, m),
         Error::Unauthorized(m) => Refusal::plain(StatusCode::UNAUTHORIZED, m),
         Error::Forbidden(m) => Refusal::plain(StatusCode::FORBIDDEN, m),
+        Error::PreconditionFailed(m) => Refusal::plain(StatusCode::PRECONDITION_FAILED, m),
         Error::Unavailable(m) => Refusal::plain(StatusCode::SERVICE_UNAVAILABLE, m),
         Error::RateLimited { message, retry_after_secs } => Refusal::retry(StatusCode::TOO_MANY_REQUESTS, message, retry_after_secs),
         Error::Overloaded { message, retry_after_secs } => Refusal::retry(StatusCode::SERVICE_UNAVAILABLE, message, retry_after_secs),

@@ -12,6 +12,7 @@ mod identity;
 mod manifest;
 pub mod metrics;
 mod observe;
+mod preconditions;
 mod tenants;
 mod text;
 mod throttle;

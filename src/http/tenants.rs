@@ -2,7 +2,7 @@
 //! token, and an API key is refused with 403.
 
 use chrono::{DateTime, Utc};
-use nexus_ports::tenancy::{ApiKey, TenantPhase};
+use nexus_ports::tenancy::{ApiKey, KeyScope, TenantPhase};
 use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
@@ -12,7 +12,7 @@ use super::ApiTags;
 use super::auth::Caller;
 use super::error::{ApiError, AuthenticatedErrors, AuthenticatedItemErrors, QuotaCreateErrors};
 use super::text::Text;
-use crate::app::{AccessService, NewKey, SharedNexus, TenantState};
+use crate::app::{AccessService, KeyGrant, NewKey, SharedNexus, TenantState};
 
 /// Where a tenant's provisioning stands.
 #[derive(Enum)]
@@ -88,14 +88,48 @@ impl From<TenantState> for TenantView {
     }
 }
 
+/// What an API key may do in its tenant.
+#[derive(Enum, Clone, Copy)]
+#[oai(rename_all = "lowercase")]
+enum KeyScopeView {
+    /// Everything a tenant-scoped caller may do.
+    Write,
+    /// Reads only: GET routes; anything else answers 403.
+    Read,
+}
+
+impl From<KeyScope> for KeyScopeView {
+    fn from(scope: KeyScope) -> Self {
+        match scope {
+            KeyScope::Write => Self::Write,
+            KeyScope::Read => Self::Read,
+        }
+    }
+}
+
+impl From<KeyScopeView> for KeyScope {
+    fn from(scope: KeyScopeView) -> Self {
+        match scope {
+            KeyScopeView::Write => Self::Write,
+            KeyScopeView::Read => Self::Read,
+        }
+    }
+}
+
 /// A new API key.
 #[derive(Object)]
 #[oai(skip_serializing_if_is_none)]
+#[oai(rename_all = "camelCase")]
 struct CreateKeyRequest {
     /// What the key is for: 1 to 100 characters, not only white space, no control
     /// characters.
     #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"))]
     label: Text,
+    // What it may do: `write` (the default) or `read`, GET routes only (the enum's own
+    // description says so in the document).
+    scope: Option<KeyScopeView>,
+    /// When it stops working (RFC 3339, in the future); never when absent.
+    expires_at: Option<DateTime<Utc>>,
 }
 
 /// An API key just created. `rawKey` is shown this once: only its hash is stored.
@@ -108,7 +142,10 @@ struct CreatedKeyView {
     label: String,
     /// SHA-256 of the key, hex: its id for listing and revoking.
     hash: String,
+    scope: KeyScopeView,
     created_at: DateTime<Utc>,
+    /// When it stops working; absent for never.
+    expires_at: Option<DateTime<Utc>>,
 }
 
 /// An API key, without its value.
@@ -119,14 +156,26 @@ struct KeyView {
     /// SHA-256 of the key, hex.
     hash: String,
     label: String,
+    // What it may do: `write` (the default) or `read`, GET routes only (the enum's own
+    // description says so in the document).
+    scope: KeyScopeView,
     created_at: DateTime<Utc>,
+    /// When it stops working (or stopped: an expired key answers 401); absent for never.
+    expires_at: Option<DateTime<Utc>>,
     /// When it last authenticated a request.
     last_used_at: Option<DateTime<Utc>>,
 }
 
 impl From<ApiKey> for KeyView {
     fn from(key: ApiKey) -> Self {
-        Self { hash: key.digest.to_hex(), label: key.label.as_str().to_owned(), created_at: key.created_at, last_used_at: key.last_used_at }
+        Self {
+            hash: key.digest.to_hex(),
+            label: key.label.as_str().to_owned(),
+            scope: key.scope.into(),
+            created_at: key.created_at,
+            expires_at: key.expires_at,
+            last_used_at: key.last_used_at,
+        }
     }
 }
 
@@ -196,7 +245,9 @@ pub(crate) struct KeyApi;
 
 #[OpenApi(tag = "ApiTags::Keys")]
 impl KeyApi {
-    /// Create an API key for a tenant; 409 once the tenant has as many as its quota allows.
+    /// Create an API key for a tenant, `write` (the default) or `read` (GET routes only),
+    /// maybe expiring at `expiresAt`; 400 for an expiry not in the future; 409 once the
+    /// tenant has as many as its quota allows.
     #[oai(path = "/api/v1/tenants/:tenantId/keys", method = "post", operation_id = "key_create")]
     async fn create_key(
         &self,
@@ -206,9 +257,16 @@ impl KeyApi {
         body: Json<CreateKeyRequest>,
     ) -> Result<KeyCreated, ApiError<QuotaCreateErrors>> {
         let user = AccessService::require_user(&caller.0)?;
-        let NewKey { raw, key } = nexus.tenancy.create_key(&user, &id, &body.label).await?;
-        let view =
-            CreatedKeyView { raw_key: raw.expose().to_owned(), label: key.label.as_str().to_owned(), hash: key.digest.to_hex(), created_at: key.created_at };
+        let grant = KeyGrant { scope: body.scope.map(Into::into).unwrap_or_default(), expires_at: body.expires_at };
+        let NewKey { raw, key } = nexus.tenancy.create_key(&user, &id, &body.label, grant).await?;
+        let view = CreatedKeyView {
+            raw_key: raw.expose().to_owned(),
+            label: key.label.as_str().to_owned(),
+            hash: key.digest.to_hex(),
+            scope: key.scope.into(),
+            created_at: key.created_at,
+            expires_at: key.expires_at,
+        };
         Ok(KeyCreated::Created(Json(view)))
     }
 

@@ -22,9 +22,11 @@ enum Who {
     OtherKey,
     /// The owner's access token.
     Owner,
+    /// A read-scoped API key of the owner's tenant: GET routes only.
+    ReadKey,
 }
 
-const CALLERS: [Who; 5] = [Who::Nobody, Who::Garbage, Who::OtherUser, Who::OtherKey, Who::Owner];
+const CALLERS: [Who; 6] = [Who::Nobody, Who::Garbage, Who::OtherUser, Who::OtherKey, Who::Owner, Who::ReadKey];
 
 /// Whether a route is tenant-scoped: user tokens then name the owner's tenant in
 /// `X-Tenant-ID` (another user's too, which it does not own).
@@ -35,7 +37,7 @@ enum Scope {
 }
 
 /// (method, path as in the document, scope, JSON body, expected status per caller in [`CALLERS`] order).
-type Row = (&'static str, &'static str, Scope, Option<fn() -> Value>, [u16; 5]);
+type Row = (&'static str, &'static str, Scope, Option<fn() -> Value>, [u16; 6]);
 
 fn manifest(name: &str) -> Value {
     let mut document = nexus_ports::testing::manifest_document(name, "llama3.1:8b");
@@ -44,33 +46,35 @@ fn manifest(name: &str) -> Value {
 }
 
 const ROWS: &[Row] = &[
-    ("GET", "/api/v1/me", Scope::User, None, [401, 401, 200, 200, 200]),
+    ("GET", "/api/v1/me", Scope::User, None, [401, 401, 200, 200, 200, 200]),
     // A user ends its own sessions and changes its own password; an API key acts for no user.
-    ("DELETE", "/api/v1/me/sessions", Scope::User, None, [401, 401, 204, 403, 204]),
+    ("DELETE", "/api/v1/me/sessions", Scope::User, None, [401, 401, 204, 403, 204, 403]),
     (
         "PUT",
         "/api/v1/me/password",
         Scope::User,
         Some(|| json!({"currentPassword": PASSWORD, "newPassword": "another-strong-password"})),
-        [401, 401, 204, 403, 204],
+        [401, 401, 204, 403, 204, 403],
     ),
-    ("POST", "/api/v1/tenants", Scope::User, Some(|| json!({"displayName": "matrix"})), [401, 401, 201, 403, 201]),
-    ("GET", "/api/v1/tenants", Scope::User, None, [401, 401, 200, 403, 200]),
-    ("DELETE", "/api/v1/tenants/{tenantId}", Scope::User, None, [401, 401, 403, 403, 200]),
-    ("POST", "/api/v1/tenants/{tenantId}/keys", Scope::User, Some(|| json!({"label": "matrix"})), [401, 401, 403, 403, 201]),
-    ("GET", "/api/v1/tenants/{tenantId}/keys", Scope::User, None, [401, 401, 403, 403, 200]),
-    ("DELETE", "/api/v1/tenants/{tenantId}/keys/{keyHash}", Scope::User, None, [401, 401, 403, 403, 200]),
+    ("POST", "/api/v1/tenants", Scope::User, Some(|| json!({"displayName": "matrix"})), [401, 401, 201, 403, 201, 403]),
+    ("GET", "/api/v1/tenants", Scope::User, None, [401, 401, 200, 403, 200, 403]),
+    ("DELETE", "/api/v1/tenants/{tenantId}", Scope::User, None, [401, 401, 403, 403, 200, 403]),
+    ("POST", "/api/v1/tenants/{tenantId}/keys", Scope::User, Some(|| json!({"label": "matrix"})), [401, 401, 403, 403, 201, 403]),
+    ("GET", "/api/v1/tenants/{tenantId}/keys", Scope::User, None, [401, 401, 403, 403, 200, 403]),
+    ("DELETE", "/api/v1/tenants/{tenantId}/keys/{keyHash}", Scope::User, None, [401, 401, 403, 403, 200, 403]),
     // Another tenant's key acts in its own tenant: it creates and lists there, and the
     // owner's agent is as missing to it as one that does not exist.
-    ("POST", "/api/v1/agents", Scope::Tenant, Some(|| manifest("fresh-bot")), [401, 401, 403, 201, 201]),
-    ("GET", "/api/v1/agents", Scope::Tenant, None, [401, 401, 403, 200, 200]),
-    ("GET", "/api/v1/agents/{name}", Scope::Tenant, None, [401, 401, 403, 404, 200]),
-    ("PUT", "/api/v1/agents/{name}", Scope::Tenant, Some(|| manifest("matrix-bot")), [401, 401, 403, 404, 200]),
-    ("DELETE", "/api/v1/agents/{name}", Scope::Tenant, None, [401, 401, 403, 404, 200]),
-    ("GET", "/api/v1/agents/{name}/status", Scope::Tenant, None, [401, 401, 403, 404, 200]),
-    ("GET", "/api/v1/agents/{name}/logs", Scope::Tenant, None, [401, 401, 403, 404, 200]),
-    ("GET", "/api/v1/agents/{name}/metrics", Scope::Tenant, None, [401, 401, 403, 404, 200]),
-    ("GET", "/api/v1/agents/{name}/versions", Scope::Tenant, None, [401, 401, 403, 404, 200]),
+    ("POST", "/api/v1/agents", Scope::Tenant, Some(|| manifest("fresh-bot")), [401, 401, 403, 201, 201, 403]),
+    ("GET", "/api/v1/agents", Scope::Tenant, None, [401, 401, 403, 200, 200, 200]),
+    ("GET", "/api/v1/agents/{name}", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
+    ("PUT", "/api/v1/agents/{name}", Scope::Tenant, Some(|| manifest("matrix-bot")), [401, 401, 403, 404, 200, 403]),
+    ("DELETE", "/api/v1/agents/{name}", Scope::Tenant, None, [401, 401, 403, 404, 200, 403]),
+    ("GET", "/api/v1/agents/{name}/status", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
+    ("GET", "/api/v1/agents/{name}/logs", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
+    ("GET", "/api/v1/agents/{name}/metrics", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
+    ("GET", "/api/v1/agents/{name}/versions", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
+    ("GET", "/api/v1/agents/{name}/versions/{number}", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
+    ("POST", "/api/v1/agents/{name}/rollback", Scope::Tenant, Some(|| json!({"version": 1})), [401, 401, 403, 404, 200, 403]),
 ];
 
 /// The owner's tenant and key, and the credentials of everyone else.
@@ -80,6 +84,7 @@ struct World {
     key_hash: String,
     other_user: String,
     other_key: String,
+    read_key: String,
 }
 
 impl World {
@@ -90,7 +95,10 @@ impl World {
         let key_hash = server.key(&owner, &tenant, "owned").await.str("hash");
         let others = server.tenant(&other_user, "theirs").await.str("id");
         let other_key = server.key(&other_user, &others, "theirs").await.str("rawKey");
-        let world = Self { owner, tenant, key_hash, other_user, other_key };
+        let keys = format!("/api/v1/tenants/{tenant}/keys");
+        let read = server.call(Method::POST, &keys, &[("authorization", &format!("Bearer {owner}"))], Some(&json!({"label": "reader", "scope": "read"}))).await;
+        assert_eq!(read.status, StatusCode::CREATED, "{read:?}");
+        let world = Self { owner, tenant, key_hash, other_user, other_key, read_key: read.str("rawKey") };
         let headers = world.headers(Who::Owner, Scope::Tenant);
         let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let agent = server.call(Method::POST, "/api/v1/agents", &headers, Some(&manifest("matrix-bot"))).await;
@@ -105,6 +113,7 @@ impl World {
             Who::OtherUser => vec![("authorization", format!("Bearer {}", self.other_user))],
             Who::OtherKey => vec![("x-api-key", self.other_key.clone())],
             Who::Owner => vec![("authorization", format!("Bearer {}", self.owner))],
+            Who::ReadKey => vec![("x-api-key", self.read_key.clone())],
         };
         if scope == Scope::Tenant && matches!(who, Who::OtherUser | Who::Owner | Who::Garbage) {
             headers.push(("x-tenant-id", self.tenant.clone()));
@@ -113,7 +122,7 @@ impl World {
     }
 
     fn path(&self, template: &str) -> String {
-        template.replace("{tenantId}", &self.tenant).replace("{keyHash}", &self.key_hash).replace("{name}", "matrix-bot")
+        template.replace("{tenantId}", &self.tenant).replace("{keyHash}", &self.key_hash).replace("{name}", "matrix-bot").replace("{number}", "1")
     }
 }
 
@@ -124,7 +133,10 @@ async fn authorization_matrix(backend: Backend) {
         for (row, (method, template, scope, body, expected)) in ROWS.iter().enumerate() {
             // A world per row: the owner's call may delete what the next row needs.
             let world = World::new(server, row).await;
-            for (who, expected) in CALLERS.into_iter().zip(expected) {
+            // The read key calls before the owner, whose call may delete what it needs.
+            let mut calls: Vec<(Who, &u16)> = CALLERS.into_iter().zip(expected).collect();
+            calls.swap(4, 5);
+            for (who, expected) in calls {
                 let headers = world.headers(who, *scope);
                 let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
                 let method = Method::from_bytes(method.as_bytes()).unwrap();

@@ -182,7 +182,9 @@ async fn nothing_is_written_before_leading_then_tenants_come_before_the_registry
     let mut tenants = MockTenantStore::new();
     tenants.expect_list_all_tenants().returning(|| Ok(vec![tenant()]));
     let mut agents = MockAgentStore::new();
-    agents.expect_list_all_agents().returning(|| Ok(vec![Agent { tenant_id: tenant().id, manifest: manifest(), created_at: t0(), updated_at: t0() }]));
+    agents
+        .expect_list_all_agents()
+        .returning(|| Ok(vec![Agent { tenant_id: tenant().id, manifest: manifest(), version_number: 1, created_at: t0(), updated_at: t0() }]));
     let node = Arc::new(StubNode::new());
     let ports =
         ReconcilePorts { cluster: Arc::new(cluster), node: node.clone(), agents: Arc::new(agents), tenants: Arc::new(tenants), clock: Arc::new(StillClock) };

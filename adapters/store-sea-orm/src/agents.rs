@@ -4,11 +4,13 @@
 //! count and the insert are one atomic step: PostgreSQL serialises on the row lock,
 //! SQLite on its write lock. Updating one writes the agent's row first, which orders
 //! concurrent updates the same way, so each appends one past the last number and prunes
-//! what falls out of the kept history.
+//! what falls out of the kept history. A conditional update or delete (`expected`) adds
+//! the current version number to the row's filter, so the check and the write are one
+//! statement.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentVersion};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentVersion, PublishedVersion};
 use nexus_ports::ports::AgentStore;
 use nexus_ports::tenancy::TenantId;
 use nexus_ports::{Error, Result};
@@ -19,14 +21,32 @@ use crate::SqlStore;
 use crate::entity::{agent_versions as versions, agents, tenants};
 use crate::error::{db, translate};
 
+fn parse_manifest(stored: &str, name: &str) -> Result<AgentManifest> {
+    let document = serde_json::from_str(stored).map_err(|err| Error::Internal(format!("stored manifest of {name} is not JSON: {err}")))?;
+    AgentManifest::parse(document)
+}
+
+fn number(stored: i32) -> Result<u32> {
+    u32::try_from(stored).map_err(|_| Error::Internal(format!("stored version number {stored} is negative")))
+}
+
 fn agent(row: agents::Model) -> Result<Agent> {
-    let document = serde_json::from_str(&row.manifest).map_err(|err| Error::Internal(format!("stored manifest of {} is not JSON: {err}", row.name)))?;
     Ok(Agent {
         tenant_id: TenantId::from_uuid(row.tenant_id),
-        manifest: AgentManifest::parse(document)?,
+        manifest: parse_manifest(&row.manifest, &row.name)?,
+        version_number: number(row.version_number)?,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })
+}
+
+fn version(v: versions::Model) -> Result<AgentVersion> {
+    Ok(AgentVersion { number: number(v.number)?, version: v.version, checksum: v.checksum, author: v.author, created_at: v.created_at })
+}
+
+/// What a conditional write found instead of `expected`.
+fn stale(expected: u32, found: &agents::Model) -> Error {
+    Error::PreconditionFailed(format!("If-Match names version {expected}, but the agent is at version {}: read it again", found.version_number))
 }
 
 fn agents(rows: Vec<agents::Model>) -> Result<Vec<Agent>> {
@@ -42,6 +62,7 @@ fn version_row(tenant: &TenantId, manifest: &AgentManifest, number: i32, author:
         checksum: Set(manifest.checksum()),
         author: Set(author.to_owned()),
         created_at: Set(at),
+        manifest: Set(Some(manifest.document().to_string())),
     }
 }
 
@@ -71,6 +92,7 @@ impl AgentStore for SqlStore {
             name: Set(a.manifest.name().as_str().to_owned()),
             manifest: Set(a.manifest.document().to_string()),
             version: Set(a.manifest.version().map(str::to_owned)),
+            version_number: Set(1),
             created_at: Set(a.created_at),
             updated_at: Set(a.updated_at),
         };
@@ -79,18 +101,34 @@ impl AgentStore for SqlStore {
         txn.commit().await.map_err(db)
     }
 
-    async fn update_agent(&self, tenant: &TenantId, manifest: &AgentManifest, author: &str, at: DateTime<Utc>, keep_versions: u32) -> Result<Agent> {
+    async fn update_agent(
+        &self,
+        tenant: &TenantId,
+        manifest: &AgentManifest,
+        author: &str,
+        at: DateTime<Utc>,
+        keep_versions: u32,
+        expected: Option<u32>,
+    ) -> Result<Agent> {
         let txn = self.db.begin().await.map_err(db)?;
+        let mut filter = of_agent(tenant, manifest.name());
+        if let Some(expected) = expected {
+            filter = filter.add(agents::Column::VersionNumber.eq(i64::from(expected)));
+        }
         let updated = agents::Entity::update_many()
             .col_expr(agents::Column::Manifest, Expr::value(manifest.document().to_string()))
             .col_expr(agents::Column::Version, Expr::value(manifest.version().map(str::to_owned)))
             .col_expr(agents::Column::UpdatedAt, Expr::value(at))
-            .filter(of_agent(tenant, manifest.name()))
+            .filter(filter)
             .exec(&txn)
             .await
             .map_err(db)?;
         if updated.rows_affected == 0 {
-            return Err(Error::NotFound(format!("no agent named {}", manifest.name())));
+            let found = agents::Entity::find().filter(of_agent(tenant, manifest.name())).one(&txn).await.map_err(db)?;
+            return Err(match (expected, found) {
+                (Some(expected), Some(found)) => stale(expected, &found),
+                _ => Error::NotFound(format!("no agent named {}", manifest.name())),
+            });
         }
         let last = versions::Entity::find()
             .filter(versions::Column::TenantId.eq(tenant.as_uuid()))
@@ -100,7 +138,15 @@ impl AgentStore for SqlStore {
             .await
             .map_err(db)?
             .map_or(0, |v| v.number);
-        versions::Entity::insert(version_row(tenant, manifest, last + 1, author, at)).exec_without_returning(&txn).await.map_err(db)?;
+        // The agent's own count and its history's agree (both one past the last number given).
+        let next = last + 1;
+        agents::Entity::update_many()
+            .col_expr(agents::Column::VersionNumber, Expr::value(next))
+            .filter(of_agent(tenant, manifest.name()))
+            .exec(&txn)
+            .await
+            .map_err(db)?;
+        versions::Entity::insert(version_row(tenant, manifest, next, author, at)).exec_without_returning(&txn).await.map_err(db)?;
         // The newest is always kept, so the next number stays one past the last ever given.
         let pruned_up_to = i64::from(last + 1) - i64::from(keep_versions.max(1));
         versions::Entity::delete_many()
@@ -127,8 +173,25 @@ impl AgentStore for SqlStore {
         agents(agents::Entity::find().order_by_asc(agents::Column::TenantId).order_by_asc(agents::Column::Name).all(&self.db).await.map_err(db)?)
     }
 
-    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<bool> {
+    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, expected: Option<u32>) -> Result<bool> {
         let txn = self.db.begin().await.map_err(db)?;
+        if let Some(expected) = expected {
+            // Locks the row (a no-op update) where the version matches, so that no update
+            // slips in between the check and the delete.
+            let matched = agents::Entity::update_many()
+                .col_expr(agents::Column::VersionNumber, Expr::col(agents::Column::VersionNumber))
+                .filter(of_agent(tenant, name).add(agents::Column::VersionNumber.eq(i64::from(expected))))
+                .exec(&txn)
+                .await
+                .map_err(db)?;
+            if matched.rows_affected == 0 {
+                let found = agents::Entity::find().filter(of_agent(tenant, name)).one(&txn).await.map_err(db)?;
+                return match found {
+                    Some(found) => Err(stale(expected, &found)),
+                    None => Ok(false),
+                };
+            }
+        }
         versions::Entity::delete_many()
             .filter(versions::Column::TenantId.eq(tenant.as_uuid()))
             .filter(versions::Column::Name.eq(name.as_str()))
@@ -148,11 +211,19 @@ impl AgentStore for SqlStore {
             .all(&self.db)
             .await
             .map_err(db)?;
-        rows.into_iter()
-            .map(|v| {
-                let number = u32::try_from(v.number).map_err(Error::internal)?;
-                Ok(AgentVersion { number, version: v.version, checksum: v.checksum, author: v.author, created_at: v.created_at })
-            })
-            .collect()
+        rows.into_iter().map(version).collect()
+    }
+
+    async fn find_version(&self, tenant: &TenantId, name: &AgentName, number: u32) -> Result<Option<PublishedVersion>> {
+        let row = versions::Entity::find()
+            .filter(versions::Column::TenantId.eq(tenant.as_uuid()))
+            .filter(versions::Column::Name.eq(name.as_str()))
+            .filter(versions::Column::Number.eq(i64::from(number)))
+            .one(&self.db)
+            .await
+            .map_err(db)?;
+        let Some(mut row) = row else { return Ok(None) };
+        let manifest = row.manifest.take().map(|stored| parse_manifest(&stored, name.as_str())).transpose()?;
+        Ok(Some(PublishedVersion { version: version(row)?, manifest }))
     }
 }

@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use nexus_ports::ports::ApiKeyStore;
-use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId};
+use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId};
 use nexus_ports::tokens::SecretDigest;
 use nexus_ports::{Error, Result};
 use sea_orm::sea_query::{Condition, Expr};
@@ -23,7 +23,9 @@ fn key(row: api_keys::Model) -> Result<ApiKey> {
         digest: SecretDigest::from_hex(&row.digest).map_err(|_| Error::Internal(format!("stored key digest {:?} is not hex", row.digest)))?,
         tenant_id: TenantId::from_uuid(row.tenant_id),
         label: KeyLabel::parse(&row.label)?,
+        scope: KeyScope::parse(&row.scope).map_err(|_| Error::Internal(format!("stored key scope {:?} is unknown", row.scope)))?,
         created_at: row.created_at,
+        expires_at: row.expires_at,
         last_used_at: row.last_used_at,
     })
 }
@@ -49,7 +51,9 @@ impl ApiKeyStore for SqlStore {
             digest: Set(k.digest.to_hex()),
             tenant_id: Set(k.tenant_id.as_uuid()),
             label: Set(k.label.as_str().to_owned()),
+            scope: Set(k.scope.as_str().to_owned()),
             created_at: Set(k.created_at),
+            expires_at: Set(k.expires_at),
             last_used_at: Set(k.last_used_at),
         };
         api_keys::Entity::insert(row).exec_without_returning(&txn).await.map_err(|e| translate(e, "API key"))?;

@@ -67,7 +67,7 @@ async fn the_readme_walk_through_the_generated_client() {
     let key = user
         .key_create()
         .tenant_id(tenant.id.as_str())
-        .body(CreateKeyRequest { label: "ci".try_into().unwrap() })
+        .body(CreateKeyRequest { label: "ci".try_into().unwrap(), scope: None, expires_at: None })
         .send()
         .await
         .expect("key created")

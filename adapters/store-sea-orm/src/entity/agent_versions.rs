@@ -15,6 +15,8 @@ pub struct Model {
     pub checksum: String,
     pub author: String,
     pub created_at: DateTimeUtc,
+    /// The manifest published, as JSON; absent for versions published before manifests were kept.
+    pub manifest: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,6 +11,8 @@ pub struct Model {
     pub name: String,
     pub manifest: String,
     pub version: Option<String>,
+    /// The number of its current version.
+    pub version_number: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

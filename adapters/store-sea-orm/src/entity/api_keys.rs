@@ -10,7 +10,10 @@ pub struct Model {
     pub digest: String,
     pub tenant_id: Uuid,
     pub label: String,
+    /// `write` or `read`.
+    pub scope: String,
     pub created_at: DateTimeUtc,
+    pub expires_at: Option<DateTimeUtc>,
     pub last_used_at: Option<DateTimeUtc>,
 }
 

@@ -7,7 +7,9 @@ mod m20261128_000002_tenancy;
 mod m20261128_000003_agents;
 mod m20261205_000004_login_attempts;
 mod m20261205_000005_sessions;
-mod m20261229_000006_change_log;
+mod m20261212_000006_version_manifests;
+mod m20261212_000007_key_scopes;
+mod m20261229_000008_change_log;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -21,7 +23,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_agents::Migration),
             Box::new(m20261205_000004_login_attempts::Migration),
             Box::new(m20261205_000005_sessions::Migration),
-            Box::new(m20261229_000006_change_log::Migration),
+            Box::new(m20261212_000006_version_manifests::Migration),
+            Box::new(m20261212_000007_key_scopes::Migration),
+            Box::new(m20261229_000008_change_log::Migration),
         ]
     }
 }

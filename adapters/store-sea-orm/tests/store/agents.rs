@@ -16,7 +16,8 @@ on_both_backends!(
     agents_are_registered_with_their_history,
     the_quota_holds_under_racing_creates,
     agents_go_with_their_tenant,
-    old_versions_are_pruned_and_numbers_never_reused
+    old_versions_are_pruned_and_numbers_never_reused,
+    versions_keep_their_manifest_and_writes_can_be_conditional
 );
 
 async fn tenant(store: &SqlStore) -> TenantId {
@@ -35,7 +36,7 @@ fn manifest(name: &str, version: &str) -> AgentManifest {
 }
 
 fn agent(tenant: TenantId, name: &str) -> Agent {
-    Agent { tenant_id: tenant, manifest: manifest(name, "1.0.0"), created_at: now(), updated_at: now() }
+    Agent { tenant_id: tenant, manifest: manifest(name, "1.0.0"), version_number: 1, created_at: now(), updated_at: now() }
 }
 
 async fn agents_are_registered_with_their_history(url: &str) {
@@ -50,7 +51,7 @@ async fn agents_are_registered_with_their_history(url: &str) {
     assert!(store.find_agent(&TenantId::generate(), &name).await.unwrap().is_none());
 
     let later = now() + Duration::seconds(5);
-    let updated = store.update_agent(&t, &manifest("bot", "1.1.0"), "key:ci", later, 100).await.unwrap();
+    let updated = store.update_agent(&t, &manifest("bot", "1.1.0"), "key:ci", later, 100, None).await.unwrap();
     assert_eq!((updated.manifest.version(), updated.created_at, updated.updated_at), (Some("1.1.0"), bot.created_at, later));
     let history = store.list_versions(&t, &name).await.unwrap();
     assert_eq!(
@@ -58,14 +59,14 @@ async fn agents_are_registered_with_their_history(url: &str) {
         vec![(1, Some("1.0.0"), "usr_a"), (2, Some("1.1.0"), "key:ci")]
     );
     assert_eq!(history[1].checksum, manifest("bot", "1.1.0").checksum());
-    assert!(matches!(store.update_agent(&t, &manifest("ghost", "1.0.0"), "usr_a", later, 100).await, Err(Error::NotFound(_))));
+    assert!(matches!(store.update_agent(&t, &manifest("ghost", "1.0.0"), "usr_a", later, 100, None).await, Err(Error::NotFound(_))));
 
     store.insert_agent(&agent(t, "alpha"), "usr_a", 50).await.unwrap();
     let names: Vec<String> = store.list_agents(&t).await.unwrap().iter().map(|a| a.manifest.name().to_string()).collect();
     assert_eq!(names, ["alpha", "bot"]);
     assert_eq!(store.list_all_agents().await.unwrap().len(), 2);
-    assert!(store.delete_agent(&t, &name).await.unwrap());
-    assert!(!store.delete_agent(&t, &name).await.unwrap());
+    assert!(store.delete_agent(&t, &name, None).await.unwrap());
+    assert!(!store.delete_agent(&t, &name, None).await.unwrap());
     assert!(store.list_versions(&t, &name).await.unwrap().is_empty());
     assert!(matches!(store.insert_agent(&agent(TenantId::generate(), "x"), "usr_a", 50).await, Err(Error::NotFound(_))));
 }
@@ -101,21 +102,75 @@ async fn old_versions_are_pruned_and_numbers_never_reused(url: &str) {
     a.insert_agent(&agent(t, "bot"), "usr_a", 50).await.unwrap();
     let numbers = async || a.list_versions(&t, &name).await.unwrap().iter().map(|v| v.number).collect::<Vec<_>>();
     for minor in 1..=4 {
-        a.update_agent(&t, &manifest("bot", &format!("1.{minor}.0")), "usr_a", now(), 3).await.unwrap();
+        a.update_agent(&t, &manifest("bot", &format!("1.{minor}.0")), "usr_a", now(), 3, None).await.unwrap();
     }
     assert_eq!(numbers().await, [3, 4, 5], "the newest three are kept");
     let newest = a.list_versions(&t, &name).await.unwrap().pop().unwrap();
     assert_eq!(newest.version.as_deref(), Some("1.4.0"));
     // A smaller retention keeps at least the newest; the next number goes on from it.
-    a.update_agent(&t, &manifest("bot", "2.0.0"), "usr_a", now(), 0).await.unwrap();
+    a.update_agent(&t, &manifest("bot", "2.0.0"), "usr_a", now(), 0, None).await.unwrap();
     assert_eq!(numbers().await, [6]);
     // Racing updates from two pools each get a number of their own, and the history stays bounded.
     let racers = (0..8).map(|i| {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tokio::spawn(async move { store.update_agent(&t, &manifest("bot", &format!("3.{i}.0")), "usr_a", now(), 4).await })
+        tokio::spawn(async move { store.update_agent(&t, &manifest("bot", &format!("3.{i}.0")), "usr_a", now(), 4, None).await })
     });
     for racer in racers.collect::<Vec<_>>() {
         racer.await.unwrap().unwrap();
     }
     assert_eq!(numbers().await, [11, 12, 13, 14]);
+}
+
+async fn versions_keep_their_manifest_and_writes_can_be_conditional(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let t = tenant(&store).await;
+    let name = AgentName::parse("bot").unwrap();
+    store.insert_agent(&agent(t, "bot"), "usr_a", 50).await.unwrap();
+    assert_eq!(store.find_agent(&t, &name).await.unwrap().unwrap().version_number, 1);
+    let updated = store.update_agent(&t, &manifest("bot", "1.1.0"), "usr_a", now(), 2, Some(1)).await.unwrap();
+    assert_eq!(updated.version_number, 2);
+
+    // Each version keeps what it published, unknown fields included.
+    let first = store.find_version(&t, &name, 1).await.unwrap().expect("version 1");
+    assert_eq!((first.version.number, first.version.author.as_str()), (1, "usr_a"));
+    let kept = first.manifest.expect("its manifest");
+    assert_eq!((kept.version(), kept.document()["spec"]["unknown"]["kept"].as_bool()), (Some("1.0.0"), Some(true)));
+    assert_eq!(kept.checksum(), first.version.checksum);
+    assert!(store.find_version(&t, &name, 3).await.unwrap().is_none());
+    assert!(store.find_version(&TenantId::generate(), &name, 1).await.unwrap().is_none(), "another tenant's agent is not there");
+
+    // A stale expectation changes nothing.
+    let stale = store.update_agent(&t, &manifest("bot", "9.9.9"), "usr_a", now(), 2, Some(1)).await;
+    assert!(matches!(stale, Err(Error::PreconditionFailed(_))), "{stale:?}");
+    assert!(matches!(store.delete_agent(&t, &name, Some(1)).await, Err(Error::PreconditionFailed(_))));
+    let current = store.find_agent(&t, &name).await.unwrap().unwrap();
+    assert_eq!((current.version_number, current.manifest.version()), (2, Some("1.1.0")));
+    assert_eq!(store.list_versions(&t, &name).await.unwrap().len(), 2);
+    assert!(matches!(store.update_agent(&t, &manifest("ghost", "1.0.0"), "usr_a", now(), 2, Some(1)).await, Err(Error::NotFound(_))));
+
+    // Pruned versions are gone; numbers go on.
+    store.update_agent(&t, &manifest("bot", "1.2.0"), "usr_a", now(), 2, None).await.unwrap();
+    assert!(store.find_version(&t, &name, 1).await.unwrap().is_none(), "pruned");
+    assert_eq!(store.find_version(&t, &name, 3).await.unwrap().unwrap().manifest.unwrap().version(), Some("1.2.0"));
+    assert_eq!(store.find_agent(&t, &name).await.unwrap().unwrap().version_number, 3);
+
+    // Racing conditional updates from one read: exactly one wins.
+    let racers = (0..6).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.update_agent(&t, &manifest("bot", &format!("4.{i}.0")), "usr_a", now(), 10, Some(3)).await })
+    });
+    let mut won = 0;
+    for racer in racers.collect::<Vec<_>>() {
+        match racer.await.unwrap() {
+            Ok(agent) => {
+                assert_eq!(agent.version_number, 4);
+                won += 1;
+            }
+            Err(Error::PreconditionFailed(_)) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert!(!store.delete_agent(&t, &AgentName::parse("ghost").unwrap(), Some(1)).await.unwrap());
+    assert!(store.delete_agent(&t, &name, Some(4)).await.unwrap());
 }

@@ -4,7 +4,7 @@ use chrono::Duration;
 use nexus_ports::Error;
 use nexus_ports::identity::{DisplayName, UserId};
 use nexus_ports::ports::{ApiKeyStore, TenantStore, UserStore};
-use nexus_ports::tenancy::{ApiKey, KeyLabel, Tenant, TenantId};
+use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId};
 use nexus_ports::tokens::SecretDigest;
 use nexus_store_sea_orm::SqlStore;
 
@@ -38,7 +38,9 @@ async fn key_of(store: &SqlStore, tenant: &Tenant, label: &str) -> ApiKey {
         digest: SecretDigest::of(&uuid::Uuid::new_v4().to_string()),
         tenant_id: tenant.id,
         label: KeyLabel::parse(label).unwrap(),
+        scope: KeyScope::Write,
         created_at: now(),
+        expires_at: None,
         last_used_at: None,
     };
     store.insert_key(&key, 100).await.unwrap();
@@ -80,6 +82,11 @@ async fn keys_are_found_with_their_tenant(url: &str) {
     let (first, second) = (key_of(&store, &tenant, "ci").await, key_of(&store, &tenant, "deploy").await);
     let (found, of) = store.find_key(&second.digest).await.unwrap().unwrap();
     assert_eq!((found, of), (second.clone(), tenant.clone()));
+    // Scope and expiry read back as written.
+    let scoped = ApiKey { digest: SecretDigest::of("scoped"), scope: KeyScope::Read, expires_at: Some(now() + chrono::Duration::hours(1)), ..second.clone() };
+    store.insert_key(&scoped, 100).await.unwrap();
+    assert_eq!(store.find_key(&scoped.digest).await.unwrap().unwrap().0, scoped);
+    assert!(store.delete_key(&tenant.id, &scoped.digest).await.unwrap());
     assert!(store.find_key(&SecretDigest::of("unknown")).await.unwrap().is_none());
     let mut listed = store.list_keys(&tenant.id).await.unwrap();
     listed.sort_by_key(|k| k.label.as_str().to_owned());
@@ -145,7 +152,9 @@ async fn the_key_quota_holds_under_racing_creates(url: &str) {
             digest: SecretDigest::of(&uuid::Uuid::new_v4().to_string()),
             tenant_id: tenant.id,
             label: KeyLabel::parse("racer").unwrap(),
+            scope: KeyScope::Write,
             created_at: now(),
+            expires_at: None,
             last_used_at: None,
         };
         tokio::spawn(async move { store.insert_key(&key, 4).await })
