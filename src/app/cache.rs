@@ -107,6 +107,11 @@ impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
     pub fn len(&self) -> usize {
         self.read().map.len()
     }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.read().map.is_empty()
+    }
 }
 
 #[cfg(test)]
