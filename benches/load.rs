@@ -101,7 +101,7 @@ async fn run(client: &reqwest::Client, base: &str, scenario: &Scenario, connecti
 
 fn report(name: &str, outcome: &Outcome, baseline: Option<f64>) {
     let ratio = baseline.map_or_else(|| "-".to_owned(), |baseline| format!("{:.4}", outcome.rps / baseline));
-    println!("{name:<40} {:>10.0} {:>10.2?} {:>10.2?} {:>9} {ratio:>9}", outcome.rps, outcome.p50, outcome.p99, outcome.failures);
+    println!("{name:<52} {:>10.0} {:>10.2?} {:>10.2?} {:>9} {ratio:>9}", outcome.rps, outcome.p50, outcome.p99, outcome.failures);
 }
 
 /// Runs `read` while `flood` runs beside it on four times the connections (more than the
@@ -187,7 +187,11 @@ async fn main() {
     );
 
     println!("{} cores, {connections} connections, {seconds} s per scenario", std::thread::available_parallelism().map_or(1, usize::from));
-    println!("{:<40} {:>10} {:>10} {:>10} {:>9} {:>9}", "scenario", "req/s", "p50", "p99", "failures", "ratio");
+    println!("{:<52} {:>10} {:>10} {:>10} {:>9} {:>9}", "scenario", "req/s", "p50", "p99", "failures", "ratio");
+    // Warm up (connections, caches, allocator) before anything is measured.
+    for (base, scenario) in [(&bare_base, &bare), (&base, &healthz), (&base, &agents), (&base, &by_key), (&base, &by_jwt)] {
+        run(&client, base, scenario, connections, 1).await;
+    }
     let baseline = run(&client, &bare_base, &bare, connections, seconds).await;
     report(bare.name, &baseline, Some(baseline.rps));
     let healthz_alone = run(&client, &base, &healthz, connections, seconds).await;
