@@ -119,6 +119,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             access_tokens: access_tokens.clone(),
             secrets: secrets.clone(),
             clock: clock.clone(),
+            audit: store.clone(),
             changes: changes.clone(),
         },
         SessionPolicy { refresh_ttl, session_max, login_limit },
@@ -141,17 +142,26 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             secrets,
             clock: clock.clone(),
             usage: key_usage.clone(),
+            audit: store.clone(),
             changes: changes.clone(),
         },
         quotas,
     );
-    let housekeeping = Housekeeping { refresh_tokens: store.clone(), login_attempts: store.clone(), clock: clock.clone(), login_window: login_limit.window };
+    let housekeeping = Housekeeping {
+        refresh_tokens: store.clone(),
+        login_attempts: store.clone(),
+        audit: store.clone(),
+        clock: clock.clone(),
+        login_window: login_limit.window,
+        audit_retention: lifetime(config.audit_retention)?,
+    };
     let reconciler = Arc::new(Reconciler::new(
         ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: store.clone(), tenants: store.clone(), clock: clock.clone() },
         resync,
     ));
     let agents =
-        AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock, changes: changes.clone() }, reconciler.clone(), config.max_versions);
+        AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock, changes: changes.clone() }, reconciler.clone(), config.max_versions)
+            .with_run_timeout(*config.run_timeout);
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
     let auth_throttle = AuthThrottle::new(config.auth_rate, config.trusted_proxies.clone());
     let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, auth_throttle, background: Mutex::default() });

@@ -87,6 +87,10 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_LOGIN_WINDOW", default_value = "15m", global = true)]
     pub login_window: humantime::Duration,
 
+    /// How long audit events are kept; older ones are pruned hourly.
+    #[arg(long, env = "NEXUS_AUDIT_RETENTION", default_value = "90d", global = true)]
+    pub audit_retention: humantime::Duration,
+
     /// Proxies whose `X-Forwarded-For` is believed, as comma-separated CIDRs or addresses
     /// (`10.0.0.0/8,192.0.2.7`). From any other peer the header is ignored.
     #[arg(long, env = "NEXUS_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net, global = true)]
@@ -118,6 +122,10 @@ pub struct ServeConfig {
     /// The astromesh-node every tenant uses with the in-memory cluster.
     #[arg(long, env = "NEXUS_NODE_URL", default_value = "http://127.0.0.1:8000", global = true)]
     pub node_url: String,
+
+    /// How long a run through `POST /api/v1/agents/{name}/run` may wait for its node.
+    #[arg(long, env = "NEXUS_RUN_TIMEOUT", default_value = "120s", global = true)]
+    pub run_timeout: humantime::Duration,
 
     /// How many agents a new tenant may run.
     #[arg(long, env = "NEXUS_MAX_AGENTS", default_value_t = 50, global = true)]
@@ -214,6 +222,8 @@ impl ServeConfig {
         duration_within("NEXUS_SESSION_MAX (--session-max)", self.session_max, SECOND, 365 * DAY)?;
         duration_within("NEXUS_RESYNC (--resync)", self.resync, Duration::from_millis(100), DAY)?;
         duration_within("NEXUS_LOGIN_WINDOW (--login-window)", self.login_window, SECOND, DAY)?;
+        duration_within("NEXUS_AUDIT_RETENTION (--audit-retention)", self.audit_retention, 60 * SECOND, 3650 * DAY)?;
+        duration_within("NEXUS_RUN_TIMEOUT (--run-timeout)", self.run_timeout, Duration::from_millis(100), Duration::from_secs(3600))?;
         if let Some(secret) = &self.jwt_secret {
             count_within("the length in bytes of NEXUS_JWT_SECRET (--jwt-secret)", secret.len(), nexus_crypto::MIN_SECRET_BYTES, 4096)?;
         }
@@ -278,6 +288,7 @@ mod tests {
             (ServeConfig { resync: days(1000), ..config() }, "NEXUS_RESYNC (--resync) must be between 100ms and 1d; got 1000d"),
             (ServeConfig { resync: Duration::from_millis(10).into(), ..config() }, "NEXUS_RESYNC"),
             (ServeConfig { login_window: days(2), ..config() }, "NEXUS_LOGIN_WINDOW"),
+            (ServeConfig { run_timeout: days(1), ..config() }, "NEXUS_RUN_TIMEOUT (--run-timeout) must be between 100ms and 1h; got 1d"),
             (ServeConfig { jwt_secret: Some("short".into()), ..config() }, "NEXUS_JWT_SECRET (--jwt-secret) must be between 32 and 4096; got 5"),
             (ServeConfig { hash_concurrency: Some(0), ..config() }, "NEXUS_HASH_CONCURRENCY"),
             (ServeConfig { hash_queue: 1_000_000, ..config() }, "NEXUS_HASH_QUEUE"),

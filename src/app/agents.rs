@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion, PublishedVersion};
+use nexus_ports::audit::{AuditAction, AuditEvent};
 use nexus_ports::changes::Change;
 use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
@@ -49,6 +50,20 @@ pub struct LiveStatus {
     /// The node's view of the agent, in the tenant's names; `Null` when the node does not
     /// know it (yet).
     pub node: Value,
+}
+
+/// How long a run may take by default.
+pub const DEFAULT_RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// One run of an agent, as asked for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunRequest {
+    pub query: String,
+    /// The conversation the run belongs to (the node's `session_id`); the node's default
+    /// session when absent.
+    pub session_id: Option<String>,
+    /// Extra context for the run, passed to the node as it is.
+    pub context: Option<serde_json::Map<String, Value>>,
 }
 
 /// What `If-Match` asks of an agent before it is changed.
@@ -87,6 +102,7 @@ pub struct AgentService {
     changes: Arc<Changes>,
     reconciler: Arc<Reconciler>,
     max_versions: u32,
+    run_timeout: std::time::Duration,
 }
 
 fn missing(name: &AgentName) -> Error {
@@ -112,7 +128,13 @@ impl AgentService {
     /// `max_versions` versions.
     pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>, max_versions: u32) -> Self {
         let AgentPorts { agents, cluster, node, clock, changes } = ports;
-        Self { agents, cluster, node, clock, changes, reconciler, max_versions }
+        Self { agents, cluster, node, clock, changes, reconciler, max_versions, run_timeout: DEFAULT_RUN_TIMEOUT }
+    }
+
+    /// The same, with runs waiting at most `timeout` for their node.
+    #[must_use]
+    pub fn with_run_timeout(self, timeout: std::time::Duration) -> Self {
+        Self { run_timeout: timeout, ..self }
     }
 
     /// Registers an agent from its manifest; `metadata.namespace` becomes the tenant's.
@@ -124,7 +146,8 @@ impl AgentService {
         let manifest = AgentManifest::parse(document)?.in_namespace(&tenant.id.cr_name());
         let now = self.clock.now();
         let agent = Agent { tenant_id: tenant.id, manifest, version_number: 1, created_at: now, updated_at: now };
-        self.agents.insert_agent(&agent, author, tenant.max_agents).await.map_err(|err| match err {
+        let audit = AuditEvent::now(now, author, AuditAction::AgentCreate, agent.manifest.name().as_str()).in_tenant(tenant.id);
+        self.agents.insert_agent(&agent, author, tenant.max_agents, &audit).await.map_err(|err| match err {
             Error::AlreadyExists(_) => Error::AlreadyExists(format!("an agent named {} already exists in this tenant", agent.manifest.name())),
             other => other,
         })?;
@@ -225,13 +248,16 @@ impl AgentService {
             return Err(Error::Conflict(format!("metadata.name {} differs from the agent in the path, {name}", manifest.name())));
         }
         let expected = self.expected(tenant, &name, condition).await?;
-        self.publish(tenant, author, &manifest, expected).await
+        self.publish(tenant, author, &manifest, expected, AuditAction::AgentUpdate).await
     }
 
-    /// Publishes `manifest` as the agent's next version and sends it to the cluster.
-    async fn publish(&self, tenant: &Tenant, author: &str, manifest: &AgentManifest, expected: Option<u32>) -> Result<AgentState> {
+    /// Publishes `manifest` as the agent's next version and sends it to the cluster,
+    /// recording `action` in the audit trail.
+    async fn publish(&self, tenant: &Tenant, author: &str, manifest: &AgentManifest, expected: Option<u32>, action: AuditAction) -> Result<AgentState> {
         let name = manifest.name();
-        let agent = self.agents.update_agent(&tenant.id, manifest, author, self.clock.now(), self.max_versions, expected).await.map_err(|err| match err {
+        let now = self.clock.now();
+        let audit = AuditEvent::now(now, author, action, name.as_str()).in_tenant(tenant.id);
+        let agent = self.agents.update_agent(&tenant.id, manifest, author, now, self.max_versions, expected, &audit).await.map_err(|err| match err {
             Error::NotFound(_) => missing(name),
             other => other,
         })?;
@@ -283,21 +309,22 @@ impl AgentService {
             .ok_or_else(|| Error::Conflict(format!("version {number} was published before versions kept their manifest: it cannot be restored")))?;
         let manifest = manifest.in_namespace(&tenant.id.cr_name());
         let expected = self.expected(tenant, manifest.name(), condition).await?;
-        let state = self.publish(tenant, author, &manifest, expected).await?;
+        let state = self.publish(tenant, author, &manifest, expected, AuditAction::AgentRollback).await?;
         tracing::info!(tenant = %tenant.id, agent = %manifest.name(), from = number, to = state.agent.version_number, "agent rolled back");
         Ok(state)
     }
 
-    /// Deletes an agent; the reconcile loop removes it from its node. With a `condition`,
-    /// only when it holds.
+    /// Deletes an agent for `author`; the reconcile loop removes it from its node. With a
+    /// `condition`, only when it holds.
     ///
     /// # Errors
     /// [`Error::NotFound`] when there is no such agent; [`Error::PreconditionFailed`] when
     /// the condition does not hold (nothing is deleted).
-    pub async fn delete(&self, tenant: &Tenant, name: &str, condition: Option<&Condition>) -> Result<AgentName> {
+    pub async fn delete(&self, tenant: &Tenant, author: &str, name: &str, condition: Option<&Condition>) -> Result<AgentName> {
         let name = AgentName::parse(name)?;
         let expected = self.expected(tenant, &name, condition).await?;
-        if !self.agents.delete_agent(&tenant.id, &name, expected).await? {
+        let audit = AuditEvent::now(self.clock.now(), author, AuditAction::AgentDelete, name.as_str()).in_tenant(tenant.id);
+        if !self.agents.delete_agent(&tenant.id, &name, expected, &audit).await? {
             return Err(missing(&name));
         }
         self.announce(&tenant.id, &name).await;
@@ -367,6 +394,36 @@ impl AgentService {
         let agent = self.find(tenant, name).await?;
         let traces = self.traces(tenant, &agent, NODE_TRACE_WINDOW).await?;
         Ok(run_metrics(&traces, NODE_TRACE_WINDOW, period, self.clock.now()))
+    }
+
+    /// Runs the agent once on its tenant's node, under its node-side name, waiting at most
+    /// the run timeout; the node's answer, in the tenant's names.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no such agent; [`Error::Upstream`] when the node
+    /// is not ready, cannot be reached, does not answer in time, or refuses the run (then
+    /// with the node's reason, in the tenant's names).
+    pub async fn run(&self, tenant: &Tenant, name: &str, request: RunRequest) -> Result<Value> {
+        let agent = self.find(tenant, name).await?;
+        let names = self.names(&tenant.id);
+        let node_name = names.node_name(agent.manifest.name());
+        let mut body = serde_json::json!({"query": request.query});
+        if let Some(session) = request.session_id {
+            body["session_id"] = Value::String(session);
+        }
+        if let Some(context) = request.context {
+            body["context"] = Value::Object(context);
+        }
+        let node = self.node_of(tenant).await?;
+        match self.node.run_agent(&node, &node_name, &body, self.run_timeout).await {
+            Ok(answer) => {
+                tracing::info!(tenant = %tenant.id, agent = %agent.manifest.name(), "agent run");
+                Ok(names.restore(&agent.manifest, answer))
+            }
+            // The node's reason speaks of the agent by the name the node knows.
+            Err(Error::Upstream(reason)) => Err(Error::Upstream(reason.replace(node_name.as_str(), agent.manifest.name().as_str()))),
+            Err(other) => Err(other),
+        }
     }
 
     /// The agent's published versions, oldest first.

@@ -20,7 +20,7 @@ pub mod traces;
 use std::sync::{Arc, Mutex};
 
 pub use access::{AccessPorts, AccessService, Credentials, Principal};
-pub use agents::{AgentPorts, AgentService, AgentState, Condition, LiveStatus, LogQuery, etag};
+pub use agents::{AgentPorts, AgentService, AgentState, Condition, LiveStatus, LogQuery, RunRequest, etag};
 pub use changes::{Changes, HotCaches};
 pub use health::{CheckOutcome, Readiness};
 pub use housekeeping::Housekeeping;

@@ -13,11 +13,14 @@ use serde_json::Value;
 
 use super::ApiTags;
 use super::auth::Caller;
-use super::error::{AgentCreateErrors, AgentDeleteErrors, AgentUpdateErrors, ApiError, AuthenticatedErrors, AuthenticatedItemErrors, ErrorSet, NodeErrors};
+use super::error::{
+    AgentCreateErrors, AgentDeleteErrors, AgentUpdateErrors, ApiError, AuthenticatedErrors, AuthenticatedItemErrors, ErrorSet, NodeErrors, RunErrors,
+};
 use super::manifest::ManifestBody;
 use super::preconditions::{if_match, none_match, quoted};
+use super::text::Text;
 use crate::app::traces::RunMetrics;
-use crate::app::{AgentState, LogQuery, SharedNexus, etag};
+use crate::app::{AgentState, LogQuery, RunRequest, SharedNexus, etag};
 
 /// A log level to filter traces by.
 #[derive(Enum, Clone, Copy)]
@@ -280,6 +283,53 @@ struct RollbackRequest {
     version: u32,
 }
 
+/// One run of an agent.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct AgentRunRequest {
+    /// What to ask the agent.
+    #[oai(validator(min_length = 1, max_length = 100000))]
+    query: Text,
+    /// The conversation the run belongs to (the node keeps its memory per session); the
+    /// node's default session when absent.
+    #[oai(validator(pattern = r"^[A-Za-z0-9._:-]{1,128}$"))]
+    session_id: Option<Text>,
+    /// Extra context for the run, passed to the node as it is.
+    context: Option<std::collections::BTreeMap<String, Value>>,
+}
+
+/// What the node answered to a run, in the tenant's names.
+#[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
+struct RunView {
+    /// The agent's answer.
+    answer: String,
+    /// The steps it took (tool calls, reasoning), as the node reports them.
+    steps: Vec<Value>,
+    /// Tokens used, per model, as the node reports them.
+    usage: Option<Value>,
+    /// The run's trace (also listed in the agent's logs).
+    trace: Option<Value>,
+    /// Structured output, when the agent gives one.
+    data: Option<Value>,
+    /// Whether a guardrail blocked the run (`answer` then says why).
+    blocked: bool,
+}
+
+impl From<Value> for RunView {
+    fn from(mut answer: Value) -> Self {
+        let mut take = |field: &str| Some(answer.get_mut(field)?.take()).filter(|value| !value.is_null());
+        Self {
+            answer: take("answer").and_then(|a| a.as_str().map(str::to_owned)).unwrap_or_default(),
+            steps: take("steps").and_then(|s| s.as_array().cloned()).unwrap_or_default(),
+            usage: take("usage"),
+            trace: take("trace"),
+            data: take("data"),
+            blocked: take("blocked").and_then(|b| b.as_bool()).unwrap_or(false),
+        }
+    }
+}
+
 /// An agent was deleted.
 #[derive(Object)]
 #[oai(skip_serializing_if_is_none)]
@@ -429,7 +479,7 @@ impl AgentApi {
     ) -> Result<Json<AgentDeletedView>, ApiError<AgentDeleteErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &name, condition.as_ref()).await?.to_string() }))
+        Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &caller.0.author(), &name, condition.as_ref()).await?.to_string() }))
     }
 
     /// Phase, nodeAck and lastSyncedAt, with the node's live view of the agent.
@@ -493,6 +543,24 @@ impl AgentApi {
         let length = chrono::Duration::from_std(length).map_err(|_| invalid())?;
         let metrics = nexus.agents.metrics(&tenant, &name, length).await?;
         Ok(Json(MetricsView::new(name.0, period, metrics)))
+    }
+
+    /// Run the agent once on its tenant's node and return the node's answer. 502 when the
+    /// node cannot be reached, does not answer within `NEXUS_RUN_TIMEOUT`, or refuses the
+    /// run (then with the node's reason, such as no model being reachable).
+    #[oai(path = "/api/v1/agents/:name/run", method = "post", operation_id = "agent_run")]
+    async fn run(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        body: Json<AgentRunRequest>,
+    ) -> Result<Json<RunView>, ApiError<RunErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        let Json(AgentRunRequest { query, session_id, context }) = body;
+        let request = RunRequest { query: query.0, session_id: session_id.map(|s| s.0), context: context.map(|c| c.into_iter().collect()) };
+        Ok(Json(nexus.agents.run(&tenant, &name, request).await?.into()))
     }
 
     /// The agent's published versions, oldest first.

@@ -78,6 +78,8 @@ error_sets! {
     AgentDeleteErrors = [400, 401, 403, 404, 412, 500, 503];
     /// Reading through to an agent's node.
     NodeErrors = [400, 401, 403, 404, 500, 502, 503];
+    /// Running an agent on its node.
+    RunErrors = [400, 401, 403, 404, 413, 415, 500, 502, 503];
 }
 
 fn describe(status: u16) -> &'static str {
@@ -91,7 +93,7 @@ fn describe(status: u16) -> &'static str {
         413 => "The request body is too large.",
         415 => "The request body's content type is not accepted.",
         429 => "Too many requests from this address, or failed logins for this account; retry after `Retry-After` seconds.",
-        502 => "An upstream node could not be reached.",
+        502 => "The agent's node could not be reached, did not answer in time, or refused (with its reason, when it gave one).",
         503 => "A dependency is unavailable, or the service is saturated; retry later (after `Retry-After` seconds, when given).",
         _ => "An unexpected failure; the details are in the server log.",
     }

@@ -5,6 +5,7 @@
 mod support;
 
 mod agents;
+mod audit;
 mod concurrency;
 mod deploy;
 mod health;
@@ -21,6 +22,7 @@ mod quotas;
 mod reconcile_kube;
 mod replicas;
 mod restart;
+mod runs;
 mod secrets;
 mod sessions;
 mod startup;

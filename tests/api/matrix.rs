@@ -61,6 +61,9 @@ const ROWS: &[Row] = &[
     ("DELETE", "/api/v1/tenants/{tenantId}", Scope::User, None, [401, 401, 403, 403, 200, 403]),
     ("POST", "/api/v1/tenants/{tenantId}/keys", Scope::User, Some(|| json!({"label": "matrix"})), [401, 401, 403, 403, 201, 403]),
     ("GET", "/api/v1/tenants/{tenantId}/keys", Scope::User, None, [401, 401, 403, 403, 200, 403]),
+    // Audit trails: a tenant's to its owner only, one's own to a user; keys read neither.
+    ("GET", "/api/v1/tenants/{tenantId}/audit", Scope::User, None, [401, 401, 403, 403, 200, 403]),
+    ("GET", "/api/v1/me/audit", Scope::User, None, [401, 401, 200, 403, 200, 403]),
     ("DELETE", "/api/v1/tenants/{tenantId}/keys/{keyHash}", Scope::User, None, [401, 401, 403, 403, 200, 403]),
     // Another tenant's key acts in its own tenant: it creates and lists there, and the
     // owner's agent is as missing to it as one that does not exist.
@@ -74,6 +77,7 @@ const ROWS: &[Row] = &[
     ("GET", "/api/v1/agents/{name}/metrics", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
     ("GET", "/api/v1/agents/{name}/versions", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
     ("GET", "/api/v1/agents/{name}/versions/{number}", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
+    ("POST", "/api/v1/agents/{name}/run", Scope::Tenant, Some(|| json!({"query": "hello"})), [401, 401, 403, 404, 200, 403]),
     ("POST", "/api/v1/agents/{name}/rollback", Scope::Tenant, Some(|| json!({"version": 1})), [401, 401, 403, 404, 200, 403]),
 ];
 
@@ -103,6 +107,8 @@ impl World {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let agent = server.call(Method::POST, "/api/v1/agents", &headers, Some(&manifest("matrix-bot"))).await;
         assert_eq!(agent.status, StatusCode::CREATED, "{agent:?}");
+        // Running on its node, so that it can be run.
+        crate::agents::wait_for(server, &world.read_key, "matrix-bot", "Running", crate::agents::running).await;
         world
     }
 

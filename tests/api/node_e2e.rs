@@ -357,3 +357,49 @@ fn uuid_of(tenant: &str) -> String {
     let hex = tenant.trim_start_matches("t_");
     format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
+
+/// A run through Nexus reaches the real node under the agent's node-side name: with no
+/// model reachable the node refuses it, and Nexus answers 502 with the node's reason (in
+/// the tenant's names); the node recorded the run's trace all the same, so it shows in
+/// the agent's logs and metrics. An agent the tenant does not have is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_go_through_nexus_to_a_real_node() {
+    let Some(venv) = venv() else { return };
+    let node = Node::start(venv, free_port()).await;
+    let db = fresh_sqlite();
+    let server = Server::start(nexus::config::ServeConfig {
+        node: nexus::config::NodeKind::Http,
+        node_url: node.url(),
+        resync: Duration::from_secs(1).into(),
+        run_timeout: Duration::from_secs(60).into(),
+        ..config(&db.url)
+    })
+    .await;
+    let (_, key) = tenant_with_key(&server, "runs-e2e@example.com").await;
+    assert_eq!(send(&server, Method::POST, "/api/v1/agents", &key, "application/yaml", &helper("no-such-model")).await.status, StatusCode::CREATED);
+    eventually("helper Running", async || running(&get(&server, "/api/v1/agents/helper", &key).await.body)).await;
+    let node_side = node_name(&server, &key, "helper").await;
+    assert_ne!(node_side, "helper", "the node knows it by its node-side name");
+
+    let run = server
+        .call(Method::POST, "/api/v1/agents/helper/run", &[("x-api-key", &key)], Some(&serde_json::json!({"query": "asked through nexus", "sessionId": "e2e"})))
+        .await;
+    assert_eq!(run.status, StatusCode::BAD_GATEWAY, "{run:?}");
+    let reason = run.error();
+    assert!(reason.starts_with("the agent's node refused the run (502 Bad Gateway): model_all_providers_failed"), "the node's reason: {reason}");
+    assert!(!reason.contains(&node_side), "in the tenant's names: {reason}");
+
+    let logs = get(&server, "/api/v1/agents/helper/logs", &key).await;
+    assert_eq!(logs.status, StatusCode::OK, "{logs:?}");
+    let traces = logs.body["traces"].as_array().unwrap();
+    assert_eq!(traces.len(), 1, "the run's trace: {logs:?}");
+    assert_eq!((traces[0]["agent"].as_str(), traces[0]["spans"][0]["attributes"]["query"].as_str()), (Some("helper"), Some("asked through nexus")));
+    assert_eq!(get(&server, "/api/v1/agents/helper/metrics", &key).await.body["metrics"]["runs"], 1);
+
+    let missing = server.call(Method::POST, "/api/v1/agents/ghost/run", &[("x-api-key", &key)], Some(&serde_json::json!({"query": "x"}))).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    server.stop().await;
+    drop(node);
+    db.drop_database().await;
+}

@@ -56,10 +56,13 @@ impl HttpNode {
 
     /// Sends and returns the status and JSON body (`Null` when the body is not JSON).
     async fn call(&self, node: &str, request: RequestBuilder) -> Result<(StatusCode, Value)> {
-        let mut response = request.send().await.map_err(|err| {
-            tracing::warn!(%node, error = %err, "node unreachable");
-            Error::Upstream(UNREACHABLE.to_owned())
-        })?;
+        let response = request.send().await.map_err(|err| unreachable(node, &err))?;
+        Self::read(node, response).await
+    }
+
+    /// Reads an answer's status and JSON body (`Null` when the body is not JSON), up to
+    /// [`MAX_ANSWER_BYTES`].
+    async fn read(node: &str, mut response: reqwest::Response) -> Result<(StatusCode, Value)> {
         let status = response.status();
         let mut body = Vec::new();
         loop {
@@ -70,6 +73,7 @@ impl HttpNode {
                     return Err(Error::Upstream("the agent's node answered more than Nexus reads".to_owned()));
                 }
                 Ok(None) => break,
+                Err(err) if err.is_timeout() => return Err(timed_out(node, &err)),
                 Err(err) => {
                     tracing::warn!(%node, error = %err, "the node broke off its answer");
                     return Err(Error::Upstream("the agent's node broke off its answer".to_owned()));
@@ -86,6 +90,43 @@ impl HttpNode {
             (status, body) => Err(refusal(node, what, status, &body)),
         }
     }
+}
+
+/// The error for a node that cannot be reached; the detail is for the log.
+fn unreachable(node: &str, err: &reqwest::Error) -> Error {
+    tracing::warn!(%node, error = %err, "node unreachable");
+    Error::Upstream(UNREACHABLE.to_owned())
+}
+
+/// The error for a node that did not answer within the call's timeout.
+fn timed_out(node: &str, err: &reqwest::Error) -> Error {
+    tracing::warn!(%node, error = %err, "the node did not answer in time");
+    Error::Upstream("the agent's node did not answer in time".to_owned())
+}
+
+/// The most of a node's reason passed on to a client, in characters.
+const MAX_REASON_CHARS: usize = 300;
+
+/// What a client may read of the node's refusal of a run: only the refusals the node
+/// explains on purpose (astromesh-node 0.74.1: a model provider failure, 502, as
+/// `{"error": code, "message": text}`; its own run timeout, 504), never the text of an
+/// unexpected failure (a Python exception). Control characters are dropped and the text
+/// is bounded.
+fn run_refusal_reason(status: StatusCode, body: &Value) -> Option<String> {
+    let detail = &body["detail"];
+    let reason = match status {
+        StatusCode::BAD_GATEWAY => {
+            let code = detail["error"].as_str()?;
+            detail["message"].as_str().map_or_else(|| code.to_owned(), |message| format!("{code}: {message}"))
+        }
+        StatusCode::GATEWAY_TIMEOUT => match detail["timeout_seconds"].as_f64() {
+            Some(seconds) => format!("the run took longer than the node's own limit of {seconds}s"),
+            None => "the run took longer than the node's own limit".to_owned(),
+        },
+        StatusCode::NOT_FOUND => "the agent is not deployed there yet".to_owned(),
+        _ => return None,
+    };
+    Some(reason.chars().filter(|c| !c.is_control()).take(MAX_REASON_CHARS).collect())
 }
 
 /// The error for a node's error answer to `what` (a redirect included): a stable sentence
@@ -126,6 +167,24 @@ impl NodeProxy for HttpNode {
             fields.insert("manifest".to_owned(), manifest);
         }
         Ok(Some(view))
+    }
+
+    async fn run_agent(&self, node: &str, name: &AgentName, request: &Value, timeout: Duration) -> Result<Value> {
+        let call = self.request(Method::POST, node, &format!("/v1/agents/{name}/run")).timeout(timeout).json(request);
+        let (status, body) = match call.send().await {
+            Err(err) if err.is_timeout() => return Err(timed_out(node, &err)),
+            Err(err) => return Err(unreachable(node, &err)),
+            Ok(response) => Self::read(node, response).await?,
+        };
+        if status.is_success() {
+            return Ok(body);
+        }
+        let reason = run_refusal_reason(status, &body);
+        tracing::warn!(%node, %status, detail = %body["detail"], "the node refused the run");
+        Err(Error::Upstream(match reason {
+            Some(reason) => format!("the agent's node refused the run ({status}): {reason}"),
+            None => format!("the agent's node refused the run ({status})"),
+        }))
     }
 
     async fn agent_traces(&self, node: &str, name: &AgentName, limit: u32) -> Result<Value> {
@@ -219,5 +278,41 @@ mod tests {
         let (node_url, _) = serve(answer("200 OK", "", &huge)).await;
         let err = HttpNode::new().unwrap().agent_traces(&node_url, &AgentName::parse("bot").unwrap(), 5).await.unwrap_err();
         assert_eq!(err, Error::Upstream("the agent's node answered more than Nexus reads".into()));
+    }
+
+    #[tokio::test]
+    async fn a_refused_run_carries_only_the_reason_the_node_explains() {
+        let name = AgentName::parse("bot").unwrap();
+        let node = HttpNode::new().unwrap();
+        let request = json!({"query": "hi"});
+        let provider = r#"{"detail": {"error": "model_all_providers_failed", "message": "All model providers failed.\nLast error: refused", "hint": "cand0"}}"#;
+        let (failing, _) = serve(answer("502 Bad Gateway", "Content-Type: application/json\r\n", provider)).await;
+        let err = node.run_agent(&failing, &name, &request, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(
+            err,
+            Error::Upstream(
+                "the agent's node refused the run (502 Bad Gateway): model_all_providers_failed: All model providers failed.Last error: refused".into()
+            )
+        );
+        let (crashing, _) = serve(answer("500 Internal Server Error", "Content-Type: application/json\r\n", r#"{"detail": "KeyError: 'secret'"}"#)).await;
+        let err = node.run_agent(&crashing, &name, &request, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(err, Error::Upstream("the agent's node refused the run (500 Internal Server Error)".into()), "no exception text");
+        let (answering, _) = serve(answer("200 OK", "Content-Type: application/json\r\n", r#"{"answer": "hello", "steps": []}"#)).await;
+        assert_eq!(node.run_agent(&answering, &name, &request, Duration::from_secs(5)).await.unwrap()["answer"], "hello");
+    }
+
+    #[tokio::test]
+    async fn a_run_waits_no_longer_than_its_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let err = HttpNode::new().unwrap().run_agent(&url, &AgentName::parse("bot").unwrap(), &json!({"query": "hi"}), Duration::from_millis(300)).await;
+        assert_eq!(err.unwrap_err(), Error::Upstream("the agent's node did not answer in time".into()));
+        silent.abort();
     }
 }

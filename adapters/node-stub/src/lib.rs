@@ -90,6 +90,18 @@ impl NodeProxy for StubNode {
         self.reachable()?;
         Ok(json!({"traces": []}))
     }
+
+    /// Answers a deployed agent's run with the query echoed back, as no model is there.
+    async fn run_agent(&self, node: &str, name: &AgentName, request: &Value, _timeout: std::time::Duration) -> Result<Value> {
+        self.reachable()?;
+        match self.agent(node, name.as_str()) {
+            Some(agent) if agent.deployed => {
+                let query = request["query"].as_str().unwrap_or_default();
+                Ok(json!({"answer": format!("(stub node) {query}"), "steps": [], "usage": null, "trace": null, "blocked": false}))
+            }
+            _ => Err(Error::Upstream("the agent's node refused the run (404 Not Found): the agent is not deployed there yet".to_owned())),
+        }
+    }
 }
 
 #[cfg(test)]
