@@ -87,7 +87,9 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     let feed = Arc::new(store.change_feed().await?);
     let changes = Arc::new(Changes::new(feed.clone()));
     let access_tokens: Arc<dyn AccessTokens> = Arc::new(JwtAccessTokens::new(jwt_secret(config, &store).await?.as_bytes(), access_ttl)?);
-    let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    // By default one core is left to everything else, so that a login flood cannot take
+    // every core from the other requests.
+    let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from).saturating_sub(1).max(1));
     let (cluster, cluster_health, kube): (Arc<dyn ClusterBackend>, Arc<dyn HealthCheck>, Option<KubeCluster>) = match config.cluster {
         ClusterKind::Memory => {
             let memory = Arc::new(MemoryCluster::new(config.node_url.clone()));
