@@ -25,9 +25,6 @@ pub struct AgentName(String);
 const NAME_RULE: &str = "must be a DNS-1123 label: at most 63 lower-case letters, digits or '-', starting and ending with a letter or digit";
 
 impl AgentName {
-    /// Orders before every name (it is not one itself): where a range of names begins.
-    pub const MIN: Self = Self(String::new());
-
     /// Validates a DNS-1123 label.
     ///
     /// # Errors
@@ -309,6 +306,16 @@ pub struct AgentObject {
     pub status: AgentStatus,
     /// Deletion was asked for; the object goes once its node forgot it.
     pub deleting: bool,
+}
+
+/// Something in the cluster that changed and should be looked at again: what watches and
+/// the API report to the reconcile loop, which then reconciles only that object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// A tenant, or its namespace or node.
+    Tenant(TenantId),
+    /// One agent object of a tenant.
+    Agent(TenantId, AgentName),
 }
 
 #[cfg(test)]

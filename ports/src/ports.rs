@@ -316,13 +316,14 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// The agent object, if any.
     async fn agent_object(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<AgentObject>>;
 
-    /// The tenant's agent objects, by name.
-    async fn tenant_agent_objects(&self, tenant: &TenantId) -> Result<Vec<AgentObject>>;
-
     /// Every agent object of every tenant. Objects the cluster holds that the core cannot
     /// reconcile (an invalid manifest) are not listed; once their deletion was asked for,
     /// the cluster lets them go.
     async fn list_agent_objects(&self) -> Result<Vec<AgentObject>>;
+
+    /// Every agent object of one tenant, as [`ClusterBackend::list_agent_objects`] lists
+    /// them; its cost does not grow with other tenants' agents.
+    async fn list_tenant_agent_objects(&self, tenant: &TenantId) -> Result<Vec<AgentObject>>;
 
     /// Records what reconciling `observed_generation` of the object found.
     async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()>;

@@ -13,9 +13,8 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion, PublishedVersion};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion, Change, PublishedVersion};
 use nexus_ports::audit::{AuditAction, AuditEvent};
-use nexus_ports::changes::Change;
 use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase};
@@ -160,7 +159,7 @@ impl AgentService {
 
     /// Tells every replica the agent changed (this one at once).
     async fn announce(&self, tenant: &TenantId, name: &AgentName) {
-        self.changes.announce(Change::AgentChanged { tenant: *tenant, name: name.clone() }).await;
+        self.changes.announce(nexus_ports::changes::Change::AgentChanged { tenant: *tenant, name: name.clone() }).await;
     }
 
     /// The tenant's agents, by name: from memory when kept there.
@@ -187,7 +186,7 @@ impl AgentService {
         if let Err(err) = self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await {
             tracing::warn!(agent = %agent.manifest.name(), error = %err, "could not apply the agent to the cluster yet");
         }
-        self.reconciler.trigger();
+        self.reconciler.wake(Change::Agent(agent.tenant_id, agent.manifest.name().clone()));
     }
 
     async fn status_of(&self, agent: &Agent) -> Result<AgentStatus> {
@@ -204,13 +203,10 @@ impl AgentService {
     /// The tenant's agents, by name.
     pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentState>> {
         let agents = self.registry(&tenant.id).await?;
-        let objects = self.cluster.tenant_agent_objects(&tenant.id).await?;
+        let objects = self.cluster.list_tenant_agent_objects(&tenant.id).await?;
+        let statuses: std::collections::HashMap<&AgentName, &AgentStatus> = objects.iter().map(|object| (object.manifest.name(), &object.status)).collect();
         let names = self.names(&tenant.id);
-        let status = |name: &AgentName| {
-            objects
-                .binary_search_by(|object: &AgentObject| object.manifest.name().cmp(name))
-                .map_or_else(|_| AgentStatus::pending(), |at| objects[at].status.clone())
-        };
+        let status = |name: &AgentName| statuses.get(name).map_or_else(AgentStatus::pending, |status| (*status).clone());
         Ok(agents
             .iter()
             .map(|agent| AgentState { agent: agent.clone(), status: status(agent.manifest.name()), node_agent_name: names.node_name(agent.manifest.name()) })
@@ -330,7 +326,7 @@ impl AgentService {
         self.announce(&tenant.id, &name).await;
         tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");
         self.cluster.request_agent_deletion(&tenant.id, &name).await?;
-        self.reconciler.trigger();
+        self.reconciler.wake(Change::Agent(tenant.id, name.clone()));
         Ok(name)
     }
 

@@ -150,7 +150,7 @@ async fn listings_come_from_memory_until_an_agent_changes() {
     ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
     let running = AgentStatus { phase: nexus_ports::agents::AgentPhase::Running, node_ack: true, last_synced_at: None, message: None };
     let status = running.clone();
-    ports.cluster.expect_tenant_agent_objects().returning(move |tenant| {
+    ports.cluster.expect_list_tenant_agent_objects().returning(move |tenant| {
         let manifest = stored("b-bot").manifest;
         Ok(vec![nexus_ports::agents::AgentObject {
             tenant_id: *tenant,

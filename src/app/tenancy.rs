@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, Utc};
+use nexus_ports::agents::Change;
 use nexus_ports::audit::{AuditAction, AuditCursor, AuditEvent, AuditPage, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
-use nexus_ports::changes::Change;
 use nexus_ports::identity::{DisplayName, UserId};
 use nexus_ports::ports::{ApiKeyStore, AuditStore, Clock, ClusterBackend, SecretGenerator, TenantStore};
 use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
@@ -18,6 +18,7 @@ use nexus_ports::{Error, Result};
 use super::access::owned_tenant;
 use super::changes::Changes;
 use super::key_usage::KeyUsage;
+use super::reconcile::Waker;
 
 /// Prefix of API keys, so a leaked one is recognisable.
 const KEY_PREFIX: &str = "nxk_";
@@ -75,6 +76,8 @@ pub struct TenancyService {
     audit: Arc<dyn AuditStore>,
     changes: Arc<Changes>,
     quotas: Quotas,
+    /// Tells the reconcile loop which tenant changed.
+    waker: Option<Waker>,
 }
 
 /// The ports the tenancy use cases need, by name.
@@ -95,7 +98,19 @@ impl TenancyService {
     /// Wires the use cases, bounded by `quotas`.
     pub fn new(ports: TenancyPorts, quotas: Quotas) -> Self {
         let TenancyPorts { tenants, keys, cluster, secrets, clock, usage, audit, changes } = ports;
-        Self { tenants, keys, cluster, secrets, clock, usage, audit, changes, quotas }
+        Self { tenants, keys, cluster, secrets, clock, usage, audit, changes, quotas, waker: None }
+    }
+
+    /// The same use cases, waking the reconcile loop for every tenant they create or delete.
+    #[must_use]
+    pub fn with_waker(self, waker: Waker) -> Self {
+        Self { waker: Some(waker), ..self }
+    }
+
+    fn changed(&self, tenant: TenantId) {
+        if let Some(waker) = &self.waker {
+            waker.wake(Change::Tenant(tenant));
+        }
     }
 
     /// Creates a tenant owned by `owner` and provisions it. A cluster that fails leaves
@@ -120,6 +135,7 @@ impl TenancyService {
         })?;
         tracing::info!(tenant = %tenant.id, owner = %owner, "tenant created");
         let status = provision(self.cluster.as_ref(), &tenant).await;
+        self.changed(tenant.id);
         Ok(TenantState { tenant, status })
     }
 
@@ -146,8 +162,9 @@ impl TenancyService {
         }
         let audit = AuditEvent::now(self.clock.now(), owner.to_string(), AuditAction::TenantDelete, tenant.id.to_string()).in_tenant(tenant.id).of_user(*owner);
         self.tenants.delete_tenant(&tenant.id, &audit).await?;
-        self.changes.announce(Change::TenantDeleted { tenant: tenant.id }).await;
+        self.changes.announce(nexus_ports::changes::Change::TenantDeleted { tenant: tenant.id }).await;
         tracing::info!(tenant = %tenant.id, "tenant deleted");
+        self.changed(tenant.id);
         Ok(tenant.id)
     }
 
@@ -201,7 +218,7 @@ impl TenancyService {
             return Err(Error::NotFound("this tenant has no API key with this hash".to_owned()));
         }
         self.usage.forget(&digest);
-        self.changes.announce(Change::KeyRevoked { tenant: tenant.id, key: digest }).await;
+        self.changes.announce(nexus_ports::changes::Change::KeyRevoked { tenant: tenant.id, key: digest }).await;
         tracing::info!(tenant = %tenant.id, key = %digest, "API key revoked");
         Ok(digest)
     }

@@ -81,14 +81,6 @@ impl KubeCluster {
     /// Every agent in tenant namespaces with a valid manifest. Those being deleted whose
     /// manifest is not valid are let go on the way: the loop never sees them, so without
     /// this Nexus's finalizer would hold them (and their namespace) forever.
-    /// The tenant's agent objects in one request, by name; none when its namespace is gone.
-    pub(crate) async fn list_tenant_agents(&self, tenant: &TenantId) -> Result<Vec<AgentObject>> {
-        let agents = absent_ok(self.agents_in(tenant).list(&ListParams::default()).await)?.map(|list| list.items).unwrap_or_default();
-        let mut objects: Vec<AgentObject> = agents.iter().filter_map(agent_object).collect();
-        objects.sort_by(|a, b| a.manifest.name().cmp(b.manifest.name()));
-        Ok(objects)
-    }
-
     pub(crate) async fn list_agents(&self) -> Result<Vec<AgentObject>> {
         let agents = Api::<NexusAgent>::all(self.client()).list(&ListParams::default()).await.map_err(translate)?;
         for agent in &agents.items {
@@ -100,6 +92,12 @@ impl KubeCluster {
                 }
             }
         }
+        Ok(agents.items.iter().filter_map(agent_object).collect())
+    }
+
+    /// Every agent in the tenant's namespace with a valid manifest.
+    pub(crate) async fn list_tenant_agents(&self, tenant: &TenantId) -> Result<Vec<AgentObject>> {
+        let agents = self.agents_in(tenant).list(&ListParams::default()).await.map_err(translate)?;
         Ok(agents.items.iter().filter_map(agent_object).collect())
     }
 

@@ -204,12 +204,12 @@ impl ClusterBackend for KubeCluster {
         Ok(absent_ok(self.agents_in(tenant).get(name.as_str()).await)?.as_ref().and_then(crate::agents::agent_object))
     }
 
-    async fn tenant_agent_objects(&self, tenant: &TenantId) -> Result<Vec<AgentObject>> {
-        self.list_tenant_agents(tenant).await
-    }
-
     async fn list_agent_objects(&self) -> Result<Vec<AgentObject>> {
         self.list_agents().await
+    }
+
+    async fn list_tenant_agent_objects(&self, tenant: &TenantId) -> Result<Vec<AgentObject>> {
+        self.list_tenant_agents(tenant).await
     }
 
     async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()> {
