@@ -14,7 +14,7 @@ use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::testing;
 use serde_json::{Value, json};
 
-use super::{AgentPorts, AgentService, LogQuery};
+use super::{AgentLimits, AgentPorts, AgentService, LogQuery};
 use crate::app::reconcile::{ReconcilePorts, Reconciler};
 
 /// Versions kept per agent.
@@ -65,11 +65,11 @@ impl Ports {
             clock,
             changes: crate::app::Changes::local(),
         };
-        AgentService::new(ports, Arc::new(idle), MAX_VERSIONS)
+        AgentService::new(ports, Arc::new(idle), AgentLimits { max_versions: MAX_VERSIONS, max_manifest_bytes: 1 << 20 })
     }
 
     fn with_agent(mut self, name: &'static str) -> Self {
-        self.agents.expect_list_agents().returning(move |_| Ok(vec![stored(name)]));
+        self.agents.expect_find_agent().returning(move |_, n| Ok((n.as_str() == name).then(|| stored(name))));
         self
     }
 
@@ -89,9 +89,10 @@ async fn creating_puts_the_agent_in_the_tenants_namespace_within_quota() {
         .agents
         .expect_insert_agent()
         .withf(|agent, author, quota, audit| {
-            agent.manifest.document()["metadata"]["namespace"] == tenant().id.cr_name()
+            agent.manifest.document().unwrap()["metadata"]["namespace"] == tenant().id.cr_name()
                 && author == "key:ci"
-                && *quota == 7
+                && quota.max_agents == 7
+                && quota.max_manifest_bytes == 1 << 20
                 && (audit.action, audit.actor.as_str(), audit.target.as_str(), audit.tenant) == (AuditAction::AgentCreate, "key:ci", "bot", Some(tenant().id))
         })
         .times(1)
@@ -125,7 +126,9 @@ async fn updates_must_name_the_agent_of_the_path() {
     ports
         .agents
         .expect_update_agent()
-        .withf(|_, _, _, _, keep, expected, audit| *keep == MAX_VERSIONS && expected.is_none() && audit.action == AuditAction::AgentUpdate)
+        .withf(|_, _, _, _, limits, expected, audit| {
+            limits.keep_versions == MAX_VERSIONS && limits.max_manifest_bytes == 1 << 20 && expected.is_none() && audit.action == AuditAction::AgentUpdate
+        })
         .returning(|_, m, _, _, _, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
     ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
     ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
@@ -134,45 +137,6 @@ async fn updates_must_name_the_agent_of_the_path() {
     assert!(matches!(service.update(&tenant(), "a", "ghost", document("ghost"), None).await, Err(Error::NotFound(_))));
     assert!(matches!(service.update(&tenant(), "a", "Bad_Name", document("bot"), None).await, Err(Error::InvalidRequest(_))));
     assert_eq!(service.update(&tenant(), "a", "bot", document("bot"), None).await.unwrap().agent.manifest, stored("bot").manifest);
-}
-
-#[tokio::test]
-async fn listings_come_from_memory_until_an_agent_changes() {
-    let mut ports = Ports::default();
-    let listed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = listed.clone();
-    ports.agents.expect_list_agents().returning(move |_| {
-        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(vec![stored("a-bot"), stored("b-bot")])
-    });
-    ports.agents.expect_update_agent().returning(|_, _, _, _, _, _, _| Ok(stored("b-bot")));
-    ports.cluster.expect_apply_agent().returning(|_, _| Ok(()));
-    ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
-    let running = AgentStatus { phase: nexus_ports::agents::AgentPhase::Running, node_ack: true, last_synced_at: None, message: None };
-    let status = running.clone();
-    ports.cluster.expect_list_tenant_agent_objects().returning(move |tenant| {
-        let manifest = stored("b-bot").manifest;
-        Ok(vec![nexus_ports::agents::AgentObject {
-            tenant_id: *tenant,
-            manifest,
-            generation: 1,
-            observed_generation: 1,
-            status: status.clone(),
-            deleting: false,
-        }])
-    });
-    let service = ports.service();
-    let states = service.list(&tenant()).await.unwrap();
-    assert_eq!(
-        states.iter().map(|s| (s.agent.manifest.name().as_str(), s.status.phase)).collect::<Vec<_>>(),
-        [("a-bot", AgentStatus::pending().phase), ("b-bot", running.phase)]
-    );
-    service.list(&tenant()).await.unwrap();
-    service.get(&tenant(), "a-bot").await.unwrap();
-    assert_eq!(listed.load(std::sync::atomic::Ordering::SeqCst), 1, "the store is asked once");
-    service.update(&tenant(), "a", "b-bot", document("b-bot"), None).await.unwrap();
-    service.list(&tenant()).await.unwrap();
-    assert_eq!(listed.load(std::sync::atomic::Ordering::SeqCst), 2, "a change is read back");
 }
 
 #[tokio::test]

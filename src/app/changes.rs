@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use nexus_ports::agents::Agent;
+use nexus_ports::agents::AgentSummary;
 use nexus_ports::changes::Change;
 use nexus_ports::identity::{User, UserId};
 use nexus_ports::ports::ChangeFeed;
@@ -27,7 +27,7 @@ pub struct HotCaches {
     /// Tenants by id (only tenants that exist).
     pub tenants: Cache<TenantId, Tenant>,
     /// Each tenant's agents, by name.
-    pub agents: Cache<TenantId, Arc<Vec<Agent>>>,
+    pub agents: Cache<TenantId, Arc<Vec<AgentSummary>>>,
 }
 
 impl Default for HotCaches {
