@@ -43,7 +43,10 @@ fn describe() {
     metrics::describe_gauge!("nexus_tenants", "Tenants by phase, as of the last reconcile pass.");
     metrics::describe_gauge!("nexus_agents", "Agents by phase, as of the last reconcile pass.");
     metrics::describe_histogram!("nexus_reconcile_pass_duration_seconds", metrics::Unit::Seconds, "Time one reconcile pass took.");
-    metrics::describe_counter!("nexus_auth_refusals_total", "Requests refused authentication, by reason.");
+    metrics::describe_counter!(
+        "nexus_auth_refusals_total",
+        "Requests refused authentication, by reason: missing, invalid_token, session_ended, invalid_key, expired_key."
+    );
     metrics::describe_counter!(
         "nexus_rate_limit_refusals_total",
         "Requests refused by a rate limit: per client address on /auth, or failed logins per account."
@@ -59,6 +62,9 @@ fn describe() {
     // over them are defined.
     for limit in ["auth_address", "login_account"] {
         metrics::counter!("nexus_rate_limit_refusals_total", "limit" => limit).increment(0);
+    }
+    for reason in ["missing", "invalid_token", "session_ended", "invalid_key", "expired_key"] {
+        metrics::counter!("nexus_auth_refusals_total", "reason" => reason).increment(0);
     }
 }
 
