@@ -40,9 +40,16 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time to answer an HTTP request, by method and route template."
     );
-    metrics::describe_gauge!("nexus_tenants", "Tenants by phase, as of the last reconcile pass.");
-    metrics::describe_gauge!("nexus_agents", "Agents by phase, as of the last reconcile pass.");
-    metrics::describe_histogram!("nexus_reconcile_pass_duration_seconds", metrics::Unit::Seconds, "Time one reconcile pass took.");
+    metrics::describe_gauge!("nexus_tenants", "Tenants by phase, as the reconcile loop last saw them.");
+    metrics::describe_gauge!("nexus_agents", "Agents by phase, as the reconcile loop last saw or wrote them.");
+    metrics::describe_histogram!(
+        "nexus_reconcile_item_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time the reconcile loop took over one object (kind: agent, tenant, or sweep of the lists)."
+    );
+    metrics::describe_gauge!("nexus_reconcile_queue_depth", "Objects due for reconciling and not yet taken: the reconcile loop's backlog.");
+    metrics::describe_gauge!("nexus_reconcile_objects", "Objects the reconcile loop tracks, each due at its own time.");
+    metrics::describe_counter!("nexus_reconcile_resyncs_deferred_total", "Resyncs postponed by the resync rate limit (NEXUS_RESYNC_RATE).");
     metrics::describe_counter!(
         "nexus_auth_refusals_total",
         "Requests refused authentication, by reason: missing, invalid_token, session_ended, invalid_key, expired_key."
