@@ -19,7 +19,7 @@ pub mod work_queue;
 use std::sync::{Arc, Mutex};
 
 pub use access::{AccessPorts, AccessService, Credentials, Principal};
-pub use agents::{AgentPorts, AgentService, AgentState, Condition, LiveStatus, LogQuery, RunRequest, etag};
+pub use agents::{AgentDetail, AgentLimits, AgentListing, AgentPorts, AgentService, AgentState, Condition, LiveStatus, LogQuery, RunRequest, etag};
 pub use health::{CheckOutcome, Readiness};
 pub use housekeeping::Housekeeping;
 pub use identity::{IdentityPorts, IdentityService, Registration, Session, SessionPolicy, TokenPair};
