@@ -145,12 +145,13 @@ impl AccessService {
     /// [`Error::Unauthorized`] when neither credential is valid, saying why.
     pub async fn authenticate(&self, credentials: Credentials<'_>) -> Result<Principal> {
         let now = self.clock.now();
+        // The refusal, and its reason as the `nexus_auth_refusals_total` label.
         let mut refusal = None;
         if let Some(token) = credentials.bearer {
             match self.tokens.verify(token, now) {
                 Ok(claims) if self.session_is_current(&claims).await? => return Ok(Principal::User(claims.user_id)),
-                Ok(_) => refusal = Some(Error::unauthorized("this session has ended; log in again")),
-                Err(err) => refusal = Some(err),
+                Ok(_) => refusal = Some((Error::unauthorized("this session has ended; log in again"), "session_ended")),
+                Err(err) => refusal = Some((err, "invalid_token")),
             }
         }
         if let Some(raw) = credentials.api_key {
@@ -158,16 +159,19 @@ impl AccessService {
             match self.find_key(&digest).await? {
                 Some((key, _)) if key.expired_at(now) => {
                     let end = key.expires_at.map(|end| end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
-                    refusal = Some(Error::unauthorized(format!("this API key expired at {end}")));
+                    refusal = Some((Error::unauthorized(format!("this API key expired at {end}")), "expired_key"));
                 }
                 Some((key, tenant)) => {
                     self.usage.record(digest, now);
                     return Ok(Principal::ApiKey { key, tenant });
                 }
-                None => refusal = Some(Error::unauthorized("invalid or revoked API key")),
+                None => refusal = Some((Error::unauthorized("invalid or revoked API key"), "invalid_key")),
             }
         }
-        Err(refusal.unwrap_or_else(|| Error::unauthorized("missing credentials: send Authorization: Bearer <access token> or X-API-Key: <key>")))
+        let (refusal, reason) =
+            refusal.unwrap_or_else(|| (Error::unauthorized("missing credentials: send Authorization: Bearer <access token> or X-API-Key: <key>"), "missing"));
+        metrics::counter!("nexus_auth_refusals_total", "reason" => reason).increment(1);
+        Err(refusal)
     }
 
     /// Whether the principal may make a request that reads only (`GET`, `HEAD`) or one that
