@@ -20,11 +20,25 @@ pub struct StubAgent {
     pub deployed: bool,
 }
 
+/// An agent as the stub keeps it: its manifest as compact JSON text, parsed when looked at,
+/// so that a stub standing in for a node holding large manifests costs little memory.
+#[derive(Debug, Clone)]
+struct Held {
+    manifest: String,
+    deployed: bool,
+}
+
+impl Held {
+    fn view(&self) -> StubAgent {
+        StubAgent { manifest: serde_json::from_str(&self.manifest).unwrap_or(Value::Null), deployed: self.deployed }
+    }
+}
+
 /// [`NodeProxy`] in memory.
 #[derive(Default)]
 pub struct StubNode {
     failing: AtomicBool,
-    agents: Mutex<BTreeMap<(String, String), StubAgent>>,
+    agents: Mutex<BTreeMap<(String, String), Held>>,
 }
 
 impl StubNode {
@@ -40,10 +54,10 @@ impl StubNode {
 
     /// What the node at `node` holds of `name`.
     pub fn agent(&self, node: &str, name: &str) -> Option<StubAgent> {
-        self.agents().get(&(node.to_owned(), name.to_owned())).cloned()
+        self.agents().get(&(node.to_owned(), name.to_owned())).map(Held::view)
     }
 
-    fn agents(&self) -> MutexGuard<'_, BTreeMap<(String, String), StubAgent>> {
+    fn agents(&self) -> MutexGuard<'_, BTreeMap<(String, String), Held>> {
         self.agents.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -57,7 +71,7 @@ impl NodeProxy for StubNode {
     async fn register_agent(&self, node: &str, manifest: &Value) -> Result<()> {
         self.reachable()?;
         let name = manifest["metadata"]["name"].as_str().ok_or_else(|| Error::Upstream("the stub node needs metadata.name".to_owned()))?;
-        self.agents().insert((node.to_owned(), name.to_owned()), StubAgent { manifest: manifest.clone(), deployed: false });
+        self.agents().insert((node.to_owned(), name.to_owned()), Held { manifest: manifest.to_string(), deployed: false });
         Ok(())
     }
 
