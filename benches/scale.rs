@@ -20,52 +20,17 @@
 //! runs another build of `nexus` (an older one, for before/after figures). Linux only
 //! (`/proc`).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Server, cpu_time, env_or, rss_mib};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK` on Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
-/// Requests in flight while creating.
+/// How many connections create agents at once.
 const CREATORS: usize = 8;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port()
-}
-
-/// The process's user and system CPU time so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
-    // The command name may hold spaces: fields count from after its closing parenthesis.
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    Duration::from_secs_f64(ticks / TICKS_PER_SECOND)
-}
-
-/// The process's resident memory, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
-    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("VmRSS");
-    kib / 1024.0
-}
-
-/// Kills the server when the benchmark ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// How many agents the metrics listener counts as Running.
 async fn running(client: &reqwest::Client, metrics: &str) -> usize {
@@ -100,37 +65,21 @@ async fn main() {
     let (tenants, per_tenant, resync) = (env_or("NEXUS_SCALE_TENANTS", 1000), env_or("NEXUS_SCALE_AGENTS", 10), env_or("NEXUS_SCALE_RESYNC_SECONDS", 20));
     let total = usize::try_from(tenants * per_tenant).expect("a count");
     let window = 1000.min(total / 2).max(1);
-    let db = std::env::temp_dir().join(format!("nexus-scale-{}.db", std::process::id()));
-    let (port, metrics_port) = (free_port(), free_port());
-    let binary = std::env::var("NEXUS_SCALE_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_nexus").to_owned());
-    let child = Command::new(binary)
-        .env_clear()
-        .env("NEXUS_LISTEN", format!("127.0.0.1:{port}"))
-        .env("NEXUS_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .env("NEXUS_DATABASE_URL", format!("sqlite://{}", db.display()))
-        .env("NEXUS_JWT_SECRET", "a-benchmark-secret-of-at-least-32-bytes")
-        .env("NEXUS_ACCESS_TTL", "1h")
-        .env("NEXUS_AUTH_RATE", "0")
-        .env("NEXUS_MAX_TENANTS", tenants.to_string())
-        .env("NEXUS_MAX_AGENTS", per_tenant.to_string())
-        .env("NEXUS_RESYNC", format!("{resync}s"))
-        .env("NEXUS_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("nexus starts");
-    let server = Server(child);
-    let pid = server.0.id();
-    let (base, metrics) = (format!("http://127.0.0.1:{port}"), format!("http://127.0.0.1:{metrics_port}/metrics"));
+    let server = Server::start(
+        env!("CARGO_BIN_EXE_nexus"),
+        "scale",
+        &[
+            ("NEXUS_ACCESS_TTL", "1h".to_owned()),
+            ("NEXUS_AUTH_RATE", "0".to_owned()),
+            ("NEXUS_MAX_TENANTS", tenants.to_string()),
+            ("NEXUS_MAX_AGENTS", per_tenant.to_string()),
+            ("NEXUS_RESYNC", format!("{resync}s")),
+        ],
+    )
+    .await;
+    let pid = server.pid();
+    let (base, metrics) = (server.base.clone(), server.metrics.clone());
     let client = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..200 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "nexus did not answer");
 
     let session: Value = client
         .post(format!("{base}/auth/register"))
@@ -210,9 +159,6 @@ async fn main() {
     let idle_cpu = (cpu_time(pid) - cpu_before).as_secs_f64() / idle_started.elapsed().as_secs_f64();
     let rss = rss_mib(pid);
     drop(server);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
 
     println!("{tenants} tenants x {per_tenant} agents on the stub node, resync {resync} s, {CREATORS} creating connections");
     println!("{:<52} {:>12}", "measure", "value");
