@@ -18,8 +18,8 @@ use nexus_store_sea_orm::SqlStore;
 use crate::app::housekeeping::PRUNE_EVERY;
 use crate::app::key_usage::FLUSH_EVERY;
 use crate::app::{
-    AccessPorts, AccessService, AgentPorts, AgentService, AuthThrottle, Housekeeping, IdentityPorts, IdentityService, KeyUsage, LoginLimit, Nexus, Quotas,
-    Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
+    AccessPorts, AccessService, AgentPorts, AgentService, AuthThrottle, EventSettings, Housekeeping, IdentityPorts, IdentityService, KeyUsage, LoginLimit,
+    Nexus, Quotas, Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
 };
 use crate::config::{ClusterKind, NodeKind, ServeConfig};
 
@@ -137,7 +137,13 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         resync,
     ));
     let agents = AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock }, reconciler.clone(), config.max_versions)
-        .with_run_timeout(*config.run_timeout);
+        .with_run_timeout(*config.run_timeout)
+        .with_events(EventSettings {
+            poll: *config.events_poll,
+            heartbeat: *config.events_heartbeat,
+            max_streams: config.events_max_streams,
+            max_duration: *config.events_max_duration,
+        });
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
     let auth_throttle = AuthThrottle::new(config.auth_rate, config.trusted_proxies.clone());
     let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, auth_throttle, background: Mutex::default() });

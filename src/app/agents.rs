@@ -15,6 +15,8 @@ use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase};
 use nexus_ports::{Error, Result};
 use serde_json::Value;
 
+use self::events::OpenStreams;
+pub use self::events::{AgentEvent, EventSettings};
 use super::reconcile::Reconciler;
 use super::traces::{NODE_TRACE_WINDOW, RunMetrics, run_metrics, started_at};
 
@@ -94,6 +96,8 @@ pub struct AgentService {
     reconciler: Arc<Reconciler>,
     max_versions: u32,
     run_timeout: std::time::Duration,
+    events: EventSettings,
+    open_streams: Arc<OpenStreams>,
 }
 
 fn missing(name: &AgentName) -> Error {
@@ -117,7 +121,23 @@ impl AgentService {
     /// `max_versions` versions.
     pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>, max_versions: u32) -> Self {
         let AgentPorts { agents, cluster, node, clock } = ports;
-        Self { agents, cluster, node, clock, reconciler, max_versions, run_timeout: DEFAULT_RUN_TIMEOUT }
+        Self {
+            agents,
+            cluster,
+            node,
+            clock,
+            reconciler,
+            max_versions,
+            run_timeout: DEFAULT_RUN_TIMEOUT,
+            events: EventSettings::default(),
+            open_streams: Arc::default(),
+        }
+    }
+
+    /// The same, with live status streams behaving as `events` says.
+    #[must_use]
+    pub fn with_events(self, events: EventSettings) -> Self {
+        Self { events, ..self }
     }
 
     /// The same, with runs waiting at most `timeout` for their node.
@@ -404,6 +424,9 @@ fn keep(trace: &Value, query: &LogQuery) -> bool {
     let since_ok = query.since.is_none_or(|since| time.is_none_or(|t| t >= since));
     level_ok && since_ok
 }
+
+#[path = "agent_events.rs"]
+mod events;
 
 #[cfg(test)]
 #[path = "agents_tests.rs"]

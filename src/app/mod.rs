@@ -18,7 +18,7 @@ pub mod traces;
 use std::sync::{Arc, Mutex};
 
 pub use access::{AccessPorts, AccessService, Credentials, Principal};
-pub use agents::{AgentPorts, AgentService, AgentState, Condition, LiveStatus, LogQuery, RunRequest, etag};
+pub use agents::{AgentEvent, AgentPorts, AgentService, AgentState, Condition, EventSettings, LiveStatus, LogQuery, RunRequest, etag};
 pub use health::{CheckOutcome, Readiness};
 pub use housekeeping::Housekeeping;
 pub use identity::{IdentityPorts, IdentityService, Registration, Session, SessionPolicy, TokenPair};

@@ -7,6 +7,7 @@ mod support;
 mod agents;
 mod concurrency;
 mod deploy;
+mod events;
 mod health;
 mod identity;
 mod input;
