@@ -115,6 +115,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             access_tokens: access_tokens.clone(),
             secrets: secrets.clone(),
             clock: clock.clone(),
+            audit: store.clone(),
         },
         SessionPolicy { refresh_ttl, session_max, login_limit },
     );
@@ -128,10 +129,25 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     });
     let quotas = Quotas { max_tenants: config.max_tenants, max_keys: config.max_keys, max_agents: config.max_agents };
     let tenancy = TenancyService::new(
-        TenancyPorts { tenants: store.clone(), keys: store.clone(), cluster: cluster.clone(), secrets, clock: clock.clone(), usage: key_usage.clone() },
+        TenancyPorts {
+            tenants: store.clone(),
+            keys: store.clone(),
+            cluster: cluster.clone(),
+            secrets,
+            clock: clock.clone(),
+            usage: key_usage.clone(),
+            audit: store.clone(),
+        },
         quotas,
     );
-    let housekeeping = Housekeeping { refresh_tokens: store.clone(), login_attempts: store.clone(), clock: clock.clone(), login_window: login_limit.window };
+    let housekeeping = Housekeeping {
+        refresh_tokens: store.clone(),
+        login_attempts: store.clone(),
+        audit: store.clone(),
+        clock: clock.clone(),
+        login_window: login_limit.window,
+        audit_retention: lifetime(config.audit_retention)?,
+    };
     let reconciler = Arc::new(Reconciler::new(
         ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: store.clone(), tenants: store.clone(), clock: clock.clone() },
         resync,

@@ -87,6 +87,10 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_LOGIN_WINDOW", default_value = "15m", global = true)]
     pub login_window: humantime::Duration,
 
+    /// How long audit events are kept; older ones are pruned hourly.
+    #[arg(long, env = "NEXUS_AUDIT_RETENTION", default_value = "90d", global = true)]
+    pub audit_retention: humantime::Duration,
+
     /// Proxies whose `X-Forwarded-For` is believed, as comma-separated CIDRs or addresses
     /// (`10.0.0.0/8,192.0.2.7`). From any other peer the header is ignored.
     #[arg(long, env = "NEXUS_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net, global = true)]
@@ -235,6 +239,7 @@ impl ServeConfig {
         duration_within("NEXUS_SESSION_MAX (--session-max)", self.session_max, SECOND, 365 * DAY)?;
         duration_within("NEXUS_RESYNC (--resync)", self.resync, Duration::from_millis(100), DAY)?;
         duration_within("NEXUS_LOGIN_WINDOW (--login-window)", self.login_window, SECOND, DAY)?;
+        duration_within("NEXUS_AUDIT_RETENTION (--audit-retention)", self.audit_retention, 60 * SECOND, 3650 * DAY)?;
         duration_within("NEXUS_RUN_TIMEOUT (--run-timeout)", self.run_timeout, Duration::from_millis(100), Duration::from_secs(3600))?;
         duration_within("NEXUS_EVENTS_POLL (--events-poll)", self.events_poll, Duration::from_millis(50), Duration::from_secs(60))?;
         duration_within("NEXUS_EVENTS_HEARTBEAT (--events-heartbeat)", self.events_heartbeat, SECOND, Duration::from_secs(300))?;

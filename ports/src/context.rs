@@ -1,12 +1,14 @@
 //! The request a piece of work is done for, carried along the task that serves it, so that
-//! adapters can pass its id on (the node client sends it with every node call) without
-//! every port taking it as an argument.
+//! adapters can pass its id on (the node client sends it with every node call) and audit
+//! events can name it and its client address, without every port taking them as arguments.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 tokio::task_local! {
     static REQUEST_ID: Arc<str>;
+    static SOURCE_IP: IpAddr;
 }
 
 /// Runs `work` as part of the request `id`.
@@ -18,4 +20,15 @@ pub async fn with_request_id<F: Future>(id: Arc<str>, work: F) -> F::Output {
 #[must_use]
 pub fn request_id() -> Option<Arc<str>> {
     REQUEST_ID.try_with(Arc::clone).ok()
+}
+
+/// Runs `work` for a request from the client at `address`.
+pub async fn with_source_ip<F: Future>(address: IpAddr, work: F) -> F::Output {
+    SOURCE_IP.scope(address, work).await
+}
+
+/// The client address of the request the current task serves, if known.
+#[must_use]
+pub fn source_ip() -> Option<IpAddr> {
+    SOURCE_IP.try_with(|address| *address).ok()
 }

@@ -13,6 +13,7 @@ use crate::Result;
 use serde_json::Value;
 
 use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion, PublishedVersion};
+use crate::audit::{AuditCursor, AuditEvent, AuditPage};
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
 use crate::node_names::NodeSharing;
 use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
@@ -22,11 +23,11 @@ use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTo
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
-    /// Stores a new user.
+    /// Stores a new user, and `audit` with it.
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when a user with the same (normalised) email exists.
-    async fn insert_user(&self, user: &NewUser) -> Result<()>;
+    async fn insert_user(&self, user: &NewUser, audit: &AuditEvent) -> Result<()>;
 
     /// The user with this email and its password hash, if any.
     async fn find_credentials(&self, email: &Email) -> Result<Option<UserCredentials>>;
@@ -35,19 +36,19 @@ pub trait UserStore: Send + Sync + 'static {
     async fn find_user(&self, id: &UserId) -> Result<Option<User>>;
 
     /// Replaces the user's password hash and, in the same step, ends every session of the
-    /// user at `at` as [`UserStore::end_sessions`] does.
+    /// user at `at` as [`UserStore::end_sessions`] does; records `audit` in the same step.
     ///
     /// # Errors
     /// [`Error::NotFound`] when there is no such user.
-    async fn change_password(&self, user: &UserId, hash: &PasswordHash, at: DateTime<Utc>) -> Result<()>;
+    async fn change_password(&self, user: &UserId, hash: &PasswordHash, at: DateTime<Utc>, audit: &AuditEvent) -> Result<()>;
 
     /// Ends every session of the user at `at`, in one step: each of its live refresh tokens
     /// is revoked, and `at` becomes the moment before which its access tokens are refused
-    /// (by every process sharing the store).
+    /// (by every process sharing the store). Records `audit` in the same step.
     ///
     /// # Errors
     /// [`Error::NotFound`] when there is no such user.
-    async fn end_sessions(&self, user: &UserId, at: DateTime<Utc>) -> Result<()>;
+    async fn end_sessions(&self, user: &UserId, at: DateTime<Utc>, audit: &AuditEvent) -> Result<()>;
 
     /// The moment before which the user's access tokens are refused: when its sessions
     /// were last ended. `None` when they never were (or there is no such user).
@@ -77,11 +78,12 @@ pub trait LoginAttemptStore: Send + Sync + 'static {
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait RefreshTokenStore: Send + Sync + 'static {
-    /// Stores a new token (the first of a family, at login or registration).
+    /// Stores a new token (the first of a family, at login or registration), and `audit`
+    /// with it when given.
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when the digest is already stored.
-    async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> Result<()>;
+    async fn insert_refresh_token<'a>(&self, token: &RefreshTokenRecord, audit: Option<&'a AuditEvent>) -> Result<()>;
 
     /// Rotates the token with digest `presented` as one atomic step: when it is live (not
     /// revoked, not expired at `now`, its session not over) it is revoked and
@@ -90,11 +92,12 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     /// one sees [`Rotation::Rotated`].
     async fn rotate_refresh_token(&self, presented: &SecretDigest, replacement: &Replacement, now: DateTime<Utc>) -> Result<Rotation>;
 
-    /// Revokes every live token of a family; returns how many it revoked.
-    async fn revoke_family(&self, family: &FamilyId, now: DateTime<Utc>) -> Result<u64>;
+    /// Revokes every live token of a family, recording `audit` in the same step when
+    /// given; returns how many it revoked.
+    async fn revoke_family<'a>(&self, family: &FamilyId, now: DateTime<Utc>, audit: Option<&'a AuditEvent>) -> Result<u64>;
 
-    /// The family of the stored token with this digest (live or not), if any.
-    async fn family_of(&self, digest: &SecretDigest) -> Result<Option<FamilyId>>;
+    /// The family of the stored token with this digest (live or not), and its user, if any.
+    async fn family_of(&self, digest: &SecretDigest) -> Result<Option<(FamilyId, UserId)>>;
 
     /// Deletes the tokens no one can use any more: those expired at `now`, and every token
     /// of a family with no live token left. Returns how many it deleted. Rotated tokens of
@@ -107,12 +110,13 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
 #[async_trait]
 pub trait TenantStore: Send + Sync + 'static {
     /// Stores a new tenant, unless its owner already owns `max_tenants`. The count and the
-    /// insert are one atomic step: racing inserts never exceed the quota.
+    /// insert are one atomic step: racing inserts never exceed the quota. Records `audit`
+    /// in the same step.
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when the id is taken; [`Error::NotFound`] when its owner
     /// does not exist; [`Error::Conflict`] when the quota is reached.
-    async fn insert_tenant(&self, tenant: &Tenant, max_tenants: u32) -> Result<()>;
+    async fn insert_tenant(&self, tenant: &Tenant, max_tenants: u32, audit: &AuditEvent) -> Result<()>;
 
     /// The tenant with this id, if any.
     async fn find_tenant(&self, id: &TenantId) -> Result<Option<Tenant>>;
@@ -123,8 +127,9 @@ pub trait TenantStore: Send + Sync + 'static {
     /// Every tenant, oldest first (to re-apply them to the cluster at start-up).
     async fn list_all_tenants(&self) -> Result<Vec<Tenant>>;
 
-    /// Deletes a tenant and, in the same step, its API keys and agents; whether it existed.
-    async fn delete_tenant(&self, id: &TenantId) -> Result<bool>;
+    /// Deletes a tenant and, in the same step, its API keys and agents, recording `audit`
+    /// when it existed; whether it did.
+    async fn delete_tenant(&self, id: &TenantId, audit: &AuditEvent) -> Result<bool>;
 }
 
 /// Tenant-scoped API keys, by digest.
@@ -132,12 +137,13 @@ pub trait TenantStore: Send + Sync + 'static {
 #[async_trait]
 pub trait ApiKeyStore: Send + Sync + 'static {
     /// Stores a new key, unless its tenant already has `max_keys`. The count and the insert
-    /// are one atomic step: racing inserts never exceed the quota.
+    /// are one atomic step: racing inserts never exceed the quota. Records `audit` in the
+    /// same step.
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when the digest is stored already; [`Error::NotFound`] when
     /// its tenant does not exist; [`Error::Conflict`] when the quota is reached.
-    async fn insert_key(&self, key: &ApiKey, max_keys: u32) -> Result<()>;
+    async fn insert_key(&self, key: &ApiKey, max_keys: u32, audit: &AuditEvent) -> Result<()>;
 
     /// The key with this digest and its tenant, in one indexed lookup.
     async fn find_key(&self, digest: &SecretDigest) -> Result<Option<(ApiKey, Tenant)>>;
@@ -145,8 +151,8 @@ pub trait ApiKeyStore: Send + Sync + 'static {
     /// A tenant's keys, oldest first.
     async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKey>>;
 
-    /// Deletes a key of the tenant; whether it existed there.
-    async fn delete_key(&self, tenant: &TenantId, digest: &SecretDigest) -> Result<bool>;
+    /// Deletes a key of the tenant, recording `audit` when it existed there; whether it did.
+    async fn delete_key(&self, tenant: &TenantId, digest: &SecretDigest, audit: &AuditEvent) -> Result<bool>;
 
     /// Records when keys were last used, keeping the later time where one is stored already.
     /// Keys that no longer exist are passed over.
@@ -159,23 +165,24 @@ pub trait ApiKeyStore: Send + Sync + 'static {
 #[async_trait]
 pub trait AgentStore: Send + Sync + 'static {
     /// Registers a new agent as version 1 (whatever its `version_number` says), unless the tenant already runs `max_agents`.
-    /// The quota check and the insert are one atomic step.
+    /// The quota check and the insert are one atomic step, which records `audit` too.
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when the tenant has an agent of that name;
     /// [`Error::Conflict`] when the quota is reached; [`Error::NotFound`] when the tenant
     /// does not exist.
-    async fn insert_agent(&self, agent: &Agent, author: &str, max_agents: u32) -> Result<()>;
+    async fn insert_agent(&self, agent: &Agent, author: &str, max_agents: u32, audit: &AuditEvent) -> Result<()>;
 
     /// Replaces an agent's manifest and appends a version numbered one past the last
     /// (keeping the manifest with it); then keeps only the newest `keep_versions` (at least
     /// the new one), in the same step. Numbers are never reused while the agent exists.
     /// With `expected`, only when the agent's current version is that number (checked in
-    /// the same step). Returns the updated agent.
+    /// the same step). Records `audit` in the same step. Returns the updated agent.
     ///
     /// # Errors
     /// [`Error::NotFound`] when the tenant has no agent of that name;
     /// [`Error::PreconditionFailed`] when its current version is not `expected`.
+    #[allow(clippy::too_many_arguments)]
     async fn update_agent(
         &self,
         tenant: &TenantId,
@@ -184,6 +191,7 @@ pub trait AgentStore: Send + Sync + 'static {
         at: DateTime<Utc>,
         keep_versions: u32,
         expected: Option<u32>,
+        audit: &AuditEvent,
     ) -> Result<Agent>;
 
     /// The tenant's agent of that name, if any.
@@ -195,12 +203,13 @@ pub trait AgentStore: Send + Sync + 'static {
     /// Every tenant's agents (to re-apply them to the cluster at start-up).
     async fn list_all_agents(&self) -> Result<Vec<Agent>>;
 
-    /// Deletes an agent and its history; whether it existed. With `expected`, only when
-    /// its current version is that number (checked in the same step).
+    /// Deletes an agent and its history, recording `audit` when it existed; whether it did.
+    /// With `expected`, only when its current version is that number (checked in the same
+    /// step).
     ///
     /// # Errors
     /// [`Error::PreconditionFailed`] when its current version is not `expected`.
-    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, expected: Option<u32>) -> Result<bool>;
+    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, expected: Option<u32>, audit: &AuditEvent) -> Result<bool>;
 
     /// An agent's versions, oldest first (empty when there is no such agent).
     async fn list_versions(&self, tenant: &TenantId, name: &AgentName) -> Result<Vec<AgentVersion>>;
@@ -208,6 +217,25 @@ pub trait AgentStore: Send + Sync + 'static {
     /// One version of an agent with its manifest; `None` when the agent has no such version
     /// (never had, or pruned).
     async fn find_version(&self, tenant: &TenantId, name: &AgentName, number: u32) -> Result<Option<PublishedVersion>>;
+}
+
+/// The audit trail. Changes record their events through the store methods that make them
+/// (in the same transaction); this records the events that go with no change, and reads
+/// and prunes the trail.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Records an event that goes with no stored change (a failed login).
+    async fn record_event(&self, event: &AuditEvent) -> Result<()>;
+
+    /// A tenant's events, newest first: at most `limit`, starting after `after`.
+    async fn tenant_events(&self, tenant: &TenantId, limit: u32, after: Option<AuditCursor>) -> Result<AuditPage>;
+
+    /// A user's events, newest first: at most `limit`, starting after `after`.
+    async fn user_events(&self, user: &UserId, limit: u32, after: Option<AuditCursor>) -> Result<AuditPage>;
+
+    /// Deletes the events older than `before`; returns how many.
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 
 /// A tenant's astromesh-node, reached at its endpoint.

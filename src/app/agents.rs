@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion, PublishedVersion};
+use nexus_ports::audit::{AuditAction, AuditEvent};
 use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase};
@@ -155,7 +156,8 @@ impl AgentService {
         let manifest = AgentManifest::parse(document)?.in_namespace(&tenant.id.cr_name());
         let now = self.clock.now();
         let agent = Agent { tenant_id: tenant.id, manifest, version_number: 1, created_at: now, updated_at: now };
-        self.agents.insert_agent(&agent, author, tenant.max_agents).await.map_err(|err| match err {
+        let audit = AuditEvent::now(now, author, AuditAction::AgentCreate, agent.manifest.name().as_str()).in_tenant(tenant.id);
+        self.agents.insert_agent(&agent, author, tenant.max_agents, &audit).await.map_err(|err| match err {
             Error::AlreadyExists(_) => Error::AlreadyExists(format!("an agent named {} already exists in this tenant", agent.manifest.name())),
             other => other,
         })?;
@@ -231,13 +233,16 @@ impl AgentService {
             return Err(Error::Conflict(format!("metadata.name {} differs from the agent in the path, {name}", manifest.name())));
         }
         let expected = self.expected(tenant, &name, condition).await?;
-        self.publish(tenant, author, &manifest, expected).await
+        self.publish(tenant, author, &manifest, expected, AuditAction::AgentUpdate).await
     }
 
-    /// Publishes `manifest` as the agent's next version and sends it to the cluster.
-    async fn publish(&self, tenant: &Tenant, author: &str, manifest: &AgentManifest, expected: Option<u32>) -> Result<AgentState> {
+    /// Publishes `manifest` as the agent's next version and sends it to the cluster,
+    /// recording `action` in the audit trail.
+    async fn publish(&self, tenant: &Tenant, author: &str, manifest: &AgentManifest, expected: Option<u32>, action: AuditAction) -> Result<AgentState> {
         let name = manifest.name();
-        let agent = self.agents.update_agent(&tenant.id, manifest, author, self.clock.now(), self.max_versions, expected).await.map_err(|err| match err {
+        let now = self.clock.now();
+        let audit = AuditEvent::now(now, author, action, name.as_str()).in_tenant(tenant.id);
+        let agent = self.agents.update_agent(&tenant.id, manifest, author, now, self.max_versions, expected, &audit).await.map_err(|err| match err {
             Error::NotFound(_) => missing(name),
             other => other,
         })?;
@@ -288,21 +293,22 @@ impl AgentService {
             .ok_or_else(|| Error::Conflict(format!("version {number} was published before versions kept their manifest: it cannot be restored")))?;
         let manifest = manifest.in_namespace(&tenant.id.cr_name());
         let expected = self.expected(tenant, manifest.name(), condition).await?;
-        let state = self.publish(tenant, author, &manifest, expected).await?;
+        let state = self.publish(tenant, author, &manifest, expected, AuditAction::AgentRollback).await?;
         tracing::info!(tenant = %tenant.id, agent = %manifest.name(), from = number, to = state.agent.version_number, "agent rolled back");
         Ok(state)
     }
 
-    /// Deletes an agent; the reconcile loop removes it from its node. With a `condition`,
-    /// only when it holds.
+    /// Deletes an agent for `author`; the reconcile loop removes it from its node. With a
+    /// `condition`, only when it holds.
     ///
     /// # Errors
     /// [`Error::NotFound`] when there is no such agent; [`Error::PreconditionFailed`] when
     /// the condition does not hold (nothing is deleted).
-    pub async fn delete(&self, tenant: &Tenant, name: &str, condition: Option<&Condition>) -> Result<AgentName> {
+    pub async fn delete(&self, tenant: &Tenant, author: &str, name: &str, condition: Option<&Condition>) -> Result<AgentName> {
         let name = AgentName::parse(name)?;
         let expected = self.expected(tenant, &name, condition).await?;
-        if !self.agents.delete_agent(&tenant.id, &name, expected).await? {
+        let audit = AuditEvent::now(self.clock.now(), author, AuditAction::AgentDelete, name.as_str()).in_tenant(tenant.id);
+        if !self.agents.delete_agent(&tenant.id, &name, expected, &audit).await? {
             return Err(missing(&name));
         }
         tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");

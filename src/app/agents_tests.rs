@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use nexus_ports::Error;
 use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus};
+use nexus_ports::audit::AuditAction;
 use nexus_ports::identity::UserId;
 use nexus_ports::node_names::{NodeNames, NodeSharing};
 use nexus_ports::ports::{MockAgentStore, MockClock, MockClusterBackend, MockNodeProxy, MockTenantStore};
@@ -81,9 +82,14 @@ async fn creating_puts_the_agent_in_the_tenants_namespace_within_quota() {
     ports
         .agents
         .expect_insert_agent()
-        .withf(|agent, author, quota| agent.manifest.document()["metadata"]["namespace"] == tenant().id.cr_name() && author == "key:ci" && *quota == 7)
+        .withf(|agent, author, quota, audit| {
+            agent.manifest.document()["metadata"]["namespace"] == tenant().id.cr_name()
+                && author == "key:ci"
+                && *quota == 7
+                && (audit.action, audit.actor.as_str(), audit.target.as_str(), audit.tenant) == (AuditAction::AgentCreate, "key:ci", "bot", Some(tenant().id))
+        })
         .times(1)
-        .returning(|_, _, _| Ok(()));
+        .returning(|_, _, _, _| Ok(()));
     ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
     let state = ports.service().create(&tenant(), "key:ci", document("bot")).await.unwrap();
     assert_eq!(state.status, AgentStatus::pending());
@@ -95,7 +101,7 @@ async fn invalid_duplicate_and_over_quota_agents_are_refused() {
     assert!(matches!(service.create(&tenant(), "a", json!({"kind": "Agent"})).await, Err(Error::InvalidFields(_))));
 
     let mut ports = Ports::default();
-    ports.agents.expect_insert_agent().returning(|agent, _, _| match agent.manifest.name().as_str() {
+    ports.agents.expect_insert_agent().returning(|agent, _, _, _| match agent.manifest.name().as_str() {
         "dup" => Err(Error::AlreadyExists("x".into())),
         _ => Err(Error::Conflict("the tenant has reached its quota of 7 agents".into())),
     });
@@ -113,8 +119,8 @@ async fn updates_must_name_the_agent_of_the_path() {
     ports
         .agents
         .expect_update_agent()
-        .withf(|_, _, _, _, keep, expected| *keep == MAX_VERSIONS && expected.is_none())
-        .returning(|_, m, _, _, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
+        .withf(|_, _, _, _, keep, expected, audit| *keep == MAX_VERSIONS && expected.is_none() && audit.action == AuditAction::AgentUpdate)
+        .returning(|_, m, _, _, _, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
     ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
     ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
     let service = ports.service();
@@ -127,11 +133,14 @@ async fn updates_must_name_the_agent_of_the_path() {
 #[tokio::test]
 async fn deleting_asks_the_cluster_to_let_the_agent_go() {
     let mut ports = Ports::default();
-    ports.agents.expect_delete_agent().returning(|_, n, _| Ok(n.as_str() == "bot"));
+    ports
+        .agents
+        .expect_delete_agent()
+        .returning(|_, n, _, audit| Ok(n.as_str() == "bot" && audit.action == AuditAction::AgentDelete && audit.actor == "usr_a"));
     ports.cluster.expect_request_agent_deletion().times(1).returning(|_, _| Ok(()));
     let service = ports.service();
-    assert!(matches!(service.delete(&tenant(), "ghost", None).await, Err(Error::NotFound(_))));
-    assert_eq!(service.delete(&tenant(), "bot", None).await.unwrap().as_str(), "bot");
+    assert!(matches!(service.delete(&tenant(), "usr_a", "ghost", None).await, Err(Error::NotFound(_))));
+    assert_eq!(service.delete(&tenant(), "usr_a", "bot", None).await.unwrap().as_str(), "bot");
 }
 
 #[tokio::test]

@@ -1,13 +1,13 @@
 //! Periodic pruning, so that tables fed by every login do not grow without end: refresh
 //! tokens no one can use any more (expired, or of a family with no live token left) and
-//! login-attempt windows that have ended. Every replica may run it; deleting twice is
-//! harmless.
+//! login-attempt windows that have ended; and audit events past their retention. Every
+//! replica may run it; deleting twice is harmless.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_ports::Result;
-use nexus_ports::ports::{Clock, LoginAttemptStore, RefreshTokenStore};
+use nexus_ports::ports::{AuditStore, Clock, LoginAttemptStore, RefreshTokenStore};
 
 /// How often pruning runs.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -16,21 +16,25 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub struct Housekeeping {
     pub refresh_tokens: Arc<dyn RefreshTokenStore>,
     pub login_attempts: Arc<dyn LoginAttemptStore>,
+    pub audit: Arc<dyn AuditStore>,
     pub clock: Arc<dyn Clock>,
     /// The login-attempt window: windows that began longer ago than this have ended.
     pub login_window: chrono::Duration,
+    /// How long audit events are kept.
+    pub audit_retention: chrono::Duration,
 }
 
 impl Housekeeping {
-    /// Prunes once; returns how many refresh tokens and attempt windows went.
+    /// Prunes once; returns how many refresh tokens, attempt windows and audit events went.
     ///
     /// # Errors
     /// What the store answered.
-    pub async fn prune(&self) -> Result<(u64, u64)> {
+    pub async fn prune(&self) -> Result<(u64, u64, u64)> {
         let now = self.clock.now();
         let tokens = self.refresh_tokens.prune_refresh_tokens(now).await?;
         let windows = self.login_attempts.prune_login_attempts(now - self.login_window).await?;
-        Ok((tokens, windows))
+        let events = self.audit.prune_events(now - self.audit_retention).await?;
+        Ok((tokens, windows, events))
     }
 
     /// Prunes now and then every `every`, for ever; a failure is logged and retried at
@@ -41,7 +45,7 @@ impl Housekeeping {
         loop {
             ticks.tick().await;
             match self.prune().await {
-                Ok((tokens, windows)) => tracing::debug!(tokens, windows, "pruned refresh tokens and login-attempt windows"),
+                Ok((tokens, windows, events)) => tracing::debug!(tokens, windows, events, "pruned refresh tokens, login-attempt windows and audit events"),
                 Err(err) => tracing::warn!(error = %err, "pruning failed; will retry"),
             }
         }
@@ -53,7 +57,7 @@ mod tests {
     use chrono::{TimeZone, Utc};
     use mockall::predicate::eq;
     use nexus_ports::Error;
-    use nexus_ports::ports::{MockClock, MockLoginAttemptStore, MockRefreshTokenStore};
+    use nexus_ports::ports::{MockAuditStore, MockClock, MockLoginAttemptStore, MockRefreshTokenStore};
 
     use super::*;
 
@@ -64,11 +68,15 @@ mod tests {
     fn housekeeping(tokens: MockRefreshTokenStore, attempts: MockLoginAttemptStore) -> Housekeeping {
         let mut clock = MockClock::new();
         clock.expect_now().returning(now);
+        let mut audit = MockAuditStore::new();
+        audit.expect_prune_events().with(eq(now() - chrono::Duration::days(90))).returning(|_| Ok(4));
         Housekeeping {
             refresh_tokens: Arc::new(tokens),
             login_attempts: Arc::new(attempts),
+            audit: Arc::new(audit),
             clock: Arc::new(clock),
             login_window: chrono::Duration::minutes(15),
+            audit_retention: chrono::Duration::days(90),
         }
     }
 
@@ -77,7 +85,7 @@ mod tests {
         let (mut tokens, mut attempts) = (MockRefreshTokenStore::new(), MockLoginAttemptStore::new());
         tokens.expect_prune_refresh_tokens().with(eq(now())).times(1).returning(|_| Ok(3));
         attempts.expect_prune_login_attempts().with(eq(now() - chrono::Duration::minutes(15))).times(1).returning(|_| Ok(2));
-        assert_eq!(housekeeping(tokens, attempts).prune().await.unwrap(), (3, 2));
+        assert_eq!(housekeeping(tokens, attempts).prune().await.unwrap(), (3, 2, 4));
     }
 
     #[tokio::test(start_paused = true)]

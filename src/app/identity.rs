@@ -12,8 +12,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use nexus_ports::audit::{AuditAction, AuditEvent, AuditPage};
 use nexus_ports::identity::{DisplayName, Email, NewUser, Password, User, UserId};
-use nexus_ports::ports::{AccessTokens, Clock, LoginAttemptStore, PasswordHasher, RefreshTokenStore, SecretGenerator, UserStore};
+use nexus_ports::ports::{AccessTokens, AuditStore, Clock, LoginAttemptStore, PasswordHasher, RefreshTokenStore, SecretGenerator, UserStore};
 use nexus_ports::tokens::{AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation};
 use nexus_ports::{Error, Result};
 
@@ -57,6 +58,7 @@ pub struct IdentityPorts {
     pub access_tokens: Arc<dyn AccessTokens>,
     pub secrets: Arc<dyn SecretGenerator>,
     pub clock: Arc<dyn Clock>,
+    pub audit: Arc<dyn AuditStore>,
 }
 
 /// How long sessions last, and how many failed logins an account may see.
@@ -100,12 +102,13 @@ impl IdentityService {
         }
         let password_hash = self.ports.hasher.hash(&password).await?;
         let user = User { id: UserId::generate(), email, display_name, created_at: self.ports.clock.now() };
-        self.ports.users.insert_user(&NewUser { user: user.clone(), password_hash }).await.map_err(|err| match err {
+        let audit = user_event(&user.id, user.created_at, AuditAction::UserRegister);
+        self.ports.users.insert_user(&NewUser { user: user.clone(), password_hash }, &audit).await.map_err(|err| match err {
             Error::AlreadyExists(_) => taken(),
             other => other,
         })?;
         tracing::info!(user = %user.id, "user registered");
-        self.start_session(user).await
+        self.start_session(user, None).await
     }
 
     /// Signs a user in. Unknown emails and wrong passwords get the same error after the
@@ -129,9 +132,14 @@ impl IdentityService {
         match credentials {
             Some(credentials) if matches => {
                 self.clear_attempts(&email).await;
-                self.start_session(credentials.user).await
+                let audit = user_event(&credentials.user.id, self.ports.clock.now(), AuditAction::UserLogin);
+                self.start_session(credentials.user, Some(&audit)).await
             }
-            _ => Err(Error::unauthorized(BAD_LOGIN)),
+            Some(credentials) => {
+                self.record_failed_login(&credentials.user.id).await;
+                Err(Error::unauthorized(BAD_LOGIN))
+            }
+            None => Err(Error::unauthorized(BAD_LOGIN)),
         }
     }
 
@@ -153,7 +161,7 @@ impl IdentityService {
                 Ok(TokenPair { access, refresh, refresh_expires_at: expires_at })
             }
             Rotation::Reused { user_id, family_id } => {
-                let revoked = self.ports.refresh_tokens.revoke_family(&family_id, now).await?;
+                let revoked = self.ports.refresh_tokens.revoke_family(&family_id, now, None).await?;
                 tracing::warn!(user = %user_id, revoked, "refresh token presented after rotation: its session was revoked");
                 Err(Error::unauthorized("refresh token has already been used; the session was revoked, log in again"))
             }
@@ -167,8 +175,10 @@ impl IdentityService {
     /// unknown (or already revoked) is not an error: there is nothing to reveal.
     pub async fn logout(&self, presented: &str) -> Result<()> {
         let digest = OpaqueSecret::new(presented.to_owned()).digest();
-        if let Some(family) = self.ports.refresh_tokens.family_of(&digest).await? {
-            let revoked = self.ports.refresh_tokens.revoke_family(&family, self.ports.clock.now()).await?;
+        if let Some((family, user)) = self.ports.refresh_tokens.family_of(&digest).await? {
+            let now = self.ports.clock.now();
+            let audit = user_event(&user, now, AuditAction::UserLogout);
+            let revoked = self.ports.refresh_tokens.revoke_family(&family, now, Some(&audit)).await?;
             tracing::info!(revoked, "logged out: a session was revoked");
         }
         Ok(())
@@ -180,7 +190,9 @@ impl IdentityService {
     /// # Errors
     /// [`Error::Unauthorized`] when the user no longer exists.
     pub async fn end_sessions(&self, user: &UserId) -> Result<()> {
-        self.ports.users.end_sessions(user, self.ports.clock.now()).await.map_err(gone_as_unauthorized)?;
+        let now = self.ports.clock.now();
+        let audit = user_event(user, now, AuditAction::UserSessionsRevoked);
+        self.ports.users.end_sessions(user, now, &audit).await.map_err(gone_as_unauthorized)?;
         tracing::info!(user = %user, "every session of the user was ended");
         Ok(())
     }
@@ -204,7 +216,9 @@ impl IdentityService {
         }
         self.clear_attempts(&email).await;
         let hash = self.ports.hasher.hash(&new).await?;
-        self.ports.users.change_password(user, &hash, self.ports.clock.now()).await.map_err(gone_as_unauthorized)?;
+        let now = self.ports.clock.now();
+        let audit = user_event(user, now, AuditAction::UserPasswordChange);
+        self.ports.users.change_password(user, &hash, now, &audit).await.map_err(gone_as_unauthorized)?;
         tracing::info!(user = %user, "password changed; every session of the user was ended");
         Ok(())
     }
@@ -217,6 +231,25 @@ impl IdentityService {
         self.ports.users.find_user(user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))
     }
 
+    /// A page of the user's own audit trail, newest first: at most `limit` events (at most
+    /// [`nexus_ports::audit::MAX_AUDIT_PAGE`]), after `cursor` when given.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a malformed cursor or a limit out of range.
+    pub async fn audit(&self, user: &UserId, limit: Option<u32>, cursor: Option<&str>) -> Result<AuditPage> {
+        let (limit, after) = super::tenancy::page_bounds(limit, cursor)?;
+        self.ports.audit.user_events(user, limit, after).await
+    }
+
+    /// Records a wrong password for an existing account in its trail. Failing to record it
+    /// does not change the answer (the login fails either way); it is logged.
+    async fn record_failed_login(&self, user: &UserId) {
+        let audit = user_event(user, self.ports.clock.now(), AuditAction::UserLoginFailed);
+        if let Err(err) = self.ports.audit.record_event(&audit).await {
+            tracing::warn!(error = %err, "could not record a failed login in the audit trail");
+        }
+    }
+
     /// Counts a login attempt for the account and refuses it when over the limit.
     async fn count_attempt(&self, email: &Email) -> Result<()> {
         let limit = self.policy.login_limit;
@@ -225,7 +258,10 @@ impl IdentityService {
         }
         let now = self.ports.clock.now();
         let window = self.ports.login_attempts.count_login_attempt(email, now, limit.window_from(now)).await?;
-        limit.admit(&window, now).inspect_err(|_| tracing::warn!(attempts = window.attempts, "login refused: too many failed attempts for the account"))
+        limit.admit(&window, now).inspect_err(|_| {
+            metrics::counter!("nexus_rate_limit_refusals_total", "limit" => "login_account").increment(1);
+            tracing::warn!(attempts = window.attempts, "login refused: too many failed attempts for the account");
+        })
     }
 
     /// Forgets the account's attempts after a success; a failure to do so only leaves the
@@ -239,7 +275,7 @@ impl IdentityService {
         }
     }
 
-    async fn start_session(&self, user: User) -> Result<Session> {
+    async fn start_session(&self, user: User, audit: Option<&AuditEvent>) -> Result<Session> {
         let now = self.ports.clock.now();
         let access = self.ports.access_tokens.issue(&user.id, now)?;
         let refresh = self.ports.secrets.generate(REFRESH_PREFIX)?;
@@ -252,9 +288,15 @@ impl IdentityService {
             expires_at: (now + self.policy.refresh_ttl).min(session_expires_at),
             session_expires_at,
         };
-        self.ports.refresh_tokens.insert_refresh_token(&record).await?;
+        self.ports.refresh_tokens.insert_refresh_token(&record, audit).await?;
         Ok(Session { user, tokens: TokenPair { access, refresh, refresh_expires_at: record.expires_at } })
     }
+}
+
+/// An event of the user's own trail, done by the user to itself. (For a failed login, the
+/// actor is the account the attempt claimed.)
+fn user_event(user: &UserId, at: DateTime<Utc>, action: AuditAction) -> AuditEvent {
+    AuditEvent::now(at, user.to_string(), action, user.to_string()).of_user(*user)
 }
 
 fn taken() -> Error {

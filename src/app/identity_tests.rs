@@ -5,8 +5,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use mockall::predicate::eq;
 use nexus_ports::Error;
+use nexus_ports::audit::AuditAction;
 use nexus_ports::identity::{AttemptWindow, DisplayName, Email, PasswordHash, User, UserCredentials, UserId};
-use nexus_ports::ports::{MockAccessTokens, MockClock, MockLoginAttemptStore, MockPasswordHasher, MockRefreshTokenStore, MockSecretGenerator, MockUserStore};
+use nexus_ports::ports::{
+    MockAccessTokens, MockAuditStore, MockClock, MockLoginAttemptStore, MockPasswordHasher, MockRefreshTokenStore, MockSecretGenerator, MockUserStore,
+};
 use nexus_ports::tokens::{AccessToken, FamilyId, OpaqueSecret, Rotation};
 
 use super::{IdentityPorts, IdentityService, Registration, SessionPolicy};
@@ -37,6 +40,7 @@ struct Ports {
     hasher: MockPasswordHasher,
     access: MockAccessTokens,
     secrets: MockSecretGenerator,
+    audit: MockAuditStore,
 }
 
 impl Ports {
@@ -55,6 +59,7 @@ impl Ports {
             access_tokens: Arc::new(self.access),
             secrets: Arc::new(self.secrets),
             clock: Arc::new(clock),
+            audit: Arc::new(self.audit),
         };
         IdentityService::new(ports, policy)
     }
@@ -74,13 +79,13 @@ impl Ports {
         self.secrets.expect_generate().with(eq("nxr_")).times(1).returning(|_| Ok(OpaqueSecret::new("nxr_secret".into())));
         self.refresh
             .expect_insert_refresh_token()
-            .withf(|record| {
+            .withf(|record, _| {
                 record.digest == OpaqueSecret::new("nxr_secret".into()).digest()
                     && record.expires_at == now() + Duration::days(TTL_DAYS)
                     && record.session_expires_at == now() + Duration::days(SESSION_DAYS)
             })
             .times(1)
-            .returning(|_| Ok(()));
+            .returning(|_, _| Ok(()));
     }
 }
 
@@ -108,9 +113,14 @@ async fn register_normalises_hashes_stores_and_starts_a_session() {
     ports
         .users
         .expect_insert_user()
-        .withf(|new| new.user.email.as_str() == "ada@example.com" && new.user.display_name.as_str() == "ada" && new.password_hash.as_phc() == "$argon2id$new")
+        .withf(|new, audit| {
+            new.user.email.as_str() == "ada@example.com"
+                && new.user.display_name.as_str() == "ada"
+                && new.password_hash.as_phc() == "$argon2id$new"
+                && (audit.action, audit.user, audit.actor.clone()) == (AuditAction::UserRegister, Some(new.user.id), new.user.id.to_string())
+        })
         .times(1)
-        .returning(|_| Ok(()));
+        .returning(|_, _| Ok(()));
     ports.expect_session();
     let session = ports.service().register(registration(" Ada@Example.com", "long enough", None)).await.unwrap();
     assert_eq!(session.user.email.as_str(), "ada@example.com");
@@ -142,7 +152,7 @@ async fn register_losing_the_insert_race_is_a_conflict() {
     let mut ports = Ports::default();
     ports.users.expect_find_credentials().returning(|_| Ok(None));
     ports.hasher.expect_hash().returning(|_| Ok(PasswordHash::from_phc("h".into())));
-    ports.users.expect_insert_user().returning(|_| Err(Error::AlreadyExists("users.email".into())));
+    ports.users.expect_insert_user().returning(|_, _| Err(Error::AlreadyExists("users.email".into())));
     let result = ports.service().register(registration("ada@example.com", "long enough", None)).await;
     assert_eq!(result.unwrap_err(), Error::AlreadyExists("a user with this email already exists".into()));
 }
@@ -169,6 +179,13 @@ async fn login_failures_look_alike_and_cost_a_verification() {
         ports.hasher.expect_dummy_hash().times(usize::from(!known)).returning(|| PasswordHash::from_phc("$argon2id$dummy".into()));
         let expected = if known { "$argon2id$real" } else { "$argon2id$dummy" };
         ports.hasher.expect_verify().withf(move |_, hash| hash.as_phc() == expected).times(1).returning(|_, _| Ok(false));
+        // Only an existing account has a trail to record the failure in.
+        ports
+            .audit
+            .expect_record_event()
+            .withf(|event| event.action == AuditAction::UserLoginFailed && event.user.is_some())
+            .times(usize::from(known))
+            .returning(|_| Ok(()));
         let result = ports.service().login(email, "wrong password".into()).await;
         assert_eq!(result.unwrap_err(), Error::Unauthorized("invalid email or password".into()), "{email}");
     }
@@ -210,7 +227,7 @@ async fn refresh_rotates_a_live_token() {
 async fn refresh_reuse_revokes_the_whole_family() {
     let family = FamilyId::generate();
     let mut ports = rotating(Rotation::Reused { user_id: UserId::generate(), family_id: family });
-    ports.refresh.expect_revoke_family().with(eq(family), eq(now())).times(1).returning(|_, _| Ok(2));
+    ports.refresh.expect_revoke_family().withf(move |f, at, _| *f == family && *at == now()).times(1).returning(|_, _, _| Ok(2));
     assert!(matches!(ports.service().rotate_refresh("nxr_old").await, Err(Error::Unauthorized(_))));
 }
 
@@ -246,15 +263,15 @@ async fn a_session_never_outlives_its_maximum() {
     let mut ports = Ports::default();
     ports.users.expect_find_credentials().returning(|_| Ok(None));
     ports.hasher.expect_hash().returning(|_| Ok(PasswordHash::from_phc("h".into())));
-    ports.users.expect_insert_user().returning(|_| Ok(()));
+    ports.users.expect_insert_user().returning(|_, _| Ok(()));
     ports.access.expect_issue().returning(|_, at| Ok(AccessToken { token: "jwt".into(), issued_at: at, expires_at: at }));
     ports.secrets.expect_generate().returning(|_| Ok(OpaqueSecret::new("nxr_secret".into())));
     ports
         .refresh
         .expect_insert_refresh_token()
-        .withf(|record| record.expires_at == now() + Duration::days(1) && record.session_expires_at == now() + Duration::days(1))
+        .withf(|record, _| record.expires_at == now() + Duration::days(1) && record.session_expires_at == now() + Duration::days(1))
         .times(1)
-        .returning(|_| Ok(()));
+        .returning(|_, _| Ok(()));
     let session =
         ports.service_with(SessionPolicy { session_max: Duration::days(1), ..policy() }).register(registration("ada@example.com", "long enough", None)).await;
     assert_eq!(session.unwrap().tokens.refresh_expires_at, now() + Duration::days(1));
@@ -276,6 +293,7 @@ async fn a_failed_login_stays_counted_and_an_off_limit_counts_nothing() {
     ports.expect_attempt(MAX_FAILURES);
     ports.users.expect_find_credentials().returning(|_| Ok(Some(stored_user())));
     ports.hasher.expect_verify().returning(|_, _| Ok(false));
+    ports.audit.expect_record_event().times(1).returning(|_| Err(Error::Unavailable("down".into())));
     // No clear_login_attempts expectation: a failure must not clear the count.
     assert!(matches!(ports.service().login("ada@example.com", "wrong".into()).await, Err(Error::Unauthorized(_))));
 
@@ -291,8 +309,11 @@ async fn a_failed_login_stays_counted_and_an_off_limit_counts_nothing() {
 async fn logout_revokes_the_family_and_says_nothing_of_unknown_tokens() {
     let family = FamilyId::generate();
     let mut ports = Ports::default();
-    ports.refresh.expect_family_of().returning(move |digest| Ok((*digest == OpaqueSecret::new("nxr_known".into()).digest()).then_some(family)));
-    ports.refresh.expect_revoke_family().with(eq(family), eq(now())).times(1).returning(|_, _| Ok(2));
+    ports
+        .refresh
+        .expect_family_of()
+        .returning(move |digest| Ok((*digest == OpaqueSecret::new("nxr_known".into()).digest()).then_some((family, UserId::generate()))));
+    ports.refresh.expect_revoke_family().withf(move |f, at, _| *f == family && *at == now()).times(1).returning(|_, _, _| Ok(2));
     let service = ports.service();
     service.logout("nxr_known").await.unwrap();
     service.logout("nxr_unknown").await.unwrap();
@@ -302,8 +323,13 @@ async fn logout_revokes_the_family_and_says_nothing_of_unknown_tokens() {
 async fn ending_sessions_records_the_moment() {
     let user = UserId::generate();
     let mut ports = Ports::default();
-    ports.users.expect_end_sessions().with(eq(user), eq(now())).times(1).returning(|_, _| Ok(()));
-    ports.users.expect_end_sessions().returning(|_, _| Err(Error::NotFound("no such user".into())));
+    ports
+        .users
+        .expect_end_sessions()
+        .withf(move |u, at, audit| *u == user && *at == now() && audit.action == AuditAction::UserSessionsRevoked)
+        .times(1)
+        .returning(|_, _, _| Ok(()));
+    ports.users.expect_end_sessions().returning(|_, _, _| Err(Error::NotFound("no such user".into())));
     let service = ports.service();
     service.end_sessions(&user).await.unwrap();
     assert!(matches!(service.end_sessions(&UserId::generate()).await, Err(Error::Unauthorized(_))), "a vanished user");
@@ -330,9 +356,9 @@ async fn a_password_change_rehashes_and_ends_every_session() {
     ports
         .users
         .expect_change_password()
-        .withf(move |user, hash, at| *user == id && hash.as_phc() == "$argon2id$new" && *at == now())
+        .withf(move |user, hash, at, audit| *user == id && hash.as_phc() == "$argon2id$new" && *at == now() && audit.action == AuditAction::UserPasswordChange)
         .times(1)
-        .returning(|_, _, _| Ok(()));
+        .returning(|_, _, _, _| Ok(()));
     ports.service().change_password(&id, "old password".into(), "new password".into()).await.unwrap();
 }
 

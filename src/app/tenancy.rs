@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, Utc};
+use nexus_ports::audit::{AuditAction, AuditCursor, AuditEvent, AuditPage, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
 use nexus_ports::identity::{DisplayName, UserId};
-use nexus_ports::ports::{ApiKeyStore, Clock, ClusterBackend, SecretGenerator, TenantStore};
+use nexus_ports::ports::{ApiKeyStore, AuditStore, Clock, ClusterBackend, SecretGenerator, TenantStore};
 use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
 use nexus_ports::{Error, Result};
@@ -69,6 +70,7 @@ pub struct TenancyService {
     secrets: Arc<dyn SecretGenerator>,
     clock: Arc<dyn Clock>,
     usage: Arc<KeyUsage>,
+    audit: Arc<dyn AuditStore>,
     quotas: Quotas,
 }
 
@@ -81,13 +83,14 @@ pub struct TenancyPorts {
     pub clock: Arc<dyn Clock>,
     /// Key use noted but not yet written, forgotten when a key goes.
     pub usage: Arc<KeyUsage>,
+    pub audit: Arc<dyn AuditStore>,
 }
 
 impl TenancyService {
     /// Wires the use cases, bounded by `quotas`.
     pub fn new(ports: TenancyPorts, quotas: Quotas) -> Self {
-        let TenancyPorts { tenants, keys, cluster, secrets, clock, usage } = ports;
-        Self { tenants, keys, cluster, secrets, clock, usage, quotas }
+        let TenancyPorts { tenants, keys, cluster, secrets, clock, usage, audit } = ports;
+        Self { tenants, keys, cluster, secrets, clock, usage, audit, quotas }
     }
 
     /// Creates a tenant owned by `owner` and provisions it. A cluster that fails leaves
@@ -105,7 +108,8 @@ impl TenancyService {
             max_agents: self.quotas.max_agents,
             created_at: self.clock.now(),
         };
-        self.tenants.insert_tenant(&tenant, self.quotas.max_tenants).await.map_err(|err| match err {
+        let audit = AuditEvent::now(tenant.created_at, owner.to_string(), AuditAction::TenantCreate, tenant.id.to_string()).in_tenant(tenant.id).of_user(owner);
+        self.tenants.insert_tenant(&tenant, self.quotas.max_tenants, &audit).await.map_err(|err| match err {
             Error::NotFound(_) => Error::unauthorized("the user of this token no longer exists"),
             other => other,
         })?;
@@ -135,7 +139,8 @@ impl TenancyService {
         for key in self.keys.list_keys(&tenant.id).await? {
             self.usage.forget(&key.digest);
         }
-        self.tenants.delete_tenant(&tenant.id).await?;
+        let audit = AuditEvent::now(self.clock.now(), owner.to_string(), AuditAction::TenantDelete, tenant.id.to_string()).in_tenant(tenant.id).of_user(*owner);
+        self.tenants.delete_tenant(&tenant.id, &audit).await?;
         tracing::info!(tenant = %tenant.id, "tenant deleted");
         Ok(tenant.id)
     }
@@ -158,7 +163,8 @@ impl TenancyService {
         let tenant = self.owned(owner, tenant).await?;
         let raw = self.secrets.generate(KEY_PREFIX)?;
         let key = ApiKey { digest: raw.digest(), tenant_id: tenant.id, label, scope: grant.scope, created_at: now, expires_at, last_used_at: None };
-        self.keys.insert_key(&key, self.quotas.max_keys).await?;
+        let audit = AuditEvent::now(key.created_at, owner.to_string(), AuditAction::KeyCreate, key.digest.to_hex()).in_tenant(tenant.id);
+        self.keys.insert_key(&key, self.quotas.max_keys, &audit).await?;
         tracing::info!(tenant = %tenant.id, key = %key.digest, "API key created");
         Ok(NewKey { raw, key })
     }
@@ -184,7 +190,8 @@ impl TenancyService {
     pub async fn revoke_key(&self, owner: &UserId, tenant: &str, hash: &str) -> Result<SecretDigest> {
         let tenant = self.owned(owner, tenant).await?;
         let digest = SecretDigest::from_hex(hash)?;
-        if !self.keys.delete_key(&tenant.id, &digest).await? {
+        let audit = AuditEvent::now(self.clock.now(), owner.to_string(), AuditAction::KeyRevoke, digest.to_hex()).in_tenant(tenant.id);
+        if !self.keys.delete_key(&tenant.id, &digest, &audit).await? {
             return Err(Error::NotFound("this tenant has no API key with this hash".to_owned()));
         }
         self.usage.forget(&digest);
@@ -192,9 +199,34 @@ impl TenancyService {
         Ok(digest)
     }
 
+    /// A page of the tenant's audit trail, newest first: at most `limit` events (at most
+    /// [`MAX_AUDIT_PAGE`]), after `cursor` when given.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] unless `owner` owns the tenant; [`Error::InvalidRequest`] for
+    /// a malformed cursor or a limit out of range.
+    pub async fn audit(&self, owner: &UserId, tenant: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<AuditPage> {
+        let tenant = self.owned(owner, tenant).await?;
+        let (limit, after) = page_bounds(limit, cursor)?;
+        self.audit.tenant_events(&tenant.id, limit, after).await
+    }
+
     async fn owned(&self, owner: &UserId, id: &str) -> Result<Tenant> {
         owned_tenant(self.tenants.as_ref(), owner, &TenantId::parse(id)?).await
     }
+}
+
+/// The limit (default [`DEFAULT_AUDIT_PAGE`], 1 to [`MAX_AUDIT_PAGE`]) and the cursor of
+/// an audit page request.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] for a limit out of range or a malformed cursor.
+pub fn page_bounds(limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, Option<AuditCursor>)> {
+    let limit = limit.unwrap_or(DEFAULT_AUDIT_PAGE);
+    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(Error::invalid(format!("limit must be between 1 and {MAX_AUDIT_PAGE}")));
+    }
+    Ok((limit, cursor.map(AuditCursor::parse).transpose()?))
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ use chrono::{TimeZone, Utc};
 use mockall::Sequence;
 use mockall::predicate::eq;
 use nexus_ports::Error;
+use nexus_ports::audit::AuditAction;
 use nexus_ports::identity::UserId;
-use nexus_ports::ports::{MockApiKeyStore, MockClock, MockClusterBackend, MockSecretGenerator, MockTenantStore};
+use nexus_ports::ports::{MockApiKeyStore, MockAuditStore, MockClock, MockClusterBackend, MockSecretGenerator, MockTenantStore};
 use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
 
@@ -57,6 +58,7 @@ impl Ports {
             secrets: Arc::new(self.secrets),
             clock: Arc::new(clock),
             usage: usage.clone(),
+            audit: Arc::new(MockAuditStore::new()),
         };
         let service = TenancyService::new(ports, Quotas { max_tenants: 10, max_keys: 20, max_agents: 50 });
         (service, usage)
@@ -73,8 +75,9 @@ async fn creating_a_tenant_stores_and_provisions_it() {
     ports
         .tenants
         .expect_insert_tenant()
-        .withf(|t, max_tenants| {
-            t.owner == owner()
+        .withf(|t, max_tenants, audit| {
+            (audit.action, audit.tenant, audit.user) == (AuditAction::TenantCreate, Some(t.id), Some(owner()))
+                && t.owner == owner()
                 && t.display_name.as_str() == "My Org"
                 && t.node_profile.as_str() == "full"
                 && t.max_agents == 50
@@ -82,7 +85,7 @@ async fn creating_a_tenant_stores_and_provisions_it() {
                 && *max_tenants == 10
         })
         .times(1)
-        .returning(|_, _| Ok(()));
+        .returning(|_, _, _| Ok(()));
     ports.cluster.expect_provision_tenant().times(1).returning(|t| Ok(ready(t)));
     let state = ports.service().0.create_tenant(owner(), "  My Org ", None).await.unwrap();
     assert_eq!(state.status.phase, TenantPhase::Ready);
@@ -92,7 +95,7 @@ async fn creating_a_tenant_stores_and_provisions_it() {
 #[tokio::test]
 async fn a_tenant_the_cluster_fails_to_provision_is_kept_in_phase_error() {
     let mut ports = Ports::default();
-    ports.tenants.expect_insert_tenant().returning(|_, _| Ok(()));
+    ports.tenants.expect_insert_tenant().returning(|_, _, _| Ok(()));
     ports.cluster.expect_provision_tenant().returning(|_| Err(Error::Unavailable("cluster down".into())));
     let state = ports.service().0.create_tenant(owner(), "org", Some("gateway")).await.unwrap();
     assert_eq!(state.status.phase, TenantPhase::Error);
@@ -103,7 +106,7 @@ async fn a_tenant_the_cluster_fails_to_provision_is_kept_in_phase_error() {
 #[tokio::test]
 async fn a_tenants_message_never_carries_internal_detail() {
     let mut ports = Ports::default();
-    ports.tenants.expect_insert_tenant().returning(|_, _| Ok(()));
+    ports.tenants.expect_insert_tenant().returning(|_, _, _| Ok(()));
     ports.cluster.expect_provision_tenant().returning(|_| Err(Error::internal("the Kubernetes API refused a request (422): spec.replicas: Invalid value")));
     let state = ports.service().0.create_tenant(owner(), "org", None).await.unwrap();
     assert_eq!((state.status.phase, state.status.message.as_deref()), (TenantPhase::Error, Some("internal error")), "the detail is for the log");
@@ -123,7 +126,7 @@ async fn only_the_owner_deletes_and_deprovisioning_comes_first() {
     let mut order = Sequence::new();
     ports.cluster.expect_deprovision_tenant().with(eq(owned_tenant().id)).times(1).in_sequence(&mut order).returning(|_| Ok(()));
     ports.keys.expect_list_keys().times(1).in_sequence(&mut order).returning(|_| Ok(vec![]));
-    ports.tenants.expect_delete_tenant().times(1).in_sequence(&mut order).returning(|_| Ok(true));
+    ports.tenants.expect_delete_tenant().times(1).in_sequence(&mut order).returning(|_, audit| Ok(audit.action == AuditAction::TenantDelete));
     let (service, _) = ports.service();
     assert!(matches!(service.delete_tenant(&UserId::generate(), &tenant_id()).await, Err(Error::Forbidden(_))));
     assert!(matches!(service.delete_tenant(&owner(), &TenantId::generate().to_string()).await, Err(Error::Forbidden(_))));
@@ -146,15 +149,16 @@ async fn keys_are_minted_once_and_stored_as_digests() {
     ports
         .keys
         .expect_insert_key()
-        .withf(|k, max_keys| {
-            k.digest == SecretDigest::of("nxk_raw")
+        .withf(|k, max_keys, audit| {
+            (audit.action, audit.target.clone()) == (AuditAction::KeyCreate, k.digest.to_hex())
+                && k.digest == SecretDigest::of("nxk_raw")
                 && k.tenant_id == owned_tenant().id
                 && k.label.as_str() == "ci"
                 && k.last_used_at.is_none()
                 && *max_keys == 20
         })
         .times(1)
-        .returning(|_, _| Ok(()));
+        .returning(|_, _, _| Ok(()));
     let (service, _) = ports.service();
     let created = service.create_key(&owner(), &tenant_id(), " ci ", KeyGrant::default()).await.unwrap();
     assert_eq!(created.raw.expose(), "nxk_raw");
@@ -184,7 +188,7 @@ async fn listed_keys_show_usage_not_yet_written() {
 #[tokio::test]
 async fn revoking_needs_a_well_formed_hash_of_this_tenant() {
     let mut ports = Ports::with_owned_tenant();
-    ports.keys.expect_delete_key().returning(|_, digest| Ok(*digest == SecretDigest::of("k")));
+    ports.keys.expect_delete_key().returning(|_, digest, _| Ok(*digest == SecretDigest::of("k")));
     let (service, _) = ports.service();
     assert!(matches!(service.revoke_key(&owner(), &tenant_id(), "xyz").await, Err(Error::InvalidRequest(_))));
     assert!(matches!(service.revoke_key(&owner(), &tenant_id(), &SecretDigest::of("other").to_hex()).await, Err(Error::NotFound(_))));
@@ -194,9 +198,9 @@ async fn revoking_needs_a_well_formed_hash_of_this_tenant() {
 #[tokio::test]
 async fn over_quota_nothing_is_provisioned_or_minted() {
     let mut ports = Ports::with_owned_tenant();
-    ports.tenants.expect_insert_tenant().returning(|_, n| Err(Error::Conflict(format!("tenant quota reached: a user may own at most {n} tenants"))));
+    ports.tenants.expect_insert_tenant().returning(|_, n, _| Err(Error::Conflict(format!("tenant quota reached: a user may own at most {n} tenants"))));
     ports.secrets.expect_generate().returning(|_| Ok(OpaqueSecret::new("nxk_raw".into())));
-    ports.keys.expect_insert_key().returning(|_, n| Err(Error::Conflict(format!("API key quota reached: a tenant may have at most {n} keys"))));
+    ports.keys.expect_insert_key().returning(|_, n, _| Err(Error::Conflict(format!("API key quota reached: a tenant may have at most {n} keys"))));
     let (service, _) = ports.service();
     assert_eq!(
         service.create_tenant(owner(), "org", None).await.unwrap_err(),

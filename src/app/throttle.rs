@@ -78,6 +78,12 @@ impl AuthThrottle {
         Self { limiter: AddressLimiter::new(per_minute), trusted_proxies }
     }
 
+    /// The client a request from `peer` (with its `X-Forwarded-For`, if any) comes from.
+    #[must_use]
+    pub fn client(&self, peer: IpAddr, forwarded: Option<&str>) -> IpAddr {
+        client_address(peer, forwarded, &self.trusted_proxies)
+    }
+
     /// Counts a request from `peer` (with its `X-Forwarded-For`, if any).
     ///
     /// # Errors

@@ -528,7 +528,7 @@ impl AgentApi {
     ) -> Result<Json<AgentDeletedView>, ApiError<AgentDeleteErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &name, condition.as_ref()).await?.to_string() }))
+        Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &caller.0.author(), &name, condition.as_ref()).await?.to_string() }))
     }
 
     /// Phase, nodeAck and lastSyncedAt, with the node's live view of the agent.

@@ -4,6 +4,7 @@
 //! document see them, so renaming one is a breaking change.
 
 mod agents;
+mod audit;
 mod auth;
 mod body_limit;
 mod error;
@@ -50,17 +51,20 @@ enum ApiTags {
     /// A tenant's agents. Tenant-scoped: an API key, or a user's access token with
     /// `X-Tenant-ID` naming a tenant it owns.
     Agents,
+    /// Audit trails: who changed what, when, from where, in which request. A tenant's
+    /// trail and the caller's own; both need a user's access token (API keys get 403).
+    Audit,
     /// Liveness and readiness probes.
     Health,
 }
 
-type Apis = (health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi, tenants::KeyApi, agents::AgentApi);
+type Apis = (health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi, tenants::KeyApi, agents::AgentApi, audit::AuditApi);
 
 /// The OpenAPI service: every operation, with no state attached (handlers read the
 /// shared [`crate::app::Nexus`] from request data).
 pub(crate) fn openapi() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi, tenants::KeyApi, agents::AgentApi),
+        (health::HealthApi, identity::AuthApi, identity::MeApi, tenants::TenantApi, tenants::KeyApi, agents::AgentApi, audit::AuditApi),
         "Nexus",
         env!("CARGO_PKG_VERSION"),
     )

@@ -1,7 +1,8 @@
 //! The `/auth/*` rate limit as middleware: every request under `/auth/` is counted against
 //! its client address (the peer's, or the one trusted proxies forward) before anything is
-//! read or hashed, and refused with 429 and `Retry-After` past the rate. Other routes pass
-//! untouched.
+//! read or hashed, and refused with 429 and `Retry-After` past the rate. Every request,
+//! limited or not, then runs with its client address in the request context, where audit
+//! events find it.
 
 use poem::{Endpoint, Middleware, Request, Result};
 
@@ -44,12 +45,17 @@ impl<E: Endpoint> Endpoint for AuthThrottleEndpoint<E> {
     type Output = E::Output;
 
     async fn call(&self, req: Request) -> Result<Self::Output> {
+        let Some(peer) = req.remote_addr().as_socket_addr().map(std::net::SocketAddr::ip) else {
+            return self.inner.call(req).await;
+        };
+        let forwarded = forwarded_for(&req);
         if req.uri().path().starts_with(LIMITED)
-            && let Some(peer) = req.remote_addr().as_socket_addr().map(std::net::SocketAddr::ip)
-            && let Err(refusal) = self.nexus.auth_throttle.check(peer, forwarded_for(&req).as_deref())
+            && let Err(refusal) = self.nexus.auth_throttle.check(peer, forwarded.as_deref())
         {
+            metrics::counter!("nexus_rate_limit_refusals_total", "limit" => "auth_address").increment(1);
             return Err(poem::Error::from_response(status_of(refusal).into_response()));
         }
-        self.inner.call(req).await
+        let client = self.nexus.auth_throttle.client(peer, forwarded.as_deref());
+        nexus_ports::context::with_source_ip(client, self.inner.call(req)).await
     }
 }

@@ -5,6 +5,7 @@
 mod support;
 
 mod agents;
+mod audit;
 mod concurrency;
 mod deploy;
 mod events;

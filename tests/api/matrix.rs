@@ -61,6 +61,9 @@ const ROWS: &[Row] = &[
     ("DELETE", "/api/v1/tenants/{tenantId}", Scope::User, None, [401, 401, 403, 403, 200, 403]),
     ("POST", "/api/v1/tenants/{tenantId}/keys", Scope::User, Some(|| json!({"label": "matrix"})), [401, 401, 403, 403, 201, 403]),
     ("GET", "/api/v1/tenants/{tenantId}/keys", Scope::User, None, [401, 401, 403, 403, 200, 403]),
+    // Audit trails: a tenant's to its owner only, one's own to a user; keys read neither.
+    ("GET", "/api/v1/tenants/{tenantId}/audit", Scope::User, None, [401, 401, 403, 403, 200, 403]),
+    ("GET", "/api/v1/me/audit", Scope::User, None, [401, 401, 200, 403, 200, 403]),
     ("DELETE", "/api/v1/tenants/{tenantId}/keys/{keyHash}", Scope::User, None, [401, 401, 403, 403, 200, 403]),
     // Another tenant's key acts in its own tenant: it creates and lists there, and the
     // owner's agent is as missing to it as one that does not exist.

@@ -11,6 +11,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentVersion, PublishedVersion};
+use nexus_ports::audit::AuditEvent;
 use nexus_ports::ports::AgentStore;
 use nexus_ports::tenancy::TenantId;
 use nexus_ports::{Error, Result};
@@ -18,6 +19,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait};
 
 use crate::SqlStore;
+use crate::audit::record;
 use crate::entity::{agent_versions as versions, agents, tenants};
 use crate::error::{db, translate};
 
@@ -72,7 +74,7 @@ fn of_agent(tenant: &TenantId, name: &AgentName) -> sea_orm::Condition {
 
 #[async_trait]
 impl AgentStore for SqlStore {
-    async fn insert_agent(&self, a: &Agent, author: &str, max_agents: u32) -> Result<()> {
+    async fn insert_agent(&self, a: &Agent, author: &str, max_agents: u32, audit: &AuditEvent) -> Result<()> {
         let txn = self.db.begin().await.map_err(db)?;
         let locked = tenants::Entity::update_many()
             .col_expr(tenants::Column::MaxAgents, Expr::col(tenants::Column::MaxAgents))
@@ -98,6 +100,7 @@ impl AgentStore for SqlStore {
         };
         agents::Entity::insert(row).exec_without_returning(&txn).await.map_err(|e| translate(e, "an agent with this name"))?;
         versions::Entity::insert(version_row(&a.tenant_id, &a.manifest, 1, author, a.created_at)).exec_without_returning(&txn).await.map_err(db)?;
+        record(&txn, audit).await?;
         txn.commit().await.map_err(db)
     }
 
@@ -109,6 +112,7 @@ impl AgentStore for SqlStore {
         at: DateTime<Utc>,
         keep_versions: u32,
         expected: Option<u32>,
+        audit: &AuditEvent,
     ) -> Result<Agent> {
         let txn = self.db.begin().await.map_err(db)?;
         let mut filter = of_agent(tenant, manifest.name());
@@ -157,6 +161,7 @@ impl AgentStore for SqlStore {
             .await
             .map_err(db)?;
         let row = agents::Entity::find().filter(of_agent(tenant, manifest.name())).one(&txn).await.map_err(db)?;
+        record(&txn, audit).await?;
         txn.commit().await.map_err(db)?;
         row.map(agent).transpose()?.ok_or_else(|| Error::internal("the updated agent vanished"))
     }
@@ -173,7 +178,7 @@ impl AgentStore for SqlStore {
         agents(agents::Entity::find().order_by_asc(agents::Column::TenantId).order_by_asc(agents::Column::Name).all(&self.db).await.map_err(db)?)
     }
 
-    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, expected: Option<u32>) -> Result<bool> {
+    async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, expected: Option<u32>, audit: &AuditEvent) -> Result<bool> {
         let txn = self.db.begin().await.map_err(db)?;
         if let Some(expected) = expected {
             // Locks the row (a no-op update) where the version matches, so that no update
@@ -199,6 +204,9 @@ impl AgentStore for SqlStore {
             .await
             .map_err(db)?;
         let deleted = agents::Entity::delete_many().filter(of_agent(tenant, name)).exec(&txn).await.map_err(db)?.rows_affected;
+        if deleted > 0 {
+            record(&txn, audit).await?;
+        }
         txn.commit().await.map_err(db)?;
         Ok(deleted > 0)
     }

@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use nexus_ports::audit::AuditEvent;
 use nexus_ports::ports::ApiKeyStore;
 use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId};
 use nexus_ports::tokens::SecretDigest;
@@ -14,6 +15,7 @@ use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait};
 
 use crate::SqlStore;
+use crate::audit::record;
 use crate::entity::{api_keys, tenants};
 use crate::error::{db, translate};
 use crate::tenants::tenant;
@@ -32,7 +34,7 @@ fn key(row: api_keys::Model) -> Result<ApiKey> {
 
 #[async_trait]
 impl ApiKeyStore for SqlStore {
-    async fn insert_key(&self, k: &ApiKey, max_keys: u32) -> Result<()> {
+    async fn insert_key(&self, k: &ApiKey, max_keys: u32, audit: &AuditEvent) -> Result<()> {
         let txn = self.db.begin().await.map_err(db)?;
         let locked = tenants::Entity::update_many()
             .col_expr(tenants::Column::MaxAgents, Expr::col(tenants::Column::MaxAgents))
@@ -57,6 +59,7 @@ impl ApiKeyStore for SqlStore {
             last_used_at: Set(k.last_used_at),
         };
         api_keys::Entity::insert(row).exec_without_returning(&txn).await.map_err(|e| translate(e, "API key"))?;
+        record(&txn, audit).await?;
         txn.commit().await.map_err(db)
     }
 
@@ -79,14 +82,20 @@ impl ApiKeyStore for SqlStore {
         rows.into_iter().map(key).collect()
     }
 
-    async fn delete_key(&self, tenant: &TenantId, digest: &SecretDigest) -> Result<bool> {
+    async fn delete_key(&self, tenant: &TenantId, digest: &SecretDigest, audit: &AuditEvent) -> Result<bool> {
+        let txn = self.db.begin().await.map_err(db)?;
         let deleted = api_keys::Entity::delete_many()
             .filter(api_keys::Column::TenantId.eq(tenant.as_uuid()))
             .filter(api_keys::Column::Digest.eq(digest.to_hex()))
-            .exec(&self.db)
+            .exec(&txn)
             .await
-            .map_err(db)?;
-        Ok(deleted.rows_affected > 0)
+            .map_err(db)?
+            .rows_affected;
+        if deleted > 0 {
+            record(&txn, audit).await?;
+        }
+        txn.commit().await.map_err(db)?;
+        Ok(deleted > 0)
     }
 
     async fn record_key_usage(&self, usage: &[(SecretDigest, DateTime<Utc>)]) -> Result<()> {

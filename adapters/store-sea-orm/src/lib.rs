@@ -4,6 +4,7 @@
 
 mod agents;
 mod api_keys;
+mod audit;
 mod entity;
 mod error;
 mod login_attempts;

@@ -10,6 +10,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use nexus_ports::audit::AuditEvent;
 use nexus_ports::identity::UserId;
 use nexus_ports::ports::RefreshTokenStore;
 use nexus_ports::tokens::{FamilyId, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
@@ -18,6 +19,7 @@ use sea_orm::sea_query::{Condition, Expr, Query};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
 
 use crate::SqlStore;
+use crate::audit::record;
 use crate::entity::{refresh_tokens as tokens, users};
 use crate::error::{db, translate};
 use crate::users::sessions_allowed_at;
@@ -48,7 +50,7 @@ async fn insert(conn: &impl ConnectionTrait, row: Row<'_>) -> Result<()> {
 
 #[async_trait]
 impl RefreshTokenStore for SqlStore {
-    async fn insert_refresh_token(&self, t: &RefreshTokenRecord) -> Result<()> {
+    async fn insert_refresh_token<'a>(&self, t: &RefreshTokenRecord, audit: Option<&'a AuditEvent>) -> Result<()> {
         let txn = self.db.begin().await.map_err(db)?;
         let allowed = users::Entity::update_many()
             .col_expr(users::Column::Id, Expr::col(users::Column::Id))
@@ -72,6 +74,9 @@ impl RefreshTokenStore for SqlStore {
             session_expires_at: t.session_expires_at,
         };
         insert(&txn, row).await?;
+        if let Some(audit) = audit {
+            record(&txn, audit).await?;
+        }
         txn.commit().await.map_err(db)
     }
 
@@ -121,21 +126,32 @@ impl RefreshTokenStore for SqlStore {
         Ok(Rotation::Rotated { user_id, family_id, expires_at: replacement.expires_at.min(session_expires_at) })
     }
 
-    async fn revoke_family(&self, family: &FamilyId, now: DateTime<Utc>) -> Result<u64> {
+    async fn revoke_family<'a>(&self, family: &FamilyId, now: DateTime<Utc>, audit: Option<&'a AuditEvent>) -> Result<u64> {
+        let txn = self.db.begin().await.map_err(db)?;
         let result = tokens::Entity::update_many()
             .col_expr(tokens::Column::RevokedAt, Expr::value(now))
             .filter(tokens::Column::FamilyId.eq(family.0))
             .filter(tokens::Column::RevokedAt.is_null())
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(db)?;
+        if let Some(audit) = audit {
+            record(&txn, audit).await?;
+        }
+        txn.commit().await.map_err(db)?;
         Ok(result.rows_affected)
     }
 
-    async fn family_of(&self, digest: &SecretDigest) -> Result<Option<FamilyId>> {
-        let family: Option<uuid::Uuid> =
-            tokens::Entity::find_by_id(digest.to_hex()).select_only().column(tokens::Column::FamilyId).into_tuple().one(&self.db).await.map_err(db)?;
-        Ok(family.map(FamilyId))
+    async fn family_of(&self, digest: &SecretDigest) -> Result<Option<(FamilyId, UserId)>> {
+        let found: Option<(uuid::Uuid, uuid::Uuid)> = tokens::Entity::find_by_id(digest.to_hex())
+            .select_only()
+            .column(tokens::Column::FamilyId)
+            .column(tokens::Column::UserId)
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(db)?;
+        Ok(found.map(|(family, user)| (FamilyId(family), UserId::from_uuid(user))))
     }
 
     async fn prune_refresh_tokens(&self, now: DateTime<Utc>) -> Result<u64> {

@@ -5,6 +5,7 @@
 //! SQLite on its write lock.
 
 use async_trait::async_trait;
+use nexus_ports::audit::AuditEvent;
 use nexus_ports::identity::{DisplayName, UserId};
 use nexus_ports::ports::TenantStore;
 use nexus_ports::tenancy::{NodeProfile, Tenant, TenantId};
@@ -13,6 +14,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait};
 
 use crate::SqlStore;
+use crate::audit::record;
 use crate::entity::{agent_versions, agents, api_keys, tenants, users};
 use crate::error::{db, translate};
 
@@ -34,7 +36,7 @@ fn tenants(rows: Vec<tenants::Model>) -> Result<Vec<Tenant>> {
 
 #[async_trait]
 impl TenantStore for SqlStore {
-    async fn insert_tenant(&self, t: &Tenant, max_tenants: u32) -> Result<()> {
+    async fn insert_tenant(&self, t: &Tenant, max_tenants: u32, audit: &AuditEvent) -> Result<()> {
         let txn = self.db.begin().await.map_err(db)?;
         let locked = users::Entity::update_many()
             .col_expr(users::Column::Id, Expr::col(users::Column::Id))
@@ -58,6 +60,7 @@ impl TenantStore for SqlStore {
             created_at: Set(t.created_at),
         };
         tenants::Entity::insert(row).exec_without_returning(&txn).await.map_err(|e| translate(e, "tenant"))?;
+        record(&txn, audit).await?;
         txn.commit().await.map_err(db)
     }
 
@@ -80,12 +83,15 @@ impl TenantStore for SqlStore {
         tenants(tenants::Entity::find().order_by_asc(tenants::Column::CreatedAt).order_by_asc(tenants::Column::Id).all(&self.db).await.map_err(db)?)
     }
 
-    async fn delete_tenant(&self, id: &TenantId) -> Result<bool> {
+    async fn delete_tenant(&self, id: &TenantId, audit: &AuditEvent) -> Result<bool> {
         let txn = self.db.begin().await.map_err(db)?;
         api_keys::Entity::delete_many().filter(api_keys::Column::TenantId.eq(id.as_uuid())).exec(&txn).await.map_err(db)?;
         agent_versions::Entity::delete_many().filter(agent_versions::Column::TenantId.eq(id.as_uuid())).exec(&txn).await.map_err(db)?;
         agents::Entity::delete_many().filter(agents::Column::TenantId.eq(id.as_uuid())).exec(&txn).await.map_err(db)?;
         let deleted = tenants::Entity::delete_by_id(id.as_uuid()).exec(&txn).await.map_err(db)?.rows_affected;
+        if deleted > 0 {
+            record(&txn, audit).await?;
+        }
         txn.commit().await.map_err(db)?;
         Ok(deleted > 0)
     }

@@ -7,6 +7,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use nexus_ports::audit::AuditEvent;
 use nexus_ports::identity::{DisplayName, Email, NewUser, PasswordHash, User, UserCredentials, UserId};
 use nexus_ports::ports::UserStore;
 use nexus_ports::{Error, Result};
@@ -14,6 +15,7 @@ use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
 
 use crate::SqlStore;
+use crate::audit::record;
 use crate::entity::{refresh_tokens as tokens, users};
 use crate::error::{db, translate};
 
@@ -63,7 +65,7 @@ async fn end_sessions_in(txn: &impl ConnectionTrait, user: &UserId, at: DateTime
 
 #[async_trait]
 impl UserStore for SqlStore {
-    async fn insert_user(&self, new: &NewUser) -> Result<()> {
+    async fn insert_user(&self, new: &NewUser, audit: &AuditEvent) -> Result<()> {
         let row = users::ActiveModel {
             id: Set(new.user.id.as_uuid()),
             email: Set(new.user.email.as_str().to_owned()),
@@ -72,8 +74,10 @@ impl UserStore for SqlStore {
             created_at: Set(new.user.created_at),
             sessions_valid_after: Set(None),
         };
-        users::Entity::insert(row).exec_without_returning(&self.db).await.map_err(|e| translate(e, "a user with this email"))?;
-        Ok(())
+        let txn = self.db.begin().await.map_err(db)?;
+        users::Entity::insert(row).exec_without_returning(&txn).await.map_err(|e| translate(e, "a user with this email"))?;
+        record(&txn, audit).await?;
+        txn.commit().await.map_err(db)
     }
 
     async fn find_credentials(&self, email: &Email) -> Result<Option<UserCredentials>> {
@@ -86,7 +90,7 @@ impl UserStore for SqlStore {
         Ok(row.map(credentials).transpose()?.map(|c| c.user))
     }
 
-    async fn change_password(&self, user: &UserId, hash: &PasswordHash, at: DateTime<Utc>) -> Result<()> {
+    async fn change_password(&self, user: &UserId, hash: &PasswordHash, at: DateTime<Utc>, audit: &AuditEvent) -> Result<()> {
         let txn = self.db.begin().await.map_err(db)?;
         let changed = users::Entity::update_many()
             .col_expr(users::Column::PasswordHash, Expr::value(hash.as_phc()))
@@ -98,12 +102,14 @@ impl UserStore for SqlStore {
             return Err(no_such_user());
         }
         end_sessions_in(&txn, user, at).await?;
+        record(&txn, audit).await?;
         txn.commit().await.map_err(db)
     }
 
-    async fn end_sessions(&self, user: &UserId, at: DateTime<Utc>) -> Result<()> {
+    async fn end_sessions(&self, user: &UserId, at: DateTime<Utc>, audit: &AuditEvent) -> Result<()> {
         let txn = self.db.begin().await.map_err(db)?;
         end_sessions_in(&txn, user, at).await?;
+        record(&txn, audit).await?;
         txn.commit().await.map_err(db)
     }
 

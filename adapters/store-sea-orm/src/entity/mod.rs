@@ -4,6 +4,7 @@
 pub(crate) mod agent_versions;
 pub(crate) mod agents;
 pub(crate) mod api_keys;
+pub(crate) mod audit_events;
 pub(crate) mod login_attempts;
 pub(crate) mod refresh_tokens;
 pub(crate) mod settings;

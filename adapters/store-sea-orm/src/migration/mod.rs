@@ -9,6 +9,7 @@ mod m20261205_000004_login_attempts;
 mod m20261205_000005_sessions;
 mod m20261212_000006_version_manifests;
 mod m20261212_000007_key_scopes;
+mod m20261213_000007_audit_events;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000005_sessions::Migration),
             Box::new(m20261212_000006_version_manifests::Migration),
             Box::new(m20261212_000007_key_scopes::Migration),
+            Box::new(m20261213_000007_audit_events::Migration),
         ]
     }
 }

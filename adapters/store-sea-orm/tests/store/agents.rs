@@ -3,6 +3,7 @@
 use chrono::Duration;
 use nexus_ports::Error;
 use nexus_ports::agents::{Agent, AgentManifest, AgentName};
+use nexus_ports::audit::AuditAction;
 use nexus_ports::ports::{AgentStore, TenantStore, UserStore};
 use nexus_ports::tenancy::{Tenant, TenantId};
 use nexus_ports::testing;
@@ -22,9 +23,9 @@ on_both_backends!(
 
 async fn tenant(store: &SqlStore) -> TenantId {
     let user = new_user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
-    store.insert_user(&user).await.unwrap();
+    store.insert_user(&user, &crate::audit(AuditAction::UserRegister)).await.unwrap();
     let tenant = Tenant { created_at: now(), ..testing::tenant(user.user.id) };
-    store.insert_tenant(&tenant, 100).await.unwrap();
+    store.insert_tenant(&tenant, 100, &crate::audit(AuditAction::TenantCreate)).await.unwrap();
     tenant.id
 }
 
@@ -43,15 +44,15 @@ async fn agents_are_registered_with_their_history(url: &str) {
     let store = SqlStore::connect(url).await.unwrap();
     let t = tenant(&store).await;
     let bot = agent(t, "bot");
-    store.insert_agent(&bot, "usr_a", 50).await.unwrap();
-    assert!(matches!(store.insert_agent(&bot, "usr_a", 50).await, Err(Error::AlreadyExists(_))));
+    store.insert_agent(&bot, "usr_a", 50, &crate::audit(AuditAction::AgentCreate)).await.unwrap();
+    assert!(matches!(store.insert_agent(&bot, "usr_a", 50, &crate::audit(AuditAction::AgentCreate)).await, Err(Error::AlreadyExists(_))));
     let name = AgentName::parse("bot").unwrap();
     assert_eq!(store.find_agent(&t, &name).await.unwrap(), Some(bot.clone()));
     assert_eq!(store.find_agent(&t, &name).await.unwrap().unwrap().manifest.document()["spec"]["unknown"]["kept"], true);
     assert!(store.find_agent(&TenantId::generate(), &name).await.unwrap().is_none());
 
     let later = now() + Duration::seconds(5);
-    let updated = store.update_agent(&t, &manifest("bot", "1.1.0"), "key:ci", later, 100, None).await.unwrap();
+    let updated = store.update_agent(&t, &manifest("bot", "1.1.0"), "key:ci", later, 100, None, &crate::audit(AuditAction::AgentUpdate)).await.unwrap();
     assert_eq!((updated.manifest.version(), updated.created_at, updated.updated_at), (Some("1.1.0"), bot.created_at, later));
     let history = store.list_versions(&t, &name).await.unwrap();
     assert_eq!(
@@ -59,16 +60,22 @@ async fn agents_are_registered_with_their_history(url: &str) {
         vec![(1, Some("1.0.0"), "usr_a"), (2, Some("1.1.0"), "key:ci")]
     );
     assert_eq!(history[1].checksum, manifest("bot", "1.1.0").checksum());
-    assert!(matches!(store.update_agent(&t, &manifest("ghost", "1.0.0"), "usr_a", later, 100, None).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.update_agent(&t, &manifest("ghost", "1.0.0"), "usr_a", later, 100, None, &crate::audit(AuditAction::AgentUpdate)).await,
+        Err(Error::NotFound(_))
+    ));
 
-    store.insert_agent(&agent(t, "alpha"), "usr_a", 50).await.unwrap();
+    store.insert_agent(&agent(t, "alpha"), "usr_a", 50, &crate::audit(AuditAction::AgentCreate)).await.unwrap();
     let names: Vec<String> = store.list_agents(&t).await.unwrap().iter().map(|a| a.manifest.name().to_string()).collect();
     assert_eq!(names, ["alpha", "bot"]);
     assert_eq!(store.list_all_agents().await.unwrap().len(), 2);
-    assert!(store.delete_agent(&t, &name, None).await.unwrap());
-    assert!(!store.delete_agent(&t, &name, None).await.unwrap());
+    assert!(store.delete_agent(&t, &name, None, &crate::audit(AuditAction::AgentDelete)).await.unwrap());
+    assert!(!store.delete_agent(&t, &name, None, &crate::audit(AuditAction::AgentDelete)).await.unwrap());
     assert!(store.list_versions(&t, &name).await.unwrap().is_empty());
-    assert!(matches!(store.insert_agent(&agent(TenantId::generate(), "x"), "usr_a", 50).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.insert_agent(&agent(TenantId::generate(), "x"), "usr_a", 50, &crate::audit(AuditAction::AgentCreate)).await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 async fn the_quota_holds_under_racing_creates(url: &str) {
@@ -76,7 +83,7 @@ async fn the_quota_holds_under_racing_creates(url: &str) {
     let t = tenant(&a).await;
     let racers = (0..10).map(|i| {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tokio::spawn(async move { store.insert_agent(&agent(t, &format!("bot-{i}")), "usr_a", 3).await })
+        tokio::spawn(async move { store.insert_agent(&agent(t, &format!("bot-{i}")), "usr_a", 3, &crate::audit(AuditAction::AgentCreate)).await })
     });
     let mut outcomes = Vec::new();
     for racer in racers.collect::<Vec<_>>() {
@@ -90,8 +97,8 @@ async fn the_quota_holds_under_racing_creates(url: &str) {
 async fn agents_go_with_their_tenant(url: &str) {
     let store = SqlStore::connect(url).await.unwrap();
     let t = tenant(&store).await;
-    store.insert_agent(&agent(t, "bot"), "usr_a", 50).await.unwrap();
-    assert!(store.delete_tenant(&t).await.unwrap());
+    store.insert_agent(&agent(t, "bot"), "usr_a", 50, &crate::audit(AuditAction::AgentCreate)).await.unwrap();
+    assert!(store.delete_tenant(&t, &crate::audit(AuditAction::TenantDelete)).await.unwrap());
     assert!(store.list_all_agents().await.unwrap().is_empty());
 }
 
@@ -99,21 +106,23 @@ async fn old_versions_are_pruned_and_numbers_never_reused(url: &str) {
     let (a, b) = (SqlStore::connect(url).await.unwrap(), SqlStore::connect(url).await.unwrap());
     let t = tenant(&a).await;
     let name = AgentName::parse("bot").unwrap();
-    a.insert_agent(&agent(t, "bot"), "usr_a", 50).await.unwrap();
+    a.insert_agent(&agent(t, "bot"), "usr_a", 50, &crate::audit(AuditAction::AgentCreate)).await.unwrap();
     let numbers = async || a.list_versions(&t, &name).await.unwrap().iter().map(|v| v.number).collect::<Vec<_>>();
     for minor in 1..=4 {
-        a.update_agent(&t, &manifest("bot", &format!("1.{minor}.0")), "usr_a", now(), 3, None).await.unwrap();
+        a.update_agent(&t, &manifest("bot", &format!("1.{minor}.0")), "usr_a", now(), 3, None, &crate::audit(AuditAction::AgentUpdate)).await.unwrap();
     }
     assert_eq!(numbers().await, [3, 4, 5], "the newest three are kept");
     let newest = a.list_versions(&t, &name).await.unwrap().pop().unwrap();
     assert_eq!(newest.version.as_deref(), Some("1.4.0"));
     // A smaller retention keeps at least the newest; the next number goes on from it.
-    a.update_agent(&t, &manifest("bot", "2.0.0"), "usr_a", now(), 0, None).await.unwrap();
+    a.update_agent(&t, &manifest("bot", "2.0.0"), "usr_a", now(), 0, None, &crate::audit(AuditAction::AgentUpdate)).await.unwrap();
     assert_eq!(numbers().await, [6]);
     // Racing updates from two pools each get a number of their own, and the history stays bounded.
     let racers = (0..8).map(|i| {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tokio::spawn(async move { store.update_agent(&t, &manifest("bot", &format!("3.{i}.0")), "usr_a", now(), 4, None).await })
+        tokio::spawn(async move {
+            store.update_agent(&t, &manifest("bot", &format!("3.{i}.0")), "usr_a", now(), 4, None, &crate::audit(AuditAction::AgentUpdate)).await
+        })
     });
     for racer in racers.collect::<Vec<_>>() {
         racer.await.unwrap().unwrap();
@@ -125,9 +134,9 @@ async fn versions_keep_their_manifest_and_writes_can_be_conditional(url: &str) {
     let store = SqlStore::connect(url).await.unwrap();
     let t = tenant(&store).await;
     let name = AgentName::parse("bot").unwrap();
-    store.insert_agent(&agent(t, "bot"), "usr_a", 50).await.unwrap();
+    store.insert_agent(&agent(t, "bot"), "usr_a", 50, &crate::audit(AuditAction::AgentCreate)).await.unwrap();
     assert_eq!(store.find_agent(&t, &name).await.unwrap().unwrap().version_number, 1);
-    let updated = store.update_agent(&t, &manifest("bot", "1.1.0"), "usr_a", now(), 2, Some(1)).await.unwrap();
+    let updated = store.update_agent(&t, &manifest("bot", "1.1.0"), "usr_a", now(), 2, Some(1), &crate::audit(AuditAction::AgentUpdate)).await.unwrap();
     assert_eq!(updated.version_number, 2);
 
     // Each version keeps what it published, unknown fields included.
@@ -140,16 +149,19 @@ async fn versions_keep_their_manifest_and_writes_can_be_conditional(url: &str) {
     assert!(store.find_version(&TenantId::generate(), &name, 1).await.unwrap().is_none(), "another tenant's agent is not there");
 
     // A stale expectation changes nothing.
-    let stale = store.update_agent(&t, &manifest("bot", "9.9.9"), "usr_a", now(), 2, Some(1)).await;
+    let stale = store.update_agent(&t, &manifest("bot", "9.9.9"), "usr_a", now(), 2, Some(1), &crate::audit(AuditAction::AgentUpdate)).await;
     assert!(matches!(stale, Err(Error::PreconditionFailed(_))), "{stale:?}");
-    assert!(matches!(store.delete_agent(&t, &name, Some(1)).await, Err(Error::PreconditionFailed(_))));
+    assert!(matches!(store.delete_agent(&t, &name, Some(1), &crate::audit(AuditAction::AgentDelete)).await, Err(Error::PreconditionFailed(_))));
     let current = store.find_agent(&t, &name).await.unwrap().unwrap();
     assert_eq!((current.version_number, current.manifest.version()), (2, Some("1.1.0")));
     assert_eq!(store.list_versions(&t, &name).await.unwrap().len(), 2);
-    assert!(matches!(store.update_agent(&t, &manifest("ghost", "1.0.0"), "usr_a", now(), 2, Some(1)).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.update_agent(&t, &manifest("ghost", "1.0.0"), "usr_a", now(), 2, Some(1), &crate::audit(AuditAction::AgentUpdate)).await,
+        Err(Error::NotFound(_))
+    ));
 
     // Pruned versions are gone; numbers go on.
-    store.update_agent(&t, &manifest("bot", "1.2.0"), "usr_a", now(), 2, None).await.unwrap();
+    store.update_agent(&t, &manifest("bot", "1.2.0"), "usr_a", now(), 2, None, &crate::audit(AuditAction::AgentUpdate)).await.unwrap();
     assert!(store.find_version(&t, &name, 1).await.unwrap().is_none(), "pruned");
     assert_eq!(store.find_version(&t, &name, 3).await.unwrap().unwrap().manifest.unwrap().version(), Some("1.2.0"));
     assert_eq!(store.find_agent(&t, &name).await.unwrap().unwrap().version_number, 3);
@@ -157,7 +169,9 @@ async fn versions_keep_their_manifest_and_writes_can_be_conditional(url: &str) {
     // Racing conditional updates from one read: exactly one wins.
     let racers = (0..6).map(|i| {
         let store = store.clone();
-        tokio::spawn(async move { store.update_agent(&t, &manifest("bot", &format!("4.{i}.0")), "usr_a", now(), 10, Some(3)).await })
+        tokio::spawn(async move {
+            store.update_agent(&t, &manifest("bot", &format!("4.{i}.0")), "usr_a", now(), 10, Some(3), &crate::audit(AuditAction::AgentUpdate)).await
+        })
     });
     let mut won = 0;
     for racer in racers.collect::<Vec<_>>() {
@@ -171,6 +185,6 @@ async fn versions_keep_their_manifest_and_writes_can_be_conditional(url: &str) {
         }
     }
     assert_eq!(won, 1);
-    assert!(!store.delete_agent(&t, &AgentName::parse("ghost").unwrap(), Some(1)).await.unwrap());
-    assert!(store.delete_agent(&t, &name, Some(4)).await.unwrap());
+    assert!(!store.delete_agent(&t, &AgentName::parse("ghost").unwrap(), Some(1), &crate::audit(AuditAction::AgentDelete)).await.unwrap());
+    assert!(store.delete_agent(&t, &name, Some(4), &crate::audit(AuditAction::AgentDelete)).await.unwrap());
 }

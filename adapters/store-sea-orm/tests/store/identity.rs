@@ -2,6 +2,7 @@
 
 use chrono::{Duration, Utc};
 use nexus_ports::Error;
+use nexus_ports::audit::AuditAction;
 use nexus_ports::identity::{DisplayName, Email, NewUser, PasswordHash, User, UserId};
 use nexus_ports::ports::{HealthCheck, LoginAttemptStore, RefreshTokenStore, SettingsStore, UserStore};
 use nexus_ports::tokens::{FamilyId, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
@@ -33,7 +34,7 @@ pub(crate) fn new_user(email: &str) -> NewUser {
 
 async fn user_with_token(store: &SqlStore, expires_in: Duration) -> (UserId, SecretDigest) {
     let new = new_user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
-    store.insert_user(&new).await.unwrap();
+    store.insert_user(&new, &crate::audit(AuditAction::UserRegister)).await.unwrap();
     (new.user.id, session_of(store, new.user.id, expires_in, Duration::days(90)).await)
 }
 
@@ -49,7 +50,7 @@ async fn session_of(store: &SqlStore, user: UserId, expires_in: Duration, sessio
         expires_at: now + expires_in,
         session_expires_at: now + session_max,
     };
-    store.insert_refresh_token(&record).await.unwrap();
+    store.insert_refresh_token(&record, None).await.unwrap();
     digest
 }
 
@@ -61,8 +62,8 @@ fn replacement() -> Replacement {
 async fn users_are_unique_by_email(url: &str) {
     let store = SqlStore::connect(url).await.unwrap();
     let first = new_user("Ada@Example.com");
-    store.insert_user(&first).await.unwrap();
-    let again = store.insert_user(&new_user("ada@example.COM")).await;
+    store.insert_user(&first, &crate::audit(AuditAction::UserRegister)).await.unwrap();
+    let again = store.insert_user(&new_user("ada@example.COM"), &crate::audit(AuditAction::UserRegister)).await;
     assert!(matches!(again, Err(Error::AlreadyExists(_))), "{again:?}");
 
     let found = store.find_credentials(&Email::parse("ADA@example.com").unwrap()).await.unwrap().unwrap();
@@ -86,7 +87,7 @@ async fn rotation_has_one_winner_and_detects_reuse(url: &str) {
     // The replacement is live and in the same family; the first is now a replay.
     let again = store.rotate_refresh_token(&first, &replacement(), Utc::now()).await.unwrap();
     assert_eq!(again, Rotation::Reused { user_id: user, family_id });
-    assert_eq!(store.revoke_family(&family_id, Utc::now()).await.unwrap(), 1, "only the live replacement is left to revoke");
+    assert_eq!(store.revoke_family(&family_id, Utc::now(), None).await.unwrap(), 1, "only the live replacement is left to revoke");
     let after = store.rotate_refresh_token(&next.digest, &replacement(), Utc::now()).await.unwrap();
     assert!(matches!(after, Rotation::Reused { .. }), "{after:?}");
 }
@@ -133,7 +134,7 @@ async fn settings_keep_the_first_value(url: &str) {
 
 async fn migrations_are_idempotent_and_health_answers(url: &str) {
     let store = SqlStore::connect(url).await.unwrap();
-    store.insert_user(&new_user("kept@example.com")).await.unwrap();
+    store.insert_user(&new_user("kept@example.com"), &crate::audit(AuditAction::UserRegister)).await.unwrap();
     store.close().await;
     let reopened = SqlStore::connect(url).await.unwrap();
     assert!(reopened.find_credentials(&Email::parse("kept@example.com").unwrap()).await.unwrap().is_some());
@@ -157,7 +158,7 @@ async fn ending_sessions_revokes_every_token_and_sets_the_cutoff(url: &str) {
     assert_eq!(a.sessions_valid_after(&user).await.unwrap(), None);
 
     let ended = crate::now();
-    a.end_sessions(&user, ended).await.unwrap();
+    a.end_sessions(&user, ended, &crate::audit(AuditAction::UserSessionsRevoked)).await.unwrap();
     assert_eq!(b.sessions_valid_after(&user).await.unwrap(), Some(ended), "seen through another pool");
     for token in [first, second] {
         assert!(matches!(b.rotate_refresh_token(&token, &replacement(), Utc::now()).await.unwrap(), Rotation::Reused { .. }), "revoked");
@@ -166,7 +167,7 @@ async fn ending_sessions_revokes_every_token_and_sets_the_cutoff(url: &str) {
     assert!(matches!(a.rotate_refresh_token(&theirs, &replacement(), Utc::now()).await.unwrap(), Rotation::Rotated { .. }));
 
     // The cut-off only moves forward.
-    a.end_sessions(&user, ended - Duration::seconds(10)).await.unwrap();
+    a.end_sessions(&user, ended - Duration::seconds(10), &crate::audit(AuditAction::UserSessionsRevoked)).await.unwrap();
     assert_eq!(a.sessions_valid_after(&user).await.unwrap(), Some(ended));
     // A session that began before the cut-off (a login racing the end) is refused; one after is fine.
     let late = RefreshTokenRecord {
@@ -177,9 +178,9 @@ async fn ending_sessions_revokes_every_token_and_sets_the_cutoff(url: &str) {
         expires_at: ended + Duration::days(1),
         session_expires_at: ended + Duration::days(2),
     };
-    assert!(matches!(a.insert_refresh_token(&late).await, Err(Error::Unauthorized(_))));
+    assert!(matches!(a.insert_refresh_token(&late, None).await, Err(Error::Unauthorized(_))));
     session_of(&a, user, Duration::days(1), Duration::days(90)).await;
-    assert!(matches!(a.end_sessions(&UserId::generate(), ended).await, Err(Error::NotFound(_))));
+    assert!(matches!(a.end_sessions(&UserId::generate(), ended, &crate::audit(AuditAction::UserSessionsRevoked)).await, Err(Error::NotFound(_))));
     assert_eq!(a.sessions_valid_after(&UserId::generate()).await.unwrap(), None);
 }
 
@@ -188,17 +189,17 @@ async fn a_password_change_ends_every_session(url: &str) {
     let (user, token) = user_with_token(&store, Duration::days(1)).await;
     let email = store.find_user(&user).await.unwrap().unwrap().email;
     let (hash, at) = (PasswordHash::from_phc("$argon2id$new".into()), crate::now());
-    store.change_password(&user, &hash, at).await.unwrap();
+    store.change_password(&user, &hash, at, &crate::audit(AuditAction::UserPasswordChange)).await.unwrap();
     assert_eq!(store.find_credentials(&email).await.unwrap().unwrap().password_hash, hash);
     assert_eq!(store.sessions_valid_after(&user).await.unwrap(), Some(at));
     assert!(matches!(store.rotate_refresh_token(&token, &replacement(), Utc::now()).await.unwrap(), Rotation::Reused { .. }));
-    assert!(matches!(store.change_password(&UserId::generate(), &hash, at).await, Err(Error::NotFound(_))));
+    assert!(matches!(store.change_password(&UserId::generate(), &hash, at, &crate::audit(AuditAction::UserPasswordChange)).await, Err(Error::NotFound(_))));
 }
 
 async fn sessions_end_at_their_absolute_lifetime(url: &str) {
     let store = SqlStore::connect(url).await.unwrap();
     let new = new_user("long@example.com");
-    store.insert_user(&new).await.unwrap();
+    store.insert_user(&new, &crate::audit(AuditAction::UserRegister)).await.unwrap();
     // Tokens live a day, the session an hour: the first token is cut to the hour already.
     let first = session_of(&store, new.user.id, Duration::days(1), Duration::hours(1)).await;
     let session_end = Utc::now() + Duration::hours(1);
@@ -216,10 +217,10 @@ async fn logout_finds_the_family_of_any_of_its_tokens(url: &str) {
     let (_, first) = user_with_token(&store, Duration::days(1)).await;
     let next = replacement();
     let Rotation::Rotated { family_id, .. } = store.rotate_refresh_token(&first, &next, Utc::now()).await.unwrap() else { panic!("rotates") };
-    assert_eq!(store.family_of(&first).await.unwrap(), Some(family_id), "a rotated token still names its family");
-    assert_eq!(store.family_of(&next.digest).await.unwrap(), Some(family_id));
+    assert_eq!(store.family_of(&first).await.unwrap().map(|(family, _)| family), Some(family_id), "a rotated token still names its family");
+    assert_eq!(store.family_of(&next.digest).await.unwrap().map(|(family, _)| family), Some(family_id));
     assert_eq!(store.family_of(&SecretDigest::of("unknown")).await.unwrap(), None);
-    assert_eq!(store.revoke_family(&family_id, Utc::now()).await.unwrap(), 1);
+    assert_eq!(store.revoke_family(&family_id, Utc::now(), None).await.unwrap(), 1);
 }
 
 async fn pruning_keeps_only_tokens_that_can_still_matter(url: &str) {
@@ -230,15 +231,15 @@ async fn pruning_keeps_only_tokens_that_can_still_matter(url: &str) {
     store.rotate_refresh_token(&ancestor, &live, Utc::now()).await.unwrap();
     // An ended family (logged out): gone. An expired token: gone.
     let (_, ended) = user_with_token(&store, Duration::days(1)).await;
-    let ended_family = store.family_of(&ended).await.unwrap().unwrap();
-    store.revoke_family(&ended_family, Utc::now()).await.unwrap();
+    let ended_family = store.family_of(&ended).await.unwrap().unwrap().0;
+    store.revoke_family(&ended_family, Utc::now(), None).await.unwrap();
     let (_, expired) = user_with_token(&store, Duration::seconds(1)).await;
 
     let pruned = store.prune_refresh_tokens(Utc::now() + Duration::minutes(1)).await.unwrap();
     assert_eq!(pruned, 2);
     assert!(store.family_of(&ended).await.unwrap().is_none() && store.family_of(&expired).await.unwrap().is_none());
     let Rotation::Reused { family_id, .. } = store.rotate_refresh_token(&ancestor, &replacement(), Utc::now()).await.unwrap() else { panic!("a replay") };
-    store.revoke_family(&family_id, Utc::now()).await.unwrap();
+    store.revoke_family(&family_id, Utc::now(), None).await.unwrap();
     assert_eq!(store.prune_refresh_tokens(Utc::now()).await.unwrap(), 2, "the family the replay revoked goes next");
 }
 

@@ -5,6 +5,7 @@
 use nexus_store_sea_orm::testing::TestDatabase;
 
 mod agents;
+mod audit;
 mod identity;
 mod tenancy;
 mod tls;
@@ -31,6 +32,11 @@ macro_rules! on_both_backends {
 /// Now, to the microsecond, as the service's clock gives it (PostgreSQL keeps no more).
 pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::DurationRound::duration_trunc(chrono::Utc::now(), chrono::TimeDelta::microseconds(1)).unwrap()
+}
+
+/// An event to record with a change, by a user, of the request the test is not serving.
+pub(crate) fn audit(action: nexus_ports::audit::AuditAction) -> nexus_ports::audit::AuditEvent {
+    nexus_ports::audit::AuditEvent::now(now(), "usr_test", action, "target")
 }
 
 async fn run<F: AsyncFnOnce(&str)>(db: TestDatabase, case: F) {

@@ -2,6 +2,7 @@
 
 use chrono::Duration;
 use nexus_ports::Error;
+use nexus_ports::audit::AuditAction;
 use nexus_ports::identity::{DisplayName, UserId};
 use nexus_ports::ports::{ApiKeyStore, TenantStore, UserStore};
 use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId};
@@ -23,13 +24,13 @@ on_both_backends!(
 
 async fn owner(store: &SqlStore) -> UserId {
     let user = new_user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
-    store.insert_user(&user).await.unwrap();
+    store.insert_user(&user, &crate::audit(AuditAction::UserRegister)).await.unwrap();
     user.user.id
 }
 
 async fn tenant_of(store: &SqlStore, owner: UserId, name: &str) -> Tenant {
     let tenant = Tenant { display_name: DisplayName::parse(name).unwrap(), created_at: now(), ..nexus_ports::testing::tenant(owner) };
-    store.insert_tenant(&tenant, 100).await.unwrap();
+    store.insert_tenant(&tenant, 100, &crate::audit(AuditAction::TenantCreate)).await.unwrap();
     tenant
 }
 
@@ -43,7 +44,7 @@ async fn key_of(store: &SqlStore, tenant: &Tenant, label: &str) -> ApiKey {
         expires_at: None,
         last_used_at: None,
     };
-    store.insert_key(&key, 100).await.unwrap();
+    store.insert_key(&key, 100, &crate::audit(AuditAction::KeyCreate)).await.unwrap();
     key
 }
 
@@ -60,8 +61,11 @@ async fn tenants_belong_to_their_owner(url: &str) {
     assert!(store.find_tenant(&TenantId::generate()).await.unwrap().is_none());
 
     let orphan = Tenant { id: TenantId::generate(), owner: UserId::generate(), ..a.clone() };
-    assert!(matches!(store.insert_tenant(&orphan, 100).await, Err(Error::NotFound(_))), "an unknown owner is refused");
-    assert!(matches!(store.insert_tenant(&a, 100).await, Err(Error::AlreadyExists(_))));
+    assert!(
+        matches!(store.insert_tenant(&orphan, 100, &crate::audit(AuditAction::TenantCreate)).await, Err(Error::NotFound(_))),
+        "an unknown owner is refused"
+    );
+    assert!(matches!(store.insert_tenant(&a, 100, &crate::audit(AuditAction::TenantCreate)).await, Err(Error::AlreadyExists(_))));
 }
 
 async fn deleting_a_tenant_takes_its_keys(url: &str) {
@@ -69,8 +73,8 @@ async fn deleting_a_tenant_takes_its_keys(url: &str) {
     let ada = owner(&store).await;
     let (gone, kept) = (tenant_of(&store, ada, "gone").await, tenant_of(&store, ada, "kept").await);
     let (gone_key, kept_key) = (key_of(&store, &gone, "ci").await, key_of(&store, &kept, "ci").await);
-    assert!(store.delete_tenant(&gone.id).await.unwrap());
-    assert!(!store.delete_tenant(&gone.id).await.unwrap(), "already gone");
+    assert!(store.delete_tenant(&gone.id, &crate::audit(AuditAction::TenantDelete)).await.unwrap());
+    assert!(!store.delete_tenant(&gone.id, &crate::audit(AuditAction::TenantDelete)).await.unwrap(), "already gone");
     assert!(store.find_key(&gone_key.digest).await.unwrap().is_none());
     assert!(store.list_keys(&gone.id).await.unwrap().is_empty());
     assert_eq!(store.find_key(&kept_key.digest).await.unwrap().map(|(k, _)| k), Some(kept_key));
@@ -84,15 +88,15 @@ async fn keys_are_found_with_their_tenant(url: &str) {
     assert_eq!((found, of), (second.clone(), tenant.clone()));
     // Scope and expiry read back as written.
     let scoped = ApiKey { digest: SecretDigest::of("scoped"), scope: KeyScope::Read, expires_at: Some(now() + chrono::Duration::hours(1)), ..second.clone() };
-    store.insert_key(&scoped, 100).await.unwrap();
+    store.insert_key(&scoped, 100, &crate::audit(AuditAction::KeyCreate)).await.unwrap();
     assert_eq!(store.find_key(&scoped.digest).await.unwrap().unwrap().0, scoped);
-    assert!(store.delete_key(&tenant.id, &scoped.digest).await.unwrap());
+    assert!(store.delete_key(&tenant.id, &scoped.digest, &crate::audit(AuditAction::KeyRevoke)).await.unwrap());
     assert!(store.find_key(&SecretDigest::of("unknown")).await.unwrap().is_none());
     let mut listed = store.list_keys(&tenant.id).await.unwrap();
     listed.sort_by_key(|k| k.label.as_str().to_owned());
     assert_eq!(listed, vec![first, second]);
     assert!(matches!(
-        store.insert_key(&ApiKey { tenant_id: TenantId::generate(), ..key_of(&store, &tenant, "x").await }, 100).await,
+        store.insert_key(&ApiKey { tenant_id: TenantId::generate(), ..key_of(&store, &tenant, "x").await }, 100, &crate::audit(AuditAction::KeyCreate)).await,
         Err(Error::AlreadyExists(_) | Error::NotFound(_))
     ));
 }
@@ -102,9 +106,9 @@ async fn keys_are_revoked_only_within_their_tenant(url: &str) {
     let ada = owner(&store).await;
     let (mine, other) = (tenant_of(&store, ada, "mine").await, tenant_of(&store, ada, "other").await);
     let key = key_of(&store, &mine, "ci").await;
-    assert!(!store.delete_key(&other.id, &key.digest).await.unwrap(), "not through another tenant");
+    assert!(!store.delete_key(&other.id, &key.digest, &crate::audit(AuditAction::KeyRevoke)).await.unwrap(), "not through another tenant");
     assert!(store.find_key(&key.digest).await.unwrap().is_some());
-    assert!(store.delete_key(&mine.id, &key.digest).await.unwrap());
+    assert!(store.delete_key(&mine.id, &key.digest, &crate::audit(AuditAction::KeyRevoke)).await.unwrap());
     assert!(store.find_key(&key.digest).await.unwrap().is_none());
 }
 
@@ -127,7 +131,7 @@ async fn the_tenant_quota_holds_under_racing_creates(url: &str) {
     let racers = (0..10).map(|i| {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };
         let tenant = Tenant { display_name: DisplayName::parse("racer").unwrap(), created_at: now(), ..nexus_ports::testing::tenant(ada) };
-        tokio::spawn(async move { store.insert_tenant(&tenant, 3).await })
+        tokio::spawn(async move { store.insert_tenant(&tenant, 3, &crate::audit(AuditAction::TenantCreate)).await })
     });
     let mut outcomes = Vec::new();
     for racer in racers.collect::<Vec<_>>() {
@@ -157,7 +161,7 @@ async fn the_key_quota_holds_under_racing_creates(url: &str) {
             expires_at: None,
             last_used_at: None,
         };
-        tokio::spawn(async move { store.insert_key(&key, 4).await })
+        tokio::spawn(async move { store.insert_key(&key, 4, &crate::audit(AuditAction::KeyCreate)).await })
     });
     let mut outcomes = Vec::new();
     for racer in racers.collect::<Vec<_>>() {

@@ -1,0 +1,84 @@
+//! [`AuditStore`] on the `audit_events` table, and [`record`], which the other stores call
+//! inside the transaction of the change an event records.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use nexus_ports::Result;
+use nexus_ports::audit::{AuditAction, AuditCursor, AuditEvent, AuditEventId, AuditPage};
+use nexus_ports::identity::UserId;
+use nexus_ports::ports::AuditStore;
+use nexus_ports::tenancy::TenantId;
+use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::SqlStore;
+use crate::entity::audit_events as events;
+use crate::error::db;
+
+/// Writes `event` on `conn` (the transaction of the change it records).
+pub(crate) async fn record(conn: &impl ConnectionTrait, event: &AuditEvent) -> Result<()> {
+    let row = events::ActiveModel {
+        seq: NotSet,
+        id: Set(event.id.as_uuid()),
+        at: Set(event.at),
+        tenant_id: Set(event.tenant.map(|t| t.as_uuid())),
+        user_id: Set(event.user.map(|u| u.as_uuid())),
+        actor: Set(event.actor.clone()),
+        action: Set(event.action.as_str().to_owned()),
+        target: Set(event.target.clone()),
+        request_id: Set(event.request_id.clone()),
+        source_ip: Set(event.source_ip.clone()),
+    };
+    events::Entity::insert(row).exec_without_returning(conn).await.map_err(db)?;
+    Ok(())
+}
+
+fn event(row: events::Model) -> Result<AuditEvent> {
+    Ok(AuditEvent {
+        id: AuditEventId::from_uuid(row.id),
+        at: row.at,
+        actor: row.actor,
+        action: AuditAction::parse(&row.action)?,
+        target: row.target,
+        tenant: row.tenant_id.map(TenantId::from_uuid),
+        user: row.user_id.map(UserId::from_uuid),
+        request_id: row.request_id,
+        source_ip: row.source_ip,
+    })
+}
+
+impl SqlStore {
+    async fn page(&self, column: events::Column, owner: sea_orm::prelude::Uuid, limit: u32, after: Option<AuditCursor>) -> Result<AuditPage> {
+        let limit = limit.max(1);
+        let mut query = events::Entity::find().filter(column.eq(owner));
+        if let Some(AuditCursor(seq)) = after {
+            query = query.filter(events::Column::Seq.lt(seq));
+        }
+        // One more than asked says whether there is a next page.
+        let mut rows = query.order_by_desc(events::Column::Seq).limit(u64::from(limit) + 1).all(&self.db).await.map_err(db)?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next = if more { rows.last().map(|row| AuditCursor(row.seq)) } else { None };
+        let events = rows.into_iter().map(event).collect::<Result<Vec<_>>>()?;
+        Ok(AuditPage { events, next })
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqlStore {
+    async fn record_event(&self, e: &AuditEvent) -> Result<()> {
+        record(&self.db, e).await
+    }
+
+    async fn tenant_events(&self, tenant: &TenantId, limit: u32, after: Option<AuditCursor>) -> Result<AuditPage> {
+        self.page(events::Column::TenantId, tenant.as_uuid(), limit, after).await
+    }
+
+    async fn user_events(&self, user: &UserId, limit: u32, after: Option<AuditCursor>) -> Result<AuditPage> {
+        self.page(events::Column::UserId, user.as_uuid(), limit, after).await
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        let deleted = events::Entity::delete_many().filter(events::Column::At.lt(before)).exec(&self.db).await.map_err(db)?;
+        Ok(deleted.rows_affected)
+    }
+}
