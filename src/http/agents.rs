@@ -583,7 +583,12 @@ impl AgentApi {
         caller: Caller,
         #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
         #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
-        #[oai(validator(pattern = r"^[1-9][0-9]{0,3}[smhd]$"))] period: Query<Option<String>>,
+        // Exactly the periods the use case accepts (1s to 366d, at most 8784h): so that a
+        // period the document allows is never refused.
+        #[oai(validator(
+            pattern = r"^([1-9][0-9]{0,3}[sm]|([1-9][0-9]{0,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-7][0-9]|878[0-4])h|([1-9][0-9]?|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d)$"
+        ))]
+        period: Query<Option<String>>,
     ) -> Result<Json<MetricsView>, ApiError<NodeErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let period = period.0.unwrap_or_else(|| "1h".to_owned());
