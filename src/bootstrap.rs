@@ -100,6 +100,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         NodeKind::Stub => Arc::new(StubNode::new()),
         NodeKind::Http => Arc::new(HttpNode::new()?),
     };
+    let node: Arc<dyn NodeProxy> = Arc::new(crate::metered_node::MeteredNode::new(node));
     let resync = *config.resync;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secrets: Arc<dyn SecretGenerator> = Arc::new(OsSecrets);
@@ -128,6 +129,13 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         usage: key_usage.clone(),
     });
     let quotas = Quotas { max_tenants: config.max_tenants, max_keys: config.max_keys, max_agents: config.max_agents };
+    let reconciler = Arc::new(
+        Reconciler::new(
+            ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: store.clone(), tenants: store.clone(), clock: clock.clone() },
+            resync,
+        )
+        .with_resync_rate(config.resync_rate),
+    );
     let tenancy = TenancyService::new(
         TenancyPorts {
             tenants: store.clone(),
@@ -139,7 +147,8 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             audit: store.clone(),
         },
         quotas,
-    );
+    )
+    .with_waker(reconciler.waker());
     let housekeeping = Housekeeping {
         refresh_tokens: store.clone(),
         login_attempts: store.clone(),
@@ -148,10 +157,6 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         login_window: login_limit.window,
         audit_retention: lifetime(config.audit_retention)?,
     };
-    let reconciler = Arc::new(Reconciler::new(
-        ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: store.clone(), tenants: store.clone(), clock: clock.clone() },
-        resync,
-    ));
     let agents = AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock }, reconciler.clone(), config.max_versions)
         .with_run_timeout(*config.run_timeout)
         .with_events(EventSettings {
@@ -191,9 +196,9 @@ pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "nexus".to_owned());
             let identity = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
             let leading = kube.leadership(&identity);
-            let waker = reconciler.clone();
-            background.push(tokio::spawn(kube.changes().for_each(move |()| {
-                waker.trigger();
+            let waker = reconciler.waker();
+            background.push(tokio::spawn(kube.changes().for_each(move |change| {
+                waker.wake(change);
                 async {}
             })));
             background.push(tokio::spawn(crate::app::leadership::reconcile_while_leading(reconciler, leading)));

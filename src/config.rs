@@ -115,9 +115,14 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_NODE", value_enum, default_value = "stub", global = true)]
     pub node: NodeKind,
 
-    /// How often running agents are resynced with their node (and the loop runs without events).
+    /// How often running agents are resynced with their node (and the loop sweeps its lists).
     #[arg(long, env = "NEXUS_RESYNC", default_value = "60s", global = true)]
     pub resync: humantime::Duration,
+
+    /// How many running agents may be pushed again per second at most, so that resyncs of
+    /// many agents never reach their nodes at once (0: no limit).
+    #[arg(long, env = "NEXUS_RESYNC_RATE", default_value_t = 200, global = true)]
+    pub resync_rate: u32,
 
     /// The astromesh-node every tenant uses with the in-memory cluster.
     #[arg(long, env = "NEXUS_NODE_URL", default_value = "http://127.0.0.1:8000", global = true)]
@@ -238,6 +243,7 @@ impl ServeConfig {
         duration_within("NEXUS_REFRESH_TTL (--refresh-ttl)", self.refresh_ttl, SECOND, 365 * DAY)?;
         duration_within("NEXUS_SESSION_MAX (--session-max)", self.session_max, SECOND, 365 * DAY)?;
         duration_within("NEXUS_RESYNC (--resync)", self.resync, Duration::from_millis(100), DAY)?;
+        count_within("NEXUS_RESYNC_RATE (--resync-rate)", self.resync_rate, 0, 1_000_000)?;
         duration_within("NEXUS_LOGIN_WINDOW (--login-window)", self.login_window, SECOND, DAY)?;
         duration_within("NEXUS_AUDIT_RETENTION (--audit-retention)", self.audit_retention, 60 * SECOND, 3650 * DAY)?;
         duration_within("NEXUS_RUN_TIMEOUT (--run-timeout)", self.run_timeout, Duration::from_millis(100), Duration::from_secs(3600))?;

@@ -8,3 +8,4 @@ pub mod app;
 pub mod bootstrap;
 pub mod config;
 pub mod http;
+pub mod metered_node;

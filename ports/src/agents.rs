@@ -308,6 +308,16 @@ pub struct AgentObject {
     pub deleting: bool,
 }
 
+/// Something in the cluster that changed and should be looked at again: what watches and
+/// the API report to the reconcile loop, which then reconciles only that object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// A tenant, or its namespace or node.
+    Tenant(TenantId),
+    /// One agent object of a tenant.
+    Agent(TenantId, AgentName),
+}
+
 #[cfg(test)]
 #[path = "agents_tests.rs"]
 mod tests;

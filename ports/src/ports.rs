@@ -320,6 +320,10 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// the cluster lets them go.
     async fn list_agent_objects(&self) -> Result<Vec<AgentObject>>;
 
+    /// Every agent object of one tenant, as [`ClusterBackend::list_agent_objects`] lists
+    /// them; its cost does not grow with other tenants' agents.
+    async fn list_tenant_agent_objects(&self, tenant: &TenantId) -> Result<Vec<AgentObject>>;
+
     /// Records what reconciling `observed_generation` of the object found.
     async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()>;
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion, PublishedVersion};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion, Change, PublishedVersion};
 use nexus_ports::audit::{AuditAction, AuditEvent};
 use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
@@ -179,7 +179,7 @@ impl AgentService {
         if let Err(err) = self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await {
             tracing::warn!(agent = %agent.manifest.name(), error = %err, "could not apply the agent to the cluster yet");
         }
-        self.reconciler.trigger();
+        self.reconciler.wake(Change::Agent(agent.tenant_id, agent.manifest.name().clone()));
     }
 
     async fn status_of(&self, agent: &Agent) -> Result<AgentStatus> {
@@ -313,7 +313,7 @@ impl AgentService {
         }
         tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");
         self.cluster.request_agent_deletion(&tenant.id, &name).await?;
-        self.reconciler.trigger();
+        self.reconciler.wake(Change::Agent(tenant.id, name.clone()));
         Ok(name)
     }
 

@@ -14,6 +14,7 @@ pub mod reconcile;
 pub mod tenancy;
 pub mod throttle;
 pub mod traces;
+pub mod work_queue;
 
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +25,7 @@ pub use housekeeping::Housekeeping;
 pub use identity::{IdentityPorts, IdentityService, Registration, Session, SessionPolicy, TokenPair};
 pub use key_usage::KeyUsage;
 pub use login_limit::LoginLimit;
-pub use reconcile::{ReconcilePorts, Reconciler};
+pub use reconcile::{ReconcilePorts, Reconciler, Waker};
 pub use tenancy::{KeyGrant, NewKey, Quotas, TenancyPorts, TenancyService, TenantState};
 pub use throttle::{AddressLimiter, AuthThrottle};
 

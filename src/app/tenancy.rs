@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, Utc};
+use nexus_ports::agents::Change;
 use nexus_ports::audit::{AuditAction, AuditCursor, AuditEvent, AuditPage, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
 use nexus_ports::identity::{DisplayName, UserId};
 use nexus_ports::ports::{ApiKeyStore, AuditStore, Clock, ClusterBackend, SecretGenerator, TenantStore};
@@ -16,6 +17,7 @@ use nexus_ports::{Error, Result};
 
 use super::access::owned_tenant;
 use super::key_usage::KeyUsage;
+use super::reconcile::Waker;
 
 /// Prefix of API keys, so a leaked one is recognisable.
 const KEY_PREFIX: &str = "nxk_";
@@ -72,6 +74,8 @@ pub struct TenancyService {
     usage: Arc<KeyUsage>,
     audit: Arc<dyn AuditStore>,
     quotas: Quotas,
+    /// Tells the reconcile loop which tenant changed.
+    waker: Option<Waker>,
 }
 
 /// The ports the tenancy use cases need, by name.
@@ -90,7 +94,19 @@ impl TenancyService {
     /// Wires the use cases, bounded by `quotas`.
     pub fn new(ports: TenancyPorts, quotas: Quotas) -> Self {
         let TenancyPorts { tenants, keys, cluster, secrets, clock, usage, audit } = ports;
-        Self { tenants, keys, cluster, secrets, clock, usage, audit, quotas }
+        Self { tenants, keys, cluster, secrets, clock, usage, audit, quotas, waker: None }
+    }
+
+    /// The same use cases, waking the reconcile loop for every tenant they create or delete.
+    #[must_use]
+    pub fn with_waker(self, waker: Waker) -> Self {
+        Self { waker: Some(waker), ..self }
+    }
+
+    fn changed(&self, tenant: TenantId) {
+        if let Some(waker) = &self.waker {
+            waker.wake(Change::Tenant(tenant));
+        }
     }
 
     /// Creates a tenant owned by `owner` and provisions it. A cluster that fails leaves
@@ -115,6 +131,7 @@ impl TenancyService {
         })?;
         tracing::info!(tenant = %tenant.id, owner = %owner, "tenant created");
         let status = provision(self.cluster.as_ref(), &tenant).await;
+        self.changed(tenant.id);
         Ok(TenantState { tenant, status })
     }
 
@@ -142,6 +159,7 @@ impl TenancyService {
         let audit = AuditEvent::now(self.clock.now(), owner.to_string(), AuditAction::TenantDelete, tenant.id.to_string()).in_tenant(tenant.id).of_user(*owner);
         self.tenants.delete_tenant(&tenant.id, &audit).await?;
         tracing::info!(tenant = %tenant.id, "tenant deleted");
+        self.changed(tenant.id);
         Ok(tenant.id)
     }
 

@@ -40,10 +40,33 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time to answer an HTTP request, by method and route template."
     );
-    metrics::describe_gauge!("nexus_tenants", "Tenants by phase, as of the last reconcile pass.");
-    metrics::describe_gauge!("nexus_agents", "Agents by phase, as of the last reconcile pass.");
-    metrics::describe_histogram!("nexus_reconcile_pass_duration_seconds", metrics::Unit::Seconds, "Time one reconcile pass took.");
+    metrics::describe_gauge!("nexus_tenants", "Tenants by phase, as the reconcile loop last saw them.");
+    metrics::describe_gauge!("nexus_agents", "Agents by phase, as the reconcile loop last saw or wrote them.");
+    metrics::describe_histogram!(
+        "nexus_reconcile_item_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time the reconcile loop took over one object (kind: agent, tenant, or sweep of the lists)."
+    );
+    metrics::describe_gauge!("nexus_reconcile_queue_depth", "Objects due for reconciling and not yet taken: the reconcile loop's backlog.");
+    metrics::describe_gauge!("nexus_reconcile_objects", "Objects the reconcile loop tracks, each due at its own time.");
+    metrics::describe_counter!("nexus_reconcile_resyncs_deferred_total", "Resyncs postponed by the resync rate limit (NEXUS_RESYNC_RATE).");
     metrics::describe_counter!("nexus_auth_refusals_total", "Requests refused authentication, by reason.");
+    metrics::describe_counter!(
+        "nexus_rate_limit_refusals_total",
+        "Requests refused by a rate limit: per client address on /auth, or failed logins per account."
+    );
+    metrics::describe_counter!("nexus_node_requests_total", "Calls to astromesh nodes, by operation and outcome.");
+    metrics::describe_histogram!("nexus_node_request_duration_seconds", metrics::Unit::Seconds, "Time a call to a node took, by operation.");
+    metrics::describe_histogram!(
+        "nexus_password_hash_queue_wait_seconds",
+        metrics::Unit::Seconds,
+        "Time a password hash or check waited for the hasher before it ran."
+    );
+    // Counters that may stay at zero for long are exposed from the start, so that rates
+    // over them are defined.
+    for limit in ["auth_address", "login_account"] {
+        metrics::counter!("nexus_rate_limit_refusals_total", "limit" => limit).increment(0);
+    }
 }
 
 /// Starts recording (idempotent). Call before serving so the families exist from the start.

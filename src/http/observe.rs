@@ -45,3 +45,66 @@ pub(crate) async fn observe<E: Endpoint>(next: Arc<E>, mut request: Request) -> 
     metrics::histogram!("nexus_http_request_duration_seconds", "method" => method, "route" => route).record(elapsed.as_secs_f64());
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use poem::{EndpointExt, Route, handler};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    /// Log output kept in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl MakeWriter<'_> for Captured {
+        type Writer = Self;
+
+        fn make_writer(&self) -> Self {
+            self.clone()
+        }
+    }
+
+    #[handler]
+    async fn noisy() -> &'static str {
+        tracing::info!("working on it");
+        tokio::task::yield_now().await;
+        tracing::warn!(detail = "something", "still working");
+        "done"
+    }
+
+    #[test]
+    fn every_json_log_line_of_a_request_carries_its_id() {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt().json().with_writer(captured.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let app = Route::new().at("/work", noisy).around(observe);
+                let request = Request::builder().uri(poem::http::Uri::from_static("/work")).header(REQUEST_ID, "req-log-1").finish();
+                let response = app.call(request).await.unwrap().into_response();
+                assert_eq!(response.headers()[REQUEST_ID], "req-log-1");
+            });
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+        assert_eq!(lines.len(), 3, "the handler's two lines and the answer's: {text}");
+        for line in &lines {
+            assert_eq!(line["span"]["request_id"], "req-log-1", "{line}");
+        }
+    }
+}

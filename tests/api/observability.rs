@@ -35,6 +35,13 @@ async fn metrics_name_routes_by_template_and_cover_the_service(backend: Backend)
         let token = server.user("metrics@example.com").await;
         server.get("/api/v1/agents/some-agent", Some(&token)).await;
         server.get("/api/v1/no-such-route", None).await;
+        // A node call: the live status of an agent asks its node.
+        let tenant = server.tenant(&token, "Metered").await.str("id");
+        let scoped = [("authorization", format!("Bearer {token}")), ("x-tenant-id", tenant)];
+        let scoped: Vec<(&str, &str)> = scoped.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let manifest = nexus_ports::testing::manifest_document("metered", "m");
+        assert_eq!(server.call(Method::POST, "/api/v1/agents", &scoped, Some(&manifest)).await.status, StatusCode::CREATED);
+        server.call(Method::GET, "/api/v1/agents/metered/status", &scoped, None).await;
         let scrape = scrape().await;
         for family in [
             "nexus_http_requests_total",
@@ -42,6 +49,10 @@ async fn metrics_name_routes_by_template_and_cover_the_service(backend: Backend)
             "nexus_tenants",
             "nexus_agents",
             "nexus_auth_refusals_total",
+            "nexus_rate_limit_refusals_total",
+            "nexus_node_requests_total",
+            "nexus_node_request_duration_seconds",
+            "nexus_password_hash_queue_wait_seconds",
             "process_resident_memory_bytes",
             "process_cpu_seconds_total",
             "process_open_fds",
@@ -57,6 +68,17 @@ async fn metrics_name_routes_by_template_and_cover_the_service(backend: Backend)
         assert!(routes.iter().all(|route| !route.contains("some-agent") && !route.contains("no-such-route")), "{routes:?}");
         assert!(label_values(&scrape, "nexus_http_requests_total", "status").contains("400"));
         assert!(label_values(&scrape, "nexus_tenants", "phase").contains("Ready"));
+        assert!(label_values(&scrape, "nexus_node_requests_total", "operation").contains("agent_view"));
+        assert!(
+            label_values(&scrape, "nexus_node_requests_total", "outcome")
+                .iter()
+                .all(|o| ["ok", "upstream_error", "unavailable", "error"].contains(&o.as_str()))
+        );
+        for histogram in ["nexus_node_request_duration_seconds", "nexus_password_hash_queue_wait_seconds"] {
+            assert_eq!(scrape.families[histogram].family_type, openmetrics_parser::PrometheusType::Histogram, "{histogram}");
+        }
+        let limits = label_values(&scrape, "nexus_rate_limit_refusals_total", "limit");
+        assert!(limits.contains("auth_address") && limits.contains("login_account"), "{limits:?}");
     })
     .await;
 }

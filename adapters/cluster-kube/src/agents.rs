@@ -95,6 +95,12 @@ impl KubeCluster {
         Ok(agents.items.iter().filter_map(agent_object).collect())
     }
 
+    /// Every agent in the tenant's namespace with a valid manifest.
+    pub(crate) async fn list_tenant_agents(&self, tenant: &TenantId) -> Result<Vec<AgentObject>> {
+        let agents = self.agents_in(tenant).list(&ListParams::default()).await.map_err(translate)?;
+        Ok(agents.items.iter().filter_map(agent_object).collect())
+    }
+
     /// Records `status` for `observed_generation` through the status subresource.
     pub(crate) async fn write_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()> {
         let patch = json!({

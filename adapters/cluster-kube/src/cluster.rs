@@ -208,6 +208,10 @@ impl ClusterBackend for KubeCluster {
         self.list_agents().await
     }
 
+    async fn list_tenant_agent_objects(&self, tenant: &TenantId) -> Result<Vec<AgentObject>> {
+        self.list_tenant_agents(tenant).await
+    }
+
     async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()> {
         self.write_agent_status(tenant, name, observed_generation, status).await
     }

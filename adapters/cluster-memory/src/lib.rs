@@ -4,7 +4,8 @@
 //! core re-applies stored tenants and agents at start-up.
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::RwLock;
 
 use async_trait::async_trait;
@@ -14,13 +15,17 @@ use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::{Error, Result};
 
+/// Agent objects by tenant, then by name: reading one tenant's costs the same whatever
+/// the other tenants hold.
+type Agents = HashMap<TenantId, BTreeMap<AgentName, AgentObject>>;
+
 /// [`ClusterBackend`] in process memory.
 pub struct MemoryCluster {
     node_endpoint: String,
     tenants: RwLock<HashMap<TenantId, TenantStatus>>,
     /// Deprovisioned tenants whose agents are still being removed from the node.
     terminating: RwLock<HashSet<TenantId>>,
-    agents: RwLock<HashMap<(TenantId, AgentName), AgentObject>>,
+    agents: RwLock<Agents>,
 }
 
 impl MemoryCluster {
@@ -29,7 +34,7 @@ impl MemoryCluster {
         Self { node_endpoint: node_endpoint.into(), tenants: RwLock::default(), terminating: RwLock::default(), agents: RwLock::default() }
     }
 
-    fn agents(&self) -> Result<std::sync::RwLockWriteGuard<'_, HashMap<(TenantId, AgentName), AgentObject>>> {
+    fn agents(&self) -> Result<std::sync::RwLockWriteGuard<'_, Agents>> {
         self.agents.write().map_err(poisoned)
     }
 }
@@ -61,11 +66,9 @@ impl ClusterBackend for MemoryCluster {
     async fn deprovision_tenant(&self, id: &TenantId) -> Result<()> {
         let mut agents = self.agents()?;
         let mut remaining = false;
-        for ((tenant, _), object) in agents.iter_mut() {
-            if tenant == id {
-                object.deleting = true;
-                remaining = true;
-            }
+        for object in agents.get_mut(id).into_iter().flat_map(BTreeMap::values_mut) {
+            object.deleting = true;
+            remaining = true;
         }
         if remaining {
             self.terminating.write().map_err(poisoned)?.insert(*id);
@@ -83,46 +86,49 @@ impl ClusterBackend for MemoryCluster {
 
     async fn apply_agent(&self, tenant: &TenantId, manifest: &AgentManifest) -> Result<()> {
         let mut agents = self.agents()?;
-        let key = (*tenant, manifest.name().clone());
-        match agents.get_mut(&key) {
-            Some(object) if object.manifest == *manifest && !object.deleting => {}
-            Some(object) => {
+        match agents.entry(*tenant).or_default().entry(manifest.name().clone()) {
+            Entry::Occupied(entry) if entry.get().manifest == *manifest && !entry.get().deleting => {}
+            Entry::Occupied(mut entry) => {
+                let object = entry.get_mut();
                 object.manifest = manifest.clone();
                 object.generation += 1;
                 object.deleting = false;
             }
-            None => {
-                let object = AgentObject {
+            Entry::Vacant(entry) => {
+                entry.insert(AgentObject {
                     tenant_id: *tenant,
                     manifest: manifest.clone(),
                     generation: 1,
                     observed_generation: 0,
                     status: AgentStatus::pending(),
                     deleting: false,
-                };
-                agents.insert(key, object);
+                });
             }
         }
         Ok(())
     }
 
     async fn request_agent_deletion(&self, tenant: &TenantId, name: &AgentName) -> Result<()> {
-        if let Some(object) = self.agents()?.get_mut(&(*tenant, name.clone())) {
+        if let Some(object) = self.agents()?.get_mut(tenant).and_then(|agents| agents.get_mut(name)) {
             object.deleting = true;
         }
         Ok(())
     }
 
     async fn agent_object(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<AgentObject>> {
-        Ok(self.agents.read().map_err(poisoned)?.get(&(*tenant, name.clone())).cloned())
+        Ok(self.agents.read().map_err(poisoned)?.get(tenant).and_then(|agents| agents.get(name)).cloned())
     }
 
     async fn list_agent_objects(&self) -> Result<Vec<AgentObject>> {
-        Ok(self.agents.read().map_err(poisoned)?.values().cloned().collect())
+        Ok(self.agents.read().map_err(poisoned)?.values().flat_map(BTreeMap::values).cloned().collect())
+    }
+
+    async fn list_tenant_agent_objects(&self, tenant: &TenantId) -> Result<Vec<AgentObject>> {
+        Ok(self.agents.read().map_err(poisoned)?.get(tenant).map(|agents| agents.values().cloned().collect()).unwrap_or_default())
     }
 
     async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()> {
-        if let Some(object) = self.agents()?.get_mut(&(*tenant, name.clone())) {
+        if let Some(object) = self.agents()?.get_mut(tenant).and_then(|agents| agents.get_mut(name)) {
             object.observed_generation = observed_generation;
             object.status = status.clone();
         }
@@ -131,10 +137,14 @@ impl ClusterBackend for MemoryCluster {
 
     async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<()> {
         let mut agents = self.agents()?;
-        agents.remove(&(*tenant, name.clone()));
-        // A deprovisioned tenant goes with its last agent.
-        if !agents.keys().any(|(t, _)| t == tenant) && self.terminating.write().map_err(poisoned)?.remove(tenant) {
-            self.tenants.write().map_err(poisoned)?.remove(tenant);
+        let Some(of_tenant) = agents.get_mut(tenant) else { return Ok(()) };
+        of_tenant.remove(name);
+        if of_tenant.is_empty() {
+            agents.remove(tenant);
+            // A deprovisioned tenant goes with its last agent.
+            if self.terminating.write().map_err(poisoned)?.remove(tenant) {
+                self.tenants.write().map_err(poisoned)?.remove(tenant);
+            }
         }
         Ok(())
     }

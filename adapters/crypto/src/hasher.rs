@@ -58,7 +58,9 @@ impl Argon2Hasher {
     /// still runs.
     async fn run<T: Send + 'static>(&self, work: impl FnOnce(&Argon2<'static>) -> T + Send + 'static) -> Result<T> {
         let place = self.admit()?;
+        let queued = std::time::Instant::now();
         let permit = Arc::clone(&self.running).acquire_owned().await.map_err(Error::internal)?;
+        metrics::histogram!("nexus_password_hash_queue_wait_seconds").record(queued.elapsed().as_secs_f64());
         let argon = self.argon.clone();
         tokio::task::spawn_blocking(move || {
             let _permits = (place, permit);

@@ -6,6 +6,10 @@
 //! reach a node, or an error answer from it, is [`Error::Upstream`] with a stable sentence
 //! naming what failed and the status; the node's address and its own text (which may
 //! name other tenants' agents, or be a Python exception) go to the log only.
+//!
+//! Every call carries `X-Request-ID`: the id of the request it is made for (from
+//! [`nexus_ports::context`]), or a fresh one for work no request asked for (the reconcile
+//! loop), so that the node's log lines can be tied to ours.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -25,6 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 /// The most traces astromesh-node 0.74.1 answers at once (it refuses a larger `limit`).
 const MAX_TRACES: u32 = 100;
+/// The header that carries the request id to the node.
+const REQUEST_ID: &str = "x-request-id";
 /// What a client reads when the node cannot be reached.
 const UNREACHABLE: &str = "the agent's node cannot be reached";
 
@@ -51,7 +57,8 @@ impl HttpNode {
     }
 
     fn request(&self, method: Method, node: &str, path: &str) -> RequestBuilder {
-        self.client.request(method, format!("{}{path}", node.trim_end_matches('/')))
+        let request_id = nexus_ports::context::request_id().map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), |id| id.to_string());
+        self.client.request(method, format!("{}{path}", node.trim_end_matches('/'))).header(REQUEST_ID, request_id)
     }
 
     /// Sends and returns the status and JSON body (`Null` when the body is not JSON).
@@ -233,6 +240,59 @@ mod tests {
 
     fn answer(status: &str, headers: &str, body: &str) -> Vec<u8> {
         format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
+    }
+
+    /// A node on a loopback port that answers `{}` to every request and hands over the
+    /// head of each request it received.
+    async fn capturing() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (heads, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let heads = heads.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let _ = heads.send(String::from_utf8_lossy(&request).to_ascii_lowercase());
+                    let _ = socket.write_all(&answer("200 OK", "Content-Type: application/json\r\n", "{}")).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        (url, received)
+    }
+
+    fn request_id_of(head: &str) -> String {
+        head.lines().find_map(|line| line.strip_prefix("x-request-id: ")).unwrap_or_else(|| panic!("no request id in {head}")).trim().to_owned()
+    }
+
+    #[tokio::test]
+    async fn every_node_call_carries_the_request_id_or_a_fresh_one() {
+        let (url, mut heads) = capturing().await;
+        let node = HttpNode::new().unwrap();
+        let name = AgentName::parse("bot").unwrap();
+        nexus_ports::context::with_request_id("req-42".into(), async {
+            node.deploy_agent(&url, &name).await.unwrap();
+            node.remove_agent(&url, &name).await.unwrap();
+            node.register_agent(&url, &json!({"metadata": {"name": "bot"}})).await.unwrap();
+        })
+        .await;
+        for _ in 0..3 {
+            assert_eq!(request_id_of(&heads.recv().await.unwrap()), "req-42");
+        }
+        // Work no request asked for (the reconcile loop) gets an id of its own per call.
+        node.deploy_agent(&url, &name).await.unwrap();
+        node.deploy_agent(&url, &name).await.unwrap();
+        let (first, second) = (request_id_of(&heads.recv().await.unwrap()), request_id_of(&heads.recv().await.unwrap()));
+        assert!(first.len() == 32 && first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+        assert_ne!(first, second);
     }
 
     #[tokio::test]
