@@ -18,8 +18,8 @@ use nexus_store_sea_orm::SqlStore;
 use crate::app::housekeeping::PRUNE_EVERY;
 use crate::app::key_usage::FLUSH_EVERY;
 use crate::app::{
-    AccessPorts, AccessService, AgentPorts, AgentService, AuthThrottle, EventSettings, Housekeeping, IdentityPorts, IdentityService, KeyUsage, LoginLimit,
-    Nexus, Quotas, Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
+    AccessPorts, AccessService, AgentLimits, AgentPorts, AgentService, AuthThrottle, EventSettings, Housekeeping, IdentityPorts, IdentityService, KeyUsage,
+    LoginLimit, Nexus, Quotas, Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
 };
 use crate::config::{ClusterKind, NodeKind, ServeConfig};
 
@@ -157,14 +157,18 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         login_window: login_limit.window,
         audit_retention: lifetime(config.audit_retention)?,
     };
-    let agents = AgentService::new(AgentPorts { agents: store.clone(), cluster, node, clock }, reconciler.clone(), config.max_versions)
-        .with_run_timeout(*config.run_timeout)
-        .with_events(EventSettings {
-            poll: *config.events_poll,
-            heartbeat: *config.events_heartbeat,
-            max_streams: config.events_max_streams,
-            max_duration: *config.events_max_duration,
-        });
+    let agents = AgentService::new(
+        AgentPorts { agents: store.clone(), cluster, node, clock },
+        reconciler.clone(),
+        AgentLimits { max_versions: config.max_versions, max_manifest_bytes: config.max_tenant_manifest_bytes },
+    )
+    .with_run_timeout(*config.run_timeout)
+    .with_events(EventSettings {
+        poll: *config.events_poll,
+        heartbeat: *config.events_heartbeat,
+        max_streams: config.events_max_streams,
+        max_duration: *config.events_max_duration,
+    });
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
     let auth_throttle = AuthThrottle::new(config.auth_rate, config.trusted_proxies.clone());
     let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, auth_throttle, background: Mutex::default() });
@@ -178,15 +182,21 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
 /// while this replica holds the lease, and its first pass provisions the tenants and
 /// applies the registry, with the watches waking it.
 ///
+/// Start-up never fails on what is stored: an agent that cannot be applied is left to
+/// the loop (which reports it on that agent), and a registry that cannot be read now is
+/// applied by the loop's next timed pass.
+///
 /// # Errors
-/// [`Error::Unavailable`] when the registry cannot be read (in-memory cluster).
+/// None today; kept for what starting may need to refuse.
 pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
     let Wiring { nexus, reconciler, housekeeping, kube } = wiring;
     crate::http::metrics::install();
     if kube.is_none() {
         let tenants = reconciler.reconcile_tenants().await.len();
-        let agents_applied = reconciler.apply_registry().await?;
-        tracing::info!(tenants, agents = agents_applied, "stored tenants and agents applied to the cluster");
+        match reconciler.apply_registry().await {
+            Ok(agents) => tracing::info!(tenants, agents, "stored tenants and agents applied to the cluster"),
+            Err(err) => tracing::warn!(tenants, error = %err, "cannot read the agent registry yet; the reconcile loop applies it"),
+        }
     }
     let mut background = vec![tokio::spawn(nexus.key_usage.clone().run(FLUSH_EVERY)), tokio::spawn(housekeeping.run(PRUNE_EVERY))];
     match kube {

@@ -153,6 +153,11 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_MAX_AGENTS", default_value_t = 50, global = true)]
     pub max_agents: u32,
 
+    /// How many bytes of manifests one tenant may hold, all its agents' together (each
+    /// counted as its compact JSON).
+    #[arg(long, env = "NEXUS_MAX_TENANT_MANIFEST_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
+    pub max_tenant_manifest_bytes: u64,
+
     /// How many tenants a user may own.
     #[arg(long, env = "NEXUS_MAX_TENANTS", default_value_t = 10, global = true)]
     pub max_tenants: u32,
@@ -261,6 +266,7 @@ impl ServeConfig {
         count_within("NEXUS_AUTH_RATE (--auth-rate)", self.auth_rate, 0, 1_000_000)?;
         count_within("NEXUS_LOGIN_FAILURES (--login-failures)", self.login_failures, 0, 10_000)?;
         count_within("NEXUS_MAX_AGENTS (--max-agents)", self.max_agents, 1, 100_000)?;
+        count_within("NEXUS_MAX_TENANT_MANIFEST_BYTES (--max-tenant-manifest-bytes)", self.max_tenant_manifest_bytes, 1024, 1 << 40)?;
         count_within("NEXUS_MAX_TENANTS (--max-tenants)", self.max_tenants, 1, 100_000)?;
         count_within("NEXUS_MAX_KEYS (--max-keys)", self.max_keys, 1, 10_000)?;
         count_within("NEXUS_MAX_VERSIONS (--max-versions)", self.max_versions, 1, 100_000)

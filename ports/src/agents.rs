@@ -2,9 +2,14 @@
 //! goes through on its way to its tenant's node.
 //!
 //! A manifest is kept as the JSON document it was sent as, unknown fields included: it
-//! passes through to the node. Only what Nexus relies on is checked.
+//! passes through to the node. Only what Nexus relies on is checked, when it is received;
+//! once accepted it is held compactly, as its serialized JSON text, and parsed only where
+//! its content is needed (what it references of other agents is extracted once).
+//! A manifest read back from storage is trusted: it is not checked again with today's
+//! rules, and one that cannot be parsed any more is reported for that agent alone.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -39,6 +44,12 @@ impl AgentName {
         if ok { Ok(Self(raw.to_owned())) } else { Err(Error::invalid(format!("agent name {NAME_RULE}"))) }
     }
 
+    /// A name as it was stored, trusted as it is (stored data is not checked again with
+    /// today's rules).
+    pub fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -51,12 +62,73 @@ impl fmt::Display for AgentName {
     }
 }
 
-/// A validated `astromesh/v1` Agent manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentManifest {
-    document: Value,
+/// The deepest a manifest may nest (the root mapping is level 1): within what every
+/// format, the store, the cluster's objects and its watch events can carry (serde_json
+/// reads at most 128 levels, and a cluster object wraps the manifest a few levels down).
+pub const MAX_DEPTH: usize = 64;
+
+/// The largest a manifest may be as it is held and stored: compact JSON, in bytes. However
+/// it was sent (YAML aliases included), a manifest expanding beyond this is refused.
+pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+
+/// An `astromesh/v1` Agent manifest: validated when received ([`AgentManifest::parse`]),
+/// trusted when read back ([`AgentManifest::from_stored`]). Held as its JSON text behind a
+/// shared pointer: clones are cheap and share it.
+#[derive(Clone)]
+pub struct AgentManifest(Arc<Held>);
+
+struct Held {
+    /// The document as compact JSON, keys sorted.
+    json: Box<str>,
     name: AgentName,
     version: Option<String>,
+    /// What the document says of other agents, extracted on first use (see [`AgentManifest::links`]).
+    links: OnceLock<Value>,
+}
+
+impl PartialEq for AgentManifest {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.name == other.0.name && self.0.version == other.0.version && self.0.json == other.0.json)
+    }
+}
+
+impl Eq for AgentManifest {}
+
+impl fmt::Debug for AgentManifest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentManifest").field("name", &self.0.name).field("version", &self.0.version).field("bytes", &self.0.json.len()).finish()
+    }
+}
+
+/// How deep `document` nests: 0 for a scalar, 1 for a mapping of scalars. Iterative, so
+/// that any document can be measured.
+pub fn depth(document: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(document, 1usize)];
+    while let Some((value, level)) = stack.pop() {
+        match value {
+            Value::Array(items) => {
+                deepest = deepest.max(level);
+                stack.extend(items.iter().map(|item| (item, level + 1)));
+            }
+            Value::Object(fields) => {
+                deepest = deepest.max(level);
+                stack.extend(fields.values().map(|item| (item, level + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The problem of a document nested deeper than [`MAX_DEPTH`].
+pub fn too_deep() -> String {
+    format!("the manifest nests deeper than {MAX_DEPTH} levels")
+}
+
+/// The problem of a document larger than [`MAX_MANIFEST_BYTES`] as JSON.
+pub fn too_large() -> String {
+    format!("the manifest expands to more than {MAX_MANIFEST_BYTES} bytes of JSON")
 }
 
 /// Collects the problems of one document.
@@ -156,81 +228,188 @@ impl Problems {
 }
 
 impl AgentManifest {
-    /// Validates a manifest: `apiVersion` is `astromesh/v1`, `kind` is `Agent`,
+    /// Validates a manifest: it nests at most [`MAX_DEPTH`] levels and is at most
+    /// [`MAX_MANIFEST_BYTES`] as JSON, `apiVersion` is `astromesh/v1`, `kind` is `Agent`,
     /// `metadata.name` is a DNS-1123 label, `metadata.version` (if present) is semver, and
     /// `spec.model` names at least one model. Unknown fields are kept.
     ///
     /// # Errors
     /// [`Error::InvalidFields`] listing every problem found, with its field path.
     pub fn parse(document: Value) -> Result<Self> {
-        let mut problems = Problems(Vec::new());
-        let Value::Object(root) = &document else {
-            return Err(Error::InvalidFields(vec![FieldError::new("", "the manifest must be a mapping")]));
-        };
-        match root.get("apiVersion") {
-            Some(Value::String(v)) if v == API_VERSION => {}
-            Some(_) => problems.add("apiVersion", format!("must be {API_VERSION}")),
-            None => problems.add("apiVersion", "is required"),
-        }
-        match root.get("kind") {
-            Some(Value::String(v)) if v == KIND => {}
-            Some(_) => problems.add("kind", format!("must be {KIND}")),
-            None => problems.add("kind", "is required"),
-        }
-        let mut name = None;
-        let mut version = None;
-        if let Some(metadata) = problems.mapping(root.get("metadata"), "metadata") {
-            if let Some(raw) = problems.string(metadata, "name", "metadata.name") {
-                match AgentName::parse(raw) {
-                    Ok(valid) => name = Some(valid),
-                    Err(_) => problems.add("metadata.name", NAME_RULE),
-                }
-            }
-            match metadata.get("version") {
-                None | Some(Value::Null) => {}
-                Some(Value::String(v)) if semver::Version::parse(v).is_ok() => version = Some(v.clone()),
-                Some(_) => problems.add("metadata.version", "must be a semantic version such as \"1.0.0\" (quote it in YAML)"),
-            }
-        }
-        if let Some(spec) = problems.mapping(root.get("spec"), "spec")
-            && let Some(model) = problems.mapping(spec.get("model"), "spec.model")
-        {
-            problems.model(model);
-        }
-        match (name, problems.0.is_empty()) {
-            (Some(name), true) => Ok(Self { document, name, version }),
-            _ => Err(Error::InvalidFields(problems.0)),
-        }
+        Self::parse_in(document, None)
     }
 
+    /// [`AgentManifest::parse`], with `metadata.namespace` set to `namespace` when given:
+    /// the tenant's namespace wins over whatever the manifest said.
+    ///
+    /// # Errors
+    /// Those of [`AgentManifest::parse`].
+    pub fn parse_in(mut document: Value, namespace: Option<&str>) -> Result<Self> {
+        if depth(&document) > MAX_DEPTH {
+            return Err(Error::InvalidFields(vec![FieldError::new("", too_deep())]));
+        }
+        let (name, version) = validate(&document)?;
+        if let Some(namespace) = namespace
+            && let Some(metadata) = document.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            metadata.insert("namespace".to_owned(), Value::String(namespace.to_owned()));
+        }
+        let json = document.to_string();
+        drop(document);
+        if json.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::InvalidFields(vec![FieldError::new("", too_large())]));
+        }
+        Ok(Self::held(json, name, version))
+    }
+
+    fn held(json: String, name: AgentName, version: Option<String>) -> Self {
+        Self(Arc::new(Held { json: json.into_boxed_str(), name, version, links: OnceLock::new() }))
+    }
+
+    /// A manifest as it was stored: its name and version as recorded beside it, and its
+    /// JSON text, trusted as they are (nothing is checked or parsed here; a text that does
+    /// not parse any more shows when its content is needed, see [`AgentManifest::document`]).
+    pub fn from_stored(name: AgentName, version: Option<String>, json: String) -> Self {
+        Self::held(json, name, version)
+    }
+
+    /// The manifest as its JSON text (compact, keys sorted): what is stored.
+    pub fn json(&self) -> &str {
+        &self.0.json
+    }
+
+    /// How many bytes the manifest takes as JSON: what counts against a tenant's budget.
+    pub fn size(&self) -> usize {
+        self.0.json.len()
+    }
+
+    /// The whole document, parsed from its text (each call parses it again: keep the
+    /// result rather than calling twice).
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the text cannot be parsed (a stored manifest corrupted
+    /// since, or written by a faulty version).
+    pub fn document(&self) -> Result<Value> {
+        serde_json::from_str(&self.0.json).map_err(|err| Error::Internal(format!("the stored manifest of agent {} cannot be read: {err}", self.0.name)))
+    }
+
+    /// What the manifest says of other agents, as a document of its own: `spec.tools` (the
+    /// entries of `type: agent` only) and `spec.chain`, at the same paths as in the
+    /// manifest; `Null` when the manifest cannot be read. Extracted on first use and kept.
+    pub fn links(&self) -> &Value {
+        self.0.links.get_or_init(|| {
+            let Ok(mut document) = self.document() else { return Value::Null };
+            let Some(Value::Object(mut spec)) = document.get_mut("spec").map(Value::take) else { return serde_json::json!({"spec": {}}) };
+            let mut kept = Map::new();
+            if let Some(Value::Array(tools)) = spec.remove("tools") {
+                kept.insert("tools".to_owned(), Value::Array(tools.into_iter().filter(|tool| tool["type"] == "agent").collect()));
+            }
+            if let Some(chain) = spec.remove("chain") {
+                kept.insert("chain".to_owned(), chain);
+            }
+            serde_json::json!({"spec": kept})
+        })
+    }
+}
+
+/// Checks a document against the manifest's rules; its name and version.
+fn validate(document: &Value) -> Result<(AgentName, Option<String>)> {
+    let mut problems = Problems(Vec::new());
+    let Value::Object(root) = document else {
+        return Err(Error::InvalidFields(vec![FieldError::new("", "the manifest must be a mapping")]));
+    };
+    match root.get("apiVersion") {
+        Some(Value::String(v)) if v == API_VERSION => {}
+        Some(_) => problems.add("apiVersion", format!("must be {API_VERSION}")),
+        None => problems.add("apiVersion", "is required"),
+    }
+    match root.get("kind") {
+        Some(Value::String(v)) if v == KIND => {}
+        Some(_) => problems.add("kind", format!("must be {KIND}")),
+        None => problems.add("kind", "is required"),
+    }
+    let mut name = None;
+    let mut version = None;
+    if let Some(metadata) = problems.mapping(root.get("metadata"), "metadata") {
+        if let Some(raw) = problems.string(metadata, "name", "metadata.name") {
+            match AgentName::parse(raw) {
+                Ok(valid) => name = Some(valid),
+                Err(_) => problems.add("metadata.name", NAME_RULE),
+            }
+        }
+        match metadata.get("version") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(v)) if semver::Version::parse(v).is_ok() => version = Some(v.clone()),
+            Some(_) => problems.add("metadata.version", "must be a semantic version such as \"1.0.0\" (quote it in YAML)"),
+        }
+    }
+    if let Some(spec) = problems.mapping(root.get("spec"), "spec")
+        && let Some(model) = problems.mapping(spec.get("model"), "spec.model")
+    {
+        problems.model(model);
+    }
+    match (name, problems.0.is_empty()) {
+        (Some(name), true) => Ok((name, version)),
+        _ => Err(Error::InvalidFields(problems.0)),
+    }
+}
+
+impl AgentManifest {
     /// `metadata.name`.
     pub fn name(&self) -> &AgentName {
-        &self.name
+        &self.0.name
     }
 
     /// `metadata.version`, if given.
     pub fn version(&self) -> Option<&str> {
-        self.version.as_deref()
-    }
-
-    /// The whole document.
-    pub fn document(&self) -> &Value {
-        &self.document
+        self.0.version.as_deref()
     }
 
     /// The manifest with `metadata.namespace` set to `namespace`: the tenant's namespace
-    /// wins over whatever the manifest said.
-    pub fn in_namespace(mut self, namespace: &str) -> Self {
-        if let Some(metadata) = self.document.get_mut("metadata").and_then(Value::as_object_mut) {
+    /// wins over whatever the manifest said. (Parses the text again: when receiving a
+    /// manifest, [`AgentManifest::parse_in`] does it in one go.) A manifest that cannot be
+    /// read is returned as it is.
+    pub fn in_namespace(self, namespace: &str) -> Self {
+        let Ok(mut document) = self.document() else { return self };
+        if let Some(metadata) = document.get_mut("metadata").and_then(Value::as_object_mut) {
             metadata.insert("namespace".to_owned(), Value::String(namespace.to_owned()));
         }
-        self
+        Self::held(document.to_string(), self.0.name.clone(), self.0.version.clone())
     }
 
-    /// SHA-256 of the document's canonical JSON (keys sorted), hex.
+    /// SHA-256 of the document's canonical JSON (compact, keys sorted), hex.
     pub fn checksum(&self) -> String {
-        hex::encode(Sha256::digest(self.document.to_string().as_bytes()))
+        hex::encode(Sha256::digest(self.0.json.as_bytes()))
     }
+}
+
+/// What one tenant may hold of agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentQuota {
+    /// How many agents.
+    pub max_agents: u32,
+    /// How many bytes of manifests, all its agents' together ([`AgentManifest::size`]).
+    pub max_manifest_bytes: u64,
+}
+
+/// What an update keeps of an agent's history, and what its tenant may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateLimits {
+    /// The versions kept per agent (at least the newest).
+    pub keep_versions: u32,
+    /// The bytes of manifests the tenant may hold, all its agents' current ones together.
+    pub max_manifest_bytes: u64,
+}
+
+/// An agent as a listing shows it: what is recorded beside its manifest, without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSummary {
+    pub tenant_id: TenantId,
+    pub name: AgentName,
+    /// `metadata.version` of its manifest.
+    pub version: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Where an agent stands on its tenant's node.

@@ -35,10 +35,10 @@ fn a_valid_manifest_keeps_every_field() {
     let manifest = AgentManifest::parse(support_bot()).unwrap();
     assert_eq!(manifest.name().as_str(), "support-bot");
     assert_eq!(manifest.version(), Some("1.0.0"));
-    assert_eq!(manifest.document()["spec"]["x-custom"], json!([1, 2]));
+    assert_eq!(manifest.document().unwrap()["spec"]["x-custom"], json!([1, 2]));
     assert_eq!(manifest.checksum().len(), 64);
     let scoped = manifest.clone().in_namespace("tenant-1");
-    assert_eq!(scoped.document()["metadata"]["namespace"], "tenant-1");
+    assert_eq!(scoped.document().unwrap()["metadata"]["namespace"], "tenant-1");
     assert_ne!(scoped.checksum(), manifest.checksum());
 }
 

@@ -78,10 +78,13 @@ impl NodeNames {
 
     /// The document to push: `metadata.name` is the node-side name, and every reference
     /// to another agent names that agent's node-side name in the same tenant.
-    pub fn to_node(&self, manifest: &AgentManifest) -> Value {
-        let mut document = manifest.document().clone();
+    ///
+    /// # Errors
+    /// Those of [`AgentManifest::document`] (a stored manifest that cannot be read).
+    pub fn to_node(&self, manifest: &AgentManifest) -> crate::Result<Value> {
+        let mut document = manifest.document()?;
         if self.sharing == NodeSharing::PerTenant {
-            return document;
+            return Ok(document);
         }
         if let Some(metadata) = document.get_mut("metadata").and_then(Value::as_object_mut) {
             metadata.insert("name".to_owned(), Value::String(self.node_name(manifest.name()).as_str().to_owned()));
@@ -91,7 +94,7 @@ impl NodeNames {
                 *name = self.shared_name(name);
             }
         }
-        document
+        Ok(document)
     }
 
     /// Turns what the node answered about `manifest`'s agent (its view, its manifest, its
@@ -103,7 +106,7 @@ impl NodeNames {
         }
         let mut names = HashMap::new();
         names.insert(self.node_name(manifest.name()).as_str().to_owned(), manifest.name().as_str().to_owned());
-        for reference in references(manifest.document()) {
+        for reference in references(manifest.links()) {
             names.insert(self.node_reference(reference), reference.to_owned());
         }
         replace_strings(answer, &names)

@@ -57,13 +57,13 @@ fn a_tenant_cannot_name_its_agent_after_another_tenants_node_name() {
         "spec": {"model": {"default": {"candidates": [{"source": "s", "model": "m"}]}}, "tools": [{"name": "t", "type": "agent", "agent": theirs.as_str()}]}
     }))
     .unwrap();
-    assert_ne!(mine.to_node(&pointing)["spec"]["tools"][0]["agent"], theirs.as_str(), "a reference to it does not reach them");
+    assert_ne!(mine.to_node(&pointing).unwrap()["spec"]["tools"][0]["agent"], theirs.as_str(), "a reference to it does not reach them");
 }
 
 #[test]
 fn pushed_manifests_name_the_tenants_node_side_agents() {
     let names = NodeNames::new(tenant(1), NodeSharing::Shared);
-    let pushed = names.to_node(&manifest("bot"));
+    let pushed = names.to_node(&manifest("bot")).unwrap();
     let node = |raw: &str| names.node_reference(raw);
     assert_eq!(pushed["metadata"]["name"], names.node_name(&name("bot")).as_str());
     assert_eq!(pushed["metadata"]["namespace"], "tenant-x");
@@ -74,10 +74,10 @@ fn pushed_manifests_name_the_tenants_node_side_agents() {
     assert!(AgentName::parse(odd).is_ok() && odd != "Not A Label!", "a reference that is no agent name still stays inside the tenant: {odd}");
     assert_eq!(pushed["spec"]["tools"][3]["agent"], 7, "a non-string names no agent");
     assert_eq!(pushed["spec"]["chain"]["on_complete"][0], json!({"agent": node("composer"), "when": "{{ output.answer }}"}));
-    assert_eq!(pushed["spec"]["model"], manifest("bot").document()["spec"]["model"]);
+    assert_eq!(pushed["spec"]["model"], manifest("bot").document().unwrap()["spec"]["model"]);
 
     let own = NodeNames::new(tenant(1), NodeSharing::PerTenant);
-    assert_eq!(&own.to_node(&manifest("bot")), manifest("bot").document(), "a node of its own gets the manifest as it is");
+    assert_eq!(own.to_node(&manifest("bot")).unwrap(), manifest("bot").document().unwrap(), "a node of its own gets the manifest as it is");
 }
 
 #[test]
@@ -87,14 +87,14 @@ fn answers_come_back_in_the_tenants_names() {
     let node_view = json!({
         "name": names.node_name(&name("bot")).as_str(),
         "status": "deployed",
-        "manifest": names.to_node(&manifest),
+        "manifest": names.to_node(&manifest).unwrap(),
         "traces": [{"agent": names.node_name(&name("bot")).as_str(), "spans": [{"attributes": {"agent": names.node_name(&name("bot")).as_str()}}]}]
     });
     let restored = names.restore(&manifest, node_view);
     assert_eq!(restored["name"], "bot");
-    assert_eq!(&restored["manifest"], manifest.document(), "the node's copy reads as the tenant's manifest");
+    assert_eq!(restored["manifest"], manifest.document().unwrap(), "the node's copy reads as the tenant's manifest");
     assert_eq!(restored["traces"][0]["agent"], "bot");
     assert_eq!(restored["traces"][0]["spans"][0]["attributes"]["agent"], "bot");
     assert_eq!(restored["status"], "deployed");
-    assert_eq!(references(manifest.document()), ["helper", "Not A Label!", "composer"]);
+    assert_eq!(references(manifest.links()), ["helper", "Not A Label!", "composer"]);
 }

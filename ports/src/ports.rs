@@ -12,7 +12,7 @@ use crate::Error;
 use crate::Result;
 use serde_json::Value;
 
-use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentStatus, AgentVersion, PublishedVersion};
+use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentQuota, AgentStatus, AgentSummary, AgentVersion, PublishedVersion, UpdateLimits};
 use crate::audit::{AuditCursor, AuditEvent, AuditPage};
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
 use crate::node_names::NodeSharing;
@@ -164,24 +164,30 @@ pub trait ApiKeyStore: Send + Sync + 'static {
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait AgentStore: Send + Sync + 'static {
-    /// Registers a new agent as version 1 (whatever its `version_number` says), unless the tenant already runs `max_agents`.
-    /// The quota check and the insert are one atomic step, which records `audit` too.
+    /// Registers a new agent as version 1 (whatever its `version_number` says), unless the
+    /// tenant already runs `quota.max_agents`, or its manifests would then take more than
+    /// `quota.max_manifest_bytes` ([`AgentManifest::size`] summed over its agents' current
+    /// manifests). The quota checks and the insert are one atomic step, which records
+    /// `audit` too.
     ///
     /// # Errors
     /// [`Error::AlreadyExists`] when the tenant has an agent of that name;
-    /// [`Error::Conflict`] when the quota is reached; [`Error::NotFound`] when the tenant
+    /// [`Error::Conflict`] when a quota is reached; [`Error::NotFound`] when the tenant
     /// does not exist.
-    async fn insert_agent(&self, agent: &Agent, author: &str, max_agents: u32, audit: &AuditEvent) -> Result<()>;
+    async fn insert_agent(&self, agent: &Agent, author: &str, quota: AgentQuota, audit: &AuditEvent) -> Result<()>;
 
     /// Replaces an agent's manifest and appends a version numbered one past the last
-    /// (keeping the manifest with it); then keeps only the newest `keep_versions` (at least
-    /// the new one), in the same step. Numbers are never reused while the agent exists.
-    /// With `expected`, only when the agent's current version is that number (checked in
-    /// the same step). Records `audit` in the same step. Returns the updated agent.
+    /// (keeping the manifest with it); then keeps only the newest `limits.keep_versions`
+    /// (at least the new one), in the same step. Numbers are never reused while the agent
+    /// exists. With `expected`, only when the agent's current version is that number;
+    /// refused when the tenant's current manifests would then take more than
+    /// `limits.max_manifest_bytes` (both checked in the same step). Records `audit` in the same
+    /// step. Returns the updated agent.
     ///
     /// # Errors
     /// [`Error::NotFound`] when the tenant has no agent of that name;
-    /// [`Error::PreconditionFailed`] when its current version is not `expected`.
+    /// [`Error::PreconditionFailed`] when its current version is not `expected`;
+    /// [`Error::Conflict`] when the budget would be exceeded.
     #[allow(clippy::too_many_arguments)]
     async fn update_agent(
         &self,
@@ -189,7 +195,7 @@ pub trait AgentStore: Send + Sync + 'static {
         manifest: &AgentManifest,
         author: &str,
         at: DateTime<Utc>,
-        keep_versions: u32,
+        limits: UpdateLimits,
         expected: Option<u32>,
         audit: &AuditEvent,
     ) -> Result<Agent>;
@@ -197,8 +203,8 @@ pub trait AgentStore: Send + Sync + 'static {
     /// The tenant's agent of that name, if any.
     async fn find_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<Agent>>;
 
-    /// The tenant's agents, by name.
-    async fn list_agents(&self, tenant: &TenantId) -> Result<Vec<Agent>>;
+    /// The tenant's agents, by name, without their manifests (none is read).
+    async fn list_agents(&self, tenant: &TenantId) -> Result<Vec<AgentSummary>>;
 
     /// Every tenant's agents (to re-apply them to the cluster at start-up).
     async fn list_all_agents(&self) -> Result<Vec<Agent>>;

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus, AgentVersion, Change, PublishedVersion};
+use nexus_ports::agents::{
+    Agent, AgentManifest, AgentName, AgentPhase, AgentQuota, AgentStatus, AgentSummary, AgentVersion, Change, PublishedVersion, UpdateLimits,
+};
 use nexus_ports::audit::{AuditAction, AuditEvent};
 use nexus_ports::node_names::NodeNames;
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy};
@@ -34,6 +36,49 @@ pub struct AgentState {
     pub status: AgentStatus,
     /// The name its node knows it by.
     pub node_agent_name: AgentName,
+}
+
+/// An agent with its whole manifest, parsed, and what the runtime reports of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentDetail {
+    pub state: AgentState,
+    /// The manifest; `None` when its stored text cannot be read any more (the status then
+    /// says so, `Failed`).
+    pub document: Option<Value>,
+}
+
+impl AgentDetail {
+    /// The agent with its manifest parsed; one whose stored manifest cannot be read is
+    /// reported `Failed`, saying so (the parser's detail goes to the log).
+    pub fn of(mut state: AgentState) -> Self {
+        match state.agent.manifest.document() {
+            Ok(document) => Self { state, document: Some(document) },
+            Err(err) => {
+                tracing::error!(tenant = %state.agent.tenant_id, agent = %state.agent.manifest.name(), error = %err, "an agent's stored manifest cannot be read");
+                state.status = AgentStatus { phase: AgentPhase::Failed, node_ack: false, message: Some(UNREADABLE_MANIFEST.to_owned()), ..state.status };
+                Self { state, document: None }
+            }
+        }
+    }
+}
+
+/// An agent as a listing shows it, with its phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentListing {
+    pub summary: AgentSummary,
+    pub status: AgentStatus,
+}
+
+/// What an agent's status says when its stored manifest cannot be read.
+pub const UNREADABLE_MANIFEST: &str = "the stored manifest of this agent cannot be read; replace it with PUT or delete the agent";
+
+/// What tenants may store of agents, besides their own agent quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// The versions kept per agent.
+    pub max_versions: u32,
+    /// The bytes of manifests one tenant may hold, all its agents' current ones together.
+    pub max_manifest_bytes: u64,
 }
 
 /// What the node says of an agent, with the runtime status.
@@ -95,7 +140,7 @@ pub struct AgentService {
     node: Arc<dyn NodeProxy>,
     clock: Arc<dyn Clock>,
     reconciler: Arc<Reconciler>,
-    max_versions: u32,
+    limits: AgentLimits,
     run_timeout: std::time::Duration,
     events: EventSettings,
     open_streams: Arc<OpenStreams>,
@@ -118,9 +163,8 @@ pub struct AgentPorts {
 }
 
 impl AgentService {
-    /// Wires the use cases; API changes wake `reconciler`; each agent keeps its newest
-    /// `max_versions` versions.
-    pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>, max_versions: u32) -> Self {
+    /// Wires the use cases; API changes wake `reconciler`; `limits` bound what is kept.
+    pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>, limits: AgentLimits) -> Self {
         let AgentPorts { agents, cluster, node, clock } = ports;
         Self {
             agents,
@@ -128,7 +172,7 @@ impl AgentService {
             node,
             clock,
             reconciler,
-            max_versions,
+            limits,
             run_timeout: DEFAULT_RUN_TIMEOUT,
             events: EventSettings::default(),
             open_streams: Arc::default(),
@@ -151,13 +195,15 @@ impl AgentService {
     ///
     /// # Errors
     /// [`Error::InvalidFields`] for an invalid manifest; [`Error::AlreadyExists`] when the
-    /// tenant has an agent of that name; [`Error::Conflict`] when its quota is reached.
+    /// tenant has an agent of that name; [`Error::Conflict`] when its agent quota or its
+    /// manifest budget is reached.
     pub async fn create(&self, tenant: &Tenant, author: &str, document: Value) -> Result<AgentState> {
-        let manifest = AgentManifest::parse(document)?.in_namespace(&tenant.id.cr_name());
+        let manifest = AgentManifest::parse_in(document, Some(&tenant.id.cr_name()))?;
         let now = self.clock.now();
         let agent = Agent { tenant_id: tenant.id, manifest, version_number: 1, created_at: now, updated_at: now };
+        let quota = AgentQuota { max_agents: tenant.max_agents, max_manifest_bytes: self.limits.max_manifest_bytes };
         let audit = AuditEvent::now(now, author, AuditAction::AgentCreate, agent.manifest.name().as_str()).in_tenant(tenant.id);
-        self.agents.insert_agent(&agent, author, tenant.max_agents, &audit).await.map_err(|err| match err {
+        self.agents.insert_agent(&agent, author, quota, &audit).await.map_err(|err| match err {
             Error::AlreadyExists(_) => Error::AlreadyExists(format!("an agent named {} already exists in this tenant", agent.manifest.name())),
             other => other,
         })?;
@@ -193,13 +239,14 @@ impl AgentService {
         Ok(AgentState { agent, status, node_agent_name })
     }
 
-    /// The tenant's agents, by name.
-    pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentState>> {
-        let mut states = Vec::new();
-        for agent in self.agents.list_agents(&tenant.id).await? {
-            states.push(self.state_of(agent).await?);
+    /// The tenant's agents, by name, with their phases (no manifest is read).
+    pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentListing>> {
+        let mut listings = Vec::new();
+        for summary in self.agents.list_agents(&tenant.id).await? {
+            let object = self.cluster.agent_object(&summary.tenant_id, &summary.name).await?;
+            listings.push(AgentListing { summary, status: object.map_or_else(AgentStatus::pending, |o| o.status) });
         }
-        Ok(states)
+        Ok(listings)
     }
 
     /// One agent with its status.
@@ -228,7 +275,7 @@ impl AgentService {
     /// [`Error::PreconditionFailed`] when the condition does not hold (nothing changes).
     pub async fn update(&self, tenant: &Tenant, author: &str, name: &str, document: Value, condition: Option<&Condition>) -> Result<AgentState> {
         let name = AgentName::parse(name)?;
-        let manifest = AgentManifest::parse(document)?.in_namespace(&tenant.id.cr_name());
+        let manifest = AgentManifest::parse_in(document, Some(&tenant.id.cr_name()))?;
         if *manifest.name() != name {
             return Err(Error::Conflict(format!("metadata.name {} differs from the agent in the path, {name}", manifest.name())));
         }
@@ -242,7 +289,8 @@ impl AgentService {
         let name = manifest.name();
         let now = self.clock.now();
         let audit = AuditEvent::now(now, author, action, name.as_str()).in_tenant(tenant.id);
-        let agent = self.agents.update_agent(&tenant.id, manifest, author, now, self.max_versions, expected, &audit).await.map_err(|err| match err {
+        let limits = UpdateLimits { keep_versions: self.limits.max_versions, max_manifest_bytes: self.limits.max_manifest_bytes };
+        let agent = self.agents.update_agent(&tenant.id, manifest, author, now, limits, expected, &audit).await.map_err(|err| match err {
             Error::NotFound(_) => missing(name),
             other => other,
         })?;
@@ -291,7 +339,10 @@ impl AgentService {
         let manifest = published
             .manifest
             .ok_or_else(|| Error::Conflict(format!("version {number} was published before versions kept their manifest: it cannot be restored")))?;
-        let manifest = manifest.in_namespace(&tenant.id.cr_name());
+        // Published again as a new version: held to today's rules, like any other.
+        let document =
+            manifest.document().map_err(|_| Error::Conflict(format!("the stored manifest of version {number} cannot be read: it cannot be restored")))?;
+        let manifest = AgentManifest::parse_in(document, Some(&tenant.id.cr_name()))?;
         let expected = self.expected(tenant, manifest.name(), condition).await?;
         let state = self.publish(tenant, author, &manifest, expected, AuditAction::AgentRollback).await?;
         tracing::info!(tenant = %tenant.id, agent = %manifest.name(), from = number, to = state.agent.version_number, "agent rolled back");

@@ -14,7 +14,7 @@ use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::testing;
 use serde_json::{Value, json};
 
-use super::{AgentPorts, AgentService, LogQuery};
+use super::{AgentLimits, AgentPorts, AgentService, LogQuery};
 use crate::app::reconcile::{ReconcilePorts, Reconciler};
 
 /// Versions kept per agent.
@@ -59,7 +59,7 @@ impl Ports {
             Duration::from_secs(60),
         );
         let ports = AgentPorts { agents: Arc::new(self.agents), cluster: Arc::new(self.cluster), node: Arc::new(self.node), clock };
-        AgentService::new(ports, Arc::new(idle), MAX_VERSIONS)
+        AgentService::new(ports, Arc::new(idle), AgentLimits { max_versions: MAX_VERSIONS, max_manifest_bytes: 1 << 20 })
     }
 
     fn with_agent(mut self, name: &'static str) -> Self {
@@ -83,9 +83,10 @@ async fn creating_puts_the_agent_in_the_tenants_namespace_within_quota() {
         .agents
         .expect_insert_agent()
         .withf(|agent, author, quota, audit| {
-            agent.manifest.document()["metadata"]["namespace"] == tenant().id.cr_name()
+            agent.manifest.document().unwrap()["metadata"]["namespace"] == tenant().id.cr_name()
                 && author == "key:ci"
-                && *quota == 7
+                && quota.max_agents == 7
+                && quota.max_manifest_bytes == 1 << 20
                 && (audit.action, audit.actor.as_str(), audit.target.as_str(), audit.tenant) == (AuditAction::AgentCreate, "key:ci", "bot", Some(tenant().id))
         })
         .times(1)
@@ -119,7 +120,9 @@ async fn updates_must_name_the_agent_of_the_path() {
     ports
         .agents
         .expect_update_agent()
-        .withf(|_, _, _, _, keep, expected, audit| *keep == MAX_VERSIONS && expected.is_none() && audit.action == AuditAction::AgentUpdate)
+        .withf(|_, _, _, _, limits, expected, audit| {
+            limits.keep_versions == MAX_VERSIONS && limits.max_manifest_bytes == 1 << 20 && expected.is_none() && audit.action == AuditAction::AgentUpdate
+        })
         .returning(|_, m, _, _, _, _, _| if m.name().as_str() == "bot" { Ok(stored("bot")) } else { Err(Error::NotFound("x".into())) });
     ports.cluster.expect_apply_agent().times(1).returning(|_, _| Ok(()));
     ports.cluster.expect_agent_object().returning(|_, _| Ok(None));

@@ -168,15 +168,15 @@ pub fn node_check(object: &AgentObject, tenant: &[&AgentObject], names: &NodeNam
     let name = object.manifest.name().as_str();
     let others = || tenant.iter().filter(|o| o.manifest.name() != object.manifest.name());
     if object.deleting {
-        let hands_over = |o: &AgentObject| chain_of(o.manifest.document(), names).ok().flatten().is_some_and(|c| c.links.iter().any(|l| l.agent == name));
+        let hands_over = |o: &AgentObject| chain_of(o.manifest.links(), names).ok().flatten().is_some_and(|c| c.links.iter().any(|l| l.agent == name));
         return if others().any(|o| may_be_on_node(o) && hands_over(o)) { NodeCheck::Needed } else { NodeCheck::Clear };
     }
-    if let Err(problem) = chain_of(object.manifest.document(), names) {
+    if let Err(problem) = chain_of(object.manifest.links(), names) {
         return NodeCheck::Blocked(problem);
     }
     let mut graph: HashMap<&str, &Value> =
-        others().filter(|o| o.status.node_ack && !o.deleting).map(|o| (o.manifest.name().as_str(), o.manifest.document())).collect();
-    graph.insert(name, object.manifest.document());
+        others().filter(|o| o.status.node_ack && !o.deleting).map(|o| (o.manifest.name().as_str(), o.manifest.links())).collect();
+    graph.insert(name, object.manifest.links());
     let mut roots: Vec<&str> = graph.keys().copied().collect();
     roots.sort_unstable();
     for root in roots {

@@ -19,7 +19,9 @@ pub mod work_queue;
 use std::sync::{Arc, Mutex};
 
 pub use access::{AccessPorts, AccessService, Credentials, Principal};
-pub use agents::{AgentEvent, AgentPorts, AgentService, AgentState, Condition, EventSettings, LiveStatus, LogQuery, RunRequest, etag};
+pub use agents::{
+    AgentDetail, AgentEvent, AgentLimits, AgentListing, AgentPorts, AgentService, AgentState, Condition, EventSettings, LiveStatus, LogQuery, RunRequest, etag,
+};
 pub use health::{CheckOutcome, Readiness};
 pub use housekeeping::Housekeeping;
 pub use identity::{IdentityPorts, IdentityService, Registration, Session, SessionPolicy, TokenPair};

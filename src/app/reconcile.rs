@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use nexus_ports::Error;
 use nexus_ports::agents::{AgentName, AgentObject, AgentPhase, AgentStatus, Change};
 use nexus_ports::node_names::{NodeNames, NodeSharing};
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy, TenantStore};
@@ -135,7 +136,7 @@ pub fn is_resync(object: &AgentObject) -> bool {
 /// Whether any agent of a tenant takes part in chains: only then can what happens to one
 /// of its agents change what its other agents may do on a shared node.
 pub fn chains_in(objects: &[AgentObject]) -> bool {
-    objects.iter().any(|object| !object.manifest.document()["spec"]["chain"].is_null())
+    objects.iter().any(|object| !object.manifest.links()["spec"]["chain"].is_null())
 }
 
 /// What the loop works on.
@@ -762,9 +763,15 @@ impl Reconciler {
             self.record(object, &deploying).await;
         }
         let names = self.names(&object.tenant_id);
-        let outcome = match self.node.register_agent(node, &names.to_node(&object.manifest)).await {
-            Ok(()) => self.node.deploy_agent(node, &names.node_name(&key.1)).await,
-            Err(err) => Err(err),
+        let outcome = match names.to_node(&object.manifest) {
+            Ok(document) => match self.node.register_agent(node, &document).await {
+                Ok(()) => self.node.deploy_agent(node, &names.node_name(&key.1)).await,
+                Err(err) => Err(err),
+            },
+            Err(err) => {
+                tracing::error!(tenant = %key.0, agent = %key.1, error = %err, "an agent's stored manifest cannot be read");
+                Err(Error::Upstream(super::agents::UNREADABLE_MANIFEST.to_owned()))
+            }
         };
         match outcome {
             Ok(()) => {

@@ -23,7 +23,7 @@ use super::manifest::ManifestBody;
 use super::preconditions::{if_match, none_match, quoted};
 use super::text::Text;
 use crate::app::traces::RunMetrics;
-use crate::app::{AgentEvent, AgentState, LogQuery, RunRequest, SharedNexus, etag};
+use crate::app::{AgentDetail, AgentEvent, AgentState, LogQuery, RunRequest, SharedNexus, etag};
 
 /// A log level to filter traces by.
 #[derive(Enum, Clone, Copy)]
@@ -127,7 +127,8 @@ impl AgentStatusView {
 struct AgentDetailView {
     name: String,
     namespace: String,
-    /// The whole manifest, as stored (unknown fields included).
+    /// The whole manifest, as stored (unknown fields included); null when the stored
+    /// manifest cannot be read any more (the status then says so, `Failed`).
     agent_spec: Value,
     status: AgentStatusView,
     created_at: DateTime<Utc>,
@@ -135,11 +136,12 @@ struct AgentDetailView {
 }
 
 impl From<AgentState> for AgentDetailView {
-    fn from(AgentState { agent, status, node_agent_name }: AgentState) -> Self {
+    fn from(state: AgentState) -> Self {
+        let AgentDetail { state: AgentState { agent, status, node_agent_name }, document } = AgentDetail::of(state);
         Self {
             name: agent.manifest.name().to_string(),
             namespace: agent.tenant_id.cr_name(),
-            agent_spec: agent.manifest.document().clone(),
+            agent_spec: document.unwrap_or(Value::Null),
             status: AgentStatusView::new(status, &node_agent_name),
             created_at: agent.created_at,
             updated_at: agent.updated_at,
@@ -273,7 +275,7 @@ impl From<PublishedVersion> for VersionDetailView {
             checksum: v.checksum,
             author: v.author,
             created_at: v.created_at,
-            manifest: manifest.map(|m| m.document().clone()),
+            manifest: manifest.and_then(|m| m.document().ok()),
         }
     }
 }
@@ -457,16 +459,16 @@ impl AgentApi {
         #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
     ) -> Result<Json<Vec<AgentSummaryView>>, ApiError<AuthenticatedErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        let states = nexus.agents.list(&tenant).await?;
+        let listings = nexus.agents.list(&tenant).await?;
         Ok(Json(
-            states
+            listings
                 .into_iter()
-                .map(|s| AgentSummaryView {
-                    name: s.agent.manifest.name().to_string(),
-                    phase: s.status.phase.into(),
-                    version: s.agent.manifest.version().map(str::to_owned),
-                    created_at: s.agent.created_at,
-                    updated_at: s.agent.updated_at,
+                .map(|l| AgentSummaryView {
+                    name: l.summary.name.to_string(),
+                    phase: l.status.phase.into(),
+                    version: l.summary.version,
+                    created_at: l.summary.created_at,
+                    updated_at: l.summary.updated_at,
                 })
                 .collect(),
         ))

@@ -1,5 +1,7 @@
-//! Caps request bodies. A declared `Content-Length` over the limit is refused before any
-//! byte is kept; a body without one (chunked) is read up to the limit and refused past it.
+//! Caps request bodies, whatever their framing. A declared `Content-Length` over the limit
+//! is refused before any byte is kept; a body without one (HTTP/1.1 chunked, or HTTP/2,
+//! which needs no header at all to send a body) is read as it arrives, up to the limit,
+//! and refused past it.
 //! poem's `SizeLimit` would answer 411 to every request without `Content-Length`.
 //!
 //! Most HTTP/1.1 clients read no answer before they have sent their whole body, so a
@@ -77,7 +79,7 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
                 return Err(self.too_large(drained));
             }
             Some(_) => {}
-            None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
+            None => {
                 let mut reader = req.take_body().into_async_read();
                 let mut kept = Vec::new();
                 (&mut reader)
@@ -86,12 +88,47 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
                     .await
                     .map_err(|err| poem::Error::from_string(format!("cannot read the request body: {err}"), StatusCode::BAD_REQUEST))?;
                 if kept.len() as u64 > limit {
-                    return Err(self.too_large(drain(reader, DRAIN_MAX).await));
+                    // An HTTP/2 stream is reset on its own: nothing to drain, and no
+                    // connection header to send.
+                    let http2 = req.version() >= poem::http::Version::HTTP_2;
+                    return Err(self.too_large(http2 || drain(reader, DRAIN_MAX).await));
                 }
                 req.set_body(Body::from_vec(kept));
             }
-            None => {}
         }
         self.inner.call(req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem::http::StatusCode;
+    use poem::{Endpoint, EndpointExt, Request, handler};
+
+    use super::BodyLimit;
+
+    #[handler]
+    async fn echo(body: Vec<u8>) -> String {
+        body.len().to_string()
+    }
+
+    /// A body sent in pieces with no length announced, as HTTP/2 sends one.
+    fn unannounced(bytes: usize) -> poem::Body {
+        let pieces = (0..bytes.div_ceil(64 * 1024)).map(move |i| Ok::<_, std::io::Error>(vec![b'x'; (bytes - i * 64 * 1024).min(64 * 1024)]));
+        poem::Body::from_bytes_stream(futures_util::stream::iter(pieces))
+    }
+
+    #[tokio::test]
+    async fn a_body_without_any_length_header_is_held_to_the_limit() {
+        let endpoint = echo.with(BodyLimit::new(1024));
+        for version in [poem::http::Version::HTTP_2, poem::http::Version::HTTP_11] {
+            let over = Request::builder().version(version).method(poem::http::Method::POST).body(unannounced(50 * 1024 * 1024));
+            let refused = endpoint.get_response(over).await;
+            assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE, "{version:?}");
+            let within = Request::builder().version(version).method(poem::http::Method::POST).body(unannounced(1024));
+            let mut served = endpoint.get_response(within).await;
+            assert_eq!(served.status(), StatusCode::OK, "{version:?}");
+            assert_eq!(served.take_body().into_string().await.unwrap(), "1024");
+        }
     }
 }

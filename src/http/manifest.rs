@@ -1,17 +1,189 @@
 //! The request body of agent POST and PUT: the raw `astromesh/v1` manifest, as YAML
 //! (`application/yaml`, `application/x-yaml`, with or without parameters such as
-//! `; charset=utf-8`) or JSON. Hostile YAML is refused cheaply: bodies are capped at
-//! 1 MiB before parsing, and the YAML parser refuses alias expansion beyond its
-//! repetition limit and nesting beyond 128 levels (so are JSON's).
+//! `; charset=utf-8`) or JSON. Hostile documents are refused cheaply: bodies are capped at
+//! 1 MiB before parsing, and both formats are parsed by one [`Bounded`] builder that
+//! counts what it builds as it goes: past [`MAX_DEPTH`] levels of nesting, or past
+//! [`MAX_MANIFEST_BYTES`] of JSON once YAML aliases are expanded, it stops at once with
+//! 400, before building anything more.
 
+use std::cell::{Cell, RefCell};
+use std::fmt;
+
+use nexus_ports::agents::{MAX_DEPTH, MAX_MANIFEST_BYTES, too_deep, too_large};
 use poem::{Request, RequestBody};
 use poem_openapi::ApiRequest;
 use poem_openapi::payload::{ParsePayload, Payload};
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
-use serde_json::Value;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 use super::error::{ApiError, AuthenticatedWriteErrors};
 
+/// What a [`Bounded`] build may still spend, and why it stopped when it did.
+struct Meter {
+    /// Bytes of JSON the document may still take.
+    left: Cell<usize>,
+    /// Set when a limit stopped the build.
+    refusal: RefCell<Option<String>>,
+}
+
+impl Meter {
+    fn new() -> Self {
+        Self { left: Cell::new(MAX_MANIFEST_BYTES), refusal: RefCell::new(None) }
+    }
+
+    fn refuse<E: de::Error>(&self, why: String) -> E {
+        let error = E::custom(&why);
+        self.refusal.borrow_mut().get_or_insert(why);
+        error
+    }
+
+    /// Counts `bytes` of JSON about to be built.
+    fn charge<E: de::Error>(&self, bytes: usize) -> Result<(), E> {
+        match self.left.get().checked_sub(bytes) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => Err(self.refuse(too_large())),
+        }
+    }
+}
+
+/// Builds a JSON value from any self-describing format (JSON, or YAML with its aliases
+/// replayed), charging the [`Meter`] for about the JSON each part takes before building it.
+#[derive(Clone, Copy)]
+struct Bounded<'a> {
+    meter: &'a Meter,
+    /// The level of the value being built (the root mapping is level 1).
+    level: usize,
+}
+
+impl Bounded<'_> {
+    fn child<E: de::Error>(self) -> Result<Self, E> {
+        if self.level >= MAX_DEPTH {
+            return Err(self.meter.refuse(too_deep()));
+        }
+        Ok(Self { level: self.level + 1, ..self })
+    }
+
+    fn string<E: de::Error>(self, text: String) -> Result<Value, E> {
+        self.meter.charge(text.len() + 3)?;
+        Ok(Value::String(text))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Bounded<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Bounded<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-compatible value")
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Value, E> {
+        self.meter.charge(6)?;
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Value, E> {
+        self.meter.charge(21)?;
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Value, E> {
+        self.meter.charge(21)?;
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Value, E> {
+        self.meter.charge(25)?;
+        Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Value, E> {
+        self.meter.charge(value.len() + 3)?;
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Value, E> {
+        self.string(value)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        self.meter.charge(5)?;
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        self.deserialize(deserializer)
+    }
+
+    fn visit_newtype_struct<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        self.deserialize(deserializer)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let child = self.child()?;
+        self.meter.charge(2)?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(child)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let child = self.child()?;
+        self.meter.charge(2)?;
+        let mut fields = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            self.meter.charge(key.len() + 4)?;
+            let value = map.next_value_seed(child)?;
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
+    }
+}
+
+/// Builds `deserializer`'s document within the limits: the refusal when a limit stopped
+/// it, otherwise the parser's error as a syntax error of `format`.
+fn bounded<'de, D: de::Deserializer<'de>>(deserializer: D, format: &str) -> Result<Value, String> {
+    let meter = Meter::new();
+    Bounded { meter: &meter, level: 0 }
+        .deserialize(deserializer)
+        .map_err(|err| meter.refusal.borrow_mut().take().unwrap_or_else(|| format!("the manifest is not valid {format}: {err}")))
+}
+
+/// A YAML text as a JSON document, within the limits.
+fn parse_yaml(text: &str) -> Result<Value, String> {
+    let mut documents = serde_yaml::Deserializer::from_str(text);
+    let first = documents.next().ok_or("the manifest is empty")?;
+    let document = bounded(first, "YAML")?;
+    if documents.next().is_some() {
+        return Err("the manifest must be one YAML document".to_owned());
+    }
+    Ok(document)
+}
+
+/// A JSON text as a document, within the limits.
+fn parse_json(text: &str) -> Result<Value, String> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let document = bounded(&mut deserializer, "JSON")?;
+    deserializer.end().map_err(|err| format!("the manifest is not valid JSON: {err}"))?;
+    Ok(document)
+}
 /// Whether a `Content-Type` names this media type, ignoring parameters and case.
 fn is_media_type(content_type: &str, accepted: &[&str]) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
@@ -120,7 +292,7 @@ impl ParsePayload for YamlManifest {
 
     async fn from_request(_request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
         let text = body_text(body).await?;
-        serde_yaml::from_str(&text).map(Self).map_err(|err| unreadable(format!("the manifest is not valid YAML: {err}")))
+        parse_yaml(&text).map(Self).map_err(unreadable)
     }
 }
 
@@ -149,7 +321,7 @@ impl ParsePayload for JsonManifest {
 
     async fn from_request(_request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
         let text = body_text(body).await?;
-        serde_json::from_str(&text).map(Self).map_err(|err| unreadable(format!("the manifest is not valid JSON: {err}")))
+        parse_json(&text).map(Self).map_err(unreadable)
     }
 }
 

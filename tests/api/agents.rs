@@ -222,7 +222,8 @@ async fn hostile_bodies_are_refused(backend: Backend) {
         }
         let answer = send(server, Method::POST, "/api/v1/agents", &key, "application/yaml", &bomb).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{answer:?}");
-        assert!(answer.error().contains("not valid YAML"), "{answer:?}");
+        // The parser's own repetition limit stops this one before the expansion bound does.
+        assert!(answer.error().contains("repetition limit") || answer.error().contains("expands to more than"), "{answer:?}");
         let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
         for content_type in ["application/yaml", "application/json"] {
             assert_eq!(send(server, Method::POST, "/api/v1/agents", &key, content_type, &deep).await.status, StatusCode::BAD_REQUEST, "{content_type}");

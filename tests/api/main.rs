@@ -15,6 +15,7 @@ mod input;
 mod isolation;
 mod keys;
 mod limits;
+mod manifests;
 mod matrix;
 mod node_e2e;
 mod observability;

@@ -51,7 +51,7 @@ fn agent(deleting: bool) -> Value {
     if deleting {
         metadata["deletionTimestamp"] = json!("2026-11-28T12:00:00Z");
     }
-    json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": metadata, "spec": {"agentSpec": manifest().document()}})
+    json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": metadata, "spec": {"agentSpec": manifest().document().unwrap()}})
 }
 
 /// What every pass does first: provision the tenant (its resources are there and its node
@@ -131,7 +131,7 @@ async fn an_unreachable_node_fails_the_agent_with_backoff() {
 #[tokio::test]
 async fn deletion_cleans_up_then_releases_the_finalizer() {
     let node = Arc::new(StubNode::new());
-    node.register_agent(&endpoint(), manifest().document()).await.unwrap();
+    node.register_agent(&endpoint(), &manifest().document().unwrap()).await.unwrap();
     let agent_uri = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/{NS}/nexusagents/bot");
     let mut script = reads(agent(true));
     script.push(Expect { method: Method::GET, uri: agent_uri.clone(), body: anything, answer: (200, agent(true)) });

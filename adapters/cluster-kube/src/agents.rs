@@ -55,11 +55,12 @@ pub(crate) fn agent_object(agent: &NexusAgent) -> Option<AgentObject> {
 impl KubeCluster {
     /// Applies the agent with its finalizer; a refusal is marked on the tenant.
     pub(crate) async fn apply_agent_resource(&self, tenant: &TenantId, manifest: &AgentManifest) -> Result<()> {
+        let document = manifest.document()?;
         let resource = json!({
             "apiVersion": NexusAgent::api_version(&()),
             "kind": NexusAgent::kind(&()),
             "metadata": {"name": manifest.name().as_str(), "finalizers": [AGENT_FINALIZER]},
-            "spec": {"agentSpec": manifest.document()}
+            "spec": {"agentSpec": document}
         });
         let applied = self.agents_in(tenant).patch(manifest.name().as_str(), &apply(), &Patch::Apply(&resource)).await.map_err(translate);
         if let Err(err) = &applied {

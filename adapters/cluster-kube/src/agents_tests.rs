@@ -33,7 +33,7 @@ fn agent_resource(generation: i64, deleting: bool, status: Value) -> Value {
     if deleting {
         metadata["deletionTimestamp"] = json!("2026-11-28T12:00:00Z");
     }
-    json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": metadata, "spec": {"agentSpec": manifest().document()}, "status": status})
+    json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": metadata, "spec": {"agentSpec": manifest().document().unwrap()}, "status": status})
 }
 
 fn list_of(items: Vec<Value>) -> (u16, Value) {
@@ -87,7 +87,7 @@ async fn agent_objects_carry_generations_status_and_deletion() {
         answer: list_of(vec![
             agent_resource(3, true, json!({"phase": "Running", "nodeAck": true, "observedGeneration": 2})),
             json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": {"name": "broken", "namespace": NS}, "spec": {"agentSpec": {"kind": "Agent"}}}),
-            json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": {"name": "bot", "namespace": "default"}, "spec": {"agentSpec": manifest().document()}}),
+            json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusAgent", "metadata": {"name": "bot", "namespace": "default"}, "spec": {"agentSpec": manifest().document().unwrap()}}),
         ]),
     }]);
     let objects = cluster.list_agent_objects().await.unwrap();

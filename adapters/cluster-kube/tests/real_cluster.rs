@@ -114,7 +114,7 @@ async fn provisions_tenants_holds_agents_and_leads_as_the_deployed_service_accou
     cluster.apply_agent(&tenant.id, &manifest).await.unwrap();
     let object = cluster.agent_object(&tenant.id, manifest.name()).await.unwrap().expect("agent object");
     assert_eq!((object.generation, object.deleting), (1, false));
-    assert_eq!(object.manifest.document()["spec"]["x-kept"]["a"], 1, "the API server kept the unknown fields");
+    assert_eq!(object.manifest.document().unwrap()["spec"]["x-kept"]["a"], 1, "the API server kept the unknown fields");
     let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: Some(chrono::Utc::now()), message: None };
     cluster.set_agent_status(&tenant.id, manifest.name(), 1, &running).await.unwrap();
     let object = cluster.agent_object(&tenant.id, manifest.name()).await.unwrap().unwrap();

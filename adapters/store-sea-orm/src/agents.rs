@@ -6,40 +6,85 @@
 //! concurrent updates the same way, so each appends one past the last number and prunes
 //! what falls out of the kept history. A conditional update or delete (`expected`) adds
 //! the current version number to the row's filter, so the check and the write are one
-//! statement.
+//! statement. Each row keeps its manifest's size beside it, so that the tenant's
+//! manifest budget is checked, under the tenant's row lock, without reading manifests;
+//! listings read no manifest at all.
+//!
+//! Rows are trusted on read: a manifest is not checked again with today's rules (nor even
+//! parsed here), so a rule tightened later never makes an old row unreadable.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentVersion, PublishedVersion};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentQuota, AgentSummary, AgentVersion, PublishedVersion, UpdateLimits};
 use nexus_ports::audit::AuditEvent;
 use nexus_ports::ports::AgentStore;
 use nexus_ports::tenancy::TenantId;
 use nexus_ports::{Error, Result};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
 
 use crate::SqlStore;
 use crate::audit::record;
 use crate::entity::{agent_versions as versions, agents, tenants};
 use crate::error::{db, translate};
 
-fn parse_manifest(stored: &str, name: &str) -> Result<AgentManifest> {
-    let document = serde_json::from_str(stored).map_err(|err| Error::Internal(format!("stored manifest of {name} is not JSON: {err}")))?;
-    AgentManifest::parse(document)
-}
-
 fn number(stored: i32) -> Result<u32> {
     u32::try_from(stored).map_err(|_| Error::Internal(format!("stored version number {stored} is negative")))
 }
 
-fn agent(row: agents::Model) -> Result<Agent> {
-    Ok(Agent {
+fn agent(row: agents::Model) -> Agent {
+    Agent {
         tenant_id: TenantId::from_uuid(row.tenant_id),
-        manifest: parse_manifest(&row.manifest, &row.name)?,
-        version_number: number(row.version_number)?,
+        manifest: AgentManifest::from_stored(AgentName::from_stored(row.name), row.version, row.manifest),
+        // Only a row corrupted by hand holds a negative number; it reads as no version yet.
+        version_number: u32::try_from(row.version_number).unwrap_or(0),
         created_at: row.created_at,
         updated_at: row.updated_at,
-    })
+    }
+}
+
+/// What a listing reads of a row: everything but the manifest.
+#[derive(FromQueryResult)]
+struct SummaryRow {
+    tenant_id: sea_orm::prelude::Uuid,
+    name: String,
+    version: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// Takes the tenant's row lock (a no-op update); whether the tenant exists.
+async fn lock_tenant(txn: &impl ConnectionTrait, tenant: &TenantId) -> Result<bool> {
+    let locked = tenants::Entity::update_many()
+        .col_expr(tenants::Column::MaxAgents, Expr::col(tenants::Column::MaxAgents))
+        .filter(tenants::Column::Id.eq(tenant.as_uuid()))
+        .exec(txn)
+        .await
+        .map_err(db)?;
+    Ok(locked.rows_affected > 0)
+}
+
+/// The bytes of current manifests the tenant holds, but for its agent `except`.
+async fn manifest_bytes(txn: &impl ConnectionTrait, tenant: &TenantId, except: Option<&AgentName>) -> Result<u64> {
+    let mut query = agents::Entity::find()
+        .select_only()
+        .column_as(Expr::cust("CAST(COALESCE(SUM(manifest_bytes), 0) AS BIGINT)"), "total")
+        .filter(agents::Column::TenantId.eq(tenant.as_uuid()));
+    if let Some(name) = except {
+        query = query.filter(agents::Column::Name.ne(name.as_str()));
+    }
+    let total: Option<i64> = query.into_tuple().one(txn).await.map_err(db)?;
+    Ok(u64::try_from(total.unwrap_or(0)).unwrap_or(0))
+}
+
+fn over_budget(max_manifest_bytes: u64) -> Error {
+    Error::Conflict(format!("the tenant's manifests would take more than its budget of {max_manifest_bytes} bytes"))
+}
+
+fn size_of(manifest: &AgentManifest) -> i64 {
+    i64::try_from(manifest.size()).unwrap_or(i64::MAX)
 }
 
 fn version(v: versions::Model) -> Result<AgentVersion> {
@@ -51,10 +96,6 @@ fn stale(expected: u32, found: &agents::Model) -> Error {
     Error::PreconditionFailed(format!("If-Match names version {expected}, but the agent is at version {}: read it again", found.version_number))
 }
 
-fn agents(rows: Vec<agents::Model>) -> Result<Vec<Agent>> {
-    rows.into_iter().map(agent).collect()
-}
-
 fn version_row(tenant: &TenantId, manifest: &AgentManifest, number: i32, author: &str, at: DateTime<Utc>) -> versions::ActiveModel {
     versions::ActiveModel {
         tenant_id: Set(tenant.as_uuid()),
@@ -64,7 +105,7 @@ fn version_row(tenant: &TenantId, manifest: &AgentManifest, number: i32, author:
         checksum: Set(manifest.checksum()),
         author: Set(author.to_owned()),
         created_at: Set(at),
-        manifest: Set(Some(manifest.document().to_string())),
+        manifest: Set(Some(manifest.json().to_owned())),
     }
 }
 
@@ -74,25 +115,23 @@ fn of_agent(tenant: &TenantId, name: &AgentName) -> sea_orm::Condition {
 
 #[async_trait]
 impl AgentStore for SqlStore {
-    async fn insert_agent(&self, a: &Agent, author: &str, max_agents: u32, audit: &AuditEvent) -> Result<()> {
+    async fn insert_agent(&self, a: &Agent, author: &str, quota: AgentQuota, audit: &AuditEvent) -> Result<()> {
         let txn = self.db.begin().await.map_err(db)?;
-        let locked = tenants::Entity::update_many()
-            .col_expr(tenants::Column::MaxAgents, Expr::col(tenants::Column::MaxAgents))
-            .filter(tenants::Column::Id.eq(a.tenant_id.as_uuid()))
-            .exec(&txn)
-            .await
-            .map_err(db)?;
-        if locked.rows_affected == 0 {
+        if !lock_tenant(&txn, &a.tenant_id).await? {
             return Err(Error::NotFound("no such tenant".to_owned()));
         }
         let running = agents::Entity::find().filter(agents::Column::TenantId.eq(a.tenant_id.as_uuid())).count(&txn).await.map_err(db)?;
-        if running >= u64::from(max_agents) {
-            return Err(Error::Conflict(format!("the tenant has reached its quota of {max_agents} agents")));
+        if running >= u64::from(quota.max_agents) {
+            return Err(Error::Conflict(format!("the tenant has reached its quota of {} agents", quota.max_agents)));
+        }
+        if manifest_bytes(&txn, &a.tenant_id, None).await?.saturating_add(a.manifest.size() as u64) > quota.max_manifest_bytes {
+            return Err(over_budget(quota.max_manifest_bytes));
         }
         let row = agents::ActiveModel {
             tenant_id: Set(a.tenant_id.as_uuid()),
             name: Set(a.manifest.name().as_str().to_owned()),
-            manifest: Set(a.manifest.document().to_string()),
+            manifest: Set(a.manifest.json().to_owned()),
+            manifest_bytes: Set(size_of(&a.manifest)),
             version: Set(a.manifest.version().map(str::to_owned)),
             version_number: Set(1),
             created_at: Set(a.created_at),
@@ -110,17 +149,25 @@ impl AgentStore for SqlStore {
         manifest: &AgentManifest,
         author: &str,
         at: DateTime<Utc>,
-        keep_versions: u32,
+        limits: UpdateLimits,
         expected: Option<u32>,
         audit: &AuditEvent,
     ) -> Result<Agent> {
+        let UpdateLimits { keep_versions, max_manifest_bytes } = limits;
         let txn = self.db.begin().await.map_err(db)?;
+        if !lock_tenant(&txn, tenant).await? {
+            return Err(Error::NotFound(format!("no agent named {}", manifest.name())));
+        }
+        if manifest_bytes(&txn, tenant, Some(manifest.name())).await?.saturating_add(manifest.size() as u64) > max_manifest_bytes {
+            return Err(over_budget(max_manifest_bytes));
+        }
         let mut filter = of_agent(tenant, manifest.name());
         if let Some(expected) = expected {
             filter = filter.add(agents::Column::VersionNumber.eq(i64::from(expected)));
         }
         let updated = agents::Entity::update_many()
-            .col_expr(agents::Column::Manifest, Expr::value(manifest.document().to_string()))
+            .col_expr(agents::Column::Manifest, Expr::value(manifest.json()))
+            .col_expr(agents::Column::ManifestBytes, Expr::value(size_of(manifest)))
             .col_expr(agents::Column::Version, Expr::value(manifest.version().map(str::to_owned)))
             .col_expr(agents::Column::UpdatedAt, Expr::value(at))
             .filter(filter)
@@ -163,19 +210,38 @@ impl AgentStore for SqlStore {
         let row = agents::Entity::find().filter(of_agent(tenant, manifest.name())).one(&txn).await.map_err(db)?;
         record(&txn, audit).await?;
         txn.commit().await.map_err(db)?;
-        row.map(agent).transpose()?.ok_or_else(|| Error::internal("the updated agent vanished"))
+        row.map(agent).ok_or_else(|| Error::internal("the updated agent vanished"))
     }
 
     async fn find_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<Agent>> {
-        agents::Entity::find().filter(of_agent(tenant, name)).one(&self.db).await.map_err(db)?.map(agent).transpose()
+        Ok(agents::Entity::find().filter(of_agent(tenant, name)).one(&self.db).await.map_err(db)?.map(agent))
     }
 
-    async fn list_agents(&self, tenant: &TenantId) -> Result<Vec<Agent>> {
-        agents(agents::Entity::find().filter(agents::Column::TenantId.eq(tenant.as_uuid())).order_by_asc(agents::Column::Name).all(&self.db).await.map_err(db)?)
+    async fn list_agents(&self, tenant: &TenantId) -> Result<Vec<AgentSummary>> {
+        let rows = agents::Entity::find()
+            .select_only()
+            .columns([agents::Column::TenantId, agents::Column::Name, agents::Column::Version, agents::Column::CreatedAt, agents::Column::UpdatedAt])
+            .filter(agents::Column::TenantId.eq(tenant.as_uuid()))
+            .order_by_asc(agents::Column::Name)
+            .into_model::<SummaryRow>()
+            .all(&self.db)
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| AgentSummary {
+                tenant_id: TenantId::from_uuid(row.tenant_id),
+                name: AgentName::from_stored(row.name),
+                version: row.version,
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+            })
+            .collect())
     }
 
     async fn list_all_agents(&self) -> Result<Vec<Agent>> {
-        agents(agents::Entity::find().order_by_asc(agents::Column::TenantId).order_by_asc(agents::Column::Name).all(&self.db).await.map_err(db)?)
+        let rows = agents::Entity::find().order_by_asc(agents::Column::TenantId).order_by_asc(agents::Column::Name).all(&self.db).await.map_err(db)?;
+        Ok(rows.into_iter().map(agent).collect())
     }
 
     async fn delete_agent(&self, tenant: &TenantId, name: &AgentName, expected: Option<u32>, audit: &AuditEvent) -> Result<bool> {
@@ -231,7 +297,7 @@ impl AgentStore for SqlStore {
             .await
             .map_err(db)?;
         let Some(mut row) = row else { return Ok(None) };
-        let manifest = row.manifest.take().map(|stored| parse_manifest(&stored, name.as_str())).transpose()?;
+        let manifest = row.manifest.take().map(|stored| AgentManifest::from_stored(name.clone(), row.version.clone(), stored));
         Ok(Some(PublishedVersion { version: version(row)?, manifest }))
     }
 }

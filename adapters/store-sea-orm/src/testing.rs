@@ -65,3 +65,14 @@ impl TestDatabase {
         }
     }
 }
+
+/// Runs `sql` on the database at `url` as it is, behind the store's back: to corrupt a row
+/// by hand, as an operator or a faulty version could.
+///
+/// # Panics
+/// When the database cannot be reached or refuses the statement.
+pub async fn execute_sql(url: &str, sql: &str) {
+    let db = Database::connect(url).await.expect("connect to the test database");
+    db.execute_unprepared(sql).await.expect("the statement runs");
+    let _ = db.close().await;
+}

@@ -1,4 +1,5 @@
-//! `agents`: one row per agent of a tenant, holding its current manifest as JSON.
+//! `agents`: one row per agent of a tenant, holding its current manifest as JSON text and
+//! that text's size in bytes.
 
 use sea_orm::entity::prelude::*;
 
@@ -10,6 +11,7 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub name: String,
     pub manifest: String,
+    pub manifest_bytes: i64,
     pub version: Option<String>,
     /// The number of its current version.
     pub version_number: i32,

@@ -10,6 +10,7 @@ mod m20261205_000005_sessions;
 mod m20261212_000006_version_manifests;
 mod m20261212_000007_key_scopes;
 mod m20261213_000007_audit_events;
+mod m20261213_000008_manifest_bytes;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261212_000006_version_manifests::Migration),
             Box::new(m20261212_000007_key_scopes::Migration),
             Box::new(m20261213_000007_audit_events::Migration),
+            Box::new(m20261213_000008_manifest_bytes::Migration),
         ]
     }
 }

@@ -66,9 +66,25 @@ async fn events_are_read_back_newest_first_a_page_at_a_time(url: &str) {
     };
     store.insert_key(&key, 10, &in_tenant(t.id, &ada.to_string(), AuditAction::KeyCreate, &key.digest.to_hex())).await.unwrap();
     let bot = Agent { tenant_id: t.id, manifest: testing::manifest("bot", "m"), version_number: 1, created_at: now(), updated_at: now() };
-    store.insert_agent(&bot, "key:ci", 10, &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "bot")).await.unwrap();
     store
-        .update_agent(&t.id, &testing::manifest("bot", "n"), "key:ci", now(), 10, None, &in_tenant(t.id, "key:ci", AuditAction::AgentUpdate, "bot"))
+        .insert_agent(
+            &bot,
+            "key:ci",
+            nexus_ports::agents::AgentQuota { max_agents: 10, max_manifest_bytes: 1 << 30 },
+            &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "bot"),
+        )
+        .await
+        .unwrap();
+    store
+        .update_agent(
+            &t.id,
+            &testing::manifest("bot", "n"),
+            "key:ci",
+            now(),
+            nexus_ports::agents::UpdateLimits { keep_versions: 10, max_manifest_bytes: 1 << 30 },
+            None,
+            &in_tenant(t.id, "key:ci", AuditAction::AgentUpdate, "bot"),
+        )
         .await
         .unwrap();
     let name = AgentName::parse("bot").unwrap();
@@ -107,18 +123,56 @@ async fn a_failed_change_records_nothing(url: &str) {
     let t = tenant(&store, ada, 1).await.unwrap();
     assert!(matches!(tenant(&store, ada, 1).await, Err(Error::Conflict(_))), "over the tenant quota");
     let bot = Agent { tenant_id: t.id, manifest: testing::manifest("bot", "m"), version_number: 1, created_at: now(), updated_at: now() };
-    store.insert_agent(&bot, "key:ci", 1, &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "bot")).await.unwrap();
-    let again = store.insert_agent(&bot, "key:ci", 5, &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "bot")).await;
+    store
+        .insert_agent(
+            &bot,
+            "key:ci",
+            nexus_ports::agents::AgentQuota { max_agents: 1, max_manifest_bytes: 1 << 30 },
+            &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "bot"),
+        )
+        .await
+        .unwrap();
+    let again = store
+        .insert_agent(
+            &bot,
+            "key:ci",
+            nexus_ports::agents::AgentQuota { max_agents: 5, max_manifest_bytes: 1 << 30 },
+            &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "bot"),
+        )
+        .await;
     assert!(matches!(again, Err(Error::AlreadyExists(_))), "a name taken");
     let other = Agent { manifest: testing::manifest("other", "m"), ..bot.clone() };
-    let over = store.insert_agent(&other, "key:ci", 1, &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "other")).await;
+    let over = store
+        .insert_agent(
+            &other,
+            "key:ci",
+            nexus_ports::agents::AgentQuota { max_agents: 1, max_manifest_bytes: 1 << 30 },
+            &in_tenant(t.id, "key:ci", AuditAction::AgentCreate, "other"),
+        )
+        .await;
     assert!(matches!(over, Err(Error::Conflict(_))), "over the agent quota");
     let ghost = store
-        .update_agent(&t.id, &testing::manifest("ghost", "m"), "key:ci", now(), 5, None, &in_tenant(t.id, "key:ci", AuditAction::AgentUpdate, "ghost"))
+        .update_agent(
+            &t.id,
+            &testing::manifest("ghost", "m"),
+            "key:ci",
+            now(),
+            nexus_ports::agents::UpdateLimits { keep_versions: 5, max_manifest_bytes: 1 << 30 },
+            None,
+            &in_tenant(t.id, "key:ci", AuditAction::AgentUpdate, "ghost"),
+        )
         .await;
     assert!(matches!(ghost, Err(Error::NotFound(_))));
     let stale = store
-        .update_agent(&t.id, &testing::manifest("bot", "n"), "key:ci", now(), 5, Some(9), &in_tenant(t.id, "key:ci", AuditAction::AgentUpdate, "bot"))
+        .update_agent(
+            &t.id,
+            &testing::manifest("bot", "n"),
+            "key:ci",
+            now(),
+            nexus_ports::agents::UpdateLimits { keep_versions: 5, max_manifest_bytes: 1 << 30 },
+            Some(9),
+            &in_tenant(t.id, "key:ci", AuditAction::AgentUpdate, "bot"),
+        )
         .await;
     assert!(matches!(stale, Err(Error::PreconditionFailed(_))), "a stale If-Match");
     let bot_name = AgentName::parse("bot").unwrap();
