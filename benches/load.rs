@@ -1,7 +1,8 @@
 //! Load benchmark: requests per second and latency of routes of one Nexus on loopback,
-//! each reported as a ratio to `GET /healthz` (the cost of HTTP alone) on the same server.
-//! The API-key row is the cost of tenant authentication: one indexed lookup by digest,
-//! usage noted in memory, no password hash.
+//! each reported as a ratio to a bare poem handler answering a constant, served by the
+//! same process on the same runtime (the ceiling for any route: HTTP and the framework
+//! alone). The API-key rows are the cost of tenant authentication and scoping; the agents
+//! row lists a tenant of 10 agents.
 //!
 //! The flood rows show that a login flood does not starve other routes: wrong-password
 //! logins for ever new emails (credential stuffing, as from many addresses: the per-address
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use nexus::config::ServeConfig;
 use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{Route, get, handler};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -99,7 +101,7 @@ async fn run(client: &reqwest::Client, base: &str, scenario: &Scenario, connecti
 
 fn report(name: &str, outcome: &Outcome, baseline: Option<f64>) {
     let ratio = baseline.map_or_else(|| "-".to_owned(), |baseline| format!("{:.4}", outcome.rps / baseline));
-    println!("{name:<40} {:>10.0} {:>10.2?} {:>10.2?} {:>9} {ratio:>9}", outcome.rps, outcome.p50, outcome.p99, outcome.failures);
+    println!("{name:<52} {:>10.0} {:>10.2?} {:>10.2?} {:>9} {ratio:>9}", outcome.rps, outcome.p50, outcome.p99, outcome.failures);
 }
 
 /// Runs `read` while `flood` runs beside it on four times the connections (more than the
@@ -108,6 +110,20 @@ async fn during_flood(client: &reqwest::Client, base: &str, read: &Scenario, alo
     let (during, flooding) = tokio::join!(run(client, base, read, connections, seconds), run(client, base, flood, connections * 4, seconds));
     report(&format!("{} during login flood", read.name), &during, Some(alone));
     report("  (the flood: 401 answered, 503 failed)", &flooding, None);
+}
+
+/// The ceiling: poem answering a constant, with no middleware.
+#[handler]
+fn constant() -> &'static str {
+    "ok"
+}
+
+/// Serves [`constant`] on a loopback port of its own; its base URL.
+async fn serve_bare() -> String {
+    let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await.expect("bind");
+    let base = format!("http://127.0.0.1:{}", acceptor.local_addr()[0].as_socket_addr().expect("tcp").port());
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(Route::new().at("/", get(constant))));
+    base
 }
 
 #[tokio::main]
@@ -150,8 +166,16 @@ async fn main() {
     let tenant = created(format!("{base}/api/v1/tenants"), json!({"displayName": "bench"})).await;
     let key = created(format!("{base}/api/v1/tenants/{}/keys", tenant["id"].as_str().expect("tenant id")), json!({"label": "bench"})).await;
     let api_key = key["rawKey"].as_str().expect("raw key").to_owned();
+    for n in 0..10 {
+        let document = nexus_ports::testing::manifest_document(&format!("agent-{n}"), "gpt-4o-mini");
+        let answer = client.post(format!("{base}/api/v1/agents")).header("x-api-key", &api_key).json(&document).send().await.expect("create agent");
+        assert_eq!(answer.status(), StatusCode::CREATED, "agent {n} is created");
+    }
+    let bare_base = serve_bare().await;
 
     let healthz = Scenario::get("GET /healthz (no auth)", "/healthz");
+    let bare = Scenario::get("bare poem handler (the ceiling)", "/");
+    let agents = Scenario { api_key: Some(api_key.clone()), ..Scenario::get("GET /api/v1/agents (API key, 10)", "/api/v1/agents") };
     let by_key = Scenario { api_key: Some(api_key), ..Scenario::get("GET /api/v1/me (API key)", "/api/v1/me") };
     let by_jwt = Scenario { bearer: Some(token.clone()), ..Scenario::get("GET /api/v1/me (JWT)", "/api/v1/me") };
     let login = Scenario::post("POST /auth/login (argon2id)", "/auth/login", |_| json!({"email": "bench@example.com", "password": PASSWORD}), StatusCode::OK);
@@ -163,9 +187,17 @@ async fn main() {
     );
 
     println!("{} cores, {connections} connections, {seconds} s per scenario", std::thread::available_parallelism().map_or(1, usize::from));
-    println!("{:<40} {:>10} {:>10} {:>10} {:>9} {:>9}", "scenario", "req/s", "p50", "p99", "failures", "ratio");
-    let baseline = run(&client, &base, &healthz, connections, seconds).await;
-    report(healthz.name, &baseline, Some(baseline.rps));
+    println!("{:<52} {:>10} {:>10} {:>10} {:>9} {:>9}", "scenario", "req/s", "p50", "p99", "failures", "ratio");
+    // Warm up (connections, caches, allocator) before anything is measured.
+    for (base, scenario) in [(&bare_base, &bare), (&base, &healthz), (&base, &agents), (&base, &by_key), (&base, &by_jwt)] {
+        run(&client, base, scenario, connections, 1).await;
+    }
+    let baseline = run(&client, &bare_base, &bare, connections, seconds).await;
+    report(bare.name, &baseline, Some(baseline.rps));
+    let healthz_alone = run(&client, &base, &healthz, connections, seconds).await;
+    report(healthz.name, &healthz_alone, Some(baseline.rps));
+    let agents_alone = run(&client, &base, &agents, connections, seconds).await;
+    report(agents.name, &agents_alone, Some(baseline.rps));
     let key_alone = run(&client, &base, &by_key, connections, seconds).await;
     report(by_key.name, &key_alone, Some(baseline.rps));
     let jwt_alone = run(&client, &base, &by_jwt, connections, seconds).await;
@@ -173,7 +205,8 @@ async fn main() {
     report(login.name, &run(&client, &base, &login, connections, seconds).await, Some(baseline.rps));
     // The hasher is bounded and off the async workers: other requests keep flowing while
     // logins saturate it. Ratios below are to the same read without the flood.
-    during_flood(&client, &base, &healthz, baseline.rps, &flood, connections, seconds).await;
+    during_flood(&client, &base, &healthz, healthz_alone.rps, &flood, connections, seconds).await;
+    during_flood(&client, &base, &agents, agents_alone.rps, &flood, connections, seconds).await;
     during_flood(&client, &base, &by_key, key_alone.rps, &flood, connections, seconds).await;
     during_flood(&client, &base, &by_jwt, jwt_alone.rps, &flood, connections, seconds).await;
     let _ = stop.send(());

@@ -16,7 +16,9 @@
 //!   their ratio (listing one tenant costs the same whatever the total).
 //!
 //! `cargo bench --bench scale`; `NEXUS_SCALE_TENANTS`, `NEXUS_SCALE_AGENTS`,
-//! `NEXUS_SCALE_RESYNC_SECONDS` (default 20) change the defaults. Linux only (`/proc`).
+//! `NEXUS_SCALE_RESYNC_SECONDS` (default 20) change the defaults; `NEXUS_SCALE_BINARY`
+//! runs another build of `nexus` (an older one, for before/after figures). Linux only
+//! (`/proc`).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -100,7 +102,8 @@ async fn main() {
     let window = 1000.min(total / 2).max(1);
     let db = std::env::temp_dir().join(format!("nexus-scale-{}.db", std::process::id()));
     let (port, metrics_port) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_nexus"))
+    let binary = std::env::var("NEXUS_SCALE_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_nexus").to_owned());
+    let child = Command::new(binary)
         .env_clear()
         .env("NEXUS_LISTEN", format!("127.0.0.1:{port}"))
         .env("NEXUS_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
@@ -178,6 +181,9 @@ async fn main() {
     while let Some(n) = created.next().await {
         finished[n] = started.elapsed();
         count += 1;
+        if count % 1000 == 0 {
+            eprintln!("{count} agents created in {:.1?}", started.elapsed());
+        }
         if count == 100.min(total) && list_at_100.is_none() {
             list_at_100 = Some(list_rate(&client, &base, token, &tenant_ids[0]).await);
         }

@@ -13,13 +13,13 @@ use nexus_node_http::HttpNode;
 use nexus_node_stub::StubNode;
 use nexus_ports::ports::{AccessTokens, Clock, ClusterBackend, HealthCheck, NodeProxy, SecretGenerator, SettingsStore};
 use nexus_ports::{Error, Result};
-use nexus_store_sea_orm::SqlStore;
+use nexus_store_sea_orm::{SqlChangeFeed, SqlStore};
 
 use crate::app::housekeeping::PRUNE_EVERY;
 use crate::app::key_usage::FLUSH_EVERY;
 use crate::app::{
-    AccessPorts, AccessService, AgentLimits, AgentPorts, AgentService, AuthThrottle, EventSettings, Housekeeping, IdentityPorts, IdentityService, KeyUsage,
-    LoginLimit, Nexus, Quotas, Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
+    AccessPorts, AccessService, AgentLimits, AgentPorts, AgentService, AuthThrottle, Changes, EventSettings, Housekeeping, IdentityPorts, IdentityService,
+    KeyUsage, LoginLimit, Nexus, Quotas, Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
 };
 use crate::config::{ClusterKind, NodeKind, ServeConfig};
 
@@ -59,6 +59,8 @@ pub struct Wiring {
     reconciler: Arc<Reconciler>,
     housekeeping: Housekeeping,
     kube: Option<KubeCluster>,
+    feed: Arc<SqlChangeFeed>,
+    changes: Arc<Changes>,
 }
 
 /// Wires the service from its configuration ([`wire`]) and starts it ([`start`]).
@@ -82,8 +84,12 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     let (access_ttl, refresh_ttl, session_max) = (lifetime(config.access_ttl)?, lifetime(config.refresh_ttl)?, lifetime(config.session_max)?);
     let login_limit = LoginLimit { max_failures: config.login_failures, window: lifetime(config.login_window)? };
     let store = Arc::new(SqlStore::connect(&config.database_url).await?);
+    let feed = Arc::new(store.change_feed().await?);
+    let changes = Arc::new(Changes::new(feed.clone()));
     let access_tokens: Arc<dyn AccessTokens> = Arc::new(JwtAccessTokens::new(jwt_secret(config, &store).await?.as_bytes(), access_ttl)?);
-    let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    // By default one core is left to everything else, so that a login flood cannot take
+    // every core from the other requests.
+    let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from).saturating_sub(1).max(1));
     let (cluster, cluster_health, kube): (Arc<dyn ClusterBackend>, Arc<dyn HealthCheck>, Option<KubeCluster>) = match config.cluster {
         ClusterKind::Memory => {
             let memory = Arc::new(MemoryCluster::new(config.node_url.clone()));
@@ -117,6 +123,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             secrets: secrets.clone(),
             clock: clock.clone(),
             audit: store.clone(),
+            changes: changes.clone(),
         },
         SessionPolicy { refresh_ttl, session_max, login_limit },
     );
@@ -127,6 +134,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         tenants: store.clone(),
         clock: clock.clone(),
         usage: key_usage.clone(),
+        changes: changes.clone(),
     });
     let quotas = Quotas { max_tenants: config.max_tenants, max_keys: config.max_keys, max_agents: config.max_agents };
     let reconciler = Arc::new(
@@ -145,6 +153,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             clock: clock.clone(),
             usage: key_usage.clone(),
             audit: store.clone(),
+            changes: changes.clone(),
         },
         quotas,
     )
@@ -158,7 +167,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         audit_retention: lifetime(config.audit_retention)?,
     };
     let agents = AgentService::new(
-        AgentPorts { agents: store.clone(), cluster, node, clock },
+        AgentPorts { agents: store.clone(), cluster, node, clock, changes: changes.clone() },
         reconciler.clone(),
         AgentLimits { max_versions: config.max_versions, max_manifest_bytes: config.max_tenant_manifest_bytes },
     )
@@ -172,15 +181,16 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
     let auth_throttle = AuthThrottle::new(config.auth_rate, config.trusted_proxies.clone());
     let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, auth_throttle, background: Mutex::default() });
-    Ok(Wiring { nexus, reconciler, housekeeping, kube })
+    Ok(Wiring { nexus, reconciler, housekeeping, kube, feed, changes })
 }
 
 /// Brings a wired service up: on the in-memory cluster, stored tenants are provisioned
 /// and the registry's agents applied before serving; then the background tasks start (the
-/// key-usage writer; the pruning of spent refresh tokens and login attempts; the reconcile
-/// loop). On Kubernetes nothing is written before leadership is known: the loop runs only
-/// while this replica holds the lease, and its first pass provisions the tenants and
-/// applies the registry, with the watches waking it.
+/// key-usage writer; the pruning of spent refresh tokens and login attempts; the change
+/// feed's relay and what follows it; the reconcile loop). On Kubernetes nothing is written
+/// before leadership is known: the loop runs only while this replica holds the lease, and
+/// its first pass provisions the tenants and applies the registry, with the watches
+/// waking it.
 ///
 /// Start-up never fails on what is stored: an agent that cannot be applied is left to
 /// the loop (which reports it on that agent), and a registry that cannot be read now is
@@ -189,7 +199,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
 /// # Errors
 /// None today; kept for what starting may need to refuse.
 pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
-    let Wiring { nexus, reconciler, housekeeping, kube } = wiring;
+    let Wiring { nexus, reconciler, housekeeping, kube, feed, changes } = wiring;
     crate::http::metrics::install();
     if kube.is_none() {
         let tenants = reconciler.reconcile_tenants().await.len();
@@ -198,7 +208,12 @@ pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
             Err(err) => tracing::warn!(tenants, error = %err, "cannot read the agent registry yet; the reconcile loop applies it"),
         }
     }
-    let mut background = vec![tokio::spawn(nexus.key_usage.clone().run(FLUSH_EVERY)), tokio::spawn(housekeeping.run(PRUNE_EVERY))];
+    let mut background = vec![
+        tokio::spawn(nexus.key_usage.clone().run(FLUSH_EVERY)),
+        tokio::spawn(housekeeping.run(PRUNE_EVERY)),
+        tokio::spawn(feed.relay()),
+        tokio::spawn(changes.follow()),
+    ];
     match kube {
         // Every replica serves the API and wakes on changes; the one holding the lease reconciles.
         Some(kube) => {

@@ -64,7 +64,8 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_SESSION_MAX", default_value = "90d", global = true)]
     pub session_max: humantime::Duration,
 
-    /// How many password hashes may run at once (default: the number of CPUs).
+    /// How many password hashes may run at once (default: one less than the number of
+    /// CPUs, at least one).
     #[arg(long, env = "NEXUS_HASH_CONCURRENCY", global = true)]
     pub hash_concurrency: Option<usize>,
 

@@ -8,6 +8,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod changes;
 pub mod context;
 pub mod error;
 pub mod identity;

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentQuota, AgentStatus, AgentSummary, AgentVersion, PublishedVersion, UpdateLimits};
 use crate::audit::{AuditCursor, AuditEvent, AuditPage};
+use crate::changes::Change;
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
 use crate::node_names::NodeSharing;
 use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
@@ -335,6 +336,23 @@ pub trait ClusterBackend: Send + Sync + 'static {
 
     /// Removes the agent object for good (after its deletion was asked for and handled).
     async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<()>;
+}
+
+/// Changes told to every replica sharing the store (this one included), so that what
+/// each keeps in memory follows the store: publish a change, subscribe to them all.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait ChangeFeed: Send + Sync + 'static {
+    /// Tells every replica, this one included, about `change`, after the change is stored.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the other replicas cannot be told.
+    async fn publish(&self, change: &Change) -> Result<()>;
+
+    /// Every change published from now on, by any replica, in the order received. A
+    /// subscriber that falls behind, or a feed that lost its connection, receives
+    /// [`Change::Missed`] (a lagging receiver's error counts as one).
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;
 }
 
 /// Server-wide settings that must survive restarts and be shared by every replica.

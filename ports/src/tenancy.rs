@@ -12,7 +12,7 @@ use crate::{Error, Result};
 
 /// A tenant's id; shown to clients as `t_<32 hex digits>`. The same uuid names its
 /// cluster resources (`tenant-<uuid>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(Uuid);
 
 impl TenantId {

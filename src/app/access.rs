@@ -5,6 +5,10 @@
 //! An access token is valid when it is signed, unexpired, and issued no earlier than its
 //! user last ended every session ([`AccessService::session_is_current`], read from the
 //! store so that every replica agrees).
+//!
+//! None of this asks the store on the hot path: API keys, users' session cut-offs and
+//! tenants are read through the caches of [`Changes`], which every change to them drops
+//! at once here and within the feed's delay on every other replica.
 
 use std::sync::Arc;
 
@@ -15,6 +19,7 @@ use nexus_ports::tenancy::{ApiKey, KeyScope, Tenant, TenantId};
 use nexus_ports::tokens::{AccessClaims, SecretDigest};
 use nexus_ports::{Error, Result};
 
+use super::changes::Changes;
 use super::key_usage::KeyUsage;
 
 /// An authenticated caller.
@@ -53,6 +58,7 @@ pub struct AccessService {
     tenants: Arc<dyn TenantStore>,
     clock: Arc<dyn Clock>,
     usage: Arc<KeyUsage>,
+    changes: Arc<Changes>,
 }
 
 /// The tenant with this id if `user` owns it. A tenant that does not exist is refused
@@ -63,8 +69,12 @@ pub struct AccessService {
 pub(crate) async fn owned_tenant(tenants: &dyn TenantStore, user: &UserId, id: &TenantId) -> Result<Tenant> {
     match tenants.find_tenant(id).await? {
         Some(tenant) if tenant.owner == *user => Ok(tenant),
-        _ => Err(Error::Forbidden("you do not own this tenant".to_owned())),
+        _ => Err(refused_tenant()),
     }
+}
+
+fn refused_tenant() -> Error {
+    Error::Forbidden("you do not own this tenant".to_owned())
 }
 
 /// The ports authentication needs, by name.
@@ -77,6 +87,8 @@ pub struct AccessPorts {
     pub clock: Arc<dyn Clock>,
     /// Where key use is noted, off the request path.
     pub usage: Arc<KeyUsage>,
+    /// What is kept in memory of keys, sessions and tenants.
+    pub changes: Arc<Changes>,
 }
 
 /// Whether a token issued at `issued_at` outlived its user's last ending of every session
@@ -88,19 +100,42 @@ pub(crate) fn issued_before_cutoff(issued_at: DateTime<Utc>, cutoff: Option<Date
 impl AccessService {
     /// Wires authentication to its ports.
     pub fn new(ports: AccessPorts) -> Self {
-        let AccessPorts { tokens, users, keys, tenants, clock, usage } = ports;
-        Self { tokens, users, keys, tenants, clock, usage }
+        let AccessPorts { tokens, users, keys, tenants, clock, usage, changes } = ports;
+        Self { tokens, users, keys, tenants, clock, usage, changes }
     }
 
     /// Whether the session of a verified access token is still current: its user has not
-    /// ended every session since the token was issued. The one place this is decided (a
-    /// cache of the cut-offs belongs here).
+    /// ended every session since the token was issued. The one place this is decided (from memory
+    /// when kept there).
     ///
     /// # Errors
     /// What the store answered.
     pub async fn session_is_current(&self, claims: &AccessClaims) -> Result<bool> {
-        let cutoff = self.users.sessions_valid_after(&claims.user_id).await?;
+        let sessions = &self.changes.caches().sessions;
+        let cutoff = match sessions.get(&claims.user_id) {
+            Some(cutoff) => cutoff,
+            None => {
+                let ticket = sessions.ticket();
+                let cutoff = self.users.sessions_valid_after(&claims.user_id).await?;
+                sessions.insert(ticket, claims.user_id, cutoff);
+                cutoff
+            }
+        };
         Ok(!issued_before_cutoff(claims.issued_at, cutoff))
+    }
+
+    /// The key with this digest and its tenant, from memory when kept there.
+    async fn find_key(&self, digest: &SecretDigest) -> Result<Option<(ApiKey, Tenant)>> {
+        let keys = &self.changes.caches().keys;
+        if let Some(found) = keys.get(digest) {
+            return Ok(Some(found));
+        }
+        let ticket = keys.ticket();
+        let found = self.keys.find_key(digest).await?;
+        if let Some(found) = &found {
+            keys.insert(ticket, *digest, found.clone());
+        }
+        Ok(found)
     }
 
     /// Who the credentials belong to. An API key costs one indexed lookup by its SHA-256
@@ -110,29 +145,33 @@ impl AccessService {
     /// [`Error::Unauthorized`] when neither credential is valid, saying why.
     pub async fn authenticate(&self, credentials: Credentials<'_>) -> Result<Principal> {
         let now = self.clock.now();
+        // The refusal, and its reason as the `nexus_auth_refusals_total` label.
         let mut refusal = None;
         if let Some(token) = credentials.bearer {
             match self.tokens.verify(token, now) {
                 Ok(claims) if self.session_is_current(&claims).await? => return Ok(Principal::User(claims.user_id)),
-                Ok(_) => refusal = Some(Error::unauthorized("this session has ended; log in again")),
-                Err(err) => refusal = Some(err),
+                Ok(_) => refusal = Some((Error::unauthorized("this session has ended; log in again"), "session_ended")),
+                Err(err) => refusal = Some((err, "invalid_token")),
             }
         }
         if let Some(raw) = credentials.api_key {
             let digest = SecretDigest::of(raw);
-            match self.keys.find_key(&digest).await? {
+            match self.find_key(&digest).await? {
                 Some((key, _)) if key.expired_at(now) => {
                     let end = key.expires_at.map(|end| end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
-                    refusal = Some(Error::unauthorized(format!("this API key expired at {end}")));
+                    refusal = Some((Error::unauthorized(format!("this API key expired at {end}")), "expired_key"));
                 }
                 Some((key, tenant)) => {
                     self.usage.record(digest, now);
                     return Ok(Principal::ApiKey { key, tenant });
                 }
-                None => refusal = Some(Error::unauthorized("invalid or revoked API key")),
+                None => refusal = Some((Error::unauthorized("invalid or revoked API key"), "invalid_key")),
             }
         }
-        Err(refusal.unwrap_or_else(|| Error::unauthorized("missing credentials: send Authorization: Bearer <access token> or X-API-Key: <key>")))
+        let (refusal, reason) =
+            refusal.unwrap_or_else(|| (Error::unauthorized("missing credentials: send Authorization: Bearer <access token> or X-API-Key: <key>"), "missing"));
+        metrics::counter!("nexus_auth_refusals_total", "reason" => reason).increment(1);
+        Err(refusal)
     }
 
     /// Whether the principal may make a request that reads only (`GET`, `HEAD`) or one that
@@ -181,7 +220,23 @@ impl AccessService {
             },
             Principal::User(user) => {
                 let named = tenant_header.ok_or_else(|| Error::invalid("X-Tenant-ID is required with a user access token on tenant-scoped routes"))?;
-                owned_tenant(self.tenants.as_ref(), user, &TenantId::parse(named)?).await
+                let id = TenantId::parse(named)?;
+                let tenants = &self.changes.caches().tenants;
+                let tenant = match tenants.get(&id) {
+                    Some(tenant) => Some(tenant),
+                    None => {
+                        let ticket = tenants.ticket();
+                        let found = self.tenants.find_tenant(&id).await?;
+                        if let Some(tenant) = &found {
+                            tenants.insert(ticket, id, tenant.clone());
+                        }
+                        found
+                    }
+                };
+                match tenant {
+                    Some(tenant) if tenant.owner == *user => Ok(tenant),
+                    _ => Err(refused_tenant()),
+                }
             }
         }
     }

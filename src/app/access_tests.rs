@@ -66,6 +66,7 @@ impl Ports {
                 tenants: Arc::new(self.tenants),
                 clock: Arc::new(clock),
                 usage: usage.clone(),
+                changes: crate::app::Changes::local(),
             }),
             usage,
         )

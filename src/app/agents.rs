@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use self::events::OpenStreams;
 pub use self::events::{AgentEvent, EventSettings};
+use super::changes::Changes;
 use super::reconcile::Reconciler;
 use super::traces::{NODE_TRACE_WINDOW, RunMetrics, run_metrics, started_at};
 
@@ -139,6 +140,7 @@ pub struct AgentService {
     cluster: Arc<dyn ClusterBackend>,
     node: Arc<dyn NodeProxy>,
     clock: Arc<dyn Clock>,
+    changes: Arc<Changes>,
     reconciler: Arc<Reconciler>,
     limits: AgentLimits,
     run_timeout: std::time::Duration,
@@ -160,17 +162,20 @@ pub struct AgentPorts {
     pub cluster: Arc<dyn ClusterBackend>,
     pub node: Arc<dyn NodeProxy>,
     pub clock: Arc<dyn Clock>,
+    /// Where changed agents are announced, and tenants' agents kept in memory.
+    pub changes: Arc<Changes>,
 }
 
 impl AgentService {
     /// Wires the use cases; API changes wake `reconciler`; `limits` bound what is kept.
     pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>, limits: AgentLimits) -> Self {
-        let AgentPorts { agents, cluster, node, clock } = ports;
+        let AgentPorts { agents, cluster, node, clock, changes } = ports;
         Self {
             agents,
             cluster,
             node,
             clock,
+            changes,
             reconciler,
             limits,
             run_timeout: DEFAULT_RUN_TIMEOUT,
@@ -207,6 +212,7 @@ impl AgentService {
             Error::AlreadyExists(_) => Error::AlreadyExists(format!("an agent named {} already exists in this tenant", agent.manifest.name())),
             other => other,
         })?;
+        self.announce(&agent.tenant_id, agent.manifest.name()).await;
         tracing::info!(tenant = %tenant.id, agent = %agent.manifest.name(), "agent registered");
         self.apply(&agent).await;
         let node_agent_name = self.names(&tenant.id).node_name(agent.manifest.name());
@@ -240,13 +246,33 @@ impl AgentService {
     }
 
     /// The tenant's agents, by name, with their phases (no manifest is read).
+    /// The tenant's agents come from memory when kept there, their statuses from one
+    /// listing of the cluster's objects.
     pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentListing>> {
-        let mut listings = Vec::new();
-        for summary in self.agents.list_agents(&tenant.id).await? {
-            let object = self.cluster.agent_object(&summary.tenant_id, &summary.name).await?;
-            listings.push(AgentListing { summary, status: object.map_or_else(AgentStatus::pending, |o| o.status) });
+        let summaries = self.registry(&tenant.id).await?;
+        let objects = self.cluster.list_tenant_agent_objects(&tenant.id).await?;
+        let statuses: std::collections::HashMap<&AgentName, &AgentStatus> = objects.iter().map(|object| (object.manifest.name(), &object.status)).collect();
+        Ok(summaries
+            .iter()
+            .map(|summary| AgentListing { summary: summary.clone(), status: statuses.get(&summary.name).map_or_else(AgentStatus::pending, |s| (*s).clone()) })
+            .collect())
+    }
+
+    /// The tenant's agents, by name: from memory when kept there.
+    async fn registry(&self, tenant: &TenantId) -> Result<Arc<Vec<AgentSummary>>> {
+        let kept = &self.changes.caches().agents;
+        if let Some(summaries) = kept.get(tenant) {
+            return Ok(summaries);
         }
-        Ok(listings)
+        let ticket = kept.ticket();
+        let summaries = Arc::new(self.agents.list_agents(tenant).await?);
+        kept.insert(ticket, *tenant, summaries.clone());
+        Ok(summaries)
+    }
+
+    /// Tells every replica the agent changed (this one at once).
+    async fn announce(&self, tenant: &TenantId, name: &AgentName) {
+        self.changes.announce(nexus_ports::changes::Change::AgentChanged { tenant: *tenant, name: name.clone() }).await;
     }
 
     /// One agent with its status.
@@ -294,6 +320,7 @@ impl AgentService {
             Error::NotFound(_) => missing(name),
             other => other,
         })?;
+        self.announce(&tenant.id, name).await;
         tracing::info!(tenant = %tenant.id, agent = %name, version = agent.version_number, "agent updated");
         self.apply(&agent).await;
         self.state_of(agent).await
@@ -362,6 +389,7 @@ impl AgentService {
         if !self.agents.delete_agent(&tenant.id, &name, expected, &audit).await? {
             return Err(missing(&name));
         }
+        self.announce(&tenant.id, &name).await;
         tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");
         self.cluster.request_agent_deletion(&tenant.id, &name).await?;
         self.reconciler.wake(Change::Agent(tenant.id, name.clone()));

@@ -58,7 +58,13 @@ impl Ports {
             },
             Duration::from_secs(60),
         );
-        let ports = AgentPorts { agents: Arc::new(self.agents), cluster: Arc::new(self.cluster), node: Arc::new(self.node), clock };
+        let ports = AgentPorts {
+            agents: Arc::new(self.agents),
+            cluster: Arc::new(self.cluster),
+            node: Arc::new(self.node),
+            clock,
+            changes: crate::app::Changes::local(),
+        };
         AgentService::new(ports, Arc::new(idle), AgentLimits { max_versions: MAX_VERSIONS, max_manifest_bytes: 1 << 20 })
     }
 

@@ -13,11 +13,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use nexus_ports::audit::{AuditAction, AuditEvent, AuditPage};
+use nexus_ports::changes::Change;
 use nexus_ports::identity::{DisplayName, Email, NewUser, Password, User, UserId};
 use nexus_ports::ports::{AccessTokens, AuditStore, Clock, LoginAttemptStore, PasswordHasher, RefreshTokenStore, SecretGenerator, UserStore};
 use nexus_ports::tokens::{AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation};
 use nexus_ports::{Error, Result};
 
+use super::changes::Changes;
 use super::login_limit::LoginLimit;
 
 /// Prefix of refresh tokens, so a leaked one is recognisable.
@@ -59,6 +61,8 @@ pub struct IdentityPorts {
     pub secrets: Arc<dyn SecretGenerator>,
     pub clock: Arc<dyn Clock>,
     pub audit: Arc<dyn AuditStore>,
+    /// Where ended sessions are announced, and users kept in memory.
+    pub changes: Arc<Changes>,
 }
 
 /// How long sessions last, and how many failed logins an account may see.
@@ -193,6 +197,7 @@ impl IdentityService {
         let now = self.ports.clock.now();
         let audit = user_event(user, now, AuditAction::UserSessionsRevoked);
         self.ports.users.end_sessions(user, now, &audit).await.map_err(gone_as_unauthorized)?;
+        self.ports.changes.announce(Change::SessionsEnded { user: *user }).await;
         tracing::info!(user = %user, "every session of the user was ended");
         Ok(())
     }
@@ -219,6 +224,7 @@ impl IdentityService {
         let now = self.ports.clock.now();
         let audit = user_event(user, now, AuditAction::UserPasswordChange);
         self.ports.users.change_password(user, &hash, now, &audit).await.map_err(gone_as_unauthorized)?;
+        self.ports.changes.announce(Change::SessionsEnded { user: *user }).await;
         tracing::info!(user = %user, "password changed; every session of the user was ended");
         Ok(())
     }
@@ -228,7 +234,14 @@ impl IdentityService {
     /// # Errors
     /// [`Error::Unauthorized`] when that user no longer exists.
     pub async fn current_user(&self, user_id: &UserId) -> Result<User> {
-        self.ports.users.find_user(user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))
+        let users = &self.ports.changes.caches().users;
+        if let Some(user) = users.get(user_id) {
+            return Ok(user);
+        }
+        let ticket = users.ticket();
+        let user = self.ports.users.find_user(user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))?;
+        users.insert(ticket, *user_id, user.clone());
+        Ok(user)
     }
 
     /// A page of the user's own audit trail, newest first: at most `limit` events (at most

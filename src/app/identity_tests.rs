@@ -60,6 +60,7 @@ impl Ports {
             secrets: Arc::new(self.secrets),
             clock: Arc::new(clock),
             audit: Arc::new(self.audit),
+            changes: crate::app::Changes::local(),
         };
         IdentityService::new(ports, policy)
     }

@@ -3,7 +3,9 @@
 
 pub mod access;
 pub mod agents;
+pub mod cache;
 pub mod chains;
+pub mod changes;
 pub mod health;
 pub mod housekeeping;
 pub mod identity;
@@ -22,6 +24,7 @@ pub use access::{AccessPorts, AccessService, Credentials, Principal};
 pub use agents::{
     AgentDetail, AgentEvent, AgentLimits, AgentListing, AgentPorts, AgentService, AgentState, Condition, EventSettings, LiveStatus, LogQuery, RunRequest, etag,
 };
+pub use changes::{Changes, HotCaches};
 pub use health::{CheckOutcome, Readiness};
 pub use housekeeping::Housekeeping;
 pub use identity::{IdentityPorts, IdentityService, Registration, Session, SessionPolicy, TokenPair};

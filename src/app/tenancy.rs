@@ -16,6 +16,7 @@ use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
 use nexus_ports::{Error, Result};
 
 use super::access::owned_tenant;
+use super::changes::Changes;
 use super::key_usage::KeyUsage;
 use super::reconcile::Waker;
 
@@ -73,6 +74,7 @@ pub struct TenancyService {
     clock: Arc<dyn Clock>,
     usage: Arc<KeyUsage>,
     audit: Arc<dyn AuditStore>,
+    changes: Arc<Changes>,
     quotas: Quotas,
     /// Tells the reconcile loop which tenant changed.
     waker: Option<Waker>,
@@ -88,13 +90,15 @@ pub struct TenancyPorts {
     /// Key use noted but not yet written, forgotten when a key goes.
     pub usage: Arc<KeyUsage>,
     pub audit: Arc<dyn AuditStore>,
+    /// Where deleted tenants and revoked keys are announced.
+    pub changes: Arc<Changes>,
 }
 
 impl TenancyService {
     /// Wires the use cases, bounded by `quotas`.
     pub fn new(ports: TenancyPorts, quotas: Quotas) -> Self {
-        let TenancyPorts { tenants, keys, cluster, secrets, clock, usage, audit } = ports;
-        Self { tenants, keys, cluster, secrets, clock, usage, audit, quotas, waker: None }
+        let TenancyPorts { tenants, keys, cluster, secrets, clock, usage, audit, changes } = ports;
+        Self { tenants, keys, cluster, secrets, clock, usage, audit, changes, quotas, waker: None }
     }
 
     /// The same use cases, waking the reconcile loop for every tenant they create or delete.
@@ -158,6 +162,7 @@ impl TenancyService {
         }
         let audit = AuditEvent::now(self.clock.now(), owner.to_string(), AuditAction::TenantDelete, tenant.id.to_string()).in_tenant(tenant.id).of_user(*owner);
         self.tenants.delete_tenant(&tenant.id, &audit).await?;
+        self.changes.announce(nexus_ports::changes::Change::TenantDeleted { tenant: tenant.id }).await;
         tracing::info!(tenant = %tenant.id, "tenant deleted");
         self.changed(tenant.id);
         Ok(tenant.id)
@@ -213,6 +218,7 @@ impl TenancyService {
             return Err(Error::NotFound("this tenant has no API key with this hash".to_owned()));
         }
         self.usage.forget(&digest);
+        self.changes.announce(nexus_ports::changes::Change::KeyRevoked { tenant: tenant.id, key: digest }).await;
         tracing::info!(tenant = %tenant.id, key = %digest, "API key revoked");
         Ok(digest)
     }

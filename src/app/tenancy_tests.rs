@@ -59,6 +59,7 @@ impl Ports {
             clock: Arc::new(clock),
             usage: usage.clone(),
             audit: Arc::new(MockAuditStore::new()),
+            changes: crate::app::Changes::local(),
         };
         let service = TenancyService::new(ports, Quotas { max_tenants: 10, max_keys: 20, max_agents: 50 });
         (service, usage)

@@ -61,16 +61,7 @@ impl<'a> ApiExtractor<'a> for Caller {
             return Err(fail(nexus_ports::Error::invalid("malformed tenant id: expected t_ and 32 lower-case hex digits")));
         }
         let credentials = Credentials { bearer: bearer_token(req), api_key: req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) };
-        let reason = match (credentials.bearer.is_some(), credentials.api_key.is_some()) {
-            (false, false) => "missing",
-            (true, false) => "bearer",
-            (false, true) => "api_key",
-            (true, true) => "bearer_and_api_key",
-        };
-        let principal = nexus.access.authenticate(credentials).await.map_err(|err| {
-            metrics::counter!("nexus_auth_refusals_total", "reason" => reason).increment(1);
-            fail(err)
-        })?;
+        let principal = nexus.access.authenticate(credentials).await.map_err(fail)?;
         let reads_only = matches!(*req.method(), Method::GET | Method::HEAD);
         AccessService::permits(&principal, reads_only).map_err(fail)?;
         Ok(Caller(principal))

@@ -50,7 +50,10 @@ fn describe() {
     metrics::describe_gauge!("nexus_reconcile_queue_depth", "Objects due for reconciling and not yet taken: the reconcile loop's backlog.");
     metrics::describe_gauge!("nexus_reconcile_objects", "Objects the reconcile loop tracks, each due at its own time.");
     metrics::describe_counter!("nexus_reconcile_resyncs_deferred_total", "Resyncs postponed by the resync rate limit (NEXUS_RESYNC_RATE).");
-    metrics::describe_counter!("nexus_auth_refusals_total", "Requests refused authentication, by reason.");
+    metrics::describe_counter!(
+        "nexus_auth_refusals_total",
+        "Requests refused authentication, by reason: missing, invalid_token, session_ended, invalid_key, expired_key."
+    );
     metrics::describe_counter!(
         "nexus_rate_limit_refusals_total",
         "Requests refused by a rate limit: per client address on /auth, or failed logins per account."
@@ -66,6 +69,9 @@ fn describe() {
     // over them are defined.
     for limit in ["auth_address", "login_account"] {
         metrics::counter!("nexus_rate_limit_refusals_total", "limit" => limit).increment(0);
+    }
+    for reason in ["missing", "invalid_token", "session_ended", "invalid_key", "expired_key"] {
+        metrics::counter!("nexus_auth_refusals_total", "reason" => reason).increment(0);
     }
 }
 

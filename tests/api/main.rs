@@ -22,6 +22,7 @@ mod observability;
 mod openapi_doc;
 mod quotas;
 mod reconcile_kube;
+mod replicas;
 mod restart;
 mod runs;
 mod secrets;

@@ -77,6 +77,8 @@ async fn metrics_name_routes_by_template_and_cover_the_service(backend: Backend)
         for histogram in ["nexus_node_request_duration_seconds", "nexus_password_hash_queue_wait_seconds"] {
             assert_eq!(scrape.families[histogram].family_type, openmetrics_parser::PrometheusType::Histogram, "{histogram}");
         }
+        let reasons = label_values(&scrape, "nexus_auth_refusals_total", "reason");
+        assert!(["missing", "invalid_token", "session_ended", "invalid_key", "expired_key"].iter().all(|r| reasons.contains(*r)), "{reasons:?}");
         let limits = label_values(&scrape, "nexus_rate_limit_refusals_total", "limit");
         assert!(limits.contains("auth_address") && limits.contains("login_account"), "{limits:?}");
     })

@@ -7,7 +7,7 @@ use nexus::config::ServeConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{Answer, Backend, PASSWORD, Server, config, database, on_both_backends, with_configured_server, with_server};
+use crate::support::{Answer, Backend, PASSWORD, Server, config, database, on_both_backends, with_configured_server, with_server, within_a_second};
 
 on_both_backends!(
     logout_revokes_that_session_only,
@@ -74,6 +74,12 @@ async fn ending_every_session_holds_on_every_replica(backend: Backend) {
 
     let ended = with_bearer(&b, Method::DELETE, "/api/v1/me/sessions", &second.str("accessToken"), None).await;
     assert_eq!(ended.status, StatusCode::NO_CONTENT, "{ended:?}");
+    // At once on the replica that ended them; the other hears of it within a second.
+    assert_eq!(b.get("/api/v1/me", Some(&first.str("accessToken"))).await.status, StatusCode::UNAUTHORIZED);
+    within_a_second("the other replica refuses the ended sessions", async || {
+        a.get("/api/v1/me", Some(&first.str("accessToken"))).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
 
     for server in [&a, &b] {
         for session in [&first, &second] {

@@ -254,6 +254,18 @@ mod contract {
     }
 }
 
+/// How long another replica may take to hear of a change.
+pub const PROPAGATION: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Polls `holds` until it does, failing once [`PROPAGATION`] has passed since the call.
+pub async fn within_a_second<F: AsyncFnMut() -> bool>(what: &str, mut holds: F) {
+    let deadline = tokio::time::Instant::now() + PROPAGATION;
+    while !holds().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {PROPAGATION:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// The password every test user registers with.
 pub const PASSWORD: &str = "a-strong-password";
 

@@ -5,6 +5,7 @@
 mod agents;
 mod api_keys;
 mod audit;
+mod changes;
 mod entity;
 mod error;
 mod login_attempts;
@@ -17,6 +18,8 @@ pub mod testing;
 mod users;
 
 use std::time::Duration;
+
+pub use changes::{CHANNEL, SqlChangeFeed};
 
 use async_trait::async_trait;
 use nexus_ports::ports::HealthCheck;

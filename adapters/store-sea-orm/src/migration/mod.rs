@@ -11,6 +11,7 @@ mod m20261212_000006_version_manifests;
 mod m20261212_000007_key_scopes;
 mod m20261213_000007_audit_events;
 mod m20261213_000008_manifest_bytes;
+mod m20261229_000008_change_log;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261212_000007_key_scopes::Migration),
             Box::new(m20261213_000007_audit_events::Migration),
             Box::new(m20261213_000008_manifest_bytes::Migration),
+            Box::new(m20261229_000008_change_log::Migration),
         ]
     }
 }

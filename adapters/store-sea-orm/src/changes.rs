@@ -1,0 +1,205 @@
+//! The change feed of the database: every replica sharing it is told of each change. On
+//! PostgreSQL a change is sent with `NOTIFY` on one channel, and each replica `LISTEN`s on
+//! it on a connection of its own, relaying what arrives (its own changes too) to its
+//! subscribers. On SQLite (processes sharing one file) a change is a row of the change
+//! log, which each replica polls a few times a second; rows go after a minute.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nexus_ports::changes::{Change, LocalChangeFeed};
+use nexus_ports::ports::ChangeFeed;
+use nexus_ports::{Error, Result};
+use sea_orm::sqlx::postgres::PgListener;
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement};
+
+use crate::SqlStore;
+
+/// The PostgreSQL channel changes are sent on.
+pub const CHANNEL: &str = "nexus_changes";
+
+/// How long the relay waits before listening again after its connection failed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a SQLite replica reads the change log: well within the second in which
+/// other replicas must hear of a change.
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// How long rows of the change log are kept. A replica that could not read it for this
+/// long may have missed changes.
+const LOG_KEPT: Duration = Duration::from_secs(60);
+
+/// How many polls go by between two prunings of the change log (a write, so rarely).
+const PRUNE_EVERY_POLLS: u32 = 25;
+
+/// The most rows read at once.
+const POLL_BATCH: u64 = 1000;
+
+/// [`ChangeFeed`] on the store's database.
+pub struct SqlChangeFeed {
+    db: DatabaseConnection,
+    local: Arc<LocalChangeFeed>,
+    /// PostgreSQL only: listening already, until [`SqlChangeFeed::relay`] takes it.
+    listener: Mutex<Option<PgListener>>,
+    /// SQLite only: the last row of the change log when the feed was made.
+    read_up_to: i64,
+}
+
+fn unavailable(err: &sea_orm::DbErr) -> Error {
+    tracing::warn!(error = %err, "cannot use the change log");
+    Error::Unavailable("cannot reach the change log".to_owned())
+}
+
+fn millis(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl SqlStore {
+    /// The database's change feed. On PostgreSQL it listens before this returns, so that
+    /// no change published afterwards is missed; [`SqlChangeFeed::relay`] must then run.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when PostgreSQL does not let it listen.
+    pub async fn change_feed(&self) -> Result<SqlChangeFeed> {
+        let (listener, read_up_to) = match self.db.get_database_backend() {
+            DatabaseBackend::Postgres => (Some(listen(&self.db).await?), 0),
+            backend => {
+                let last = Statement::from_string(backend, "SELECT COALESCE(MAX(seq), 0) AS seq FROM change_log");
+                let row = self.db.query_one_raw(last).await.map_err(|err| unavailable(&err))?;
+                (None, row.map(|row| row.try_get::<i64>("", "seq")).transpose().map_err(|err| unavailable(&err))?.unwrap_or(0))
+            }
+        };
+        Ok(SqlChangeFeed { db: self.db.clone(), local: Arc::default(), listener: Mutex::new(listener), read_up_to })
+    }
+}
+
+async fn listen(db: &DatabaseConnection) -> Result<PgListener> {
+    let unavailable = |err: sea_orm::sqlx::Error| {
+        tracing::warn!(error = %err, "cannot listen for changes on the database");
+        Error::Unavailable("cannot listen for changes on the database".to_owned())
+    };
+    let mut listener = PgListener::connect_with(db.get_postgres_connection_pool()).await.map_err(unavailable)?;
+    listener.listen(CHANNEL).await.map_err(unavailable)?;
+    Ok(listener)
+}
+
+impl SqlChangeFeed {
+    /// Relays what other replicas (and this one) send to this process's subscribers, until
+    /// the store closes. When the connection was lost, it listens again and tells the
+    /// subscribers that changes may have been missed. On SQLite it polls the change log.
+    pub async fn relay(self: Arc<Self>) {
+        let Some(mut listener) = self.listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
+            return self.poll().await;
+        };
+        let mut lost = false;
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    if std::mem::take(&mut lost) {
+                        self.local.send(Change::Missed);
+                    }
+                    match Change::parse(notification.payload()) {
+                        Some(change) => self.local.send(change),
+                        None => tracing::debug!(payload = notification.payload(), "ignoring a change this version does not know"),
+                    }
+                }
+                // The connection dropped; the listener has connected and listens again (or
+                // the next call tries): what was sent meanwhile is lost.
+                Ok(None) => {
+                    tracing::warn!("lost the change feed's connection; listening again");
+                    self.local.send(Change::Missed);
+                }
+                Err(sea_orm::sqlx::Error::PoolClosed) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "the change feed cannot listen; retrying");
+                    lost = true;
+                    self.local.send(Change::Missed);
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+            }
+        }
+    }
+}
+
+impl SqlChangeFeed {
+    /// Reads the change log every [`POLL_EVERY`], relaying each new row in order and
+    /// letting rows older than [`LOG_KEPT`] go. After failing to read it for as long as
+    /// rows are kept, it says changes may have been missed.
+    async fn poll(&self) {
+        let mut read_up_to = self.read_up_to;
+        let mut last_read = std::time::Instant::now();
+        let mut ticks = tokio::time::interval(POLL_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut polls: u32 = 0;
+        loop {
+            ticks.tick().await;
+            polls = polls.wrapping_add(1);
+            if polls % PRUNE_EVERY_POLLS == 1
+                && let Err(err) = self.prune_log().await
+            {
+                tracing::warn!(error = %err, "cannot prune the change log");
+            }
+            match self.read_log(read_up_to).await {
+                Ok(rows) => {
+                    if last_read.elapsed() >= LOG_KEPT {
+                        self.local.send(Change::Missed);
+                    }
+                    last_read = std::time::Instant::now();
+                    for (seq, text) in rows {
+                        read_up_to = seq;
+                        match Change::parse(&text) {
+                            Some(change) => self.local.send(change),
+                            None => tracing::debug!(change = text, "ignoring a change this version does not know"),
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot read the change log; retrying"),
+            }
+        }
+    }
+
+    async fn prune_log(&self) -> Result<()> {
+        let forget = millis(std::time::SystemTime::now() - LOG_KEPT);
+        let prune = Statement::from_sql_and_values(self.db.get_database_backend(), "DELETE FROM change_log WHERE at_millis < ?", [forget.into()]);
+        self.db.execute_raw(prune).await.map(drop).map_err(|err| unavailable(&err))
+    }
+
+    async fn read_log(&self, after: i64) -> Result<Vec<(i64, String)>> {
+        let backend = self.db.get_database_backend();
+        let read = Statement::from_sql_and_values(
+            backend,
+            "SELECT seq, change FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?",
+            [after.into(), i64::try_from(POLL_BATCH).unwrap_or(i64::MAX).into()],
+        );
+        let rows = self.db.query_all_raw(read).await.map_err(|err| unavailable(&err))?;
+        rows.iter()
+            .map(|row| Ok((row.try_get::<i64>("", "seq")?, row.try_get::<String>("", "change")?)))
+            .collect::<std::result::Result<_, sea_orm::DbErr>>()
+            .map_err(|err| unavailable(&err))
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for SqlChangeFeed {
+    async fn publish(&self, change: &Change) -> Result<()> {
+        let backend = self.db.get_database_backend();
+        if backend != DatabaseBackend::Postgres {
+            let insert = Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO change_log (change, at_millis) VALUES (?, ?)",
+                [change.to_string().into(), millis(std::time::SystemTime::now()).into()],
+            );
+            return self.db.execute_raw(insert).await.map(drop).map_err(|err| unavailable(&err));
+        }
+        let notify = Statement::from_sql_and_values(DatabaseBackend::Postgres, "SELECT pg_notify($1, $2)", [CHANNEL.into(), change.to_string().into()]);
+        self.db.execute_raw(notify).await.map(drop).map_err(|err| {
+            tracing::warn!(error = %err, "cannot publish a change");
+            Error::Unavailable("cannot tell the other replicas about a change".to_owned())
+        })
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.local.subscribe()
+    }
+}

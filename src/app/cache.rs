@@ -1,0 +1,157 @@
+//! Bounded read-through caches of stored records, for the hot paths (authentication,
+//! tenant scoping, agent listings), kept right by the change feed (see `changes`).
+//!
+//! A read that misses asks the store and keeps the answer, unless something was
+//! invalidated while it asked ([`Cache::ticket`] before asking, [`Cache::insert`] with
+//! it): an answer read before a change is never kept after it. Entries also expire after
+//! a while, a backstop for changes a replica could not hear of.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+/// How long an entry is trusted without hearing of a change.
+pub const ENTRY_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Entries each cache keeps at most.
+pub const CAPACITY: usize = 10_000;
+
+struct Entries<K, V> {
+    map: HashMap<K, (V, Instant)>,
+    /// Bumped by every invalidation.
+    generation: u64,
+}
+
+/// A map from keys to stored values, bounded in size and lifetime.
+pub struct Cache<K, V> {
+    entries: RwLock<Entries<K, V>>,
+    capacity: usize,
+    lifetime: Duration,
+}
+
+/// Proof of when a read began: [`Cache::insert`] keeps its answer only if nothing was
+/// invalidated since.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket(u64);
+
+impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
+    /// A cache of at most `capacity` entries, each trusted for `lifetime`.
+    pub fn new(capacity: usize, lifetime: Duration) -> Self {
+        Self { entries: RwLock::new(Entries { map: HashMap::new(), generation: 0 }), capacity, lifetime }
+    }
+
+    // A panic while holding the lock leaves at worst an entry missing: use it anyway.
+    fn read(&self) -> RwLockReadGuard<'_, Entries<K, V>> {
+        self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Entries<K, V>> {
+        self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The value kept for `key`, unless it expired.
+    pub fn get(&self, key: &K) -> Option<V> {
+        let entries = self.read();
+        let (value, stored) = entries.map.get(key)?;
+        (stored.elapsed() < self.lifetime).then(|| value.clone())
+    }
+
+    /// Taken before asking the store.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.read().generation)
+    }
+
+    /// Keeps `value` for `key` if nothing was invalidated since `ticket` was taken. When
+    /// full, expired entries go first, then an arbitrary tenth of the rest.
+    pub fn insert(&self, ticket: Ticket, key: K, value: V) {
+        let mut entries = self.write();
+        if entries.generation != ticket.0 {
+            return;
+        }
+        if entries.map.len() >= self.capacity && !entries.map.contains_key(&key) {
+            let lifetime = self.lifetime;
+            entries.map.retain(|_, (_, stored)| stored.elapsed() < lifetime);
+            if entries.map.len() >= self.capacity {
+                let evicted: Vec<K> = entries.map.keys().take(self.capacity.div_ceil(10)).cloned().collect();
+                for key in evicted {
+                    entries.map.remove(&key);
+                }
+            }
+        }
+        entries.map.insert(key, (value, Instant::now()));
+    }
+
+    /// Drops the entry of `key`.
+    pub fn remove(&self, key: &K) {
+        let mut entries = self.write();
+        entries.generation += 1;
+        entries.map.remove(key);
+    }
+
+    /// Drops every entry `doomed` says must go.
+    pub fn remove_where(&self, mut doomed: impl FnMut(&K, &V) -> bool) {
+        let mut entries = self.write();
+        entries.generation += 1;
+        entries.map.retain(|key, (value, _)| !doomed(key, value));
+    }
+
+    /// Drops everything.
+    pub fn clear(&self) {
+        let mut entries = self.write();
+        entries.generation += 1;
+        entries.map.clear();
+    }
+
+    /// How many entries are kept (expired ones included).
+    pub fn len(&self) -> usize {
+        self.read().map.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.read().map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(capacity: usize) -> Cache<u32, &'static str> {
+        Cache::new(capacity, ENTRY_LIFETIME)
+    }
+
+    #[test]
+    fn an_answer_read_before_an_invalidation_is_not_kept() {
+        let cache = cache(10);
+        let ticket = cache.ticket();
+        cache.remove(&1);
+        cache.insert(ticket, 1, "stale");
+        assert_eq!(cache.get(&1), None);
+        let ticket = cache.ticket();
+        cache.insert(ticket, 1, "fresh");
+        assert_eq!(cache.get(&1), Some("fresh"));
+        cache.remove_where(|_, value| *value == "fresh");
+        assert_eq!(cache.get(&1), None);
+    }
+
+    #[test]
+    fn entries_expire() {
+        let cache: Cache<u32, u32> = Cache::new(10, Duration::ZERO);
+        cache.insert(cache.ticket(), 1, 1);
+        assert_eq!(cache.get(&1), None);
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let cache = cache(20);
+        for key in 0..1000 {
+            cache.insert(cache.ticket(), key, "v");
+            assert!(cache.len() <= 20);
+        }
+        assert_eq!(cache.get(&999), Some("v"), "the newest entry is kept");
+        cache.clear();
+        assert_eq!(cache.len(), 0);
+    }
+}

@@ -1,0 +1,168 @@
+//! What this replica keeps in memory of the store for the hot paths, and how it follows
+//! the store: a use case that changes a record [`Changes::announce`]s it, which drops what
+//! this replica kept at once and tells the other replicas through the [`ChangeFeed`];
+//! [`Changes::follow`] drops what they announce (within the feed's delay, under a second).
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use nexus_ports::agents::AgentSummary;
+use nexus_ports::changes::Change;
+use nexus_ports::identity::{User, UserId};
+use nexus_ports::ports::ChangeFeed;
+use nexus_ports::tenancy::{ApiKey, Tenant, TenantId};
+use nexus_ports::tokens::SecretDigest;
+use tokio::sync::broadcast;
+
+use super::cache::{CAPACITY, Cache, ENTRY_LIFETIME};
+
+/// The stored records the hot paths read, kept in memory.
+pub struct HotCaches {
+    /// API keys by digest, with their tenant (only keys that exist).
+    pub keys: Cache<SecretDigest, (ApiKey, Tenant)>,
+    /// When each user last ended every session (`None`: never).
+    pub sessions: Cache<UserId, Option<DateTime<Utc>>>,
+    /// Users by id (a user's record never changes).
+    pub users: Cache<UserId, User>,
+    /// Tenants by id (only tenants that exist).
+    pub tenants: Cache<TenantId, Tenant>,
+    /// Each tenant's agents, by name.
+    pub agents: Cache<TenantId, Arc<Vec<AgentSummary>>>,
+}
+
+impl Default for HotCaches {
+    fn default() -> Self {
+        Self {
+            keys: Cache::new(CAPACITY, ENTRY_LIFETIME),
+            sessions: Cache::new(CAPACITY, ENTRY_LIFETIME),
+            users: Cache::new(CAPACITY, ENTRY_LIFETIME),
+            tenants: Cache::new(CAPACITY, ENTRY_LIFETIME),
+            agents: Cache::new(CAPACITY, ENTRY_LIFETIME),
+        }
+    }
+}
+
+impl HotCaches {
+    /// Drops what `change` made stale.
+    pub fn apply(&self, change: &Change) {
+        match change {
+            Change::KeyRevoked { key, .. } => self.keys.remove(key),
+            Change::TenantDeleted { tenant } | Change::TenantChanged { tenant } => {
+                self.keys.remove_where(|_, (_, owner)| owner.id == *tenant);
+                self.tenants.remove(tenant);
+                self.agents.remove(tenant);
+            }
+            Change::SessionsEnded { user } => self.sessions.remove(user),
+            Change::AgentChanged { tenant, .. } => self.agents.remove(tenant),
+            Change::Missed => {
+                self.keys.clear();
+                self.sessions.clear();
+                self.users.clear();
+                self.tenants.clear();
+                self.agents.clear();
+            }
+        }
+    }
+}
+
+/// The caches and the feed that keeps them right.
+pub struct Changes {
+    caches: HotCaches,
+    feed: Arc<dyn ChangeFeed>,
+    /// Subscribed when built, so that nothing published after is missed; taken by
+    /// [`Changes::follow`].
+    receiver: Mutex<Option<broadcast::Receiver<Change>>>,
+}
+
+impl Changes {
+    /// Caches kept right by `feed`.
+    pub fn new(feed: Arc<dyn ChangeFeed>) -> Self {
+        let receiver = Mutex::new(Some(feed.subscribe()));
+        Self { caches: HotCaches::default(), feed, receiver }
+    }
+
+    /// Caches followed in this process only, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn local() -> Arc<Self> {
+        Arc::new(Self::new(Arc::new(nexus_ports::changes::LocalChangeFeed::default())))
+    }
+
+    /// What is kept in memory.
+    pub fn caches(&self) -> &HotCaches {
+        &self.caches
+    }
+
+    /// Tells this replica (at once) and every other (through the feed) that `change` was
+    /// stored. When the feed cannot carry it, the others learn of it when their entries
+    /// expire.
+    pub async fn announce(&self, change: Change) {
+        self.caches.apply(&change);
+        if let Err(err) = self.feed.publish(&change).await {
+            tracing::warn!(error = %err, change = %change, "could not tell the other replicas about a change");
+        }
+    }
+
+    /// Applies every change the feed brings, until it closes. Run once, in the background.
+    pub async fn follow(self: Arc<Self>) {
+        let taken = self.receiver.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let Some(mut receiver) = taken else { return };
+        loop {
+            match receiver.recv().await {
+                Ok(change) => self.caches.apply(&change),
+                Err(broadcast::error::RecvError::Lagged(_)) => self.caches.apply(&Change::Missed),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nexus_ports::changes::LocalChangeFeed;
+    use nexus_ports::tenancy::{KeyLabel, KeyScope};
+    use nexus_ports::testing::tenant;
+
+    use super::*;
+
+    fn key_of(tenant: &Tenant) -> (SecretDigest, (ApiKey, Tenant)) {
+        let digest = SecretDigest::of(&tenant.id.to_string());
+        let key = ApiKey {
+            digest,
+            tenant_id: tenant.id,
+            label: KeyLabel::parse("ci").unwrap(),
+            scope: KeyScope::Write,
+            created_at: tenant.created_at,
+            expires_at: None,
+            last_used_at: None,
+        };
+        (digest, (key, tenant.clone()))
+    }
+
+    #[tokio::test]
+    async fn announced_and_followed_changes_drop_what_they_made_stale() {
+        let feed = Arc::new(LocalChangeFeed::default());
+        let (here, there) = (Arc::new(Changes::new(feed.clone())), Arc::new(Changes::new(feed)));
+        let follower = tokio::spawn(there.clone().follow());
+        let (kept, deleted) = (tenant(UserId::generate()), tenant(UserId::generate()));
+        for changes in [&here, &there] {
+            let caches = changes.caches();
+            for tenant in [&kept, &deleted] {
+                let (digest, entry) = key_of(tenant);
+                caches.keys.insert(caches.keys.ticket(), digest, entry);
+                caches.tenants.insert(caches.tenants.ticket(), tenant.id, tenant.clone());
+            }
+        }
+        here.announce(Change::TenantDeleted { tenant: deleted.id }).await;
+        let gone = |changes: &Changes| changes.caches().tenants.get(&deleted.id).is_none() && changes.caches().keys.get(&key_of(&deleted).0).is_none();
+        assert!(gone(&here), "at once where it was announced");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !gone(&there) {
+            assert!(tokio::time::Instant::now() < deadline, "the follower drops it too");
+            tokio::task::yield_now().await;
+        }
+        assert!(there.caches().tenants.get(&kept.id).is_some() && there.caches().keys.get(&key_of(&kept).0).is_some(), "other tenants stay");
+        here.announce(Change::Missed).await;
+        assert_eq!(here.caches().tenants.len(), 0);
+        follower.abort();
+    }
+}
