@@ -144,7 +144,7 @@ async fn main() {
     let acceptor = TcpListener::bind(config.listen).into_acceptor().await.expect("bind");
     let base = format!("http://127.0.0.1:{}", acceptor.local_addr()[0].as_socket_addr().expect("tcp").port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(nexus::http::serve(acceptor, nexus, async move {
+    let server = tokio::spawn(nexus::http::serve(acceptor, nexus, config.connection_limits(), async move {
         let _ = stopped.await;
     }));
 

@@ -42,6 +42,25 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_METRICS_LISTEN", default_value = "127.0.0.1:9090", global = true)]
     pub metrics_listen: SocketAddr,
 
+    /// The longest a client may take to send a request head; a connection that trickles one
+    /// in is closed.
+    #[arg(long, env = "NEXUS_HEADER_READ_TIMEOUT", default_value = "10s", global = true)]
+    pub header_read_timeout: humantime::Duration,
+
+    /// The longest a connection may carry no traffic before it is closed.
+    #[arg(long, env = "NEXUS_IDLE_TIMEOUT", default_value = "60s", global = true)]
+    pub idle_timeout: humantime::Duration,
+
+    /// The longest a request may wait for its answer (503 after); keep it above
+    /// NEXUS_RUN_TIMEOUT. A streamed answer (the status stream) may then last longer.
+    #[arg(long, env = "NEXUS_REQUEST_TIMEOUT", default_value = "180s", global = true)]
+    pub request_timeout: humantime::Duration,
+
+    /// How many connections are served at once; more wait to be accepted. Keep it below the
+    /// process's descriptor limit.
+    #[arg(long, env = "NEXUS_MAX_CONNECTIONS", default_value_t = 4096, global = true)]
+    pub max_connections: u32,
+
     /// Database URL: `sqlite://file.db` (created when missing) or `postgres://...`.
     #[arg(long, env = "NEXUS_DATABASE_URL", default_value = "sqlite://nexus.db", global = true)]
     pub database_url: String,
@@ -188,6 +207,16 @@ impl ServeConfig {
     /// # Panics
     /// Never for the declared defaults (a default that does not parse fails every test).
     #[must_use]
+    /// What one client can hold of the server.
+    pub fn connection_limits(&self) -> crate::http::ConnectionLimits {
+        crate::http::ConnectionLimits {
+            header_read_timeout: self.header_read_timeout.into(),
+            idle_timeout: self.idle_timeout.into(),
+            request_timeout: self.request_timeout.into(),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+        }
+    }
+
     pub fn local(database_url: &str) -> Self {
         let command = Self::augment_args(clap::Command::new("nexus")).mut_args(|arg| arg.env(None));
         let matches = command.try_get_matches_from(["nexus"]).expect("the declared defaults parse");
@@ -257,6 +286,10 @@ impl ServeConfig {
         duration_within("NEXUS_EVENTS_HEARTBEAT (--events-heartbeat)", self.events_heartbeat, SECOND, Duration::from_secs(300))?;
         duration_within("NEXUS_EVENTS_MAX_DURATION (--events-max-duration)", self.events_max_duration, SECOND, DAY)?;
         count_within("NEXUS_EVENTS_MAX_STREAMS (--events-max-streams)", self.events_max_streams, 1, 10_000)?;
+        duration_within("NEXUS_HEADER_READ_TIMEOUT (--header-read-timeout)", self.header_read_timeout, Duration::from_millis(100), Duration::from_secs(3600))?;
+        duration_within("NEXUS_IDLE_TIMEOUT (--idle-timeout)", self.idle_timeout, Duration::from_millis(100), DAY)?;
+        duration_within("NEXUS_REQUEST_TIMEOUT (--request-timeout)", self.request_timeout, Duration::from_millis(100), DAY)?;
+        count_within("NEXUS_MAX_CONNECTIONS (--max-connections)", self.max_connections, 1, 1_000_000)?;
         if let Some(secret) = &self.jwt_secret {
             count_within("the length in bytes of NEXUS_JWT_SECRET (--jwt-secret)", secret.len(), nexus_crypto::MIN_SECRET_BYTES, 4096)?;
         }

@@ -76,7 +76,7 @@ async fn serve(config: ServeConfig) -> ExitCode {
         }
     };
     tracing::info!(listen = %config.listen, metrics = %config.metrics_listen, "nexus serving");
-    let served = nexus::http::serve(acceptor, nexus, shutdown_signal()).await;
+    let served = nexus::http::serve(acceptor, nexus, config.connection_limits(), shutdown_signal()).await;
     metrics.abort();
     match served {
         Ok(()) => {

@@ -7,6 +7,7 @@ mod agents;
 mod audit;
 mod auth;
 mod body_limit;
+mod connections;
 mod error;
 mod health;
 mod identity;
@@ -25,6 +26,7 @@ use poem_openapi::{LicenseObject, OpenApiService, ServerObject, Tags};
 
 use crate::app::SharedNexus;
 
+pub use connections::{ConnectionLimits, GuardedAcceptor};
 pub use error::ErrorBody;
 pub use observe::{REQUEST_ID, RequestId};
 
@@ -208,9 +210,9 @@ fn served_document() -> poem::Response {
 }
 
 /// The whole HTTP application: the API, `/openapi.json`, Swagger UI at `/docs`, with the
-/// `/auth` rate limit, the body limit, JSON errors for everything, panics caught, and an
-/// access log.
-pub fn endpoint(nexus: SharedNexus) -> impl Endpoint {
+/// `/auth` rate limit, the body limit, JSON errors for everything, panics caught, requests
+/// bounded by `request_timeout`, and an access log.
+pub fn endpoint(nexus: SharedNexus, request_timeout: std::time::Duration) -> impl Endpoint {
     let api = openapi();
     let docs = api.swagger_ui();
     Route::new()
@@ -223,16 +225,26 @@ pub fn endpoint(nexus: SharedNexus) -> impl Endpoint {
         .catch_all_error(error::render)
         .around(allow_on_405)
         .with(CatchPanic::new().with_handler(error::panicked))
+        .around(move |next, request| connections::bound_request(next, request, request_timeout))
         .around(observe::observe)
 }
 
-/// Serves `nexus` on `acceptor` until `shutdown` resolves, lets in-flight requests finish
-/// for up to 30 seconds, then stops the background tasks (writing what they had pending).
+/// Serves `nexus` on `acceptor` within `limits` until `shutdown` resolves, lets in-flight
+/// requests finish for up to 30 seconds, then stops the background tasks (writing what they
+/// had pending).
 ///
 /// # Errors
 /// The I/O error that stopped the server.
-pub async fn serve(acceptor: impl Acceptor + 'static, nexus: SharedNexus, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
-    let served = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(endpoint(nexus.clone()), shutdown, Some(SHUTDOWN_GRACE)).await;
+pub async fn serve(
+    acceptor: impl Acceptor + 'static,
+    nexus: SharedNexus,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let served = Server::new_with_acceptor(GuardedAcceptor::new(acceptor, &limits))
+        .idle_timeout(limits.idle_timeout)
+        .run_with_graceful_shutdown(endpoint(nexus.clone(), limits.request_timeout), shutdown, Some(SHUTDOWN_GRACE))
+        .await;
     nexus.shutdown().await;
     served
 }

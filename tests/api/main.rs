@@ -7,6 +7,7 @@ mod support;
 mod agents;
 mod audit;
 mod concurrency;
+mod connections;
 mod deploy;
 mod events;
 mod health;

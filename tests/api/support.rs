@@ -92,7 +92,7 @@ impl Server {
         let acceptor = TcpListener::bind(config.listen).into_acceptor().await.expect("bind");
         let port = acceptor.local_addr()[0].as_socket_addr().expect("tcp").port();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(nexus::http::serve(acceptor, nexus, async move {
+        let task = tokio::spawn(nexus::http::serve(acceptor, nexus, config.connection_limits(), async move {
             let _ = stopped.await;
         }));
         Self { base: format!("http://127.0.0.1:{port}"), client: reqwest::Client::new(), stop: Some(stop), task: Some(task) }
