@@ -18,8 +18,8 @@ use nexus_store_sea_orm::{SqlChangeFeed, SqlStore};
 use crate::app::housekeeping::PRUNE_EVERY;
 use crate::app::key_usage::FLUSH_EVERY;
 use crate::app::{
-    AccessPorts, AccessService, AgentLimits, AgentPorts, AgentService, AuthThrottle, Changes, Housekeeping, IdentityPorts, IdentityService, KeyUsage,
-    LoginLimit, Nexus, Quotas, Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
+    AccessPorts, AccessService, AgentLimits, AgentPorts, AgentService, AuthThrottle, Changes, EventSettings, Housekeeping, IdentityPorts, IdentityService,
+    KeyUsage, LoginLimit, Nexus, Quotas, Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
 };
 use crate::config::{ClusterKind, NodeKind, ServeConfig};
 
@@ -171,7 +171,13 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         reconciler.clone(),
         AgentLimits { max_versions: config.max_versions, max_manifest_bytes: config.max_tenant_manifest_bytes },
     )
-    .with_run_timeout(*config.run_timeout);
+    .with_run_timeout(*config.run_timeout)
+    .with_events(EventSettings {
+        poll: *config.events_poll,
+        heartbeat: *config.events_heartbeat,
+        max_streams: config.events_max_streams,
+        max_duration: *config.events_max_duration,
+    });
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
     let auth_throttle = AuthThrottle::new(config.auth_rate, config.trusted_proxies.clone());
     let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, auth_throttle, background: Mutex::default() });

@@ -152,6 +152,23 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_RUN_TIMEOUT", default_value = "120s", global = true)]
     pub run_timeout: humantime::Duration,
 
+    /// How often an agent's live status stream (`GET /api/v1/agents/{name}/events`) looks
+    /// for a change.
+    #[arg(long, env = "NEXUS_EVENTS_POLL", default_value = "1s", global = true)]
+    pub events_poll: humantime::Duration,
+
+    /// How often an idle status stream sends a heartbeat (an SSE comment).
+    #[arg(long, env = "NEXUS_EVENTS_HEARTBEAT", default_value = "15s", global = true)]
+    pub events_heartbeat: humantime::Duration,
+
+    /// How many status streams a tenant may hold open at once (per replica).
+    #[arg(long, env = "NEXUS_EVENTS_MAX_STREAMS", default_value_t = 10, global = true)]
+    pub events_max_streams: u32,
+
+    /// How long one status stream lasts before it ends (clients reconnect).
+    #[arg(long, env = "NEXUS_EVENTS_MAX_DURATION", default_value = "1h", global = true)]
+    pub events_max_duration: humantime::Duration,
+
     /// How many agents a new tenant may run.
     #[arg(long, env = "NEXUS_MAX_AGENTS", default_value_t = 50, global = true)]
     pub max_agents: u32,
@@ -265,6 +282,10 @@ impl ServeConfig {
         duration_within("NEXUS_LOGIN_WINDOW (--login-window)", self.login_window, SECOND, DAY)?;
         duration_within("NEXUS_AUDIT_RETENTION (--audit-retention)", self.audit_retention, 60 * SECOND, 3650 * DAY)?;
         duration_within("NEXUS_RUN_TIMEOUT (--run-timeout)", self.run_timeout, Duration::from_millis(100), Duration::from_secs(3600))?;
+        duration_within("NEXUS_EVENTS_POLL (--events-poll)", self.events_poll, Duration::from_millis(50), Duration::from_secs(60))?;
+        duration_within("NEXUS_EVENTS_HEARTBEAT (--events-heartbeat)", self.events_heartbeat, SECOND, Duration::from_secs(300))?;
+        duration_within("NEXUS_EVENTS_MAX_DURATION (--events-max-duration)", self.events_max_duration, SECOND, DAY)?;
+        count_within("NEXUS_EVENTS_MAX_STREAMS (--events-max-streams)", self.events_max_streams, 1, 10_000)?;
         duration_within("NEXUS_HEADER_READ_TIMEOUT (--header-read-timeout)", self.header_read_timeout, Duration::from_millis(100), Duration::from_secs(3600))?;
         duration_within("NEXUS_IDLE_TIMEOUT (--idle-timeout)", self.idle_timeout, Duration::from_millis(100), DAY)?;
         duration_within("NEXUS_REQUEST_TIMEOUT (--request-timeout)", self.request_timeout, Duration::from_millis(100), DAY)?;
@@ -334,6 +355,9 @@ mod tests {
             (ServeConfig { resync: days(1000), ..config() }, "NEXUS_RESYNC (--resync) must be between 100ms and 1d; got 1000d"),
             (ServeConfig { resync: Duration::from_millis(10).into(), ..config() }, "NEXUS_RESYNC"),
             (ServeConfig { login_window: days(2), ..config() }, "NEXUS_LOGIN_WINDOW"),
+            (ServeConfig { events_poll: Duration::from_millis(1).into(), ..config() }, "NEXUS_EVENTS_POLL"),
+            (ServeConfig { events_max_streams: 0, ..config() }, "NEXUS_EVENTS_MAX_STREAMS"),
+            (ServeConfig { events_max_duration: days(2), ..config() }, "NEXUS_EVENTS_MAX_DURATION"),
             (ServeConfig { run_timeout: days(1), ..config() }, "NEXUS_RUN_TIMEOUT (--run-timeout) must be between 100ms and 1h; got 1d"),
             (ServeConfig { jwt_secret: Some("short".into()), ..config() }, "NEXUS_JWT_SECRET (--jwt-secret) must be between 32 and 4096; got 5"),
             (ServeConfig { hash_concurrency: Some(0), ..config() }, "NEXUS_HASH_CONCURRENCY"),

@@ -18,6 +18,8 @@ use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase};
 use nexus_ports::{Error, Result};
 use serde_json::Value;
 
+use self::events::OpenStreams;
+pub use self::events::{AgentEvent, EventSettings};
 use super::changes::Changes;
 use super::reconcile::Reconciler;
 use super::traces::{NODE_TRACE_WINDOW, RunMetrics, run_metrics, started_at};
@@ -142,6 +144,8 @@ pub struct AgentService {
     reconciler: Arc<Reconciler>,
     limits: AgentLimits,
     run_timeout: std::time::Duration,
+    events: EventSettings,
+    open_streams: Arc<OpenStreams>,
 }
 
 fn missing(name: &AgentName) -> Error {
@@ -166,7 +170,24 @@ impl AgentService {
     /// Wires the use cases; API changes wake `reconciler`; `limits` bound what is kept.
     pub fn new(ports: AgentPorts, reconciler: Arc<Reconciler>, limits: AgentLimits) -> Self {
         let AgentPorts { agents, cluster, node, clock, changes } = ports;
-        Self { agents, cluster, node, clock, changes, reconciler, limits, run_timeout: DEFAULT_RUN_TIMEOUT }
+        Self {
+            agents,
+            cluster,
+            node,
+            clock,
+            changes,
+            reconciler,
+            limits,
+            run_timeout: DEFAULT_RUN_TIMEOUT,
+            events: EventSettings::default(),
+            open_streams: Arc::default(),
+        }
+    }
+
+    /// The same, with live status streams behaving as `events` says.
+    #[must_use]
+    pub fn with_events(self, events: EventSettings) -> Self {
+        Self { events, ..self }
     }
 
     /// The same, with runs waiting at most `timeout` for their node.
@@ -488,6 +509,9 @@ fn keep(trace: &Value, query: &LogQuery) -> bool {
     let since_ok = query.since.is_none_or(|since| time.is_none_or(|t| t >= since));
     level_ok && since_ok
 }
+
+#[path = "agent_events.rs"]
+mod events;
 
 #[cfg(test)]
 #[path = "agents_tests.rs"]

@@ -21,7 +21,9 @@ pub mod work_queue;
 use std::sync::{Arc, Mutex};
 
 pub use access::{AccessPorts, AccessService, Credentials, Principal};
-pub use agents::{AgentDetail, AgentLimits, AgentListing, AgentPorts, AgentService, AgentState, Condition, LiveStatus, LogQuery, RunRequest, etag};
+pub use agents::{
+    AgentDetail, AgentEvent, AgentLimits, AgentListing, AgentPorts, AgentService, AgentState, Condition, EventSettings, LiveStatus, LogQuery, RunRequest, etag,
+};
 pub use changes::{Changes, HotCaches};
 pub use health::{CheckOutcome, Readiness};
 pub use housekeeping::Housekeeping;

@@ -3,24 +3,27 @@
 //! tenant answers 404 exactly as a missing one.
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use nexus_ports::agents::{AgentName, AgentPhase, AgentStatus, AgentVersion, PublishedVersion};
 use nexus_ports::tenancy::Tenant;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde_json::Value;
 
 use super::ApiTags;
 use super::auth::Caller;
 use super::error::{
-    AgentCreateErrors, AgentDeleteErrors, AgentUpdateErrors, ApiError, AuthenticatedErrors, AuthenticatedItemErrors, ErrorSet, NodeErrors, RunErrors,
+    AgentCreateErrors, AgentDeleteErrors, AgentUpdateErrors, ApiError, AuthenticatedErrors, AuthenticatedItemErrors, ErrorSet, EventsErrors, NodeErrors,
+    RunErrors,
 };
 use super::manifest::ManifestBody;
 use super::preconditions::{if_match, none_match, quoted};
 use super::text::Text;
 use crate::app::traces::RunMetrics;
-use crate::app::{AgentDetail, AgentState, LogQuery, RunRequest, SharedNexus, etag};
+use crate::app::{AgentDetail, AgentEvent, AgentState, LogQuery, RunRequest, SharedNexus, etag};
 
 /// A log level to filter traces by.
 #[derive(Enum, Clone, Copy)]
@@ -332,6 +335,52 @@ impl From<Value> for RunView {
     }
 }
 
+/// One event of an agent's live status stream, sent as the `data` of an SSE event whose
+/// type is `event` (`status` or `deleted`).
+#[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
+#[oai(rename_all = "camelCase")]
+struct AgentEventView {
+    /// `status`: the agent's status (at once, then on every change of phase or `nodeAck`);
+    /// `deleted`: the agent was deleted, and the stream ends.
+    event: String,
+    name: String,
+    phase: Option<AgentPhaseView>,
+    node_ack: Option<bool>,
+    last_synced_at: Option<DateTime<Utc>>,
+    message: Option<String>,
+    /// The number of the agent's current version.
+    version: Option<u32>,
+}
+
+impl From<AgentEvent> for AgentEventView {
+    fn from(event: AgentEvent) -> Self {
+        match event {
+            AgentEvent::Status { name, status, version_number } => Self {
+                event: "status".to_owned(),
+                name: name.to_string(),
+                phase: Some(status.phase.into()),
+                node_ack: Some(status.node_ack),
+                last_synced_at: status.last_synced_at,
+                message: status.message,
+                version: Some(version_number),
+            },
+            AgentEvent::Deleted { name } => {
+                Self { event: "deleted".to_owned(), name: name.to_string(), phase: None, node_ack: None, last_synced_at: None, message: None, version: None }
+            }
+        }
+    }
+}
+
+/// An agent's live status stream.
+#[derive(ApiResponse)]
+enum AgentEvents {
+    /// Server-Sent Events: `status` at once and on every change of phase or `nodeAck`,
+    /// `deleted` when the agent goes (then the stream ends); heartbeat comments while idle.
+    #[oai(status = 200)]
+    Stream(EventStream<BoxStream<'static, AgentEventView>>),
+}
+
 /// An agent was deleted.
 #[derive(Object)]
 #[oai(skip_serializing_if_is_none)]
@@ -536,7 +585,12 @@ impl AgentApi {
         caller: Caller,
         #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
         #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
-        #[oai(validator(pattern = r"^[1-9][0-9]{0,3}[smhd]$"))] period: Query<Option<String>>,
+        // Exactly the periods the use case accepts (1s to 366d, at most 8784h): so that a
+        // period the document allows is never refused.
+        #[oai(validator(
+            pattern = r"^([1-9][0-9]{0,3}[sm]|([1-9][0-9]{0,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-7][0-9]|878[0-4])h|([1-9][0-9]?|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d)$"
+        ))]
+        period: Query<Option<String>>,
     ) -> Result<Json<MetricsView>, ApiError<NodeErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let period = period.0.unwrap_or_else(|| "1h".to_owned());
@@ -563,6 +617,26 @@ impl AgentApi {
         let Json(AgentRunRequest { query, session_id, context }) = body;
         let request = RunRequest { query: query.0, session_id: session_id.map(|s| s.0), context: context.map(|c| c.into_iter().collect()) };
         Ok(Json(nexus.agents.run(&tenant, &name, request).await?.into()))
+    }
+
+    /// The agent's live status as Server-Sent Events (`text/event-stream`): its status at
+    /// once, then an event on every change of phase or `nodeAck`, and `deleted` when it is
+    /// deleted; heartbeats keep an idle stream open. 429 when the tenant holds as many open
+    /// streams as allowed; a stream ends after `NEXUS_EVENTS_MAX_DURATION` (reconnect).
+    #[oai(path = "/api/v1/agents/:name/events", method = "get", operation_id = "agent_events")]
+    async fn events(
+        &self,
+        nexus: Data<&SharedNexus>,
+        caller: Caller,
+        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+    ) -> Result<AgentEvents, ApiError<EventsErrors>> {
+        let tenant = scope(&nexus, &caller, &tenant_id).await?;
+        let events = nexus.agents.events(&tenant, &name).await?.map(AgentEventView::from).boxed();
+        let stream = EventStream::new(events)
+            .keep_alive(nexus.agents.event_settings().heartbeat)
+            .to_event(|view: AgentEventView| poem::web::sse::Event::message(poem_openapi::types::ToJSON::to_json_string(&view)).event_type(view.event));
+        Ok(AgentEvents::Stream(stream))
     }
 
     /// The agent's published versions, oldest first.

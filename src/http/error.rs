@@ -78,6 +78,8 @@ error_sets! {
     AgentDeleteErrors = [400, 401, 403, 404, 412, 500, 503];
     /// Reading through to an agent's node.
     NodeErrors = [400, 401, 403, 404, 500, 502, 503];
+    /// Opening an agent's live status stream (bounded per tenant).
+    EventsErrors = [400, 401, 403, 404, 429, 500, 503];
     /// Running an agent on its node.
     RunErrors = [400, 401, 403, 404, 413, 415, 500, 502, 503];
 }
@@ -92,7 +94,7 @@ fn describe(status: u16) -> &'static str {
         412 => "`If-Match` does not name the current version: the resource changed since it was read, and nothing was done.",
         413 => "The request body is too large.",
         415 => "The request body's content type is not accepted.",
-        429 => "Too many requests from this address, or failed logins for this account; retry after `Retry-After` seconds.",
+        429 => "Too many requests from this address, failed logins for this account, or open streams for this tenant; retry after `Retry-After` seconds.",
         502 => "The agent's node could not be reached, did not answer in time, or refused (with its reason, when it gave one).",
         503 => "A dependency is unavailable, or the service is saturated; retry later (after `Retry-After` seconds, when given).",
         _ => "An unexpected failure; the details are in the server log.",

@@ -98,14 +98,49 @@ fn document() -> serde_json::Value {
             }
         }
     }
+    // Event streams: described per event, their payload's schema inlined in the event's.
+    let mut streamed = Vec::new();
     for operations in document["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut()) {
         for operation in operations.as_object_mut().into_iter().flat_map(|operations| operations.values_mut()) {
             if operation.get("security").is_none() {
                 operation["security"] = serde_json::json!([]);
             }
+            for response in operation["responses"].as_object_mut().into_iter().flat_map(|responses| responses.values_mut()) {
+                if let Some(stream) = response.get_mut("content").and_then(|content| content.get_mut("text/event-stream")) {
+                    streamed.extend(stream["schema"]["items"]["$ref"].as_str().map(str::to_owned));
+                    stream["schema"] = event_schema();
+                }
+            }
+        }
+    }
+    for reference in streamed {
+        let name = reference.trim_start_matches("#/components/schemas/");
+        if let Some(payload) = document["components"]["schemas"].as_object_mut().and_then(|schemas| schemas.remove(name)) {
+            for operations in document["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut()) {
+                for operation in operations.as_object_mut().into_iter().flat_map(|operations| operations.values_mut()) {
+                    if let Some(event) = operation.pointer_mut("/responses/200/content/text~1event-stream/schema/properties/data") {
+                        event["x-payload"] = payload.clone();
+                    }
+                }
+            }
         }
     }
     document
+}
+
+/// The schema of one Server-Sent Event of the status stream (poem-openapi describes a
+/// stream as an array of payloads; tools read a `text/event-stream` schema as that of each
+/// event): its type (`event`), and its `data`, a payload as JSON text.
+fn event_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "description": "One Server-Sent Event: its type, and its data, the payload as JSON text.",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": ["status", "deleted"]},
+            "data": {"type": "string", "description": "The payload as JSON text (its schema under `x-payload`)."},
+        },
+    })
 }
 
 /// The OpenAPI document as pretty JSON, exactly as committed under `openapi/` and served

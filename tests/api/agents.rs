@@ -140,7 +140,10 @@ async fn walk_create_read_update_delete(backend: Backend) {
         assert_eq!((&metrics.body["agent"], &metrics.body["period"], &metrics.body["metrics"]), (&json!("support-bot"), &json!("15m"), &no_runs));
         assert_eq!(metrics.body["computedFrom"], json!({"traces": 0, "complete": true}));
         assert_eq!(get(server, "/api/v1/agents/support-bot/metrics", &key).await.body["period"], "1h", "the default period");
-        for period in ["soon", "0s", "400d"] {
+        for period in ["366d", "8784h", "9999m", "9999s"] {
+            assert_eq!(get(server, &format!("/api/v1/agents/support-bot/metrics?period={period}"), &key).await.status, StatusCode::OK, "{period}");
+        }
+        for period in ["soon", "0s", "400d", "367d", "8785h", "10000m"] {
             let refused = get(server, &format!("/api/v1/agents/support-bot/metrics?period={period}"), &key).await;
             assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{period}");
             refused.error();

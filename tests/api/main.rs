@@ -9,6 +9,7 @@ mod audit;
 mod concurrency;
 mod connections;
 mod deploy;
+mod events;
 mod health;
 mod identity;
 mod input;

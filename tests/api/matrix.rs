@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{Backend, PASSWORD, Server, on_both_backends, with_server};
+use crate::support::{Backend, PASSWORD, Server, on_both_backends, with_configured_server};
 
 /// Who calls.
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +77,7 @@ const ROWS: &[Row] = &[
     ("GET", "/api/v1/agents/{name}/metrics", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
     ("GET", "/api/v1/agents/{name}/versions", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
     ("GET", "/api/v1/agents/{name}/versions/{number}", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
+    ("GET", "/api/v1/agents/{name}/events", Scope::Tenant, None, [401, 401, 403, 404, 200, 200]),
     ("POST", "/api/v1/agents/{name}/run", Scope::Tenant, Some(|| json!({"query": "hello"})), [401, 401, 403, 404, 200, 403]),
     ("POST", "/api/v1/agents/{name}/rollback", Scope::Tenant, Some(|| json!({"version": 1})), [401, 401, 403, 404, 200, 403]),
 ];
@@ -135,7 +136,9 @@ impl World {
 on_both_backends!(authorization_matrix);
 
 async fn authorization_matrix(backend: Backend) {
-    with_server(backend, async |server: &Server| {
+    // A status stream ends after a second, so that reading its whole answer ends too.
+    let short_streams = |c| nexus::config::ServeConfig { events_max_duration: std::time::Duration::from_secs(1).into(), ..c };
+    with_configured_server(backend, short_streams, async |server: &Server| {
         for (row, (method, template, scope, body, expected)) in ROWS.iter().enumerate() {
             // A world per row: the owner's call may delete what the next row needs.
             let world = World::new(server, row).await;
