@@ -211,6 +211,19 @@ mod tests {
 
     use super::*;
 
+    /// Reads up to the end of a request head; `None` when the client closes before it.
+    async fn read_head(socket: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => request.extend_from_slice(&buffer[..n]),
+            }
+        }
+        Some(request)
+    }
+
     /// A server on a loopback port answering every request with `answer`; counts requests.
     async fn serve(answer: Vec<u8>) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -222,13 +235,8 @@ mod tests {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let answer = answer.clone();
                 tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buffer = [0u8; 4096];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buffer[..n]),
-                        }
+                    if read_head(&mut socket).await.is_none() {
+                        return;
                     }
                     let _ = socket.write_all(&answer).await;
                     let _ = socket.shutdown().await;
@@ -252,14 +260,7 @@ mod tests {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let heads = heads.clone();
                 tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buffer = [0u8; 4096];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buffer[..n]),
-                        }
-                    }
+                    let Some(request) = read_head(&mut socket).await else { return };
                     let _ = heads.send(String::from_utf8_lossy(&request).to_ascii_lowercase());
                     let _ = socket.write_all(&answer("200 OK", "Content-Type: application/json\r\n", "{}")).await;
                     let _ = socket.shutdown().await;
