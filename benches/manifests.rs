@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, env_or, rss_mib};
+use common::{Server, create_tenant, env_or, register, rss_mib};
 use serde_json::{Map, Value, json};
 
 /// A manifest of about `kib` KiB: a valid agent whose spec carries many small keys.
@@ -64,27 +64,8 @@ async fn main() {
     .await;
     let base = server.base.clone();
     let client = reqwest::Client::new();
-    let session: Value = client
-        .post(format!("{base}/auth/register"))
-        .json(&json!({"email": "manifests@example.com", "password": "a-strong-password"}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("session");
-    let token = session["accessToken"].as_str().expect("token").to_owned();
-    let tenant: Value = client
-        .post(format!("{base}/api/v1/tenants"))
-        .bearer_auth(&token)
-        .json(&json!({"displayName": "big"}))
-        .send()
-        .await
-        .expect("tenant")
-        .json()
-        .await
-        .expect("tenant");
-    let tenant = tenant["id"].as_str().expect("tenant id").to_owned();
+    let token = register(&client, &base, "manifests@example.com").await;
+    let tenant = create_tenant(&client, &base, &token, "big").await;
 
     // One small agent first, so that what the first request of each kind allocates for
     // good (pools, caches, code paths) is in the baseline.

@@ -25,9 +25,9 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, cpu_time, env_or, rss_mib};
+use common::{Server, cpu_time, create_tenant, env_or, register, rss_mib};
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// How many connections create agents at once.
 const CREATORS: usize = 8;
@@ -81,30 +81,11 @@ async fn main() {
     let (base, metrics) = (server.base.clone(), server.metrics.clone());
     let client = reqwest::Client::new();
 
-    let session: Value = client
-        .post(format!("{base}/auth/register"))
-        .json(&json!({"email": "scale@example.com", "password": "a-strong-password"}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("session");
-    let token = session["accessToken"].as_str().expect("token").to_owned();
+    let token = register(&client, &base, "scale@example.com").await;
     let token = token.as_str();
     let mut tenant_ids = Vec::new();
     for n in 0..tenants {
-        let answer: Value = client
-            .post(format!("{base}/api/v1/tenants"))
-            .bearer_auth(token)
-            .json(&json!({"displayName": format!("t{n}")}))
-            .send()
-            .await
-            .expect("create a tenant")
-            .json()
-            .await
-            .expect("a tenant");
-        tenant_ids.push(answer["id"].as_str().expect("tenant id").to_owned());
+        tenant_ids.push(create_tenant(&client, &base, token, &format!("t{n}")).await);
     }
 
     // Agents, one tenant after the other; each finish time noted.

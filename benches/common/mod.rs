@@ -6,6 +6,8 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 /// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK` on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
 
@@ -33,6 +35,35 @@ pub fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
     let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).expect("VmRSS");
     kib / 1024.0
+}
+
+/// Registers `email` on the server at `base`; returns its access token.
+pub async fn register(client: &reqwest::Client, base: &str, email: &str) -> String {
+    let session: Value = client
+        .post(format!("{base}/auth/register"))
+        .json(&json!({"email": email, "password": "a-strong-password"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("session");
+    session["accessToken"].as_str().expect("token").to_owned()
+}
+
+/// Creates a tenant named `name` as the holder of `token`; returns its id.
+pub async fn create_tenant(client: &reqwest::Client, base: &str, token: &str, name: &str) -> String {
+    let tenant: Value = client
+        .post(format!("{base}/api/v1/tenants"))
+        .bearer_auth(token)
+        .json(&json!({"displayName": name}))
+        .send()
+        .await
+        .expect("create a tenant")
+        .json()
+        .await
+        .expect("a tenant");
+    tenant["id"].as_str().expect("tenant id").to_owned()
 }
 
 /// A `nexus` process on a SQLite file of its own (in-memory cluster, stub node), killed and
