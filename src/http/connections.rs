@@ -88,13 +88,13 @@ pub struct Guarded<T> {
     _slot: OwnedSemaphorePermit,
     timeout: Duration,
     head: Head,
-    /// The first bytes, to recognise the HTTP/2 preface.
-    started: bool,
+    /// Whether the connection opened with the HTTP/2 preface; unknown before its first bytes.
+    http2: Option<bool>,
 }
 
 impl<T> Guarded<T> {
     fn new(inner: T, slot: OwnedSemaphorePermit, timeout: Duration) -> Self {
-        Self { inner, _slot: slot, timeout, head: arriving(timeout), started: false }
+        Self { inner, _slot: slot, timeout, head: arriving(timeout), http2: None }
     }
 
     /// Follows the head through `bytes` just read.
@@ -102,13 +102,7 @@ impl<T> Guarded<T> {
         if bytes.is_empty() {
             return;
         }
-        if !self.started {
-            self.started = true;
-            if bytes.starts_with(b"PRI ") {
-                self.head = Head::Framed;
-                return;
-            }
-        }
+        let http2 = *self.http2.get_or_insert_with(|| bytes.starts_with(b"PRI "));
         let mut rest = bytes;
         loop {
             match &mut self.head {
@@ -118,7 +112,8 @@ impl<T> Guarded<T> {
                 Head::Arriving { matched, .. } => {
                     let Some(end) = head_end(rest, matched) else { return };
                     rest = &rest[end..];
-                    self.head = Head::Arrived { answered: false };
+                    // The HTTP/2 preface is the one head such a connection sends.
+                    self.head = if http2 { Head::Framed } else { Head::Arrived { answered: false } };
                 }
             }
             if rest.is_empty() {
@@ -229,7 +224,19 @@ mod tests {
     use poem::http::StatusCode;
     use poem::{Endpoint, EndpointExt, Request};
 
-    use super::{bound_request, head_end};
+    use super::{Guarded, Head, bound_request, head_end};
+
+    #[tokio::test]
+    async fn the_http2_preface_is_held_to_the_deadline_and_then_frames_are_not() {
+        let slot = std::sync::Arc::new(tokio::sync::Semaphore::new(1)).acquire_owned().await.expect("a slot");
+        let mut connection = Guarded::new((), slot, Duration::from_secs(10));
+        connection.observe(b"PRI * HTTP/2.0\r\n");
+        assert!(matches!(connection.head, Head::Arriving { .. }), "half a preface is still arriving");
+        connection.observe(b"\r\nSM\r\n\r\n");
+        assert!(matches!(connection.head, Head::Framed), "past the preface only frames follow");
+        connection.observe(b"\x00\x00\x00\x04\x00");
+        assert!(matches!(connection.head, Head::Framed));
+    }
 
     #[tokio::test]
     async fn a_request_not_answered_in_time_is_answered_503() {
