@@ -297,7 +297,7 @@ struct AgentRunRequest {
     query: Text,
     /// The conversation the run belongs to (the node keeps its memory per session); the
     /// node's default session when absent.
-    #[oai(validator(pattern = r"^[A-Za-z0-9._:-]{1,128}$"))]
+    #[oai(validator(custom = "&super::patterns::SESSION_ID"))]
     session_id: Option<Text>,
     /// Extra context for the run, passed to the node as it is.
     context: Option<std::collections::BTreeMap<String, Value>>,
@@ -436,7 +436,7 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
         body: ManifestBody,
     ) -> Result<AgentCreated, ApiError<AgentCreateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
@@ -456,7 +456,7 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
     ) -> Result<Json<Vec<AgentSummaryView>>, ApiError<AuthenticatedErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let listings = nexus.agents.list(&tenant).await?;
@@ -481,8 +481,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
-        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         /// Entity tags from earlier answers (or `*`): 304 when one names the current version.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
@@ -503,8 +503,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
-        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         /// The agent's `ETag` as last read (or `*`): the change is made only if it is current.
         #[oai(name = "If-Match")]
         if_match_header: Header<Option<String>>,
@@ -522,8 +522,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
-        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         /// The agent's `ETag` as last read (or `*`): it is deleted only if that is current.
         #[oai(name = "If-Match")]
         if_match_header: Header<Option<String>>,
@@ -539,8 +539,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
-        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
     ) -> Result<Json<LiveStatusView>, ApiError<NodeErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let live = nexus.agents.live_status(&tenant, &name).await?;
@@ -563,8 +563,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
-        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))] lines: Query<Option<i64>>,
         level: Query<Option<LogLevel>>,
         since: Query<Option<DateTime<Utc>>>,
@@ -583,12 +583,12 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
-        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         // Exactly the periods the use case accepts (1s to 366d, at most 8784h): so that a
         // period the document allows is never refused.
         #[oai(validator(
-            pattern = r"^([1-9][0-9]{0,3}[sm]|([1-9][0-9]{0,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-7][0-9]|878[0-4])h|([1-9][0-9]?|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d)$"
+            custom = "&super::patterns::PERIOD"
         ))]
         period: Query<Option<String>>,
     ) -> Result<Json<MetricsView>, ApiError<NodeErrors>> {
@@ -609,8 +609,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
-        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         body: Json<AgentRunRequest>,
     ) -> Result<Json<RunView>, ApiError<RunErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
@@ -628,8 +628,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
-        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
     ) -> Result<AgentEvents, ApiError<EventsErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let events = nexus.agents.events(&tenant, &name).await?.map(AgentEventView::from).boxed();
@@ -645,8 +645,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
-        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
     ) -> Result<Json<Vec<VersionView>>, ApiError<AuthenticatedItemErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         Ok(Json(nexus.agents.versions(&tenant, &name).await?.into_iter().map(Into::into).collect()))
@@ -659,8 +659,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
-        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         #[oai(validator(minimum(value = "1"), maximum(value = "2147483647")))] number: Path<u32>,
     ) -> Result<Json<VersionDetailView>, ApiError<AuthenticatedItemErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
@@ -675,8 +675,8 @@ impl AgentApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
-        #[oai(validator(max_length = 63, pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))] name: Path<String>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
+        #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         /// The agent's `ETag` as last read (or `*`): it is rolled back only if that is current.
         #[oai(name = "If-Match")]
         if_match_header: Header<Option<String>>,

@@ -135,12 +135,12 @@ impl AuditApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "tenantId", validator(pattern = r"^t_[0-9a-f]{32}$"))] id: Path<String>,
+        #[oai(name = "tenantId", validator(custom = "&super::patterns::TENANT_ID"))] id: Path<String>,
         /// At most this many events (1 to 500; 100 by default).
         #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
         limit: Query<Option<i64>>,
         /// The `nextCursor` of the previous page.
-        #[oai(validator(pattern = r"^c[0-9a-f]{1,16}$"))]
+        #[oai(validator(custom = "&super::patterns::CURSOR"))]
         cursor: Query<Option<String>>,
     ) -> Result<Json<AuditPageView>, ApiError<AuthenticatedErrors>> {
         let user = AccessService::require_user(&caller.0)?;
@@ -159,7 +159,7 @@ impl AuditApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
         limit: Query<Option<i64>>,
         /// The `nextCursor` of the previous page.
-        #[oai(validator(pattern = r"^c[0-9a-f]{1,16}$"))]
+        #[oai(validator(custom = "&super::patterns::CURSOR"))]
         cursor: Query<Option<String>>,
     ) -> Result<Json<AuditPageView>, ApiError<AuthenticatedErrors>> {
         let user = AccessService::require_user(&caller.0)?;

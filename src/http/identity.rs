@@ -24,7 +24,7 @@ struct RegisterRequest {
     /// labels with at least one dot. Compared case-insensitively and stored lower-case.
     #[oai(validator(
         max_length = 254,
-        pattern = r#"^\s*[^\s@()<>\[\]\\,;:"\x00-\x1f\x7f-\x9f.]+(\.[^\s@()<>\[\]\\,;:"\x00-\x1f\x7f-\x9f.]+)*@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\s*$"#
+        custom = "&super::patterns::EMAIL"
     ))]
     email: Text,
     /// 8 to 1024 characters.
@@ -32,7 +32,7 @@ struct RegisterRequest {
     password: Text,
     /// 1 to 100 characters, not only white space, no control characters; defaults to the
     /// part of the email before the `@`.
-    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"))]
+    #[oai(validator(min_length = 1, max_length = 100, custom = "&super::patterns::LABEL"))]
     display_name: Option<Text>,
 }
 
@@ -236,7 +236,7 @@ impl MeApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "X-Tenant-ID", validator(pattern = r"^(t_[0-9a-f]{32})?$"))] tenant_id: Header<Option<String>>,
+        #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
     ) -> Result<Json<Me>, ApiError<AuthenticatedErrors>> {
         let me = match &caller.0 {
             Principal::User(user_id) => {

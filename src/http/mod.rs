@@ -14,6 +14,7 @@ mod identity;
 mod manifest;
 pub mod metrics;
 mod observe;
+mod patterns;
 mod preconditions;
 mod tenants;
 mod text;
@@ -79,10 +80,12 @@ pub(crate) fn openapi() -> OpenApiService<Apis, ()> {
 }
 
 /// The OpenAPI document: what poem-openapi generates from the operations, completed with
-/// what it cannot say: the manifest's schemas (see `manifest`), and `security: []` on
+/// what it cannot say: the patterns checked by validators compiled once (see `patterns`),
+/// the manifest's schemas (see `manifest`), and `security: []` on
 /// public operations, so generators and linters see that they need no credentials.
 fn document() -> serde_json::Value {
     let mut document: serde_json::Value = serde_json::from_str(&openapi().spec()).expect("poem-openapi generates JSON");
+    patterns::declare(&mut document);
     if let (Some(schemas), serde_json::Value::Object(manifest)) = (document["components"]["schemas"].as_object_mut(), manifest::schemas()) {
         schemas.extend(manifest);
     }

@@ -40,11 +40,11 @@ impl From<TenantPhase> for TenantPhaseView {
 #[oai(rename_all = "camelCase")]
 struct CreateTenantRequest {
     /// 1 to 100 characters, not only white space, no control characters.
-    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"))]
+    #[oai(validator(min_length = 1, max_length = 100, custom = "&super::patterns::LABEL"))]
     display_name: Text,
     /// What its node runs as (`ASTROMESH_ROLE`): lower-case letters, digits and `-`;
     /// defaults to `full`.
-    #[oai(validator(pattern = r"^[a-z0-9-]{1,63}$"))]
+    #[oai(validator(custom = "&super::patterns::NODE_PROFILE"))]
     node_profile: Option<Text>,
 }
 
@@ -123,7 +123,7 @@ impl From<KeyScopeView> for KeyScope {
 struct CreateKeyRequest {
     /// What the key is for: 1 to 100 characters, not only white space, no control
     /// characters.
-    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"))]
+    #[oai(validator(min_length = 1, max_length = 100, custom = "&super::patterns::LABEL"))]
     label: Text,
     // What it may do: `write` (the default) or `read`, GET routes only (the enum's own
     // description says so in the document).
@@ -233,7 +233,7 @@ impl TenantApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "tenantId", validator(pattern = r"^t_[0-9a-f]{32}$"))] id: Path<String>,
+        #[oai(name = "tenantId", validator(custom = "&super::patterns::TENANT_ID"))] id: Path<String>,
     ) -> Result<Json<DeletedView>, ApiError<AuthenticatedErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         let deleted = nexus.tenancy.delete_tenant(&user, &id).await?;
@@ -253,7 +253,7 @@ impl KeyApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "tenantId", validator(pattern = r"^t_[0-9a-f]{32}$"))] id: Path<String>,
+        #[oai(name = "tenantId", validator(custom = "&super::patterns::TENANT_ID"))] id: Path<String>,
         body: Json<CreateKeyRequest>,
     ) -> Result<KeyCreated, ApiError<QuotaCreateErrors>> {
         let user = AccessService::require_user(&caller.0)?;
@@ -276,7 +276,7 @@ impl KeyApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "tenantId", validator(pattern = r"^t_[0-9a-f]{32}$"))] id: Path<String>,
+        #[oai(name = "tenantId", validator(custom = "&super::patterns::TENANT_ID"))] id: Path<String>,
     ) -> Result<Json<Vec<KeyView>>, ApiError<AuthenticatedErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         Ok(Json(nexus.tenancy.list_keys(&user, &id).await?.into_iter().map(Into::into).collect()))
@@ -288,8 +288,8 @@ impl KeyApi {
         &self,
         nexus: Data<&SharedNexus>,
         caller: Caller,
-        #[oai(name = "tenantId", validator(pattern = r"^t_[0-9a-f]{32}$"))] id: Path<String>,
-        #[oai(name = "keyHash", validator(pattern = r"^[0-9a-f]{64}$"))] hash: Path<String>,
+        #[oai(name = "tenantId", validator(custom = "&super::patterns::TENANT_ID"))] id: Path<String>,
+        #[oai(name = "keyHash", validator(custom = "&super::patterns::KEY_HASH"))] hash: Path<String>,
     ) -> Result<Json<RevokedView>, ApiError<AuthenticatedItemErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         let revoked = nexus.tenancy.revoke_key(&user, &id, &hash).await?;
