@@ -5,6 +5,15 @@
 //! `iat` is in whole seconds, as the standard has it; `iat_us` repeats it to the
 //! microsecond, so that "every token issued before this moment" (ending every session)
 //! does not also catch a token issued a moment after, within the same second.
+//!
+//! Whether a token's signature and claims hold depends on its bytes and the secret only:
+//! a token verified once is kept, by its exact text, until it expires (at most
+//! [`MAX_VERIFIED`] of them), and later presentations check only its expiry. Whether its
+//! session is still current is not the token's to say, and is decided on every request by
+//! the caller.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
@@ -19,6 +28,8 @@ use uuid::Uuid;
 pub const MIN_SECRET_BYTES: usize = 32;
 const ISSUER: &str = "nexus";
 const ACCESS_TYPE: &str = "access";
+/// Verified tokens kept at most.
+pub const MAX_VERIFIED: usize = 10_000;
 
 #[derive(Serialize, Deserialize)]
 struct Claims {
@@ -39,6 +50,8 @@ pub struct JwtAccessTokens {
     decoding: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    /// Tokens already verified, by their exact text, with their claims.
+    verified: RwLock<HashMap<Box<str>, AccessClaims>>,
 }
 
 impl JwtAccessTokens {
@@ -64,8 +77,45 @@ impl JwtAccessTokens {
             decoding: DecodingKey::from_secret(secret).map_err(Error::internal)?,
             validation,
             ttl,
+            verified: RwLock::default(),
         })
     }
+
+    /// Checks the signature and every claim of `token`.
+    fn verify_signed(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims> {
+        let claims = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| rejected())?.claims;
+        if claims.typ != ACCESS_TYPE || claims.jti.is_empty() || claims.exp <= now.timestamp() {
+            return Err(rejected());
+        }
+        let at = |secs| Utc.timestamp_opt(secs, 0).single().ok_or_else(rejected);
+        let issued_at = match claims.iat_us {
+            Some(micros) if micros.div_euclid(1_000_000) == claims.iat => DateTime::from_timestamp_micros(micros).ok_or_else(rejected)?,
+            Some(_) => return Err(rejected()),
+            None => at(claims.iat)?,
+        };
+        Ok(AccessClaims { user_id: UserId::parse(&claims.sub).map_err(|_| rejected())?, token_id: claims.jti, issued_at, expires_at: at(claims.exp)? })
+    }
+
+    /// Keeps a verified token. When full, expired tokens go first, then an arbitrary tenth
+    /// of the rest.
+    fn keep(&self, token: &str, claims: &AccessClaims, now: DateTime<Utc>) {
+        let mut verified = self.verified.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if verified.len() >= MAX_VERIFIED {
+            verified.retain(|_, kept| !expired(kept, now));
+            if verified.len() >= MAX_VERIFIED {
+                let evicted: Vec<Box<str>> = verified.keys().take(MAX_VERIFIED.div_ceil(10)).cloned().collect();
+                for token in evicted {
+                    verified.remove(&token);
+                }
+            }
+        }
+        verified.insert(token.into(), claims.clone());
+    }
+}
+
+/// Whether a token with these claims has expired at `now` (`exp` is in whole seconds).
+fn expired(claims: &AccessClaims, now: DateTime<Utc>) -> bool {
+    claims.expires_at.timestamp() <= now.timestamp()
 }
 
 fn rejected() -> Error {
@@ -94,17 +144,13 @@ impl AccessTokens for JwtAccessTokens {
     }
 
     fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims> {
-        let claims = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|_| rejected())?.claims;
-        if claims.typ != ACCESS_TYPE || claims.jti.is_empty() || claims.exp <= now.timestamp() {
-            return Err(rejected());
+        let kept = self.verified.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(token).cloned();
+        if let Some(claims) = kept {
+            return if expired(&claims, now) { Err(rejected()) } else { Ok(claims) };
         }
-        let at = |secs| Utc.timestamp_opt(secs, 0).single().ok_or_else(rejected);
-        let issued_at = match claims.iat_us {
-            Some(micros) if micros.div_euclid(1_000_000) == claims.iat => DateTime::from_timestamp_micros(micros).ok_or_else(rejected)?,
-            Some(_) => return Err(rejected()),
-            None => at(claims.iat)?,
-        };
-        Ok(AccessClaims { user_id: UserId::parse(&claims.sub).map_err(|_| rejected())?, token_id: claims.jti, issued_at, expires_at: at(claims.exp)? })
+        let claims = self.verify_signed(token, now)?;
+        self.keep(token, &claims, now);
+        Ok(claims)
     }
 }
 
@@ -167,6 +213,30 @@ mod tests {
         assert!(tokens.verify(&token.token, issued_at + Duration::milliseconds(999)).is_ok(), "valid for its whole lifetime");
         assert!(tokens.verify(&token.token, token.expires_at).is_err());
         assert_eq!((token.expires_at - token.issued_at).num_seconds(), 1);
+    }
+
+    #[test]
+    fn a_kept_token_answers_as_verified_and_an_altered_one_is_checked_anew() {
+        let (tokens, now) = (tokens(), Utc::now());
+        let issued = tokens.issue(&UserId::generate(), now).unwrap();
+        let first = tokens.verify(&issued.token, now).unwrap();
+        assert_eq!(tokens.verify(&issued.token, now).unwrap(), first, "the kept claims are the verified ones");
+        // The same claims under a signature with one character changed.
+        let at = issued.token.len() - 5;
+        let replaced = if &issued.token[at..=at] == "A" { "B" } else { "A" };
+        let altered = format!("{}{replaced}{}", &issued.token[..at], &issued.token[at + 1..]);
+        assert!(tokens.verify(&altered, now).is_err());
+        assert!(tokens.verify(&issued.token, issued.expires_at).is_err(), "a kept token still expires");
+    }
+
+    #[test]
+    fn kept_tokens_stay_bounded() {
+        let (tokens, now) = (tokens(), Utc::now());
+        for _ in 0..MAX_VERIFIED + 10 {
+            let issued = tokens.issue(&UserId::generate(), now).unwrap();
+            tokens.verify(&issued.token, now).unwrap();
+        }
+        assert!(tokens.verified.read().unwrap().len() <= MAX_VERIFIED);
     }
 
     #[test]
