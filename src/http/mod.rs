@@ -175,9 +175,10 @@ static ALLOWED: std::sync::LazyLock<Vec<(Vec<String>, String, String)>> = std::s
 
 /// The document's path template `path` matches, with its methods.
 fn matching_path(path: &str) -> Option<&'static (Vec<String>, String, String)> {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let path = path.trim_end_matches('/');
+    let segments = path.split('/').count();
     ALLOWED.iter().find(|(template, _, _)| {
-        template.len() == segments.len() && template.iter().zip(&segments).all(|(part, segment)| part.starts_with('{') || part == segment)
+        template.len() == segments && template.iter().zip(path.split('/')).all(|(part, segment)| part.starts_with('{') || part == segment)
     })
 }
 
