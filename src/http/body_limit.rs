@@ -80,7 +80,13 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             }
             Some(_) => {}
             None => {
-                let mut reader = req.take_body().into_async_read();
+                let body = req.take_body();
+                // Known to be empty (a GET without a body): nothing to count or keep.
+                if body.is_empty() {
+                    req.set_body(body);
+                    return self.inner.call(req).await;
+                }
+                let mut reader = body.into_async_read();
                 let mut kept = Vec::new();
                 (&mut reader)
                     .take(limit + 1)
@@ -116,6 +122,14 @@ mod tests {
     fn unannounced(bytes: usize) -> poem::Body {
         let pieces = (0..bytes.div_ceil(64 * 1024)).map(move |i| Ok::<_, std::io::Error>(vec![b'x'; (bytes - i * 64 * 1024).min(64 * 1024)]));
         poem::Body::from_bytes_stream(futures_util::stream::iter(pieces))
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_body_passes_as_it_is() {
+        let endpoint = echo.with(BodyLimit::new(1024));
+        let mut served = endpoint.get_response(Request::builder().finish()).await;
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(served.take_body().into_string().await.unwrap(), "0");
     }
 
     #[tokio::test]
