@@ -398,6 +398,14 @@ pub trait PasswordHasher: Send + Sync + 'static {
     /// A valid hash of no one's password, so that checking a login for an unknown user
     /// costs what checking a known one costs.
     fn dummy_hash(&self) -> PasswordHash;
+
+    /// Refuses at once, as [`Self::hash`] and [`Self::verify`] would now, when the queue is
+    /// full: a caller asks first and spends no store round trip on a request whose hash
+    /// would be refused. A place is not reserved; the hash may still be refused.
+    ///
+    /// # Errors
+    /// [`Error::Overloaded`] when the queue is full.
+    fn has_room(&self) -> Result<()>;
 }
 
 /// Signs and verifies access tokens.

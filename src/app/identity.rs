@@ -125,6 +125,9 @@ impl IdentityService {
     /// failed logins lately; [`Error::Overloaded`] when the hasher's queue is full.
     pub async fn login(&self, email: &str, password: String) -> Result<Session> {
         let password = Password::presented(password)?;
+        // A full hasher refuses before the store is asked (or an attempt counted): under a
+        // flood the refusals then cost no round trip.
+        self.ports.hasher.has_room()?;
         let Ok(email) = Email::parse(email) else {
             self.ports.hasher.verify(&password, &self.ports.hasher.dummy_hash()).await?;
             return Err(Error::unauthorized(BAD_LOGIN));

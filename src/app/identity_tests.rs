@@ -41,6 +41,8 @@ struct Ports {
     access: MockAccessTokens,
     secrets: MockSecretGenerator,
     audit: MockAuditStore,
+    /// Whether the hasher's queue is full.
+    hasher_full: bool,
 }
 
 impl Ports {
@@ -51,11 +53,14 @@ impl Ports {
     fn service_with(self, policy: SessionPolicy) -> IdentityService {
         let mut clock = MockClock::new();
         clock.expect_now().returning(now);
+        let mut hasher = self.hasher;
+        let full = self.hasher_full;
+        hasher.expect_has_room().returning(move || if full { Err(overloaded()) } else { Ok(()) });
         let ports = IdentityPorts {
             users: Arc::new(self.users),
             refresh_tokens: Arc::new(self.refresh),
             login_attempts: Arc::new(self.attempts),
-            hasher: Arc::new(self.hasher),
+            hasher: Arc::new(hasher),
             access_tokens: Arc::new(self.access),
             secrets: Arc::new(self.secrets),
             clock: Arc::new(clock),
@@ -190,6 +195,17 @@ async fn login_failures_look_alike_and_cost_a_verification() {
         let result = ports.service().login(email, "wrong password".into()).await;
         assert_eq!(result.unwrap_err(), Error::Unauthorized("invalid email or password".into()), "{email}");
     }
+}
+
+fn overloaded() -> Error {
+    Error::Overloaded { message: "too many password checks are waiting; retry shortly".into(), retry_after_secs: 1 }
+}
+
+#[tokio::test]
+async fn a_full_hasher_refuses_a_login_before_the_store_is_asked() {
+    // No store expectation: asking it (or counting the attempt) fails the test.
+    let result = Ports { hasher_full: true, ..Ports::default() }.service().login("ada@example.com", "a password".into()).await;
+    assert_eq!(result.unwrap_err(), overloaded());
 }
 
 #[tokio::test]

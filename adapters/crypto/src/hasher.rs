@@ -63,9 +63,7 @@ impl Argon2Hasher {
 
     /// A place in the queue, or [`Error::Overloaded`] at once when there is none.
     fn admit(&self) -> Result<OwnedSemaphorePermit> {
-        Arc::clone(&self.admitted)
-            .try_acquire_owned()
-            .map_err(|_| Error::Overloaded { message: "too many password checks are waiting; retry shortly".to_owned(), retry_after_secs: RETRY_AFTER_SECS })
+        Arc::clone(&self.admitted).try_acquire_owned().map_err(|_| overloaded())
     }
 
     /// Runs `work` on a hashing thread once admitted and one is free. The place moves into
@@ -84,6 +82,11 @@ impl Argon2Hasher {
         self.jobs.send(job).map_err(|_| Error::internal("the hashing threads are gone"))?;
         answered.await.map_err(|_| Error::internal("a password hash did not finish"))
     }
+}
+
+/// The refusal of a full queue.
+fn overloaded() -> Error {
+    Error::Overloaded { message: "too many password checks are waiting; retry shortly".to_owned(), retry_after_secs: RETRY_AFTER_SECS }
 }
 
 /// A hashing thread: lowers its own priority, then runs jobs until the hasher is dropped.
@@ -132,6 +135,10 @@ impl PasswordHasher for Argon2Hasher {
 
     fn dummy_hash(&self) -> PasswordHash {
         self.dummy.clone()
+    }
+
+    fn has_room(&self) -> Result<()> {
+        if self.admitted.available_permits() == 0 { Err(overloaded()) } else { Ok(()) }
     }
 }
 
@@ -184,10 +191,12 @@ mod tests {
         let password = Password::presented("anything".into()).unwrap();
         // Three places: one running, two waiting. Hold them all, as a flood would.
         let held: Vec<_> = (0..3).map(|_| hasher.admit().unwrap()).collect();
+        assert_eq!(hasher.has_room(), Err(overloaded()));
         for refused in [hasher.verify(&password, &hasher.dummy_hash()).await, hasher.hash(&password).await.map(|_| false)] {
             assert_eq!(refused, Err(Error::Overloaded { message: "too many password checks are waiting; retry shortly".into(), retry_after_secs: 1 }));
         }
         drop(held);
+        assert_eq!(hasher.has_room(), Ok(()));
         assert!(!hasher.verify(&password, &hasher.dummy_hash()).await.unwrap(), "served again once places are free");
         assert_eq!(hasher.admitted.available_permits(), 3, "a finished hash gives its place back");
     }
