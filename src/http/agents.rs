@@ -19,6 +19,7 @@ use super::error::{
     AgentCreateErrors, AgentDeleteErrors, AgentUpdateErrors, ApiError, AuthenticatedErrors, AuthenticatedItemErrors, ErrorSet, EventsErrors, NodeErrors,
     RunErrors,
 };
+use super::json::{JsonAnswer, rfc3339};
 use super::manifest::ManifestBody;
 use super::preconditions::{if_match, none_match, quoted};
 use super::text::Text;
@@ -47,7 +48,7 @@ impl LogLevel {
 }
 
 /// Where an agent stands on its tenant's node.
-#[derive(Enum)]
+#[derive(Enum, serde::Serialize)]
 enum AgentPhaseView {
     Pending,
     Deploying,
@@ -81,14 +82,18 @@ struct AgentCreatedView {
 }
 
 /// An agent in a listing.
-#[derive(Object)]
+#[derive(Object, serde::Serialize)]
 #[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct AgentSummaryView {
     name: String,
     phase: AgentPhaseView,
+    #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
     created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339")]
     updated_at: DateTime<Utc>,
 }
 
@@ -457,10 +462,10 @@ impl AgentApi {
         nexus: Data<&SharedNexus>,
         caller: Caller,
         #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
-    ) -> Result<Json<Vec<AgentSummaryView>>, ApiError<AuthenticatedErrors>> {
+    ) -> Result<JsonAnswer<Vec<AgentSummaryView>>, ApiError<AuthenticatedErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let listings = nexus.agents.list(&tenant).await?;
-        Ok(Json(
+        Ok(JsonAnswer(
             listings
                 .into_iter()
                 .map(|l| AgentSummaryView {

@@ -12,6 +12,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Union};
 use super::ApiTags;
 use super::auth::Caller;
 use super::error::{ApiError, AuthenticatedErrors, CredentialErrors, LogoutErrors, PasswordErrors, RegisterErrors};
+use super::json::{JsonAnswer, rfc3339};
 use super::text::Text;
 use crate::app::{AccessService, Principal, Registration, Session, SharedNexus, TokenPair};
 
@@ -75,14 +76,16 @@ enum Done {
 }
 
 /// A user, as clients see it.
-#[derive(Object)]
+#[derive(Object, serde::Serialize)]
 #[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct UserView {
     /// `usr_` and 32 hex digits.
     id: String,
     email: String,
     display_name: String,
+    #[serde(serialize_with = "rfc3339")]
     created_at: DateTime<Utc>,
 }
 
@@ -144,9 +147,10 @@ enum RegisterResponse {
 }
 
 /// A tenant, as a caller's scope.
-#[derive(Object)]
+#[derive(Object, serde::Serialize)]
 #[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct TenantRef {
     /// `t_` and 32 hex digits.
     id: String,
@@ -162,30 +166,35 @@ impl From<&Tenant> for TenantRef {
 }
 
 /// The caller authenticated as a user by an access token.
-#[derive(Object)]
+#[derive(Object, serde::Serialize)]
 #[oai(skip_serializing_if_is_none)]
 struct UserPrincipal {
     user: UserView,
     /// The tenant named by `X-Tenant-ID`, when the request named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     tenant: Option<TenantRef>,
 }
 
 /// The caller authenticated by a tenant's API key.
-#[derive(Object)]
+#[derive(Object, serde::Serialize)]
 #[oai(skip_serializing_if_is_none)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct ApiKeyPrincipal {
     tenant: TenantRef,
     key_label: String,
 }
 
 /// Who the caller is; `kind` says which credential it presented.
-#[derive(Union)]
+#[derive(Union, serde::Serialize)]
 #[oai(discriminator_name = "kind", one_of)]
+#[serde(tag = "kind")]
 enum Me {
     #[oai(mapping = "user")]
+    #[serde(rename = "user")]
     User(UserPrincipal),
     #[oai(mapping = "apiKey")]
+    #[serde(rename = "apiKey")]
     ApiKey(ApiKeyPrincipal),
 }
 
@@ -237,7 +246,7 @@ impl MeApi {
         nexus: Data<&SharedNexus>,
         caller: Caller,
         #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
-    ) -> Result<Json<Me>, ApiError<AuthenticatedErrors>> {
+    ) -> Result<JsonAnswer<Me>, ApiError<AuthenticatedErrors>> {
         let me = match &caller.0 {
             Principal::User(user_id) => {
                 let user = nexus.identity.current_user(user_id).await?;
@@ -252,7 +261,7 @@ impl MeApi {
                 Me::ApiKey(ApiKeyPrincipal { tenant: tenant.into(), key_label: key.label.as_str().to_owned() })
             }
         };
-        Ok(Json(me))
+        Ok(JsonAnswer(me))
     }
 
     /// End every session of the caller: all its refresh tokens are revoked, and every

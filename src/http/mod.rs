@@ -11,6 +11,7 @@ mod connections;
 mod error;
 mod health;
 mod identity;
+mod json;
 mod manifest;
 pub mod metrics;
 mod observe;
