@@ -248,14 +248,33 @@ impl AgentService {
     /// The tenant's agents, by name, with their phases (no manifest is read).
     /// The tenant's agents come from memory when kept there, their statuses from one
     /// listing of the cluster's objects.
+    /// An agent the cluster has no object of is Pending, unless its stored manifest cannot
+    /// be read (then no object can ever be made of it): it is `Failed`, as reading it says.
     pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentListing>> {
         let summaries = self.registry(&tenant.id).await?;
         let objects = self.cluster.list_tenant_agent_objects(&tenant.id).await?;
         let statuses: std::collections::HashMap<&AgentName, &AgentStatus> = objects.iter().map(|object| (object.manifest.name(), &object.status)).collect();
-        Ok(summaries
-            .iter()
-            .map(|summary| AgentListing { summary: summary.clone(), status: statuses.get(&summary.name).map_or_else(AgentStatus::pending, |s| (*s).clone()) })
-            .collect())
+        let mut listings = Vec::with_capacity(summaries.len());
+        for summary in summaries.iter() {
+            let status = match statuses.get(&summary.name) {
+                Some(status) => (*status).clone(),
+                None => self.status_without_object(&tenant.id, &summary.name).await?,
+            };
+            listings.push(AgentListing { summary: summary.clone(), status });
+        }
+        Ok(listings)
+    }
+
+    /// The status of a registered agent the cluster has no object of (yet).
+    async fn status_without_object(&self, tenant: &TenantId, name: &AgentName) -> Result<AgentStatus> {
+        match self.record(tenant, name.clone()).await {
+            Ok(agent) if agent.manifest.document().is_err() => {
+                Ok(AgentStatus { phase: AgentPhase::Failed, message: Some(UNREADABLE_MANIFEST.to_owned()), ..AgentStatus::pending() })
+            }
+            // Deleted meanwhile: the listing still shows what it read.
+            Ok(_) | Err(Error::NotFound(_)) => Ok(AgentStatus::pending()),
+            Err(err) => Err(err),
+        }
     }
 
     /// The tenant's agents, by name: from memory when kept there.
@@ -287,7 +306,21 @@ impl AgentService {
 
     async fn find(&self, tenant: &Tenant, name: &str) -> Result<Agent> {
         let name = AgentName::parse(name)?;
-        self.agents.find_agent(&tenant.id, &name).await?.ok_or_else(|| missing(&name))
+        self.record(&tenant.id, name).await
+    }
+
+    /// The agent's stored record: from memory when kept there (every change of the agent
+    /// is announced, which drops it, so a read after a write sees the write).
+    async fn record(&self, tenant: &TenantId, name: AgentName) -> Result<Agent> {
+        let kept = &self.changes.caches().agent_records;
+        let key = (*tenant, name);
+        if let Some(agent) = kept.get(&key) {
+            return Ok(agent);
+        }
+        let ticket = kept.ticket();
+        let agent = self.agents.find_agent(tenant, &key.1).await?.ok_or_else(|| missing(&key.1))?;
+        kept.insert(ticket, key, agent.clone());
+        Ok(agent)
     }
 
     /// Replaces an agent's manifest (a new version; the oldest past `max_versions` are
