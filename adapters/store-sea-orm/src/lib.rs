@@ -32,11 +32,25 @@ use sea_orm_migration::MigratorTrait;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a SQLite writer waits for another writer's lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections of a SQLite file for reads outside write transactions.
+const SQLITE_READERS: u32 = 4;
 
-/// A connection pool to the database, implementing every store port.
+/// Connection pools to the database, implementing every store port.
+///
+/// On a SQLite file, writes and reads have pools of their own: every write (and every
+/// read inside a write transaction) goes through one connection, so that this process's
+/// writers queue for it in order rather than in SQLite's busy handler, and reads outside
+/// transactions go through a few others, which WAL lets read while the writer writes. A
+/// read, however long (a sweep listing every agent), never holds a write up: with one
+/// connection for everything, writes queued behind such reads past the pool's wait and
+/// were answered "unavailable" under load. On PostgreSQL (and an in-memory SQLite, whose
+/// connections would each be a database of their own) both are the same pool.
 #[derive(Clone)]
 pub struct SqlStore {
+    /// Writes, and the reads of write transactions.
     db: DatabaseConnection,
+    /// Reads outside transactions.
+    reads: DatabaseConnection,
 }
 
 impl SqlStore {
@@ -48,26 +62,39 @@ impl SqlStore {
     /// for a URL of an unsupported kind, [`Error::Internal`] when a migration fails.
     pub async fn connect(url: &str) -> Result<Self> {
         let url = normalise_url(url)?;
-        let mut options = ConnectOptions::new(url.clone());
-        options
-            .connect_timeout(CONNECT_TIMEOUT)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|o| o.journal_mode(SqliteJournalMode::Wal).busy_timeout(SQLITE_BUSY_TIMEOUT).foreign_keys(true));
-        if url.contains(":memory:") || url.contains("mode=memory") {
-            // Every connection to an in-memory database is a database of its own.
-            options.max_connections(1).min_connections(1);
-        }
-        let db = sea_orm::Database::connect(options).await.map_err(|err| {
-            tracing::warn!(error = %err, "cannot connect to the database");
-            Error::Unavailable(format!("cannot connect to the database: {err}"))
-        })?;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let sqlite = url.starts_with("sqlite:");
+        let options = |connections: Option<u32>| {
+            let mut options = ConnectOptions::new(url.clone());
+            options
+                .connect_timeout(CONNECT_TIMEOUT)
+                .acquire_timeout(CONNECT_TIMEOUT)
+                .sqlx_logging(false)
+                .map_sqlx_sqlite_opts(|o| o.journal_mode(SqliteJournalMode::Wal).busy_timeout(SQLITE_BUSY_TIMEOUT).foreign_keys(true));
+            if let Some(connections) = connections {
+                options.max_connections(connections);
+            }
+            if in_memory {
+                // Every connection to an in-memory database is a database of its own.
+                options.max_connections(1).min_connections(1);
+            }
+            options
+        };
+        let connect = |options| async {
+            sea_orm::Database::connect(options).await.map_err(|err| {
+                tracing::warn!(error = %err, "cannot connect to the database");
+                Error::Unavailable(format!("cannot connect to the database: {err}"))
+            })
+        };
+        let db = connect(options(sqlite.then_some(1))).await?;
         migration::Migrator::up(&db, None).await.map_err(|err| Error::Internal(format!("database migration failed: {err}")))?;
-        Ok(Self { db })
+        let reads = if sqlite && !in_memory { connect(options(Some(SQLITE_READERS))).await? } else { db.clone() };
+        Ok(Self { db, reads })
     }
 
-    /// Closes the pool.
+    /// Closes the pools.
     pub async fn close(self) {
+        let _ = self.reads.close().await;
         let _ = self.db.close().await;
     }
 }
