@@ -96,9 +96,10 @@ impl KubeCluster {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 impl KubeCluster {
-    /// The stores as the watches leave them once they listed `agents` and `tenants`.
+    /// The stores as the watches leave them once they listed `agents` and `tenants` (for
+    /// tests: see `fixtures::listed`).
     pub(crate) fn listed(&self, agents: &[NexusAgent], tenants: &[NexusTenant]) {
         let stores = self.stores();
         reflect(&stores.agents, &Event::Init, AgentEntry::of);
@@ -114,6 +115,7 @@ impl KubeCluster {
     }
 
     /// What the agents' watch reports after the list.
+    #[cfg(test)]
     pub(crate) fn watched(&self, event: Event<NexusAgent>) {
         reflect(&self.stores().agents, &event, AgentEntry::of);
     }
