@@ -97,7 +97,9 @@ impl Server {
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command.stdout(Stdio::null()).spawn().expect("nexus starts");
+        // Its log (on its standard output) is shown only when asked for.
+        let log = if std::env::var_os("NEXUS_BENCH_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+        let child = command.stdout(log).spawn().expect("nexus starts");
         let server = Self { child, db, base: format!("http://127.0.0.1:{port}"), metrics: format!("http://127.0.0.1:{metrics_port}/metrics") };
         let client = reqwest::Client::new();
         for _ in 0..600 {
