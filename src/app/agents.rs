@@ -212,7 +212,6 @@ impl AgentService {
             Error::AlreadyExists(_) => Error::AlreadyExists(format!("an agent named {} already exists in this tenant", agent.manifest.name())),
             other => other,
         })?;
-        self.announce(&agent.tenant_id, agent.manifest.name()).await;
         tracing::info!(tenant = %tenant.id, agent = %agent.manifest.name(), "agent registered");
         self.apply(&agent).await;
         let node_agent_name = self.names(&tenant.id).node_name(agent.manifest.name());
@@ -224,13 +223,16 @@ impl AgentService {
         NodeNames::new(*tenant, self.cluster.node_sharing())
     }
 
-    /// The desired state goes to the cluster and the loop wakes. A new agent the cluster
-    /// fails to take now is applied by the loop's next timed pass, which re-applies what
-    /// the cluster lacks of the registry; a failed update is retried by the next update.
+    /// The desired state goes to the cluster, then every replica is told of the change
+    /// (the leader's loop, woken by it, finds the object applied) and this loop wakes. A
+    /// new agent the cluster fails to take now is applied by the loop's next timed pass,
+    /// which re-applies what the cluster lacks of the registry; a failed update is retried
+    /// by the next update.
     async fn apply(&self, agent: &Agent) {
         if let Err(err) = self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await {
             tracing::warn!(agent = %agent.manifest.name(), error = %err, "could not apply the agent to the cluster yet");
         }
+        self.announce(&agent.tenant_id, agent.manifest.name()).await;
         self.reconciler.wake(Change::Agent(agent.tenant_id, agent.manifest.name().clone()));
     }
 
@@ -353,7 +355,6 @@ impl AgentService {
             Error::NotFound(_) => missing(name),
             other => other,
         })?;
-        self.announce(&tenant.id, name).await;
         tracing::info!(tenant = %tenant.id, agent = %name, version = agent.version_number, "agent updated");
         self.apply(&agent).await;
         self.state_of(agent).await
@@ -422,9 +423,12 @@ impl AgentService {
         if !self.agents.delete_agent(&tenant.id, &name, expected, &audit).await? {
             return Err(missing(&name));
         }
-        self.announce(&tenant.id, &name).await;
         tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");
-        self.cluster.request_agent_deletion(&tenant.id, &name).await?;
+        // Marked for deletion before every replica is told, so that the leader, woken by
+        // the change, finds the mark.
+        let marked = self.cluster.request_agent_deletion(&tenant.id, &name).await;
+        self.announce(&tenant.id, &name).await;
+        marked?;
         self.reconciler.wake(Change::Agent(tenant.id, name.clone()));
         Ok(name)
     }

@@ -58,7 +58,7 @@ impl TestDatabase {
             }
             None => {
                 let path = self.url.trim_start_matches("sqlite://").split('?').next().unwrap_or_default().to_owned();
-                for suffix in ["", "-wal", "-shm"] {
+                for suffix in ["", "-wal", "-shm", ".lock"] {
                     let _ = std::fs::remove_file(format!("{path}{suffix}"));
                 }
             }
