@@ -249,11 +249,11 @@ impl AgentService {
 
     /// The tenant's agents, by name, with their phases (no manifest is read).
     /// The tenant's agents come from memory when kept there, their statuses from one
-    /// listing of the cluster's objects.
+    /// listing of the cluster's objects' statuses.
     pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentListing>> {
         let summaries = self.registry(&tenant.id).await?;
-        let objects = self.cluster.list_tenant_agent_objects(&tenant.id).await?;
-        let statuses: std::collections::HashMap<&AgentName, &AgentStatus> = objects.iter().map(|object| (object.manifest.name(), &object.status)).collect();
+        let listed = self.cluster.list_tenant_agent_statuses(&tenant.id).await?;
+        let statuses: std::collections::HashMap<&AgentName, &AgentStatus> = listed.iter().map(|(name, status)| (name, status)).collect();
         Ok(summaries
             .iter()
             .map(|summary| AgentListing { summary: summary.clone(), status: statuses.get(&summary.name).map_or_else(AgentStatus::pending, |s| (*s).clone()) })
