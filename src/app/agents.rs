@@ -249,13 +249,13 @@ impl AgentService {
 
     /// The tenant's agents, by name, with their phases (no manifest is read).
     /// The tenant's agents come from memory when kept there, their statuses from one
-    /// listing of the cluster's objects.
+    /// listing of the cluster's objects' statuses.
     /// An agent the cluster has no object of is Pending, unless its stored manifest cannot
     /// be read (then no object can ever be made of it): it is `Failed`, as reading it says.
     pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentListing>> {
         let summaries = self.registry(&tenant.id).await?;
-        let objects = self.cluster.list_tenant_agent_objects(&tenant.id).await?;
-        let statuses: std::collections::HashMap<&AgentName, &AgentStatus> = objects.iter().map(|object| (object.manifest.name(), &object.status)).collect();
+        let listed = self.cluster.list_tenant_agent_statuses(&tenant.id).await?;
+        let statuses: std::collections::HashMap<&AgentName, &AgentStatus> = listed.iter().map(|(name, status)| (name, status)).collect();
         let mut listings = Vec::with_capacity(summaries.len());
         for summary in summaries.iter() {
             let status = match statuses.get(&summary.name) {

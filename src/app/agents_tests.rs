@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use nexus_ports::Error;
-use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentPhase, AgentStatus, AgentSummary};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentPhase, AgentStatus, AgentSummary};
 use nexus_ports::audit::AuditAction;
 use nexus_ports::identity::UserId;
 use nexus_ports::node_names::{NodeNames, NodeSharing};
@@ -189,17 +189,7 @@ async fn the_listing_agrees_with_reading_an_agent_whose_stored_manifest_is_unrea
         }))
     });
     let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: None, message: None };
-    ports.cluster.expect_list_tenant_agent_objects().returning(move |_| {
-        let alpha = stored("alpha");
-        Ok(vec![AgentObject {
-            tenant_id: tenant().id,
-            manifest: alpha.manifest,
-            generation: 1,
-            observed_generation: 1,
-            status: running.clone(),
-            deleting: false,
-        }])
-    });
+    ports.cluster.expect_list_tenant_agent_statuses().returning(move |_| Ok(vec![(AgentName::parse("alpha").unwrap(), running.clone())]));
     // No cluster object for beta (none can be made of it) nor, yet, for gamma.
     ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
     let service = ports.service();

@@ -14,13 +14,16 @@ use super::reconcile::Reconciler;
 
 /// Runs `reconciler` whenever `leading` says so, and stops it as soon as it says not;
 /// returns when the channel closes. `nexus_reconcile_leader` says whether it runs.
+/// While it follows, wakes are dropped rather than piled up for nobody.
 pub async fn reconcile_while_leading(reconciler: Arc<Reconciler>, mut leading: watch::Receiver<bool>) {
     metrics::gauge!("nexus_reconcile_leader").set(0.0);
     loop {
+        reconciler.set_following(true);
         if leading.wait_for(|leads| *leads).await.is_err() {
             return;
         }
         tracing::info!("this replica leads: reconciling");
+        reconciler.set_following(false);
         metrics::gauge!("nexus_reconcile_leader").set(1.0);
         let running = StopOnDrop(Some(tokio::spawn(reconciler.clone().run())));
         let lost = leading.wait_for(|leads| !*leads).await.map(drop);
@@ -69,9 +72,9 @@ pub fn wake_for(change: &Change) -> Option<Wake> {
 }
 
 /// Wakes `reconciler` for every change the feed brings, from this replica or any other,
-/// so that a change made through a follower reaches the leader's loop at once (the loop
-/// of a follower does not run: waking it only marks what to look at should it lead).
-/// Changes that may have been missed ask for a sweep. Returns when the feed closes.
+/// so that a change made through a follower reaches the leader's loop at once (a
+/// follower's loop does not run, and drops the wakes). Changes that may have been missed
+/// ask for a sweep. Returns when the feed closes.
 pub async fn wake_on_changes(reconciler: Arc<Reconciler>, mut changes: broadcast::Receiver<Change>) {
     loop {
         match changes.recv().await {

@@ -172,7 +172,8 @@ async fn delete_for_good(server: &Server, replicas: &[Replica], alive: &[usize],
 /// Two processes on one PostgreSQL database, resyncing every second: a tenant created
 /// through the follower is Ready on both; agents created through either are Running on
 /// both with the same status, and their node answers through both; an agent deleted
-/// through the follower leaves the node for good, over five resync periods.
+/// through the follower leaves the node for good, over five resync periods, and so do the
+/// agents of a tenant deleted through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_postgres_answer_alike_and_a_delete_through_the_follower_stays_deleted() {
     let Some(venv) = venv() else { return };
@@ -207,6 +208,16 @@ async fn two_replicas_on_postgres_answer_alike_and_a_delete_through_the_follower
     delete_for_good(following, &replicas, &all, &node, &key, "through-follower", resync * 5).await;
     let kept = status(leading, &key, "through-leader").await["nodeAgentName"].as_str().expect("a node-side name").to_owned();
     assert!(node.agent(&kept).await.is_some_and(|a| a["status"] == "deployed"), "the other agent stays deployed");
+
+    // Deleting the tenant through the follower takes its agents off the shared node, for good.
+    let auth = bearer(&token);
+    assert_eq!(following.call(Method::DELETE, &format!("/api/v1/tenants/{tenant}"), &[(auth.0, &auth.1)], None).await.status, StatusCode::OK);
+    within("the node forgets the deleted tenant's agents", Duration::from_secs(15), async || node.agent(&kept).await.is_none()).await;
+    let until = Instant::now() + resync * 3;
+    while Instant::now() < until {
+        assert!(node.agent(&kept).await.is_none(), "a deleted tenant's agent came back on the node");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     drop(replicas);
     drop(node);

@@ -262,6 +262,31 @@ impl ClusterBackend for SqlCluster {
         self.agents_where("WHERE tenant_id = ?", vec![tenant.to_string().into()]).await
     }
 
+    /// No manifest is read.
+    async fn list_tenant_agent_statuses(&self, tenant: &TenantId) -> Result<Vec<(AgentName, AgentStatus)>> {
+        let query = statement(
+            self.backend(),
+            "SELECT name, phase, node_ack, last_synced_micros, message FROM cluster_agents WHERE tenant_id = ? ORDER BY name",
+            [tenant.to_string().into()],
+        );
+        let rows = self.db.query_all_raw(query).await.map_err(db)?;
+        let status = |row: &QueryResult| -> Result<(AgentName, AgentStatus)> {
+            let name: String = row.try_get("", "name").map_err(db)?;
+            let phase: String = row.try_get("", "phase").map_err(db)?;
+            let synced: Option<i64> = row.try_get("", "last_synced_micros").map_err(db)?;
+            Ok((
+                AgentName::parse(&name).map_err(|_| corrupt("agent name"))?,
+                AgentStatus {
+                    phase: agent_phase(&phase),
+                    node_ack: row.try_get("", "node_ack").map_err(db)?,
+                    last_synced_at: synced.and_then(DateTime::<Utc>::from_timestamp_micros),
+                    message: row.try_get("", "message").map_err(db)?,
+                },
+            ))
+        };
+        Ok(rows.iter().filter_map(|row| status(row).inspect_err(|err| tracing::error!(error = %err, "skipping an unreadable agent status")).ok()).collect())
+    }
+
     async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()> {
         let update = statement(
             self.backend(),

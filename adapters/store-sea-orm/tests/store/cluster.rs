@@ -51,6 +51,7 @@ async fn agent_objects_track_generations_and_deletion(url: &str) {
     let failed = AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: None, message: Some("why".into()) };
     a.set_agent_status(&tenant, &name, 2, &failed).await.unwrap();
     assert_eq!(b.list_tenant_agent_objects(&tenant).await.unwrap()[0].status, failed);
+    assert_eq!(b.list_tenant_agent_statuses(&tenant).await.unwrap(), vec![(name.clone(), failed.clone())], "listed without the manifest");
 
     b.request_agent_deletion(&tenant, &name).await.unwrap();
     assert!(a.list_agent_objects().await.unwrap().iter().any(|o| o.tenant_id == tenant && o.deleting), "the mark is durable and shared");
