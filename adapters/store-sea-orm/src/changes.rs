@@ -1,8 +1,9 @@
 //! The change feed of the database: every replica sharing it is told of each change. On
 //! PostgreSQL a change is sent with `NOTIFY` on one channel, and each replica `LISTEN`s on
 //! it on a connection of its own, relaying what arrives (its own changes too) to its
-//! subscribers. On SQLite (processes sharing one file) a change is a row of the change
-//! log, which each replica polls a few times a second; rows go after a minute.
+//! subscribers. On SQLite, which one process serves (it holds the file's lock), a change
+//! is a row of the change log, which each pool on the file polls a few times a second;
+//! rows go after a minute.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
