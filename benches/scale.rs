@@ -102,7 +102,8 @@ async fn main() {
                     "spec": {"model": {"primary": {"provider": "ollama", "model": "m"}}}});
                 let response =
                     client.post(format!("{base}/api/v1/agents")).bearer_auth(token).header("x-tenant-id", tenant).json(&manifest).send().await.expect("create");
-                assert_eq!(response.status(), reqwest::StatusCode::CREATED, "creating agent {n}");
+                let status = response.status();
+                assert_eq!(status, reqwest::StatusCode::CREATED, "creating agent {n}: {}", response.text().await.unwrap_or_default());
                 n
             }
         })

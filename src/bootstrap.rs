@@ -11,9 +11,9 @@ use nexus_cluster_memory::MemoryCluster;
 use nexus_crypto::{Argon2Hasher, JwtAccessTokens, OsSecrets};
 use nexus_node_http::HttpNode;
 use nexus_node_stub::StubNode;
-use nexus_ports::ports::{AccessTokens, Clock, ClusterBackend, HealthCheck, NodeProxy, SecretGenerator, SettingsStore};
+use nexus_ports::ports::{AccessTokens, ChangeFeed, Clock, ClusterBackend, HealthCheck, NodeProxy, SecretGenerator, SettingsStore};
 use nexus_ports::{Error, Result};
-use nexus_store_sea_orm::{SqlChangeFeed, SqlStore};
+use nexus_store_sea_orm::{SqlChangeFeed, SqlLease, SqlStore, SqliteLock};
 
 use crate::app::housekeeping::PRUNE_EVERY;
 use crate::app::key_usage::FLUSH_EVERY;
@@ -58,9 +58,26 @@ pub struct Wiring {
     nexus: SharedNexus,
     reconciler: Arc<Reconciler>,
     housekeeping: Housekeeping,
-    kube: Option<KubeCluster>,
+    election: Election,
     feed: Arc<SqlChangeFeed>,
     changes: Arc<Changes>,
+}
+
+/// How the replica that reconciles is chosen.
+enum Election {
+    /// One process: it reconciles.
+    Alone,
+    /// The replica holding the database's lease, renewed this often.
+    Database { lease: SqlLease, renew: std::time::Duration },
+    /// The replica holding the Kubernetes Lease.
+    Kube(Box<KubeCluster>),
+}
+
+/// A name for this process among the replicas: unique per process, so that a restarted
+/// container waits for its predecessor's lease.
+fn replica_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "nexus".to_owned());
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// Wires the service from its configuration ([`wire`]) and starts it ([`start`]).
@@ -83,6 +100,8 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     config.check().map_err(Error::InvalidRequest)?;
     let (access_ttl, refresh_ttl, session_max) = (lifetime(config.access_ttl)?, lifetime(config.refresh_ttl)?, lifetime(config.session_max)?);
     let login_limit = LoginLimit { max_failures: config.login_failures, window: lifetime(config.login_window)? };
+    // Before anything touches a SQLite file: another process serving it is refused.
+    let sqlite_lock: Option<SqliteLock> = nexus_store_sea_orm::lock_sqlite(&config.database_url).await?;
     let store = Arc::new(SqlStore::connect(&config.database_url).await?);
     let feed = Arc::new(store.change_feed().await?);
     let changes = Arc::new(Changes::new(feed.clone()));
@@ -90,16 +109,21 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     // By default one core is left to everything else, so that a login flood cannot take
     // every core from the other requests.
     let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from).saturating_sub(1).max(1));
-    let (cluster, cluster_health, kube): (Arc<dyn ClusterBackend>, Arc<dyn HealthCheck>, Option<KubeCluster>) = match config.cluster {
+    let (cluster, cluster_health, election): (Arc<dyn ClusterBackend>, Arc<dyn HealthCheck>, Election) = match config.cluster_kind() {
         ClusterKind::Memory => {
             let memory = Arc::new(MemoryCluster::new(config.node_url.clone()));
-            (memory.clone(), memory, None)
+            (memory.clone(), memory, Election::Alone)
+        }
+        ClusterKind::Database => {
+            let held = Arc::new(store.cluster(config.node_url.clone()));
+            let lease = store.lease(replica_identity(), *config.lease_duration);
+            (held.clone(), held, Election::Database { lease, renew: *config.lease_renew })
         }
         ClusterKind::Kube => {
             let settings = KubeSettings { system_namespace: config.system_namespace.clone(), node_image: config.node_image.clone() };
             let kube = KubeCluster::connect(settings).await?;
             let shared = Arc::new(kube.clone());
-            (shared.clone(), shared, Some(kube))
+            (shared.clone(), shared, Election::Kube(Box::new(kube)))
         }
     };
     let node: Arc<dyn NodeProxy> = match config.node {
@@ -180,17 +204,33 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     });
     let readiness = Readiness::new(vec![store as Arc<dyn HealthCheck>, cluster_health]);
     let auth_throttle = AuthThrottle::new(config.auth_rate, config.trusted_proxies.clone());
-    let nexus = Arc::new(Nexus { identity, access, tenancy, agents, readiness, key_usage, auth_throttle, background: Mutex::default() });
-    Ok(Wiring { nexus, reconciler, housekeeping, kube, feed, changes })
+    // The file stays locked until the service has stopped.
+    let on_shutdown: Vec<futures_util::future::BoxFuture<'static, ()>> = match sqlite_lock {
+        Some(lock) => vec![Box::pin(async move { drop(lock) })],
+        None => vec![],
+    };
+    let nexus = Arc::new(Nexus {
+        identity,
+        access,
+        tenancy,
+        agents,
+        readiness,
+        key_usage,
+        auth_throttle,
+        background: Mutex::default(),
+        on_shutdown: Mutex::new(on_shutdown),
+    });
+    Ok(Wiring { nexus, reconciler, housekeeping, election, feed, changes })
 }
 
 /// Brings a wired service up: on the in-memory cluster, stored tenants are provisioned
 /// and the registry's agents applied before serving; then the background tasks start (the
 /// key-usage writer; the pruning of spent refresh tokens and login attempts; the change
-/// feed's relay and what follows it; the reconcile loop). On Kubernetes nothing is written
-/// before leadership is known: the loop runs only while this replica holds the lease, and
-/// its first pass provisions the tenants and applies the registry, with the watches
-/// waking it.
+/// feed's relay and what follows it; the reconcile loop). With several replicas (the
+/// database-held cluster, or Kubernetes) nothing is written to the cluster before
+/// leadership is known: the loop runs only while this replica holds the lease, and its
+/// first pass provisions the tenants and applies the registry; changes made through any
+/// replica wake it (through the change feed, and on Kubernetes the watches).
 ///
 /// Start-up never fails on what is stored: an agent that cannot be applied is left to
 /// the loop (which reports it on that agent), and a registry that cannot be read now is
@@ -199,9 +239,9 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
 /// # Errors
 /// None today; kept for what starting may need to refuse.
 pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
-    let Wiring { nexus, reconciler, housekeeping, kube, feed, changes } = wiring;
+    let Wiring { nexus, reconciler, housekeeping, election, feed, changes } = wiring;
     crate::http::metrics::install();
-    if kube.is_none() {
+    if matches!(election, Election::Alone) {
         let tenants = reconciler.reconcile_tenants().await.len();
         match reconciler.apply_registry().await {
             Ok(agents) => tracing::info!(tenants, agents, "stored tenants and agents applied to the cluster"),
@@ -211,16 +251,26 @@ pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
     let mut background = vec![
         tokio::spawn(nexus.key_usage.clone().run(FLUSH_EVERY)),
         tokio::spawn(housekeeping.run(PRUNE_EVERY)),
+        tokio::spawn(crate::app::leadership::wake_on_changes(reconciler.clone(), feed.subscribe())),
         tokio::spawn(feed.relay()),
         tokio::spawn(changes.follow()),
     ];
-    match kube {
+    match election {
+        Election::Alone => background.push(tokio::spawn(reconciler.run())),
         // Every replica serves the API and wakes on changes; the one holding the lease reconciles.
-        Some(kube) => {
-            // Unique per process: a restarted container waits for its predecessor's lease.
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "nexus".to_owned());
-            let identity = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-            let leading = kube.leadership(&identity);
+        Election::Database { lease, renew } => {
+            let (tell, leading) = tokio::sync::watch::channel(false);
+            background.push(tokio::spawn(lease.clone().campaign(renew, tell)));
+            background.push(tokio::spawn(crate::app::leadership::reconcile_while_leading(reconciler, leading)));
+            // A replica that stops cleanly lets another take over at once.
+            nexus.on_shutdown.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Box::pin(async move {
+                if let Err(err) = lease.release().await {
+                    tracing::warn!(error = %err, "could not give the leader lease up; it ends by itself");
+                }
+            }));
+        }
+        Election::Kube(kube) => {
+            let leading = kube.leadership(&replica_identity());
             let waker = reconciler.waker();
             background.push(tokio::spawn(kube.changes().for_each(move |change| {
                 waker.wake(change);
@@ -228,7 +278,6 @@ pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
             })));
             background.push(tokio::spawn(crate::app::leadership::reconcile_while_leading(reconciler, leading)));
         }
-        None => background.push(tokio::spawn(reconciler.run())),
     }
     nexus.background.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(background);
     Ok(nexus)

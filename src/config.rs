@@ -116,11 +116,24 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net, global = true)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
-    /// Where tenants' nodes and agents run. `memory`: in this process, for local
-    /// development and tests; `kube`: a Kubernetes cluster (in-cluster configuration or
-    /// KUBECONFIG), with NexusTenant and NexusAgent resources.
-    #[arg(long, env = "NEXUS_CLUSTER", value_enum, default_value = "memory", global = true)]
-    pub cluster: ClusterKind,
+    /// Where tenants' nodes and agents run. `memory`: in this process, for one process
+    /// (local development, tests); `database`: held in the database, so that several
+    /// replicas on one PostgreSQL database agree, one of them (elected through the
+    /// database) reconciling; `kube`: a Kubernetes cluster (in-cluster configuration or
+    /// KUBECONFIG), with NexusTenant and NexusAgent resources. Default: `database` on
+    /// PostgreSQL, `memory` on SQLite.
+    #[arg(long, env = "NEXUS_CLUSTER", value_enum, global = true)]
+    pub cluster: Option<ClusterKind>,
+
+    /// (database cluster) How long the leader's lease lasts unrenewed: a leader that dies
+    /// without a word is replaced within this plus `--lease-renew`.
+    #[arg(long, env = "NEXUS_LEASE_DURATION", default_value = "8s", global = true)]
+    pub lease_duration: humantime::Duration,
+
+    /// (database cluster) How often the leader renews its lease, and followers try to
+    /// take it; at most a third of `--lease-duration`.
+    #[arg(long, env = "NEXUS_LEASE_RENEW", default_value = "2s", global = true)]
+    pub lease_renew: humantime::Duration,
 
     /// Namespace of the NexusTenant resources and of the leader-election lease (kube).
     #[arg(long, env = "NEXUS_SYSTEM_NAMESPACE", default_value = "nexus-system", global = true)]
@@ -290,6 +303,15 @@ impl ServeConfig {
         duration_within("NEXUS_IDLE_TIMEOUT (--idle-timeout)", self.idle_timeout, Duration::from_millis(100), DAY)?;
         duration_within("NEXUS_REQUEST_TIMEOUT (--request-timeout)", self.request_timeout, Duration::from_millis(100), DAY)?;
         count_within("NEXUS_MAX_CONNECTIONS (--max-connections)", self.max_connections, 1, 1_000_000)?;
+        duration_within("NEXUS_LEASE_DURATION (--lease-duration)", self.lease_duration, SECOND, Duration::from_secs(300))?;
+        duration_within("NEXUS_LEASE_RENEW (--lease-renew)", self.lease_renew, Duration::from_millis(100), Duration::from_secs(100))?;
+        if *self.lease_renew * 3 > *self.lease_duration {
+            return Err(format!(
+                "NEXUS_LEASE_RENEW (--lease-renew) must be at most a third of NEXUS_LEASE_DURATION (--lease-duration), {}; got {}",
+                shown(&self.lease_duration),
+                shown(&self.lease_renew)
+            ));
+        }
         if let Some(secret) = &self.jwt_secret {
             count_within("the length in bytes of NEXUS_JWT_SECRET (--jwt-secret)", secret.len(), nexus_crypto::MIN_SECRET_BYTES, 4096)?;
         }
@@ -307,10 +329,24 @@ impl ServeConfig {
     }
 }
 
+impl ServeConfig {
+    /// The cluster backend: the one configured, or by default the one the database
+    /// allows. PostgreSQL may be shared by several replicas, which must agree on
+    /// statuses and elect one reconciler: `database`. SQLite serves one process:
+    /// `memory`, with nothing to elect.
+    pub fn cluster_kind(&self) -> ClusterKind {
+        self.cluster.unwrap_or_else(|| {
+            let url = self.database_url.to_ascii_lowercase();
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") { ClusterKind::Database } else { ClusterKind::Memory }
+        })
+    }
+}
+
 /// Which cluster backend runs tenants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClusterKind {
     Memory,
+    Database,
     Kube,
 }
 
@@ -368,12 +404,32 @@ mod tests {
             (ServeConfig { max_agents: 0, ..config() }, "NEXUS_MAX_AGENTS"),
             (ServeConfig { auth_rate: 10_000_000, ..config() }, "NEXUS_AUTH_RATE"),
             (ServeConfig { login_failures: 20_000, ..config() }, "NEXUS_LOGIN_FAILURES"),
+            (
+                ServeConfig { lease_duration: Duration::from_millis(500).into(), ..config() },
+                "NEXUS_LEASE_DURATION (--lease-duration) must be between 1s and 5m",
+            ),
+            (
+                ServeConfig { lease_renew: Duration::from_secs(4).into(), ..config() },
+                "NEXUS_LEASE_RENEW (--lease-renew) must be at most a third of NEXUS_LEASE_DURATION (--lease-duration), 8s; got 4s",
+            ),
         ];
         for (config, expected) in cases {
             let refusal = config.check().unwrap_err();
             assert!(refusal.contains(expected), "{refusal:?} should contain {expected:?}");
         }
         assert_eq!(ServeConfig { auth_rate: 0, login_failures: 0, hash_queue: 0, ..config() }.check(), Ok(()), "0 turns a limit off");
+    }
+
+    #[test]
+    fn the_default_cluster_follows_the_database() {
+        assert_eq!(config().cluster_kind(), ClusterKind::Memory, "SQLite serves one process");
+        assert_eq!(ServeConfig::local("sqlite://nexus.db").cluster_kind(), ClusterKind::Memory);
+        assert_eq!(ServeConfig::local("postgres://u@h/db").cluster_kind(), ClusterKind::Database, "replicas share PostgreSQL");
+        assert_eq!(ServeConfig::local("postgresql://u@h/db").cluster_kind(), ClusterKind::Database);
+        let chosen = ServeConfig { cluster: Some(ClusterKind::Memory), ..ServeConfig::local("postgres://u@h/db") };
+        assert_eq!(chosen.cluster_kind(), ClusterKind::Memory, "a configured backend wins");
+        let parsed = Cli::try_parse_from(["nexus", "--cluster", "database"]).unwrap().serve;
+        assert_eq!((parsed.cluster, *parsed.lease_duration, *parsed.lease_renew), (Some(ClusterKind::Database), 8 * SECOND, 2 * SECOND));
     }
 
     #[test]

@@ -81,7 +81,8 @@ pub struct Server {
 impl Server {
     /// Starts `NEXUS_SCALE_BINARY` (another build, for before/after figures) or this build's
     /// `nexus` with only `env` set (and the addresses, database and a fixed secret), and
-    /// waits until it answers.
+    /// waits until it answers. It logs errors only, unless `NEXUS_BENCH_LOG` says what to
+    /// log (`warn`, say, to see why a request failed).
     pub async fn start(binary: &str, name: &str, env: &[(&str, String)]) -> Self {
         let db = std::env::temp_dir().join(format!("nexus-{name}-{}.db", std::process::id()));
         let (port, metrics_port) = (free_port(), free_port());
@@ -92,11 +93,13 @@ impl Server {
             .env("NEXUS_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .env("NEXUS_DATABASE_URL", format!("sqlite://{}", db.display()))
             .env("NEXUS_JWT_SECRET", "a-benchmark-secret-of-at-least-32-bytes")
-            .env("NEXUS_LOG", "error");
+            .env("NEXUS_LOG", std::env::var("NEXUS_BENCH_LOG").unwrap_or_else(|_| "error".to_owned()));
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command.stdout(Stdio::null()).spawn().expect("nexus starts");
+        // Its log (on its standard output) is shown only when asked for.
+        let log = if std::env::var_os("NEXUS_BENCH_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+        let child = command.stdout(log).spawn().expect("nexus starts");
         let server = Self { child, db, base: format!("http://127.0.0.1:{port}"), metrics: format!("http://127.0.0.1:{metrics_port}/metrics") };
         let client = reqwest::Client::new();
         for _ in 0..600 {

@@ -331,6 +331,12 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// them; its cost does not grow with other tenants' agents.
     async fn list_tenant_agent_objects(&self, tenant: &TenantId) -> Result<Vec<AgentObject>>;
 
+    /// The status of every agent object of one tenant, by name, without the manifests:
+    /// what a listing shows. A cluster that holds manifests apart (a database) reads none.
+    async fn list_tenant_agent_statuses(&self, tenant: &TenantId) -> Result<Vec<(AgentName, AgentStatus)>> {
+        Ok(self.list_tenant_agent_objects(tenant).await?.into_iter().map(|object| (object.manifest.name().clone(), object.status)).collect())
+    }
+
     /// Records what reconciling `observed_generation` of the object found.
     async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()>;
 

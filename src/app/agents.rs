@@ -212,7 +212,6 @@ impl AgentService {
             Error::AlreadyExists(_) => Error::AlreadyExists(format!("an agent named {} already exists in this tenant", agent.manifest.name())),
             other => other,
         })?;
-        self.announce(&agent.tenant_id, agent.manifest.name()).await;
         tracing::info!(tenant = %tenant.id, agent = %agent.manifest.name(), "agent registered");
         self.apply(&agent).await;
         let node_agent_name = self.names(&tenant.id).node_name(agent.manifest.name());
@@ -224,13 +223,16 @@ impl AgentService {
         NodeNames::new(*tenant, self.cluster.node_sharing())
     }
 
-    /// The desired state goes to the cluster and the loop wakes. A new agent the cluster
-    /// fails to take now is applied by the loop's next timed pass, which re-applies what
-    /// the cluster lacks of the registry; a failed update is retried by the next update.
+    /// The desired state goes to the cluster, then every replica is told of the change
+    /// (the leader's loop, woken by it, finds the object applied) and this loop wakes. A
+    /// new agent the cluster fails to take now is applied by the loop's next timed pass,
+    /// which re-applies what the cluster lacks of the registry; a failed update is retried
+    /// by the next update.
     async fn apply(&self, agent: &Agent) {
         if let Err(err) = self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await {
             tracing::warn!(agent = %agent.manifest.name(), error = %err, "could not apply the agent to the cluster yet");
         }
+        self.announce(&agent.tenant_id, agent.manifest.name()).await;
         self.reconciler.wake(Change::Agent(agent.tenant_id, agent.manifest.name().clone()));
     }
 
@@ -247,15 +249,34 @@ impl AgentService {
 
     /// The tenant's agents, by name, with their phases (no manifest is read).
     /// The tenant's agents come from memory when kept there, their statuses from one
-    /// listing of the cluster's objects.
+    /// listing of the cluster's objects' statuses.
+    /// An agent the cluster has no object of is Pending, unless its stored manifest cannot
+    /// be read (then no object can ever be made of it): it is `Failed`, as reading it says.
     pub async fn list(&self, tenant: &Tenant) -> Result<Vec<AgentListing>> {
         let summaries = self.registry(&tenant.id).await?;
-        let objects = self.cluster.list_tenant_agent_objects(&tenant.id).await?;
-        let statuses: std::collections::HashMap<&AgentName, &AgentStatus> = objects.iter().map(|object| (object.manifest.name(), &object.status)).collect();
-        Ok(summaries
-            .iter()
-            .map(|summary| AgentListing { summary: summary.clone(), status: statuses.get(&summary.name).map_or_else(AgentStatus::pending, |s| (*s).clone()) })
-            .collect())
+        let listed = self.cluster.list_tenant_agent_statuses(&tenant.id).await?;
+        let statuses: std::collections::HashMap<&AgentName, &AgentStatus> = listed.iter().map(|(name, status)| (name, status)).collect();
+        let mut listings = Vec::with_capacity(summaries.len());
+        for summary in summaries.iter() {
+            let status = match statuses.get(&summary.name) {
+                Some(status) => (*status).clone(),
+                None => self.status_without_object(&tenant.id, &summary.name).await?,
+            };
+            listings.push(AgentListing { summary: summary.clone(), status });
+        }
+        Ok(listings)
+    }
+
+    /// The status of a registered agent the cluster has no object of (yet).
+    async fn status_without_object(&self, tenant: &TenantId, name: &AgentName) -> Result<AgentStatus> {
+        match self.record(tenant, name.clone()).await {
+            Ok(agent) if agent.manifest.document().is_err() => {
+                Ok(AgentStatus { phase: AgentPhase::Failed, message: Some(UNREADABLE_MANIFEST.to_owned()), ..AgentStatus::pending() })
+            }
+            // Deleted meanwhile: the listing still shows what it read.
+            Ok(_) | Err(Error::NotFound(_)) => Ok(AgentStatus::pending()),
+            Err(err) => Err(err),
+        }
     }
 
     /// The tenant's agents, by name: from memory when kept there.
@@ -287,7 +308,21 @@ impl AgentService {
 
     async fn find(&self, tenant: &Tenant, name: &str) -> Result<Agent> {
         let name = AgentName::parse(name)?;
-        self.agents.find_agent(&tenant.id, &name).await?.ok_or_else(|| missing(&name))
+        self.record(&tenant.id, name).await
+    }
+
+    /// The agent's stored record: from memory when kept there (every change of the agent
+    /// is announced, which drops it, so a read after a write sees the write).
+    async fn record(&self, tenant: &TenantId, name: AgentName) -> Result<Agent> {
+        let kept = &self.changes.caches().agent_records;
+        let key = (*tenant, name);
+        if let Some(agent) = kept.get(&key) {
+            return Ok(agent);
+        }
+        let ticket = kept.ticket();
+        let agent = self.agents.find_agent(tenant, &key.1).await?.ok_or_else(|| missing(&key.1))?;
+        kept.insert(ticket, key, agent.clone());
+        Ok(agent)
     }
 
     /// Replaces an agent's manifest (a new version; the oldest past `max_versions` are
@@ -320,7 +355,6 @@ impl AgentService {
             Error::NotFound(_) => missing(name),
             other => other,
         })?;
-        self.announce(&tenant.id, name).await;
         tracing::info!(tenant = %tenant.id, agent = %name, version = agent.version_number, "agent updated");
         self.apply(&agent).await;
         self.state_of(agent).await
@@ -389,9 +423,12 @@ impl AgentService {
         if !self.agents.delete_agent(&tenant.id, &name, expected, &audit).await? {
             return Err(missing(&name));
         }
-        self.announce(&tenant.id, &name).await;
         tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");
-        self.cluster.request_agent_deletion(&tenant.id, &name).await?;
+        // Marked for deletion before every replica is told, so that the leader, woken by
+        // the change, finds the mark.
+        let marked = self.cluster.request_agent_deletion(&tenant.id, &name).await;
+        self.announce(&tenant.id, &name).await;
+        marked?;
         self.reconciler.wake(Change::Agent(tenant.id, name.clone()));
         Ok(name)
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use nexus_ports::Error;
-use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentStatus};
+use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentPhase, AgentStatus, AgentSummary};
 use nexus_ports::audit::AuditAction;
 use nexus_ports::identity::UserId;
 use nexus_ports::node_names::{NodeNames, NodeSharing};
@@ -150,6 +150,55 @@ async fn deleting_asks_the_cluster_to_let_the_agent_go() {
     let service = ports.service();
     assert!(matches!(service.delete(&tenant(), "usr_a", "ghost", None).await, Err(Error::NotFound(_))));
     assert_eq!(service.delete(&tenant(), "usr_a", "bot", None).await.unwrap().as_str(), "bot");
+}
+
+#[tokio::test]
+async fn an_agent_is_read_from_the_store_once_until_it_changes() {
+    let mut ports = Ports::default();
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = reads.clone();
+    // Found the first time, gone once deleted.
+    ports.agents.expect_find_agent().times(2).returning(move |_, _| {
+        let first = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        Ok(first.then(|| stored("bot")))
+    });
+    ports.agents.expect_delete_agent().times(1).returning(|_, _, _, _| Ok(true));
+    ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
+    ports.cluster.expect_request_agent_deletion().times(1).returning(|_, _| Ok(()));
+    let service = ports.service();
+    let first = service.get(&tenant(), "bot").await.unwrap();
+    let again = service.get(&tenant(), "bot").await.unwrap();
+    assert_eq!((super::etag(&first.agent), &first.agent.manifest), (super::etag(&again.agent), &again.agent.manifest), "the same record, the same tag");
+    assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1, "the second read came from memory");
+    service.delete(&tenant(), "usr_a", "bot", None).await.unwrap();
+    assert!(matches!(service.get(&tenant(), "bot").await, Err(Error::NotFound(_))), "read again after the change");
+}
+
+fn summary(name: &str) -> AgentSummary {
+    AgentSummary { tenant_id: tenant().id, name: AgentName::parse(name).unwrap(), version: None, created_at: Utc::now(), updated_at: Utc::now() }
+}
+
+#[tokio::test]
+async fn the_listing_agrees_with_reading_an_agent_whose_stored_manifest_is_unreadable() {
+    let mut ports = Ports::default();
+    ports.agents.expect_list_agents().returning(|_| Ok(vec![summary("alpha"), summary("beta"), summary("gamma")]));
+    ports.agents.expect_find_agent().returning(|_, name| {
+        Ok(Some(match name.as_str() {
+            "beta" => Agent { manifest: AgentManifest::from_stored(name.clone(), None, "{\"apiVersion\": [[[".to_owned()), ..stored("beta") },
+            other => stored(other),
+        }))
+    });
+    let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: None, message: None };
+    ports.cluster.expect_list_tenant_agent_statuses().returning(move |_| Ok(vec![(AgentName::parse("alpha").unwrap(), running.clone())]));
+    // No cluster object for beta (none can be made of it) nor, yet, for gamma.
+    ports.cluster.expect_agent_object().returning(|_, _| Ok(None));
+    let service = ports.service();
+    let listed: Vec<(String, AgentPhase)> = service.list(&tenant()).await.unwrap().into_iter().map(|l| (l.summary.name.to_string(), l.status.phase)).collect();
+    assert_eq!(listed, [("alpha".to_owned(), AgentPhase::Running), ("beta".to_owned(), AgentPhase::Failed), ("gamma".to_owned(), AgentPhase::Pending)]);
+    let read = super::AgentDetail::of(service.get(&tenant(), "beta").await.unwrap());
+    assert_eq!(read.state.status.phase, AgentPhase::Failed, "what reading it says");
+    let listed = service.list(&tenant()).await.unwrap();
+    assert_eq!(listed[1].status.message, read.state.status.message);
 }
 
 #[tokio::test]

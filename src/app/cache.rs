@@ -4,7 +4,8 @@
 //! A read that misses asks the store and keeps the answer, unless something was
 //! invalidated while it asked ([`Cache::ticket`] before asking, [`Cache::insert`] with
 //! it): an answer read before a change is never kept after it. Entries also expire after
-//! a while, a backstop for changes a replica could not hear of.
+//! a while, a backstop for changes a replica could not hear of. A cache of values whose
+//! size varies (agents with their manifests) is bounded in bytes too ([`Cache::weighed`]).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -21,6 +22,8 @@ struct Entries<K, V> {
     map: HashMap<K, (V, Instant)>,
     /// Bumped by every invalidation.
     generation: u64,
+    /// What the entries weigh together.
+    weight: usize,
 }
 
 /// A map from keys to stored values, bounded in size and lifetime.
@@ -28,6 +31,9 @@ pub struct Cache<K, V> {
     entries: RwLock<Entries<K, V>>,
     capacity: usize,
     lifetime: Duration,
+    /// The most the entries may weigh together.
+    budget: usize,
+    weigh: fn(&V) -> usize,
 }
 
 /// Proof of when a read began: [`Cache::insert`] keeps its answer only if nothing was
@@ -38,7 +44,14 @@ pub struct Ticket(u64);
 impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
     /// A cache of at most `capacity` entries, each trusted for `lifetime`.
     pub fn new(capacity: usize, lifetime: Duration) -> Self {
-        Self { entries: RwLock::new(Entries { map: HashMap::new(), generation: 0 }), capacity, lifetime }
+        Self::weighed(capacity, lifetime, usize::MAX, |_| 0)
+    }
+
+    /// A cache of at most `capacity` entries weighing at most `budget` together (as
+    /// `weigh` weighs each), each trusted for `lifetime`. A value heavier than the whole
+    /// budget is not kept.
+    pub fn weighed(capacity: usize, lifetime: Duration, budget: usize, weigh: fn(&V) -> usize) -> Self {
+        Self { entries: RwLock::new(Entries { map: HashMap::new(), generation: 0, weight: 0 }), capacity, lifetime, budget, weigh }
     }
 
     // A panic while holding the lock leaves at worst an entry missing: use it anyway.
@@ -63,22 +76,39 @@ impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
     }
 
     /// Keeps `value` for `key` if nothing was invalidated since `ticket` was taken. When
-    /// full, expired entries go first, then an arbitrary tenth of the rest.
+    /// full (in entries or in weight), expired entries go first, then an arbitrary tenth
+    /// of the rest, as often as needed.
     pub fn insert(&self, ticket: Ticket, key: K, value: V) {
+        let weight = (self.weigh)(&value);
         let mut entries = self.write();
-        if entries.generation != ticket.0 {
+        if entries.generation != ticket.0 || weight > self.budget {
             return;
         }
-        if entries.map.len() >= self.capacity && !entries.map.contains_key(&key) {
-            let lifetime = self.lifetime;
-            entries.map.retain(|_, (_, stored)| stored.elapsed() < lifetime);
-            if entries.map.len() >= self.capacity {
+        if let Some((old, _)) = entries.map.remove(&key) {
+            entries.weight -= (self.weigh)(&old);
+        }
+        let full = |entries: &Entries<K, V>| entries.map.len() >= self.capacity || entries.weight + weight > self.budget;
+        if full(&entries) {
+            let (lifetime, weigh) = (self.lifetime, self.weigh);
+            let mut freed = 0;
+            entries.map.retain(|_, (value, stored)| {
+                let keep = stored.elapsed() < lifetime;
+                if !keep {
+                    freed += weigh(value);
+                }
+                keep
+            });
+            entries.weight -= freed;
+            while full(&entries) && !entries.map.is_empty() {
                 let evicted: Vec<K> = entries.map.keys().take(self.capacity.div_ceil(10)).cloned().collect();
                 for key in evicted {
-                    entries.map.remove(&key);
+                    if let Some((old, _)) = entries.map.remove(&key) {
+                        entries.weight -= weigh(&old);
+                    }
                 }
             }
         }
+        entries.weight += weight;
         entries.map.insert(key, (value, Instant::now()));
     }
 
@@ -86,14 +116,25 @@ impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
     pub fn remove(&self, key: &K) {
         let mut entries = self.write();
         entries.generation += 1;
-        entries.map.remove(key);
+        if let Some((old, _)) = entries.map.remove(key) {
+            entries.weight -= (self.weigh)(&old);
+        }
     }
 
     /// Drops every entry `doomed` says must go.
     pub fn remove_where(&self, mut doomed: impl FnMut(&K, &V) -> bool) {
         let mut entries = self.write();
         entries.generation += 1;
-        entries.map.retain(|key, (value, _)| !doomed(key, value));
+        let weigh = self.weigh;
+        let mut freed = 0;
+        entries.map.retain(|key, (value, _)| {
+            let doomed = doomed(key, value);
+            if doomed {
+                freed += weigh(value);
+            }
+            !doomed
+        });
+        entries.weight -= freed;
     }
 
     /// Drops everything.
@@ -101,6 +142,12 @@ impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
         let mut entries = self.write();
         entries.generation += 1;
         entries.map.clear();
+        entries.weight = 0;
+    }
+
+    /// What the entries weigh together.
+    pub fn weight(&self) -> usize {
+        self.read().weight
     }
 
     /// How many entries are kept (expired ones included).
@@ -153,5 +200,22 @@ mod tests {
         assert_eq!(cache.get(&999), Some("v"), "the newest entry is kept");
         cache.clear();
         assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn a_weighed_cache_stays_within_its_budget() {
+        let cache: Cache<u32, String> = Cache::weighed(1000, ENTRY_LIFETIME, 100, String::len);
+        cache.insert(cache.ticket(), 0, "x".repeat(101));
+        assert_eq!((cache.get(&0), cache.weight()), (None, 0), "heavier than the whole budget: not kept");
+        for key in 0..50 {
+            cache.insert(cache.ticket(), key, "x".repeat(30));
+            assert!(cache.weight() <= 100 && cache.weight() == cache.len() * 30, "{} for {} entries", cache.weight(), cache.len());
+        }
+        assert!(cache.get(&49).is_some(), "the newest entry is kept");
+        cache.insert(cache.ticket(), 49, "y".repeat(10));
+        assert_eq!(cache.get(&49).as_deref(), Some("yyyyyyyyyy"));
+        cache.remove(&49);
+        cache.remove_where(|_, _| true);
+        assert_eq!((cache.len(), cache.weight()), (0, 0));
     }
 }

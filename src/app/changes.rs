@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use nexus_ports::agents::AgentSummary;
+use nexus_ports::agents::{Agent, AgentName, AgentSummary};
 use nexus_ports::changes::Change;
 use nexus_ports::identity::{User, UserId};
 use nexus_ports::ports::ChangeFeed;
@@ -28,7 +28,13 @@ pub struct HotCaches {
     pub tenants: Cache<TenantId, Tenant>,
     /// Each tenant's agents, by name.
     pub agents: Cache<TenantId, Arc<Vec<AgentSummary>>>,
+    /// Agents with their manifests (only agents that exist), at most [`AGENT_BYTES`] of
+    /// manifests together.
+    pub agent_records: Cache<(TenantId, AgentName), Agent>,
 }
+
+/// The most bytes of manifests kept in memory for reads of single agents.
+pub const AGENT_BYTES: usize = 32 * 1024 * 1024;
 
 impl Default for HotCaches {
     fn default() -> Self {
@@ -38,6 +44,7 @@ impl Default for HotCaches {
             users: Cache::new(CAPACITY, ENTRY_LIFETIME),
             tenants: Cache::new(CAPACITY, ENTRY_LIFETIME),
             agents: Cache::new(CAPACITY, ENTRY_LIFETIME),
+            agent_records: Cache::weighed(CAPACITY, ENTRY_LIFETIME, AGENT_BYTES, |agent| agent.manifest.size()),
         }
     }
 }
@@ -51,15 +58,20 @@ impl HotCaches {
                 self.keys.remove_where(|_, (_, owner)| owner.id == *tenant);
                 self.tenants.remove(tenant);
                 self.agents.remove(tenant);
+                self.agent_records.remove_where(|(owner, _), _| owner == tenant);
             }
             Change::SessionsEnded { user } => self.sessions.remove(user),
-            Change::AgentChanged { tenant, .. } => self.agents.remove(tenant),
+            Change::AgentChanged { tenant, name } => {
+                self.agents.remove(tenant);
+                self.agent_records.remove(&(*tenant, name.clone()));
+            }
             Change::Missed => {
                 self.keys.clear();
                 self.sessions.clear();
                 self.users.clear();
                 self.tenants.clear();
                 self.agents.clear();
+                self.agent_records.clear();
             }
         }
     }

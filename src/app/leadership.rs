@@ -1,28 +1,91 @@
 //! Running the reconcile loop only while this replica leads. Several replicas serve the
 //! API; the one holding the leader lease reconciles. Leadership comes as a watch channel
-//! (from a Kubernetes Lease, or always `true` with one process).
+//! (from a Kubernetes Lease or a lease row in the database, or always `true` with one
+//! process). Changes made through any replica reach the leader's loop through the change
+//! feed ([`wake_on_changes`]).
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use nexus_ports::agents::Change as Wake;
+use nexus_ports::changes::Change;
+use tokio::sync::{broadcast, watch};
 
 use super::reconcile::Reconciler;
 
 /// Runs `reconciler` whenever `leading` says so, and stops it as soon as it says not;
-/// returns when the channel closes.
+/// returns when the channel closes. `nexus_reconcile_leader` says whether it runs.
+/// While it follows, wakes are dropped rather than piled up for nobody.
 pub async fn reconcile_while_leading(reconciler: Arc<Reconciler>, mut leading: watch::Receiver<bool>) {
+    metrics::gauge!("nexus_reconcile_leader").set(0.0);
     loop {
+        reconciler.set_following(true);
         if leading.wait_for(|leads| *leads).await.is_err() {
             return;
         }
         tracing::info!("this replica leads: reconciling");
-        let running = tokio::spawn(reconciler.clone().run());
-        let lost = leading.wait_for(|leads| !*leads).await;
-        running.abort();
+        reconciler.set_following(false);
+        metrics::gauge!("nexus_reconcile_leader").set(1.0);
+        let running = StopOnDrop(Some(tokio::spawn(reconciler.clone().run())));
+        let lost = leading.wait_for(|leads| !*leads).await.map(drop);
+        // Nothing of the loop runs on once it has stopped leading.
+        running.stop().await;
+        metrics::gauge!("nexus_reconcile_leader").set(0.0);
         if lost.is_err() {
             return;
         }
         tracing::info!("this replica no longer leads: reconciling stopped");
+    }
+}
+
+/// The running loop, stopped when this is dropped too (when the task leading it is
+/// aborted at shutdown), so that it never outlives its leadership.
+struct StopOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl StopOnDrop {
+    /// Stops the loop and waits until it has.
+    async fn stop(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// What the reconcile loop must look at again after a change told through the feed:
+/// an agent registered, updated or deleted (its object was applied or marked before the
+/// change was told); a tenant changed or deleted (with its agents). `None` for changes
+/// the loop does not go by, or [`Change::Missed`] (then the lists are swept).
+pub fn wake_for(change: &Change) -> Option<Wake> {
+    match change {
+        Change::AgentChanged { tenant, name } => Some(Wake::Agent(*tenant, name.clone())),
+        Change::TenantChanged { tenant } | Change::TenantDeleted { tenant } => Some(Wake::Tenant(*tenant)),
+        Change::KeyRevoked { .. } | Change::SessionsEnded { .. } | Change::Missed => None,
+    }
+}
+
+/// Wakes `reconciler` for every change the feed brings, from this replica or any other,
+/// so that a change made through a follower reaches the leader's loop at once (a
+/// follower's loop does not run, and drops the wakes). Changes that may have been missed
+/// ask for a sweep. Returns when the feed closes.
+pub async fn wake_on_changes(reconciler: Arc<Reconciler>, mut changes: broadcast::Receiver<Change>) {
+    loop {
+        match changes.recv().await {
+            Ok(Change::Missed) | Err(broadcast::error::RecvError::Lagged(_)) => reconciler.trigger(),
+            Ok(change) => {
+                if let Some(wake) = wake_for(&change) {
+                    reconciler.wake(wake);
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 
@@ -43,6 +106,16 @@ mod tests {
 
     use super::*;
     use crate::app::reconcile::ReconcilePorts;
+
+    #[test]
+    fn feed_changes_wake_what_they_concern() {
+        let (tenant, name) = (TenantId::generate(), nexus_ports::agents::AgentName::parse("bot").unwrap());
+        assert_eq!(wake_for(&Change::AgentChanged { tenant, name: name.clone() }), Some(Wake::Agent(tenant, name)));
+        assert_eq!(wake_for(&Change::TenantChanged { tenant }), Some(Wake::Tenant(tenant)));
+        assert_eq!(wake_for(&Change::TenantDeleted { tenant }), Some(Wake::Tenant(tenant)));
+        assert_eq!(wake_for(&Change::SessionsEnded { user: UserId::generate() }), None);
+        assert_eq!(wake_for(&Change::Missed), None);
+    }
 
     async fn phase(cluster: &MemoryCluster, tenant: &TenantId, manifest: &AgentManifest) -> AgentPhase {
         cluster.agent_object(tenant, manifest.name()).await.unwrap().unwrap().status.phase

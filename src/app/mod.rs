@@ -46,17 +46,27 @@ pub struct Nexus {
     pub auth_throttle: AuthThrottle,
     /// Background tasks, stopped by [`Nexus::shutdown`].
     pub background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// What [`Nexus::shutdown`] runs once the background tasks have stopped (giving up the
+    /// leader lease, letting go of the database file's lock).
+    pub on_shutdown: Mutex<Vec<futures_util::future::BoxFuture<'static, ()>>>,
 }
 
 impl Nexus {
     /// Stops the background tasks and writes what they had pending.
     pub async fn shutdown(&self) {
         let tasks = std::mem::take(&mut *self.background.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        for task in tasks {
+        for task in &tasks {
             task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
         }
         if let Err(err) = self.key_usage.flush().await {
             tracing::warn!(error = %err, "could not record API key usage at shutdown");
+        }
+        let last = std::mem::take(&mut *self.on_shutdown.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for step in last {
+            step.await;
         }
     }
 }

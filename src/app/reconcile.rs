@@ -20,6 +20,7 @@
 //! before it is pushed ([`super::chains`]).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -265,6 +266,9 @@ struct Shared {
     state: Mutex<State>,
     notify: Notify,
     clock: Arc<dyn Clock>,
+    /// Another replica reconciles: wakes are dropped (they would pile up with nobody to
+    /// take them), since the loop starts with a sweep of the lists whenever it runs.
+    following: AtomicBool,
 }
 
 impl Shared {
@@ -280,6 +284,9 @@ pub struct Waker(Arc<Shared>);
 impl Waker {
     /// Asks for the changed object to be reconciled now (a tenant: with its agents).
     pub fn wake(&self, change: Change) {
+        if self.0.following.load(Ordering::Relaxed) {
+            return;
+        }
         let now = self.0.clock.now();
         self.0.state().wake(change, now);
         self.0.notify.notify_one();
@@ -328,7 +335,7 @@ impl Reconciler {
             depth_published: None,
             listed: HashMap::new(),
         };
-        let shared = Arc::new(Shared { state: Mutex::new(state), notify: Notify::new(), clock: clock.clone() });
+        let shared = Arc::new(Shared { state: Mutex::new(state), notify: Notify::new(), clock: clock.clone(), following: AtomicBool::new(false) });
         Self { cluster, node, agents, tenants, clock, resync, shared }
     }
 
@@ -351,6 +358,9 @@ impl Reconciler {
 
     /// Asks for a sweep now: objects the lists hold that no event announced are found.
     pub fn trigger(&self) {
+        if self.shared.following.load(Ordering::Relaxed) {
+            return;
+        }
         let now = self.clock.now();
         self.state().queue.wake(Item::Sweep, now);
         self.shared.notify.notify_one();
@@ -358,6 +368,12 @@ impl Reconciler {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.shared.state()
+    }
+
+    /// Whether another replica reconciles: while it does, wakes are dropped (a loop that
+    /// starts running begins with a sweep, which finds whatever they named).
+    pub fn set_following(&self, following: bool) {
+        self.shared.following.store(following, Ordering::Relaxed);
     }
 
     /// How a tenant's agents are named on its node, and whether it is shared.

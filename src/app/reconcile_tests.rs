@@ -453,3 +453,19 @@ async fn an_event_reconciles_its_object_alone() {
     task.abort();
     assert_eq!(cluster.reads.load(std::sync::atomic::Ordering::Relaxed), 1, "one object read: no list, no other agent");
 }
+
+#[test]
+fn a_follower_drops_wakes_instead_of_piling_them_up() {
+    let (cluster, node) = (Arc::new(MemoryCluster::new("http://node")), Arc::new(StubNode::new()));
+    let reconciler = reconciler(&cluster, &node, vec![], Arc::new(TestClock(Mutex::new(t0()))));
+    let tenant = a_tenant();
+    reconciler.set_following(true);
+    for n in 0..100 {
+        reconciler.wake(Change::Agent(tenant.id, AgentName::parse(&format!("bot-{n}")).unwrap()));
+    }
+    reconciler.trigger();
+    assert_eq!(reconciler.state().queue.len(), 0, "another replica reconciles: nothing is kept");
+    reconciler.set_following(false);
+    reconciler.wake(Change::Tenant(tenant.id));
+    assert_eq!(reconciler.state().queue.len(), 1, "the leader keeps what it is woken for");
+}

@@ -135,6 +135,8 @@ impl TenancyService {
         })?;
         tracing::info!(tenant = %tenant.id, owner = %owner, "tenant created");
         let status = provision(self.cluster.as_ref(), &tenant).await;
+        // The replica that reconciles (maybe another) starts tracking it.
+        self.changes.announce(nexus_ports::changes::Change::TenantChanged { tenant: tenant.id }).await;
         self.changed(tenant.id);
         Ok(TenantState { tenant, status })
     }

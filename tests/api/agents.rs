@@ -262,6 +262,9 @@ async fn the_quota_is_enforced(backend: Backend) {
 
 async fn agents_come_back_running_after_a_restart(backend: Backend) {
     let Some(db) = database(backend).await else { return };
+    // The in-memory cluster, which forgets everything with its process (the database
+    // cluster keeps its objects: `replica_processes`).
+    let config = |url: &str| nexus::config::ServeConfig { cluster: Some(nexus::config::ClusterKind::Memory), ..config(url) };
     let first = Server::start(config(&db.url)).await;
     let (_, key) = tenant_with_key(&first, "ada@example.com").await;
     assert_eq!(send(&first, Method::POST, "/api/v1/agents", &key, "application/yaml", SUPPORT_BOT).await.status, StatusCode::CREATED);

@@ -23,6 +23,7 @@ mod observability;
 mod openapi_doc;
 mod quotas;
 mod reconcile_kube;
+mod replica_processes;
 mod replicas;
 mod restart;
 mod runs;

@@ -18,14 +18,14 @@ use nexus_store_sea_orm::testing::fresh_sqlite;
 use crate::support::{PASSWORD, Server, config};
 
 /// A node process, killed when dropped.
-struct Node {
+pub(crate) struct Node {
     child: Child,
     port: u16,
     config_dir: PathBuf,
     venv: PathBuf,
 }
 
-fn venv() -> Option<PathBuf> {
+pub(crate) fn venv() -> Option<PathBuf> {
     let venv = std::env::var_os("NEXUS_TEST_NODE_VENV").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-node"), PathBuf::from);
     if venv.join("bin/uvicorn").exists() {
         return Some(venv);
@@ -39,12 +39,12 @@ fn venv() -> Option<PathBuf> {
     None
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Node {
-    async fn start(venv: PathBuf, port: u16) -> Self {
+    pub(crate) async fn start(venv: PathBuf, port: u16) -> Self {
         let config_dir = std::env::temp_dir().join(format!("nexus-e2e-node-{port}"));
         std::fs::create_dir_all(&config_dir).unwrap();
         let log = std::fs::File::create(config_dir.join("node.log")).unwrap();
@@ -67,7 +67,7 @@ impl Node {
         panic!("the node did not answer /v1/health within 60 s; see {}", node.config_dir.join("node.log").display());
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -77,7 +77,7 @@ impl Node {
         body["agents"].as_array().cloned().unwrap_or_default()
     }
 
-    async fn agent(&self, name: &str) -> Option<Value> {
+    pub(crate) async fn agent(&self, name: &str) -> Option<Value> {
         self.agents().await.into_iter().find(|a| a["name"] == name)
     }
 

@@ -80,6 +80,11 @@ fn deploying_then(status: fn(&Value)) -> Vec<Expect> {
 /// One pass of a reconciler over the scripted API server and `node`; returns the wait.
 async fn pass(script: Vec<Expect>, node: Arc<StubNode>) -> Duration {
     let (cluster, scenario) = mocked(script);
+    pass_on(cluster, scenario, node).await
+}
+
+/// One pass of a reconciler over `cluster`, whose API server plays `scenario`.
+async fn pass_on(cluster: nexus_cluster_kube::KubeCluster, scenario: tokio::task::JoinHandle<()>, node: Arc<StubNode>) -> Duration {
     let mut tenants = MockTenantStore::new();
     tenants.expect_list_all_tenants().returning(|| Ok(vec![tenant()]));
     tenants.expect_find_tenant().returning(|_| Ok(Some(tenant())));
@@ -108,6 +113,22 @@ async fn an_agent_is_deployed_and_runs() {
     let wait = pass(script, node.clone()).await;
     assert!(wait <= RESYNC && wait >= RESYNC.mul_f64(0.8), "requeued after the (spread) resync period: {wait:?}");
     assert!(node.agent(&endpoint(), "bot").unwrap().deployed, "registered and deployed on the tenant's node");
+}
+
+/// Once the watches listed everything, a pass asks the API server for nothing it reads:
+/// the agent list, the tenant deletions to finish and the agent come from the stores.
+/// Only the writes remain: the tenant's applies and the agent's two statuses.
+#[tokio::test]
+async fn with_the_stores_listed_a_pass_only_writes() {
+    let node = Arc::new(StubNode::new());
+    let uri = format!("/apis/nexus.astromesh.io/v1alpha1/namespaces/{NS}/nexusagents/bot/status{}", fixtures::APPLY);
+    let mut script = fixtures::provisioned(NS);
+    script.push(Expect { method: Method::PATCH, uri: uri.clone(), body: |b| assert_eq!(b["status"]["phase"], "Deploying"), answer: (200, agent(false)) });
+    script.push(Expect { method: Method::PATCH, uri, body: |b| assert_eq!(b["status"]["phase"], "Running"), answer: (200, agent(false)) });
+    let (cluster, scenario) = mocked(script);
+    fixtures::listed(&cluster, &[agent(false)], &[fixtures::tenant_resource(NS, fixtures::ready_status(NS))]);
+    pass_on(cluster, scenario, node.clone()).await;
+    assert!(node.agent(&endpoint(), "bot").unwrap().deployed);
 }
 
 /// With the node unreachable, the agent is marked Deploying, then Failed through the

@@ -7,14 +7,13 @@ use nexus::config::ServeConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{Answer, Backend, PASSWORD, Server, config, database, on_both_backends, with_configured_server, with_server, within_a_second};
+use crate::support::{
+    Answer, Backend, PASSWORD, Server, config, database, on_both_backends, on_postgres, with_configured_server, with_server, within_a_second,
+};
 
-on_both_backends!(
-    logout_revokes_that_session_only,
-    ending_every_session_holds_on_every_replica,
-    a_password_change_ends_every_session,
-    a_session_ends_at_its_absolute_lifetime
-);
+on_both_backends!(logout_revokes_that_session_only, a_password_change_ends_every_session, a_session_ends_at_its_absolute_lifetime);
+// Several replicas share PostgreSQL only: SQLite serves one process.
+on_postgres!(ending_every_session_holds_on_every_replica);
 
 async fn refresh(server: &Server, token: &str) -> Answer {
     server.post("/auth/refresh", &json!({"refreshToken": token})).await

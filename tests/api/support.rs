@@ -31,6 +31,20 @@ macro_rules! on_both_backends {
 }
 pub(crate) use on_both_backends;
 
+/// Runs each named case on PostgreSQL only: cases with several replicas on one database,
+/// which SQLite (one process) refuses.
+macro_rules! on_postgres {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$case(crate::support::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+pub(crate) use on_postgres;
+
 /// A fresh database of the backend; `None` when PostgreSQL is unreachable outside CI
 /// (inside CI that panics instead).
 pub async fn database(backend: Backend) -> Option<TestDatabase> {
@@ -96,6 +110,11 @@ impl Server {
             let _ = stopped.await;
         }));
         Self { base: format!("http://127.0.0.1:{port}"), client: reqwest::Client::new(), stop: Some(stop), task: Some(task) }
+    }
+
+    /// A Nexus already serving at `base` (a process of its own), called as one started here.
+    pub fn at(base: String) -> Self {
+        Self { base, client: reqwest::Client::new(), stop: None, task: None }
     }
 
     /// Stops it gracefully and waits until it has.

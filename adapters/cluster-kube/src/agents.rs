@@ -2,8 +2,11 @@
 //! finalizer until their node forgot them. An agent the API server refuses is marked by a
 //! Warning event on its tenant's `NexusTenant`; one whose manifest is not valid (made with
 //! `kubectl`, say) is left to its author, and let go when deleted.
+//!
+//! Reads come from the agents' store once it is ready (see `reflector.rs`), from the API
+//! server until then; every write's answer goes into the store.
 
-use kube::api::{Api, ListParams, Patch};
+use kube::api::{Api, DeleteParams, ListParams, Patch};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use nexus_ports::Result;
@@ -14,6 +17,38 @@ use serde_json::json;
 use crate::KubeCluster;
 use crate::cluster::{absent_ok, apply, release_finalizer, translate};
 use crate::crd::{AGENT_FINALIZER, NexusAgent, NexusAgentPhase};
+
+/// What the store keeps of a `NexusAgent`: what reads need, the manifest once.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentEntry {
+    /// The agent as the core sees it; `None` for one outside tenant namespaces or whose
+    /// manifest is not valid.
+    pub object: Option<AgentObject>,
+    pub namespace: String,
+    pub name: String,
+    pub deleting: bool,
+    pub finalizers: Vec<String>,
+    pub resource_version: Option<String>,
+}
+
+impl AgentEntry {
+    pub(crate) fn of(agent: &NexusAgent) -> Self {
+        Self {
+            object: agent_object(agent),
+            namespace: agent.namespace().unwrap_or_default(),
+            name: agent.name_any(),
+            deleting: agent.metadata.deletion_timestamp.is_some(),
+            finalizers: agent.finalizers().to_vec(),
+            resource_version: agent.resource_version(),
+        }
+    }
+
+    /// Deleted, held by Nexus's finalizer, with a manifest the loop cannot handle: nobody
+    /// but the listing lets it go.
+    fn pinned_invalid(&self) -> bool {
+        self.object.is_none() && self.deleting && self.finalizers.iter().any(|f| f == AGENT_FINALIZER) && TenantId::from_cr_name(&self.namespace).is_some()
+    }
+}
 
 /// The manifest of an agent resource, if it is a valid one for its name.
 fn manifest_of(agent: &NexusAgent) -> Result<AgentManifest, String> {
@@ -63,16 +98,61 @@ impl KubeCluster {
             "spec": {"agentSpec": document}
         });
         let applied = self.agents_in(tenant).patch(manifest.name().as_str(), &apply(), &Patch::Apply(&resource)).await.map_err(translate);
-        if let Err(err) = &applied {
-            self.mark_tenant(tenant, "AgentNotApplied", &format!("agent {} could not be applied: {err}", manifest.name())).await;
+        match applied {
+            Ok(agent) => {
+                self.keep_agent(&agent);
+                Ok(())
+            }
+            Err(err) => {
+                self.mark_tenant(tenant, "AgentNotApplied", &format!("agent {} could not be applied: {err}", manifest.name())).await;
+                Err(err)
+            }
         }
-        applied.map(drop)
+    }
+
+    /// The agent object: from the store once it is ready.
+    pub(crate) async fn read_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<AgentObject>> {
+        if let Some(kept) = self.stores().agents.get(&(tenant.cr_name(), name.as_str().to_owned())) {
+            return Ok(kept.and_then(|entry| entry.object.clone()));
+        }
+        Ok(absent_ok(self.agents_in(tenant).get(name.as_str()).await)?.as_ref().and_then(agent_object))
+    }
+
+    /// Asks for the agent's deletion; what the API server answers is kept.
+    pub(crate) async fn delete_agent_resource(&self, tenant: &TenantId, name: &AgentName) -> Result<()> {
+        let answer = absent_ok(self.agents_in(tenant).delete(name.as_str(), &DeleteParams::default()).await)?;
+        match answer.and_then(|answer| answer.left()) {
+            Some(agent) => self.keep_agent(&agent),
+            // Gone at once (nothing held it), or absent already.
+            None => self.stores().agents.went(&(tenant.cr_name(), name.as_str().to_owned()), None),
+        }
+        Ok(())
+    }
+
+    /// Removes Nexus's finalizer from the agent (read from the store once it is ready).
+    pub(crate) async fn release_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<()> {
+        let api = self.agents_in(tenant);
+        let key = (tenant.cr_name(), name.as_str().to_owned());
+        let entry = match self.stores().agents.get(&key) {
+            Some(kept) => kept.map(|entry| (*entry).clone()),
+            None => absent_ok(api.get(name.as_str()).await)?.as_ref().map(AgentEntry::of),
+        };
+        let Some(entry) = entry else { return Ok(()) };
+        self.release_entry(&api, &entry).await
+    }
+
+    /// Removes Nexus's finalizer from the agent `entry` describes, keeping the answer.
+    async fn release_entry(&self, api: &Api<NexusAgent>, entry: &AgentEntry) -> Result<()> {
+        if let Some(answer) = release_finalizer(api, &entry.name, &entry.finalizers, entry.resource_version.as_deref(), AGENT_FINALIZER).await? {
+            self.keep_agent(&answer);
+        }
+        Ok(())
     }
 
     /// Publishes a Warning event on the tenant's resource, for `kubectl describe`; best
     /// effort (a cluster that refused the agent may refuse this too).
     async fn mark_tenant(&self, tenant: &TenantId, reason: &str, note: &str) {
-        let Ok(Some(resource)) = absent_ok(self.tenants().get(&tenant.cr_name()).await) else { return };
+        let Ok(Some(resource)) = self.read_tenant(tenant).await else { return };
         let event = Event { type_: EventType::Warning, reason: reason.to_owned(), note: Some(note.to_owned()), action: "Apply".to_owned(), secondary: None };
         if let Err(err) = self.recorder().publish(&event, &resource.object_ref(&())).await {
             tracing::debug!(tenant = %tenant, error = %err, "could not publish an event on the tenant");
@@ -83,21 +163,25 @@ impl KubeCluster {
     /// manifest is not valid are let go on the way: the loop never sees them, so without
     /// this Nexus's finalizer would hold them (and their namespace) forever.
     pub(crate) async fn list_agents(&self) -> Result<Vec<AgentObject>> {
-        let agents = Api::<NexusAgent>::all(self.client()).list(&ListParams::default()).await.map_err(translate)?;
-        for agent in &agents.items {
-            let pinned = agent.metadata.deletion_timestamp.is_some() && agent.finalizers().iter().any(|f| f == AGENT_FINALIZER);
-            if pinned && manifest_of(agent).is_err() {
-                let api = Api::<NexusAgent>::namespaced(self.client(), &agent.namespace().unwrap_or_default());
-                if let Err(err) = release_finalizer(&api, agent, AGENT_FINALIZER).await {
-                    tracing::warn!(agent = %agent.name_any(), error = %err, "cannot let the deleted invalid agent go yet");
-                }
+        let entries: Vec<AgentEntry> = match self.stores().agents.all() {
+            Some(kept) => kept.iter().map(|entry| (**entry).clone()).collect(),
+            None => Api::<NexusAgent>::all(self.client()).list(&ListParams::default()).await.map_err(translate)?.items.iter().map(AgentEntry::of).collect(),
+        };
+        for entry in entries.iter().filter(|entry| entry.pinned_invalid()) {
+            let api = Api::<NexusAgent>::namespaced(self.client(), &entry.namespace);
+            if let Err(err) = self.release_entry(&api, entry).await {
+                tracing::warn!(agent = %entry.name, error = %err, "cannot let the deleted invalid agent go yet");
             }
         }
-        Ok(agents.items.iter().filter_map(agent_object).collect())
+        Ok(entries.into_iter().filter_map(|entry| entry.object).collect())
     }
 
-    /// Every agent in the tenant's namespace with a valid manifest.
+    /// Every agent in the tenant's namespace with a valid manifest: from the store once it
+    /// is ready (only that namespace's objects are looked at).
     pub(crate) async fn list_tenant_agents(&self, tenant: &TenantId) -> Result<Vec<AgentObject>> {
+        if let Some(kept) = self.stores().agents.in_namespace(&tenant.cr_name()) {
+            return Ok(kept.iter().filter_map(|entry| entry.object.clone()).collect());
+        }
         let agents = self.agents_in(tenant).list(&ListParams::default()).await.map_err(translate)?;
         Ok(agents.items.iter().filter_map(agent_object).collect())
     }
@@ -115,7 +199,9 @@ impl KubeCluster {
                 "message": status.message,
             }
         });
-        absent_ok(self.agents_in(tenant).patch_status(name.as_str(), &apply(), &Patch::Apply(&patch)).await)?;
+        if let Some(agent) = absent_ok(self.agents_in(tenant).patch_status(name.as_str(), &apply(), &Patch::Apply(&patch)).await)? {
+            self.keep_agent(&agent);
+        }
         Ok(())
     }
 }

@@ -7,13 +7,17 @@
 //!
 //! Requests other than watches carry a timeout ([`REQUEST_TIMEOUT`]): a request client and
 //! a watch client share one configuration but for that.
+//!
+//! Reads are served from the watches' stores once they listed everything (see
+//! `reflector.rs`); every write's answer goes into them, so a read sees the write.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use nexus_ports::agents::{AgentManifest, AgentName, AgentObject, AgentStatus};
 use nexus_ports::node_names::NodeSharing;
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
@@ -22,7 +26,9 @@ use nexus_ports::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::agents::AgentEntry;
 use crate::crd::{NexusAgent, NexusTenant};
+use crate::reflector::{Reflector, key_of, version_of};
 
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "nexus";
@@ -45,6 +51,28 @@ pub struct KubeCluster {
     watch_client: Client,
     settings: KubeSettings,
     recorder: Recorder,
+    stores: Arc<Stores>,
+}
+
+/// What the watches keep in memory, shared by every clone of a backend.
+#[derive(Default)]
+pub(crate) struct Stores {
+    pub agents: Reflector<AgentEntry>,
+    pub tenants: Reflector<NexusTenant>,
+}
+
+impl Stores {
+    /// The watches stopped: reads go to the API server again.
+    pub(crate) fn stop(&self) {
+        self.agents.stop();
+        self.tenants.stop();
+    }
+}
+
+/// Whether the API server let `object` go with this answer: it was being deleted and no
+/// finalizer holds it any more.
+fn let_go<K: Resource>(object: &K) -> bool {
+    object.meta().deletion_timestamp.is_some() && object.meta().finalizers.as_ref().is_none_or(Vec::is_empty)
 }
 
 /// What clients are told when the cluster cannot serve them.
@@ -86,23 +114,23 @@ pub(crate) fn apply() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
-/// Removes `finalizer` from `object`, keeping any other, with a merge patch that carries
-/// the resource version read: a concurrent change of the object answers 409 instead of
-/// being overwritten. Absent objects and objects without the finalizer are fine.
-pub(crate) async fn release_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<()>
+/// Removes `finalizer` from the object `name`, whose finalizers are `finalizers` at
+/// `version`, keeping any other, with a merge patch that carries that resource version: a
+/// concurrent change of the object answers 409 instead of being overwritten. Absent
+/// objects and objects without the finalizer are fine. Returns the API server's answer.
+pub(crate) async fn release_finalizer<K>(api: &Api<K>, name: &str, finalizers: &[String], version: Option<&str>, finalizer: &str) -> Result<Option<K>>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    if !object.finalizers().iter().any(|f| f == finalizer) {
-        return Ok(());
+    if !finalizers.iter().any(|f| f == finalizer) {
+        return Ok(None);
     }
-    let kept: Vec<&String> = object.finalizers().iter().filter(|f| *f != finalizer).collect();
+    let kept: Vec<&String> = finalizers.iter().filter(|f| *f != finalizer).collect();
     let mut release = json!({"metadata": {"finalizers": kept}});
-    if let Some(version) = object.resource_version() {
+    if let Some(version) = version {
         release["metadata"]["resourceVersion"] = json!(version);
     }
-    absent_ok(api.patch(&object.name_any(), &PatchParams::default(), &Patch::Merge(&release)).await)?;
-    Ok(())
+    absent_ok(api.patch(name, &PatchParams::default(), &Patch::Merge(&release)).await)
 }
 
 /// `config` for requests other than watches: answers must come within [`REQUEST_TIMEOUT`]
@@ -122,7 +150,7 @@ impl KubeCluster {
     fn with_clients(client: Client, watch_client: Client, settings: KubeSettings) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.to_owned(), instance: std::env::var("HOSTNAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, watch_client, settings, recorder }
+        Self { client, watch_client, settings, recorder, stores: Arc::default() }
     }
 
     /// Connects with the in-cluster configuration or `KUBECONFIG`, and checks that the API
@@ -157,6 +185,28 @@ impl KubeCluster {
 
     pub(crate) fn recorder(&self) -> &Recorder {
         &self.recorder
+    }
+
+    pub(crate) fn stores(&self) -> &Arc<Stores> {
+        &self.stores
+    }
+
+    /// Keeps what a write answered of an agent (or forgets it, once let go).
+    pub(crate) fn keep_agent(&self, agent: &NexusAgent) {
+        if let_go(agent) {
+            self.stores.agents.went(&key_of(agent), version_of(agent));
+        } else {
+            self.stores.agents.written(&key_of(agent), version_of(agent), AgentEntry::of(agent));
+        }
+    }
+
+    /// Keeps what a write answered of a tenant (or forgets it, once let go).
+    pub(crate) fn keep_tenant(&self, tenant: &NexusTenant) {
+        if let_go(tenant) {
+            self.stores.tenants.went(&key_of(tenant), version_of(tenant));
+        } else {
+            self.stores.tenants.written(&key_of(tenant), version_of(tenant), tenant.clone());
+        }
     }
 
     pub(crate) fn tenants(&self) -> Api<NexusTenant> {
@@ -196,12 +246,11 @@ impl ClusterBackend for KubeCluster {
     }
 
     async fn request_agent_deletion(&self, tenant: &TenantId, name: &AgentName) -> Result<()> {
-        absent_ok(self.agents_in(tenant).delete(name.as_str(), &kube::api::DeleteParams::default()).await)?;
-        Ok(())
+        self.delete_agent_resource(tenant, name).await
     }
 
     async fn agent_object(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<AgentObject>> {
-        Ok(absent_ok(self.agents_in(tenant).get(name.as_str()).await)?.as_ref().and_then(crate::agents::agent_object))
+        self.read_agent(tenant, name).await
     }
 
     async fn list_agent_objects(&self) -> Result<Vec<AgentObject>> {
@@ -217,9 +266,7 @@ impl ClusterBackend for KubeCluster {
     }
 
     async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<()> {
-        let api = self.agents_in(tenant);
-        let Some(agent) = absent_ok(api.get(name.as_str()).await)? else { return Ok(()) };
-        release_finalizer(&api, &agent, crate::crd::AGENT_FINALIZER).await
+        self.release_agent(tenant, name).await
     }
 }
 

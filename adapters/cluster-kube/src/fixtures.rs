@@ -165,3 +165,12 @@ pub fn no_tenant_deletions() -> Expect {
         answer: (200, json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusTenantList", "metadata": {}, "items": []})),
     }
 }
+
+/// Fills `cluster`'s stores as its watches would once they listed `agents` (`NexusAgent`s)
+/// and `tenants` (`NexusTenant`s): reads are served from them from then on.
+pub fn listed(cluster: &KubeCluster, agents: &[Value], tenants: &[Value]) {
+    fn typed<K: serde::de::DeserializeOwned>(values: &[Value]) -> Vec<K> {
+        values.iter().map(|value| serde_json::from_value(value.clone()).expect("a resource")).collect()
+    }
+    cluster.listed(&typed(agents), &typed(tenants));
+}

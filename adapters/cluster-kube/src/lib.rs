@@ -10,6 +10,7 @@ pub mod crd;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 mod lease;
+mod reflector;
 mod resources;
 mod runtime;
 mod tenants;

@@ -87,6 +87,7 @@ impl KubeCluster {
             "spec": {"displayName": tenant.display_name.as_str(), "nodeProfile": tenant.node_profile.as_str(), "resourceQuota": {"maxAgents": tenant.max_agents}}
         });
         let applied = self.tenants().patch(&name, &apply(), &Patch::Apply(&resource)).await.map_err(translate)?;
+        self.keep_tenant(&applied);
         if applied.metadata.deletion_timestamp.is_some() {
             return Ok(being_deleted());
         }
@@ -124,13 +125,24 @@ impl KubeCluster {
             return Ok(());
         }
         let patch = json!({"apiVersion": NexusTenant::api_version(&()), "kind": NexusTenant::kind(&()), "status": status});
-        self.tenants().patch_status(name, &apply(), &Patch::Apply(&patch)).await.map_err(translate)?;
+        let written = self.tenants().patch_status(name, &apply(), &Patch::Apply(&patch)).await.map_err(translate)?;
+        self.keep_tenant(&written);
         Ok(())
     }
 
-    /// The tenant's status as its resource records it; pending when there is none.
+    /// The tenant's resource: from the store once it is ready.
+    pub(crate) async fn read_tenant(&self, id: &TenantId) -> Result<Option<NexusTenant>> {
+        let name = id.cr_name();
+        if let Some(kept) = self.stores().tenants.get(&(self.settings().system_namespace.clone(), name.clone())) {
+            return Ok(kept.map(|tenant| (*tenant).clone()));
+        }
+        absent_ok(self.tenants().get(&name).await)
+    }
+
+    /// The tenant's status as its resource records it; pending when there is none. From
+    /// the store once it is ready: no request per tenant per pass.
     pub(crate) async fn read_tenant_status(&self, id: &TenantId) -> Result<TenantStatus> {
-        match absent_ok(self.tenants().get(&id.cr_name()).await)? {
+        match self.read_tenant(id).await? {
             None => Ok(TenantStatus::pending()),
             Some(tenant) if tenant.metadata.deletion_timestamp.is_some() => Ok(being_deleted()),
             Some(tenant) => Ok(port_status(&tenant.status.unwrap_or_default())),
@@ -141,7 +153,11 @@ impl KubeCluster {
     /// deletes its namespace.
     pub(crate) async fn deprovision(&self, id: &TenantId) -> Result<()> {
         let name = id.cr_name();
-        absent_ok(self.tenants().delete(&name, &DeleteParams::default()).await)?;
+        let answer = absent_ok(self.tenants().delete(&name, &DeleteParams::default()).await)?;
+        match answer.and_then(|answer| answer.left()) {
+            Some(tenant) => self.keep_tenant(&tenant),
+            None => self.stores().tenants.went(&(self.settings().system_namespace.clone(), name.clone()), None),
+        }
         absent_ok(Api::<Namespace>::all(self.client()).delete(&name, &DeleteParams::default()).await)?;
         Ok(())
     }
@@ -151,9 +167,12 @@ impl KubeCluster {
     /// finalizer (and only it). Only namespaces labelled managed are deleted. One tenant
     /// failing does not hold the others up.
     pub(crate) async fn finish_tenant_deletions(&self) -> Result<()> {
-        let tenants = self.tenants().list(&ListParams::default()).await.map_err(translate)?;
+        let tenants: Vec<NexusTenant> = match self.stores().tenants.all() {
+            Some(kept) => kept.iter().filter(|t| t.metadata.deletion_timestamp.is_some()).map(|t| (**t).clone()).collect(),
+            None => self.tenants().list(&ListParams::default()).await.map_err(translate)?.items,
+        };
         let namespaces = Api::<Namespace>::all(self.client());
-        for tenant in tenants.items.iter().filter(|t| t.metadata.deletion_timestamp.is_some() && t.finalizers().iter().any(|f| f == TENANT_FINALIZER)) {
+        for tenant in tenants.iter().filter(|t| t.metadata.deletion_timestamp.is_some() && t.finalizers().iter().any(|f| f == TENANT_FINALIZER)) {
             let name = tenant.name_any();
             let outcome = match absent_ok(namespaces.get(&name).await) {
                 Ok(Some(namespace)) if namespace.labels().get(MANAGED_LABEL).is_some_and(|v| v == "true") => {
@@ -163,7 +182,9 @@ impl KubeCluster {
                         Ok(())
                     }
                 }
-                Ok(_) => release_finalizer(&self.tenants(), tenant, TENANT_FINALIZER).await,
+                Ok(_) => release_finalizer(&self.tenants(), &name, tenant.finalizers(), tenant.resource_version().as_deref(), TENANT_FINALIZER)
+                    .await
+                    .map(|answer| answer.iter().for_each(|answer| self.keep_tenant(answer))),
                 Err(err) => Err(err),
             };
             if let Err(err) = outcome {

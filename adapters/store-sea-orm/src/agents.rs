@@ -214,7 +214,7 @@ impl AgentStore for SqlStore {
     }
 
     async fn find_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<Agent>> {
-        Ok(agents::Entity::find().filter(of_agent(tenant, name)).one(&self.db).await.map_err(db)?.map(agent))
+        Ok(agents::Entity::find().filter(of_agent(tenant, name)).one(&self.reads).await.map_err(db)?.map(agent))
     }
 
     async fn list_agents(&self, tenant: &TenantId) -> Result<Vec<AgentSummary>> {
@@ -224,7 +224,7 @@ impl AgentStore for SqlStore {
             .filter(agents::Column::TenantId.eq(tenant.as_uuid()))
             .order_by_asc(agents::Column::Name)
             .into_model::<SummaryRow>()
-            .all(&self.db)
+            .all(&self.reads)
             .await
             .map_err(db)?;
         Ok(rows
@@ -240,7 +240,7 @@ impl AgentStore for SqlStore {
     }
 
     async fn list_all_agents(&self) -> Result<Vec<Agent>> {
-        let rows = agents::Entity::find().order_by_asc(agents::Column::TenantId).order_by_asc(agents::Column::Name).all(&self.db).await.map_err(db)?;
+        let rows = agents::Entity::find().order_by_asc(agents::Column::TenantId).order_by_asc(agents::Column::Name).all(&self.reads).await.map_err(db)?;
         Ok(rows.into_iter().map(agent).collect())
     }
 
@@ -282,7 +282,7 @@ impl AgentStore for SqlStore {
             .filter(versions::Column::TenantId.eq(tenant.as_uuid()))
             .filter(versions::Column::Name.eq(name.as_str()))
             .order_by_asc(versions::Column::Number)
-            .all(&self.db)
+            .all(&self.reads)
             .await
             .map_err(db)?;
         rows.into_iter().map(version).collect()
@@ -293,7 +293,7 @@ impl AgentStore for SqlStore {
             .filter(versions::Column::TenantId.eq(tenant.as_uuid()))
             .filter(versions::Column::Name.eq(name.as_str()))
             .filter(versions::Column::Number.eq(i64::from(number)))
-            .one(&self.db)
+            .one(&self.reads)
             .await
             .map_err(db)?;
         let Some(mut row) = row else { return Ok(None) };

@@ -64,7 +64,7 @@ impl ApiKeyStore for SqlStore {
     }
 
     async fn find_key(&self, digest: &SecretDigest) -> Result<Option<(ApiKey, Tenant)>> {
-        let found = api_keys::Entity::find_by_id(digest.to_hex()).find_also_related(tenants::Entity).one(&self.db).await.map_err(db)?;
+        let found = api_keys::Entity::find_by_id(digest.to_hex()).find_also_related(tenants::Entity).one(&self.reads).await.map_err(db)?;
         match found {
             Some((k, Some(t))) => Ok(Some((key(k)?, tenant(t)?))),
             _ => Ok(None),
@@ -76,7 +76,7 @@ impl ApiKeyStore for SqlStore {
             .filter(api_keys::Column::TenantId.eq(tenant.as_uuid()))
             .order_by_asc(api_keys::Column::CreatedAt)
             .order_by_asc(api_keys::Column::Digest)
-            .all(&self.db)
+            .all(&self.reads)
             .await
             .map_err(db)?;
         rows.into_iter().map(key).collect()

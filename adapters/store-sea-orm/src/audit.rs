@@ -54,7 +54,7 @@ impl SqlStore {
             query = query.filter(events::Column::Seq.lt(seq));
         }
         // One more than asked says whether there is a next page.
-        let mut rows = query.order_by_desc(events::Column::Seq).limit(u64::from(limit) + 1).all(&self.db).await.map_err(db)?;
+        let mut rows = query.order_by_desc(events::Column::Seq).limit(u64::from(limit) + 1).all(&self.reads).await.map_err(db)?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let next = if more { rows.last().map(|row| AuditCursor(row.seq)) } else { None };

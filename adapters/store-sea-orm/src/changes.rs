@@ -1,8 +1,9 @@
 //! The change feed of the database: every replica sharing it is told of each change. On
 //! PostgreSQL a change is sent with `NOTIFY` on one channel, and each replica `LISTEN`s on
 //! it on a connection of its own, relaying what arrives (its own changes too) to its
-//! subscribers. On SQLite (processes sharing one file) a change is a row of the change
-//! log, which each replica polls a few times a second; rows go after a minute.
+//! subscribers. On SQLite, which one process serves (it holds the file's lock), a change
+//! is a row of the change log, which each pool on the file polls a few times a second;
+//! rows go after a minute.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +40,8 @@ const POLL_BATCH: u64 = 1000;
 /// [`ChangeFeed`] on the store's database.
 pub struct SqlChangeFeed {
     db: DatabaseConnection,
+    /// Where the change log is read (see [`SqlStore`]).
+    reads: DatabaseConnection,
     local: Arc<LocalChangeFeed>,
     /// PostgreSQL only: listening already, until [`SqlChangeFeed::relay`] takes it.
     listener: Mutex<Option<PgListener>>,
@@ -70,7 +73,7 @@ impl SqlStore {
                 (None, row.map(|row| row.try_get::<i64>("", "seq")).transpose().map_err(|err| unavailable(&err))?.unwrap_or(0))
             }
         };
-        Ok(SqlChangeFeed { db: self.db.clone(), local: Arc::default(), listener: Mutex::new(listener), read_up_to })
+        Ok(SqlChangeFeed { db: self.db.clone(), reads: self.reads.clone(), local: Arc::default(), listener: Mutex::new(listener), read_up_to })
     }
 }
 
@@ -172,7 +175,7 @@ impl SqlChangeFeed {
             "SELECT seq, change FROM change_log WHERE seq > ? ORDER BY seq LIMIT ?",
             [after.into(), i64::try_from(POLL_BATCH).unwrap_or(i64::MAX).into()],
         );
-        let rows = self.db.query_all_raw(read).await.map_err(|err| unavailable(&err))?;
+        let rows = self.reads.query_all_raw(read).await.map_err(|err| unavailable(&err))?;
         rows.iter()
             .map(|row| Ok((row.try_get::<i64>("", "seq")?, row.try_get::<String>("", "change")?)))
             .collect::<std::result::Result<_, sea_orm::DbErr>>()

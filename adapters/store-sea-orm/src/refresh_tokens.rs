@@ -148,7 +148,7 @@ impl RefreshTokenStore for SqlStore {
             .column(tokens::Column::FamilyId)
             .column(tokens::Column::UserId)
             .into_tuple()
-            .one(&self.db)
+            .one(&self.reads)
             .await
             .map_err(db)?;
         Ok(found.map(|(family, user)| (FamilyId(family), UserId::from_uuid(user))))

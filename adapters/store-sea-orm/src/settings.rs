@@ -20,7 +20,7 @@ impl SettingsStore for SqlStore {
             .exec_without_returning(&self.db)
             .await
             .map_err(db)?;
-        let stored = settings::Entity::find_by_id(key.to_owned()).one(&self.db).await.map_err(db)?;
+        let stored = settings::Entity::find_by_id(key.to_owned()).one(&self.reads).await.map_err(db)?;
         stored.map(|s| s.value).ok_or_else(|| Error::Internal(format!("setting {key} vanished after insert")))
     }
 }

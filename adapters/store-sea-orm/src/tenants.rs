@@ -65,7 +65,7 @@ impl TenantStore for SqlStore {
     }
 
     async fn find_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
-        tenants::Entity::find_by_id(id.as_uuid()).one(&self.db).await.map_err(db)?.map(tenant).transpose()
+        tenants::Entity::find_by_id(id.as_uuid()).one(&self.reads).await.map_err(db)?.map(tenant).transpose()
     }
 
     async fn list_tenants_of(&self, owner: &UserId) -> Result<Vec<Tenant>> {
@@ -73,14 +73,14 @@ impl TenantStore for SqlStore {
             .filter(tenants::Column::OwnerId.eq(owner.as_uuid()))
             .order_by_asc(tenants::Column::CreatedAt)
             .order_by_asc(tenants::Column::Id)
-            .all(&self.db)
+            .all(&self.reads)
             .await
             .map_err(db)?;
         tenants(rows)
     }
 
     async fn list_all_tenants(&self) -> Result<Vec<Tenant>> {
-        tenants(tenants::Entity::find().order_by_asc(tenants::Column::CreatedAt).order_by_asc(tenants::Column::Id).all(&self.db).await.map_err(db)?)
+        tenants(tenants::Entity::find().order_by_asc(tenants::Column::CreatedAt).order_by_asc(tenants::Column::Id).all(&self.reads).await.map_err(db)?)
     }
 
     async fn delete_tenant(&self, id: &TenantId, audit: &AuditEvent) -> Result<bool> {

@@ -58,7 +58,7 @@ impl TestDatabase {
             }
             None => {
                 let path = self.url.trim_start_matches("sqlite://").split('?').next().unwrap_or_default().to_owned();
-                for suffix in ["", "-wal", "-shm"] {
+                for suffix in ["", "-wal", "-shm", ".lock"] {
                     let _ = std::fs::remove_file(format!("{path}{suffix}"));
                 }
             }
@@ -75,4 +75,19 @@ pub async fn execute_sql(url: &str, sql: &str) {
     let db = Database::connect(url).await.expect("connect to the test database");
     db.execute_unprepared(sql).await.expect("the statement runs");
     let _ = db.close().await;
+}
+
+impl crate::SqlStore {
+    /// Open read transactions on every connection a SQLite file reads through (as many on
+    /// PostgreSQL), held until dropped: what long reads in progress hold.
+    pub async fn hold_reads(&self) -> Vec<sea_orm::DatabaseTransaction> {
+        use sea_orm::TransactionTrait;
+        let mut held = Vec::new();
+        for _ in 0..crate::SQLITE_READERS {
+            let txn = self.reads.begin().await.expect("a read transaction");
+            txn.execute_unprepared("SELECT COUNT(*) FROM agents").await.expect("a read");
+            held.push(txn);
+        }
+        held
+    }
 }

@@ -81,12 +81,12 @@ impl UserStore for SqlStore {
     }
 
     async fn find_credentials(&self, email: &Email) -> Result<Option<UserCredentials>> {
-        let row = users::Entity::find().filter(users::Column::Email.eq(email.as_str())).one(&self.db).await.map_err(db)?;
+        let row = users::Entity::find().filter(users::Column::Email.eq(email.as_str())).one(&self.reads).await.map_err(db)?;
         row.map(credentials).transpose()
     }
 
     async fn find_user(&self, id: &UserId) -> Result<Option<User>> {
-        let row = users::Entity::find_by_id(id.as_uuid()).one(&self.db).await.map_err(db)?;
+        let row = users::Entity::find_by_id(id.as_uuid()).one(&self.reads).await.map_err(db)?;
         Ok(row.map(credentials).transpose()?.map(|c| c.user))
     }
 
@@ -114,8 +114,13 @@ impl UserStore for SqlStore {
     }
 
     async fn sessions_valid_after(&self, user: &UserId) -> Result<Option<DateTime<Utc>>> {
-        let cutoff: Option<Option<DateTime<Utc>>> =
-            users::Entity::find_by_id(user.as_uuid()).select_only().column(users::Column::SessionsValidAfter).into_tuple().one(&self.db).await.map_err(db)?;
+        let cutoff: Option<Option<DateTime<Utc>>> = users::Entity::find_by_id(user.as_uuid())
+            .select_only()
+            .column(users::Column::SessionsValidAfter)
+            .into_tuple()
+            .one(&self.reads)
+            .await
+            .map_err(db)?;
         Ok(cutoff.flatten())
     }
 }

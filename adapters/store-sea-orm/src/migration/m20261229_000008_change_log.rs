@@ -1,4 +1,4 @@
-//! The change log that replicas sharing a SQLite file poll, to hear of each other's
+//! The change log that pools sharing a SQLite file poll, to hear of each other's
 //! changes (PostgreSQL sends them with NOTIFY instead and leaves it empty). Rows are
 //! kept for a minute.
 

@@ -7,6 +7,7 @@ use nexus_store_sea_orm::testing::TestDatabase;
 mod agents;
 mod audit;
 mod changes;
+mod cluster;
 mod identity;
 mod tenancy;
 mod tls;

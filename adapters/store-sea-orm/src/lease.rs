@@ -1,0 +1,251 @@
+//! Leader election through the database: one row of `leader_lease` names the replica
+//! that reconciles and when its lease ends, on the database's own clock (replicas' clocks
+//! never compare with each other). A replica takes the lease in one statement when it is
+//! free or past its end, and the holder renews it every `renew`. The holder counts its
+//! lease from the moment it *sent* a renewal that succeeded, so it stops leading at that
+//! moment plus `duration - renew`: before the database's end of the lease (the database
+//! stamped it later), so a replica that cannot reach the database (its connection lost,
+//! the database gone) has stopped before any other may take over. A replica killed
+//! without warning leaves its lease to end by itself: another takes over within
+//! `duration + renew`. One that stops cleanly gives it up at once.
+//!
+//! What to do with each attempt's outcome is [`Election`], pure and tested without I/O.
+
+use std::time::Duration;
+
+use nexus_ports::Result;
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::SqlStore;
+use crate::cluster::statement;
+use crate::error::db;
+
+/// The lease's name: one reconcile loop per database.
+const LEASE: &str = "reconciler";
+
+/// What one attempt to take or renew the lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// This replica holds the lease now (taken or renewed).
+    Held,
+    /// Another replica holds it.
+    HeldByOther,
+    /// The database did not answer (in time).
+    Failed,
+}
+
+/// The decision logic of one replica: whether it leads, and when to try next.
+#[derive(Debug, Clone)]
+pub struct Election {
+    duration: Duration,
+    renew: Duration,
+    /// While this replica may lead: until this instant.
+    leading_until: Option<Instant>,
+}
+
+impl Election {
+    /// A replica that does not lead yet, with a lease of `duration` renewed every `renew`
+    /// (`renew` is at most a third of `duration`, as the configuration checks).
+    pub fn new(duration: Duration, renew: Duration) -> Self {
+        Self { duration, renew, leading_until: None }
+    }
+
+    /// Takes in the outcome of an attempt sent at `sent`.
+    pub fn observe(&mut self, sent: Instant, attempt: Attempt) {
+        match attempt {
+            // The database's lease ends at its own now + duration, later than `sent` +
+            // duration: stopping `renew` before that leaves a margin for clock rates.
+            Attempt::Held => self.leading_until = Some(sent + self.duration.saturating_sub(self.renew)),
+            Attempt::HeldByOther => self.leading_until = None,
+            // Leading goes on while the last renewal lasts; the next attempts may renew it.
+            Attempt::Failed => {}
+        }
+    }
+
+    /// Whether this replica leads at `now`.
+    pub fn leading(&self, now: Instant) -> bool {
+        self.leading_until.is_some_and(|until| now < until)
+    }
+
+    /// How long an attempt sent at `sent` may take: at most `renew`, and never past the
+    /// end of this replica's leadership (so that it stops on time even when the database
+    /// hangs). Zero: do not try, count it as failed.
+    pub fn budget(&self, sent: Instant) -> Duration {
+        match self.leading_until {
+            Some(until) if sent < until => self.renew.min(until - sent),
+            Some(_) => Duration::ZERO,
+            None => self.renew,
+        }
+    }
+
+    /// When to wake after an attempt sent at `sent`, at `now`: for the next attempt, or
+    /// sooner when leadership ends before it.
+    pub fn next_wake(&self, sent: Instant, now: Instant) -> Instant {
+        let next = (sent + self.renew).max(now);
+        match self.leading_until {
+            Some(until) if until > now => next.min(until),
+            _ => next,
+        }
+    }
+}
+
+/// The database's clock, in milliseconds since the Unix epoch, as an SQL expression.
+fn database_now(backend: DatabaseBackend) -> &'static str {
+    match backend {
+        DatabaseBackend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        _ => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// This replica's candidacy for the lease.
+#[derive(Clone)]
+pub struct SqlLease {
+    db: DatabaseConnection,
+    holder: String,
+    duration: Duration,
+}
+
+impl SqlStore {
+    /// The candidacy of the replica named `holder` (unique per process) for the lease of
+    /// the reconcile loop.
+    pub fn lease(&self, holder: impl Into<String>, duration: Duration) -> SqlLease {
+        SqlLease { db: self.db.clone(), holder: holder.into(), duration }
+    }
+}
+
+impl SqlLease {
+    /// Takes the lease when it is free, past its end or this replica's already; renews it
+    /// then. Whether this replica holds it now.
+    ///
+    /// # Errors
+    /// [`nexus_ports::Error::Unavailable`] when the database cannot be reached.
+    pub async fn try_hold(&self) -> Result<bool> {
+        let backend = self.db.get_database_backend();
+        let create =
+            statement(backend, "INSERT INTO leader_lease (name, holder, expires_millis) VALUES (?, '', 0) ON CONFLICT (name) DO NOTHING", [LEASE.into()]);
+        self.db.execute_raw(create).await.map_err(db)?;
+        let now = database_now(backend);
+        let take = statement(
+            backend,
+            &format!("UPDATE leader_lease SET holder = ?, expires_millis = {now} + ? WHERE name = ? AND (holder = ? OR expires_millis < {now})"),
+            [self.holder.clone().into(), millis(self.duration).into(), LEASE.into(), self.holder.clone().into()],
+        );
+        Ok(self.db.execute_raw(take).await.map_err(db)?.rows_affected() == 1)
+    }
+
+    /// Gives the lease up when this replica holds it, so that another takes over at once.
+    ///
+    /// # Errors
+    /// [`nexus_ports::Error::Unavailable`] when the database cannot be reached (the lease then ends by
+    /// itself).
+    pub async fn release(&self) -> Result<()> {
+        let release = statement(
+            self.db.get_database_backend(),
+            "UPDATE leader_lease SET expires_millis = 0 WHERE name = ? AND holder = ?",
+            [LEASE.into(), self.holder.clone().into()],
+        );
+        self.db.execute_raw(release).await.map(drop).map_err(db)
+    }
+
+    /// Campaigns for the lease every `renew`, telling `tell`'s receivers whether this
+    /// replica leads, until they are all gone. Run it in the background; abort it, then
+    /// [`SqlLease::release`], to stop.
+    pub async fn campaign(self, renew: Duration, tell: watch::Sender<bool>) {
+        {
+            let mut election = Election::new(self.duration, renew);
+            loop {
+                let sent = Instant::now();
+                let budget = election.budget(sent);
+                let attempt = if budget.is_zero() {
+                    Attempt::Failed
+                } else {
+                    match tokio::time::timeout(budget, self.try_hold()).await {
+                        Ok(Ok(true)) => Attempt::Held,
+                        Ok(Ok(false)) => Attempt::HeldByOther,
+                        Ok(Err(_)) => Attempt::Failed,
+                        Err(_) => {
+                            tracing::warn!("the database did not answer the leader lease in time");
+                            Attempt::Failed
+                        }
+                    }
+                };
+                election.observe(sent, attempt);
+                let now = Instant::now();
+                let leads = election.leading(now);
+                let changed = tell.send_if_modified(|was| std::mem::replace(was, leads) != leads);
+                if changed {
+                    tracing::info!(holder = %self.holder, leads, "leader lease {}", if leads { "taken" } else { "lost" });
+                }
+                if tell.is_closed() {
+                    return;
+                }
+                tokio::time::sleep_until(election.next_wake(sent, now)).await;
+                // Leadership that ended while asleep is told before the next attempt.
+                let now = Instant::now();
+                if *tell.borrow() && !election.leading(now) {
+                    tell.send_replace(false);
+                    tracing::warn!(holder = %self.holder, "leader lease not renewed in time: no longer leading");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DURATION: Duration = Duration::from_secs(10);
+    const RENEW: Duration = Duration::from_secs(2);
+
+    fn at(base: Instant, secs: f64) -> Instant {
+        base + Duration::from_secs_f64(secs)
+    }
+
+    #[test]
+    fn a_held_lease_leads_until_its_renewal_lapses_short_of_the_database_end() {
+        let base = Instant::now();
+        let mut election = Election::new(DURATION, RENEW);
+        assert!(!election.leading(base), "nobody leads before an attempt");
+        election.observe(base, Attempt::Held);
+        assert!(election.leading(at(base, 7.9)));
+        assert!(!election.leading(at(base, 8.0)), "it stops at sent + duration - renew, before the database's end at sent + duration");
+        election.observe(at(base, 2.0), Attempt::Held);
+        assert!(election.leading(at(base, 9.9)), "a renewal extends it");
+    }
+
+    #[test]
+    fn failed_renewals_keep_leading_only_while_the_last_one_lasts() {
+        let base = Instant::now();
+        let mut election = Election::new(DURATION, RENEW);
+        election.observe(base, Attempt::Held);
+        for sent in [2.0, 4.0, 6.0] {
+            election.observe(at(base, sent), Attempt::Failed);
+            assert!(election.leading(at(base, sent + 0.5)));
+        }
+        assert!(!election.leading(at(base, 8.0)), "the database unreachable: it steps down on its own");
+        assert_eq!(election.budget(at(base, 7.5)), Duration::from_millis(500), "an attempt never outlasts the leadership");
+        assert_eq!(election.budget(at(base, 8.5)), Duration::ZERO);
+        assert_eq!(election.next_wake(at(base, 7.0), at(base, 7.2)), at(base, 8.0), "it wakes to step down on time");
+    }
+
+    #[test]
+    fn another_holder_ends_leadership_at_once_and_a_follower_tries_every_renewal() {
+        let base = Instant::now();
+        let mut election = Election::new(DURATION, RENEW);
+        election.observe(base, Attempt::Held);
+        election.observe(at(base, 2.0), Attempt::HeldByOther);
+        assert!(!election.leading(at(base, 2.1)));
+        assert_eq!(election.budget(at(base, 3.0)), RENEW);
+        assert_eq!(election.next_wake(at(base, 3.0), at(base, 3.1)), at(base, 5.0));
+        assert_eq!(election.next_wake(at(base, 3.0), at(base, 6.0)), at(base, 6.0), "a slow attempt tries again at once");
+        election.observe(at(base, 5.0), Attempt::Failed);
+        assert!(!election.leading(at(base, 5.1)), "a failure never makes a follower lead");
+    }
+}

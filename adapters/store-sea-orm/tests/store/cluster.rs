@@ -1,0 +1,90 @@
+//! The database-held cluster backend and its leader lease, as two replicas on one
+//! database see them: one's writes are the other's reads; generations, deletion marks and
+//! terminating tenants behave as the in-memory cluster's; the lease has one holder.
+
+use std::time::Duration;
+
+use nexus_ports::agents::{AgentName, AgentPhase, AgentStatus};
+use nexus_ports::identity::UserId;
+use nexus_ports::ports::{ClusterBackend, HealthCheck};
+use nexus_ports::tenancy::{Tenant, TenantPhase, TenantStatus};
+use nexus_ports::testing::manifest;
+use nexus_store_sea_orm::SqlStore;
+
+use crate::{now, on_both_backends};
+
+on_both_backends!(replicas_share_tenant_statuses, agent_objects_track_generations_and_deletion, the_lease_has_one_holder);
+
+async fn replicas_share_tenant_statuses(url: &str) {
+    let (a, b) = (SqlStore::connect(url).await.unwrap().cluster("http://node:8000"), SqlStore::connect(url).await.unwrap().cluster("http://node:8000"));
+    let tenant = nexus_ports::testing::tenant(UserId::generate());
+    assert_eq!(b.tenant_status(&tenant.id).await.unwrap(), TenantStatus::pending());
+    let status = a.provision_tenant(&tenant).await.unwrap();
+    assert_eq!(
+        (status.phase, status.namespace.clone(), status.node_endpoint.as_deref()),
+        (TenantPhase::Ready, Some(tenant.id.cr_name()), Some("http://node:8000"))
+    );
+    assert_eq!(b.provision_tenant(&tenant).await.unwrap(), status, "provisioning again changes nothing");
+    assert_eq!(b.tenant_status(&tenant.id).await.unwrap(), status, "the other replica reads it");
+    b.deprovision_tenant(&tenant.id).await.unwrap();
+    b.deprovision_tenant(&tenant.id).await.unwrap();
+    assert_eq!(a.tenant_status(&tenant.id).await.unwrap(), TenantStatus::pending(), "without agents it goes at once");
+    a.check().await.unwrap();
+}
+
+async fn agent_objects_track_generations_and_deletion(url: &str) {
+    let (a, b) = (SqlStore::connect(url).await.unwrap().cluster("http://node:8000"), SqlStore::connect(url).await.unwrap().cluster("http://node:8000"));
+    let owner = nexus_ports::testing::tenant(UserId::generate());
+    let (tenant, name) = (owner.id, AgentName::parse("bot").unwrap());
+    a.apply_agent(&tenant, &manifest("bot", "a")).await.unwrap();
+    b.apply_agent(&tenant, &manifest("bot", "a")).await.unwrap();
+    let object = b.agent_object(&tenant, &name).await.unwrap().unwrap();
+    assert_eq!((object.generation, object.observed_generation, object.status.phase, object.deleting), (1, 0, AgentPhase::Pending, false));
+    assert_eq!(object.manifest, manifest("bot", "a"), "the manifest reads back as applied");
+    b.apply_agent(&tenant, &manifest("bot", "b")).await.unwrap();
+    assert_eq!(a.agent_object(&tenant, &name).await.unwrap().unwrap().generation, 2, "a new manifest is a new generation");
+
+    let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: Some(now()), message: None };
+    a.set_agent_status(&tenant, &name, 2, &running).await.unwrap();
+    let object = b.agent_object(&tenant, &name).await.unwrap().unwrap();
+    assert_eq!((object.observed_generation, object.status), (2, running.clone()), "statuses read the same through every replica");
+    let failed = AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: None, message: Some("why".into()) };
+    a.set_agent_status(&tenant, &name, 2, &failed).await.unwrap();
+    assert_eq!(b.list_tenant_agent_objects(&tenant).await.unwrap()[0].status, failed);
+    assert_eq!(b.list_tenant_agent_statuses(&tenant).await.unwrap(), vec![(name.clone(), failed.clone())], "listed without the manifest");
+
+    b.request_agent_deletion(&tenant, &name).await.unwrap();
+    assert!(a.list_agent_objects().await.unwrap().iter().any(|o| o.tenant_id == tenant && o.deleting), "the mark is durable and shared");
+    a.apply_agent(&tenant, &manifest("bot", "b")).await.unwrap();
+    let revived = b.agent_object(&tenant, &name).await.unwrap().unwrap();
+    assert_eq!((revived.deleting, revived.generation), (false, 3), "applied again after a delete: a new generation");
+    a.forget_agent(&tenant, &name).await.unwrap();
+    assert!(b.agent_object(&tenant, &name).await.unwrap().is_some(), "an object no longer marked is not forgotten");
+    b.request_agent_deletion(&tenant, &name).await.unwrap();
+    a.forget_agent(&tenant, &name).await.unwrap();
+    assert!(b.agent_object(&tenant, &name).await.unwrap().is_none());
+
+    let tenant_record = Tenant { id: tenant, ..owner };
+    a.provision_tenant(&tenant_record).await.unwrap();
+    a.apply_agent(&tenant, &manifest("bot", "a")).await.unwrap();
+    b.deprovision_tenant(&tenant).await.unwrap();
+    assert!(a.list_tenant_agent_objects(&tenant).await.unwrap().iter().all(|o| o.deleting), "a tenant's agents are marked for deletion");
+    assert_eq!(a.tenant_status(&tenant).await.unwrap().phase, TenantPhase::Ready, "its node stays known until they are removed from it");
+    a.provision_tenant(&tenant_record).await.unwrap();
+    a.forget_agent(&tenant, &name).await.unwrap();
+    assert_eq!(b.tenant_status(&tenant).await.unwrap().phase, TenantPhase::Pending, "then the tenant goes, provisioned meanwhile or not");
+}
+
+async fn the_lease_has_one_holder(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let (a, b) = (store.lease("a", Duration::from_secs(1)), store.lease("b", Duration::from_secs(1)));
+    assert!(a.try_hold().await.unwrap(), "a free lease is taken");
+    assert!(!b.try_hold().await.unwrap(), "a held one is not");
+    assert!(a.try_hold().await.unwrap(), "its holder renews it");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(b.try_hold().await.unwrap(), "past its end another takes it");
+    assert!(!a.try_hold().await.unwrap());
+    b.release().await.unwrap();
+    a.release().await.unwrap();
+    assert!(a.try_hold().await.unwrap(), "a lease given up is taken at once");
+}
