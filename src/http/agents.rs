@@ -592,10 +592,7 @@ impl AgentApi {
         #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         // Exactly the periods the use case accepts (1s to 366d, at most 8784h): so that a
         // period the document allows is never refused.
-        #[oai(validator(
-            custom = "&super::patterns::PERIOD"
-        ))]
-        period: Query<Option<String>>,
+        #[oai(validator(custom = "&super::patterns::PERIOD"))] period: Query<Option<String>>,
     ) -> Result<Json<MetricsView>, ApiError<NodeErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let period = period.0.unwrap_or_else(|| "1h".to_owned());

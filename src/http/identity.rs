@@ -23,10 +23,7 @@ use crate::app::{AccessService, Principal, Registration, Session, SharedNexus, T
 struct RegisterRequest {
     /// An address `local@domain` (white space around it is ignored), the domain of DNS
     /// labels with at least one dot. Compared case-insensitively and stored lower-case.
-    #[oai(validator(
-        max_length = 254,
-        custom = "&super::patterns::EMAIL"
-    ))]
+    #[oai(validator(max_length = 254, custom = "&super::patterns::EMAIL"))]
     email: Text,
     /// 8 to 1024 characters.
     #[oai(write_only, validator(min_length = 8, max_length = 1024))]

@@ -9,10 +9,10 @@
 
 use chrono::{DateTime, Utc};
 use poem::{IntoResponse, Response};
+use poem_openapi::ApiResponse;
 use poem_openapi::payload::{Json, Payload};
 use poem_openapi::registry::{MetaResponses, MetaSchemaRef, Registry};
 use poem_openapi::types::{ToJSON, Type};
-use poem_openapi::ApiResponse;
 
 /// A JSON answer, documented as poem-openapi's `Json<T>` and written by serde.
 pub(crate) struct JsonAnswer<T>(pub T);
