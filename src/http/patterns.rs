@@ -117,7 +117,7 @@ mod tests {
         assert!(!(&TENANT_HEADER).check(&"t_0123456789ABCDEF0123456789abcdef"));
         assert!((&AGENT_NAME).check(&"agent-1"));
         assert!(!(&AGENT_NAME).check(&"-agent"));
-        assert_eq!((&TENANT_ID).to_string(), r#"pattern("^t_[0-9a-f]{32}$")"#);
+        assert_eq!(TENANT_ID.to_string(), r#"pattern("^t_[0-9a-f]{32}$")"#);
     }
 
     #[test]
