@@ -184,6 +184,9 @@ struct State {
     /// Agent objects a sweep just listed and woke, for their item to use instead of
     /// reading them again; dropped when an event says the object changed since.
     listed: HashMap<AgentKey, AgentObject>,
+    /// Agents whose resync the bucket deferred: each holds a token reserved for when it is
+    /// due again, and goes then without asking the bucket again.
+    reserved: HashSet<AgentKey>,
 }
 
 impl State {
@@ -251,6 +254,7 @@ impl State {
     /// Stops tracking an agent that is gone.
     fn forget_agent(&mut self, key: &AgentKey) {
         self.retries.remove(key);
+        self.reserved.remove(key);
         self.note_phase(key, None);
         if let Some(names) = self.agents_of.get_mut(&key.0) {
             names.remove(&key.1);
@@ -334,6 +338,7 @@ impl Reconciler {
             phase_counts: [0; 4],
             depth_published: None,
             listed: HashMap::new(),
+            reserved: HashSet::new(),
         };
         let shared = Arc::new(Shared { state: Mutex::new(state), notify: Notify::new(), clock: clock.clone(), following: AtomicBool::new(false) });
         Self { cluster, node, agents, tenants, clock, resync, shared }
@@ -711,11 +716,15 @@ impl Reconciler {
                 return None;
             }
             Step::Deploy => {
-                if is_resync(&object)
-                    && let Err(wait) = self.state().bucket.take(now)
-                {
-                    metrics::counter!("nexus_reconcile_resyncs_deferred_total").increment(1);
-                    return Some(after(now, wait));
+                if is_resync(&object) {
+                    let mut state = self.state();
+                    if !state.reserved.remove(&key)
+                        && let Err(wait) = state.bucket.take(now)
+                    {
+                        state.reserved.insert(key.clone());
+                        metrics::counter!("nexus_reconcile_resyncs_deferred_total").increment(1);
+                        return Some(after(now, wait));
+                    }
                 }
                 let node = tenant.and_then(|t| t.node_endpoint).unwrap_or_default();
                 let (deployed, wait) = self.deploy(&object, &node, now).await;

@@ -136,7 +136,11 @@ impl TokenBucket {
         Self { rate, burst: rate.max(1.0), tokens: rate.max(1.0), at: now }
     }
 
-    /// Takes a token at `now`; when there is none, how long until there is one.
+    /// Takes a token at `now`; when there is none, reserves the next one not yet reserved
+    /// and says how long until it comes: the caller goes then, without taking another.
+    /// Callers that must wait are spread over the coming tokens, one each, instead of all
+    /// asking again when the next token comes (a backlog larger than the rate would
+    /// otherwise go round and round).
     pub fn take(&mut self, now: DateTime<Utc>) -> Result<(), Duration> {
         if self.rate <= 0.0 {
             return Ok(());
@@ -146,12 +150,8 @@ impl TokenBucket {
             self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
             self.at = now;
         }
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
-        }
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 { Ok(()) } else { Err(Duration::from_secs_f64(-self.tokens / self.rate)) }
     }
 }
 

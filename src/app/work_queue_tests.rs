@@ -89,11 +89,10 @@ fn the_bucket_allows_a_burst_then_its_rate() {
     for _ in 0..10 {
         assert_eq!(bucket.take(t0()), Ok(()));
     }
-    assert_eq!(bucket.take(t0()), Err(Duration::from_millis(100)), "the next token comes a tenth of a second later");
+    assert_eq!(bucket.take(t0()), Err(Duration::from_millis(100)), "the next token is reserved, a tenth of a second later");
+    assert_eq!(bucket.take(t0()), Err(Duration::from_millis(200)), "the one after it for the next caller: each waits its own turn");
     let later = t0() + chrono::Duration::milliseconds(250);
-    assert_eq!(bucket.take(later), Ok(()));
-    assert_eq!(bucket.take(later), Ok(()));
-    assert!(bucket.take(later).is_err(), "two and a half tokens came back in 250 ms");
+    assert_eq!(bucket.take(later), Err(Duration::from_millis(50)), "two and a half tokens came back in 250 ms, two of them reserved");
     let much_later = t0() + chrono::Duration::seconds(3600);
     let burst = (0..100).take_while(|_| bucket.take(much_later).is_ok()).count();
     assert_eq!(burst, 10, "an idle bucket holds no more than its burst");
@@ -111,6 +110,8 @@ fn ten_thousand_resyncs_never_hit_the_node_at_once() {
         }
     }
     assert_eq!(waits.len(), 10_000 - 100);
+    assert!(waits.windows(2).all(|w| w[0] < w[1]), "each waits for a token of its own");
+    assert_eq!(waits.last(), Some(&Duration::from_secs(99)), "the last one 99 s later, at the rate");
     let zero_rate = TokenBucket::new(0, t0()).take(t0());
     assert_eq!(zero_rate, Ok(()), "a rate of zero is no limit");
 }
