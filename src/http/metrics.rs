@@ -26,11 +26,31 @@ fn telemetry() -> &'static Telemetry {
         let handle = recorder.handle();
         // Another recorder already installed (a test harness's) leaves ours unused but harmless.
         let _ = metrics::set_global_recorder(recorder);
+        keep_up(handle.clone());
         describe();
         let process = metrics_process::Collector::default();
         process.describe();
         Telemetry { handle, process }
     })
+}
+
+/// How often histogram samples are folded into their buckets when nothing scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every [`UPKEEP_EVERY`], on a
+/// thread of its own (whatever runtime serves, or none): the recorder otherwise keeps
+/// every sample until the next scrape, so an unscraped process would grow with every
+/// request it answers.
+fn keep_up(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new().name("metrics-upkeep".to_owned()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        }
+    });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start the metrics upkeep; histogram samples are folded at each scrape only");
+    }
 }
 
 fn describe() {
