@@ -587,6 +587,15 @@ impl Reconciler {
                     state.publish_tenants();
                     return None;
                 }
+                // Objects of a tenant gone from the store must all leave a shared node, one
+                // applied again by a sweep that raced the tenant's deletion included.
+                if self.cluster.node_sharing() == NodeSharing::Shared {
+                    if let Err(err) = self.cluster.deprovision_tenant(&id).await {
+                        tracing::warn!(tenant = %id, error = %err, "cannot deprovision the deleted tenant again; will retry");
+                        return Some(after(now, backoff(1)));
+                    }
+                    self.state().wake_agents_of(id, None, now);
+                }
                 match self.cluster.tenant_status(&id).await {
                     Ok(status) => (status, after(now, spread(self.resync, &id))),
                     Err(err) => {

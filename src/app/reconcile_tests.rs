@@ -359,6 +359,25 @@ async fn tenants_sharing_a_node_keep_their_own_agent_of_one_name() {
     assert_eq!((model(&mine), model(&theirs)), (None, Some(json!("theirs"))), "deleting my tenant leaves theirs");
 }
 
+#[tokio::test]
+async fn an_agent_of_a_deleted_tenant_applied_again_leaves_the_shared_node() {
+    let (gone, kept) = (a_tenant(), a_tenant());
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    let node = Arc::new(StubNode::new());
+    // The store no longer holds `gone`; the cluster still does, with a live object of its
+    // (as a sweep that raced the tenant's deletion leaves it).
+    let reconciler = reconciler(&cluster, &node, vec![kept.clone()], Arc::new(TestClock(Mutex::new(t0()))));
+    cluster.provision_tenant(&gone).await.unwrap();
+    cluster.apply_agent(&gone.id, &manifest("gone")).await.unwrap();
+    cluster.apply_agent(&kept.id, &manifest("kept")).await.unwrap();
+    reconciler.pass().await;
+    reconciler.pass().await;
+    assert!(node.agent("http://node", &bot_on_node(&gone)).is_none(), "never pushed for a tenant the store no longer holds");
+    assert!(cluster.agent_object(&gone.id, manifest("m").name()).await.unwrap().is_none(), "its object went");
+    assert_eq!(cluster.tenant_status(&gone.id).await.unwrap().phase, TenantPhase::Pending, "and the tenant with it");
+    assert!(node.agent("http://node", &bot_on_node(&kept)).unwrap().deployed, "the other tenant's agent is untouched");
+}
+
 /// The in-memory cluster, counting the agent objects the loop reads.
 struct Counting {
     inner: MemoryCluster,
