@@ -421,6 +421,26 @@ pub enum AgentPhase {
     Failed,
 }
 
+impl AgentPhase {
+    /// Every phase, in the order an agent goes through them.
+    pub const ALL: [Self; 4] = [Self::Pending, Self::Deploying, Self::Running, Self::Failed];
+
+    /// Its name, as the API shows it and stores keep it: `Pending`, `Deploying`, `Running`, `Failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Deploying => "Deploying",
+            Self::Running => "Running",
+            Self::Failed => "Failed",
+        }
+    }
+
+    /// The phase named `name` ([`AgentPhase::as_str`]); `None` for any other text.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|phase| phase.as_str() == name)
+    }
+}
+
 /// An agent as registered in a tenant (the durable record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agent {

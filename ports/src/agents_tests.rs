@@ -93,3 +93,16 @@ fn the_shape_is_checked_before_anything_else() {
     let summary = Error::InvalidFields(vec![FieldError::new("a", "x"), FieldError::new("b", "y")]).to_string();
     assert_eq!(summary, "invalid manifest: a: x (and 1 more)");
 }
+
+#[test]
+fn phases_read_back_from_their_names() {
+    for phase in AgentPhase::ALL {
+        assert_eq!(AgentPhase::from_name(phase.as_str()), Some(phase));
+    }
+    assert_eq!(AgentPhase::Running.as_str(), "Running");
+    assert_eq!(AgentPhase::from_name("running"), None, "names are exact");
+    for phase in crate::tenancy::TenantPhase::ALL {
+        assert_eq!(crate::tenancy::TenantPhase::from_name(phase.as_str()), Some(phase));
+    }
+    assert_eq!(crate::tenancy::TenantPhase::from_name("Deleted"), None);
+}

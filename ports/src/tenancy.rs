@@ -104,6 +104,26 @@ pub enum TenantPhase {
     Error,
 }
 
+impl TenantPhase {
+    /// Every phase, in the order a tenant goes through them.
+    pub const ALL: [Self; 4] = [Self::Pending, Self::Provisioning, Self::Ready, Self::Error];
+
+    /// Its name, as the API shows it and stores keep it: `Pending`, `Provisioning`, `Ready`, `Error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Provisioning => "Provisioning",
+            Self::Ready => "Ready",
+            Self::Error => "Error",
+        }
+    }
+
+    /// The phase named `name` ([`TenantPhase::as_str`]); `None` for any other text.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|phase| phase.as_str() == name)
+    }
+}
+
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {

@@ -162,9 +162,6 @@ impl Item {
 
 type AgentKey = (TenantId, AgentName);
 
-const AGENT_PHASES: [AgentPhase; 4] = [AgentPhase::Pending, AgentPhase::Deploying, AgentPhase::Running, AgentPhase::Failed];
-const TENANT_PHASES: [TenantPhase; 4] = [TenantPhase::Pending, TenantPhase::Provisioning, TenantPhase::Ready, TenantPhase::Error];
-
 /// What the loop knows between items.
 struct State {
     queue: WorkQueue<Item>,
@@ -192,7 +189,7 @@ struct State {
 impl State {
     /// Notes the agent's phase, keeping the per-phase counts (`None`: it is gone).
     fn note_phase(&mut self, key: &AgentKey, phase: Option<AgentPhase>) {
-        let index = |phase: AgentPhase| AGENT_PHASES.iter().position(|p| *p == phase).unwrap_or(0);
+        let index = |phase: AgentPhase| AgentPhase::ALL.iter().position(|p| *p == phase).unwrap_or(0);
         let old = match phase {
             Some(phase) => self.phases.insert(key.clone(), phase),
             None => self.phases.remove(key),
@@ -206,8 +203,8 @@ impl State {
         if let Some(phase) = phase {
             self.phase_counts[index(phase)] += 1;
         }
-        for (phase, count) in AGENT_PHASES.iter().zip(self.phase_counts) {
-            metrics::gauge!("nexus_agents", "phase" => format!("{phase:?}")).set(count as f64);
+        for (phase, count) in AgentPhase::ALL.into_iter().zip(self.phase_counts) {
+            metrics::gauge!("nexus_agents", "phase" => phase.as_str()).set(count as f64);
         }
     }
 
@@ -222,9 +219,9 @@ impl State {
     }
 
     fn publish_tenants(&self) {
-        for phase in TENANT_PHASES {
+        for phase in TenantPhase::ALL {
             let count = self.tenants.values().filter(|status| status.phase == phase).count();
-            metrics::gauge!("nexus_tenants", "phase" => format!("{phase:?}")).set(count as f64);
+            metrics::gauge!("nexus_tenants", "phase" => phase.as_str()).set(count as f64);
         }
     }
 

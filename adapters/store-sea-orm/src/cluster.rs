@@ -55,40 +55,14 @@ pub(crate) fn statement(backend: DatabaseBackend, sql: &str, values: impl IntoIt
 
 const AGENT_COLUMNS: &str = "tenant_id, name, version, manifest, generation, observed_generation, phase, node_ack, last_synced_micros, message, deleting";
 
+/// A stored phase; one a newer replica wrote and this one does not know reads as Pending.
 fn agent_phase(text: &str) -> AgentPhase {
-    match text {
-        "Deploying" => AgentPhase::Deploying,
-        "Running" => AgentPhase::Running,
-        "Failed" => AgentPhase::Failed,
-        _ => AgentPhase::Pending,
-    }
+    AgentPhase::from_name(text).unwrap_or(AgentPhase::Pending)
 }
 
-fn agent_phase_text(phase: AgentPhase) -> &'static str {
-    match phase {
-        AgentPhase::Pending => "Pending",
-        AgentPhase::Deploying => "Deploying",
-        AgentPhase::Running => "Running",
-        AgentPhase::Failed => "Failed",
-    }
-}
-
+/// A stored tenant phase; an unknown one reads as Pending.
 fn tenant_phase(text: &str) -> TenantPhase {
-    match text {
-        "Provisioning" => TenantPhase::Provisioning,
-        "Ready" => TenantPhase::Ready,
-        "Error" => TenantPhase::Error,
-        _ => TenantPhase::Pending,
-    }
-}
-
-fn tenant_phase_text(phase: TenantPhase) -> &'static str {
-    match phase {
-        TenantPhase::Pending => "Pending",
-        TenantPhase::Provisioning => "Provisioning",
-        TenantPhase::Ready => "Ready",
-        TenantPhase::Error => "Error",
-    }
+    TenantPhase::from_name(text).unwrap_or(TenantPhase::Pending)
 }
 
 fn corrupt(what: &str) -> Error {
@@ -174,13 +148,7 @@ impl ClusterBackend for SqlCluster {
             self.backend(),
             "INSERT INTO cluster_tenants (tenant_id, phase, namespace, node_endpoint, message, terminating) VALUES (?, ?, ?, ?, NULL, ?) \
              ON CONFLICT (tenant_id) DO UPDATE SET phase = excluded.phase, namespace = excluded.namespace, node_endpoint = excluded.node_endpoint, message = NULL",
-            [
-                tenant.id.to_string().into(),
-                tenant_phase_text(status.phase).into(),
-                status.namespace.clone().into(),
-                status.node_endpoint.clone().into(),
-                false.into(),
-            ],
+            [tenant.id.to_string().into(), status.phase.as_str().into(), status.namespace.clone().into(), status.node_endpoint.clone().into(), false.into()],
         );
         self.db.execute_raw(upsert).await.map_err(db)?;
         Ok(status)
@@ -232,7 +200,7 @@ impl ClusterBackend for SqlCluster {
                 manifest.name().as_str().into(),
                 manifest.version().map(str::to_owned).into(),
                 manifest.json().into(),
-                agent_phase_text(AgentPhase::Pending).into(),
+                AgentPhase::Pending.as_str().into(),
                 false.into(),
                 false.into(),
                 true.into(),
@@ -293,7 +261,7 @@ impl ClusterBackend for SqlCluster {
             "UPDATE cluster_agents SET observed_generation = ?, phase = ?, node_ack = ?, last_synced_micros = ?, message = ? WHERE tenant_id = ? AND name = ?",
             [
                 generation(observed_generation),
-                agent_phase_text(status.phase).into(),
+                status.phase.as_str().into(),
                 status.node_ack.into(),
                 status.last_synced_at.map(|at| at.timestamp_micros()).into(),
                 status.message.clone().into(),

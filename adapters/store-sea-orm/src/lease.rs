@@ -157,41 +157,39 @@ impl SqlLease {
     /// replica leads, until they are all gone. Run it in the background; abort it, then
     /// [`SqlLease::release`], to stop.
     pub async fn campaign(self, renew: Duration, tell: watch::Sender<bool>) {
-        {
-            let mut election = Election::new(self.duration, renew);
-            loop {
-                let sent = Instant::now();
-                let budget = election.budget(sent);
-                let attempt = if budget.is_zero() {
-                    Attempt::Failed
-                } else {
-                    match tokio::time::timeout(budget, self.try_hold()).await {
-                        Ok(Ok(true)) => Attempt::Held,
-                        Ok(Ok(false)) => Attempt::HeldByOther,
-                        Ok(Err(_)) => Attempt::Failed,
-                        Err(_) => {
-                            tracing::warn!("the database did not answer the leader lease in time");
-                            Attempt::Failed
-                        }
+        let mut election = Election::new(self.duration, renew);
+        loop {
+            let sent = Instant::now();
+            let budget = election.budget(sent);
+            let attempt = if budget.is_zero() {
+                Attempt::Failed
+            } else {
+                match tokio::time::timeout(budget, self.try_hold()).await {
+                    Ok(Ok(true)) => Attempt::Held,
+                    Ok(Ok(false)) => Attempt::HeldByOther,
+                    Ok(Err(_)) => Attempt::Failed,
+                    Err(_) => {
+                        tracing::warn!("the database did not answer the leader lease in time");
+                        Attempt::Failed
                     }
-                };
-                election.observe(sent, attempt);
-                let now = Instant::now();
-                let leads = election.leading(now);
-                let changed = tell.send_if_modified(|was| std::mem::replace(was, leads) != leads);
-                if changed {
-                    tracing::info!(holder = %self.holder, leads, "leader lease {}", if leads { "taken" } else { "lost" });
                 }
-                if tell.is_closed() {
-                    return;
-                }
-                tokio::time::sleep_until(election.next_wake(sent, now)).await;
-                // Leadership that ended while asleep is told before the next attempt.
-                let now = Instant::now();
-                if *tell.borrow() && !election.leading(now) {
-                    tell.send_replace(false);
-                    tracing::warn!(holder = %self.holder, "leader lease not renewed in time: no longer leading");
-                }
+            };
+            election.observe(sent, attempt);
+            let now = Instant::now();
+            let leads = election.leading(now);
+            let changed = tell.send_if_modified(|was| std::mem::replace(was, leads) != leads);
+            if changed {
+                tracing::info!(holder = %self.holder, leads, "leader lease {}", if leads { "taken" } else { "lost" });
+            }
+            if tell.is_closed() {
+                return;
+            }
+            tokio::time::sleep_until(election.next_wake(sent, now)).await;
+            // Leadership that ended while asleep is told before the next attempt.
+            let now = Instant::now();
+            if *tell.borrow() && !election.leading(now) {
+                tell.send_replace(false);
+                tracing::warn!(holder = %self.holder, "leader lease not renewed in time: no longer leading");
             }
         }
     }
