@@ -16,7 +16,7 @@ use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentQuota, Ag
 use crate::audit::{AuditCursor, AuditEvent, AuditPage};
 use crate::changes::Change;
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
-use crate::node_names::NodeSharing;
+use crate::node_names::{NodeAgent, NodeSharing};
 use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
 use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
 
@@ -260,6 +260,11 @@ pub trait NodeProxy: Send + Sync + 'static {
 
     /// Forgets an agent: `DELETE {node}/v1/agents/{name}`; an agent it does not know is fine.
     async fn remove_agent(&self, node: &str, name: &AgentName) -> Result<()>;
+
+    /// Every agent the node holds, as its list shows them (name, version, status), in one
+    /// call: `GET {node}/v1/agents`. What the reconcile loop compares with what should be
+    /// there, once per node and period.
+    async fn list_node_agents(&self, node: &str) -> Result<Vec<NodeAgent>>;
 
     /// The node's live view of an agent (its entry in the node's list, with the manifest it
     /// stores), or `None` when the node does not know it.
