@@ -347,6 +347,20 @@ pub trait ClusterBackend: Send + Sync + 'static {
 
     /// Removes the agent object for good (after its deletion was asked for and handled).
     async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<()>;
+
+    /// Records that the node at `node` was seen at `at` holding, as they should be, every
+    /// agent of `agents` (each with the generation it runs): what their status shows as
+    /// `last_synced_at` from then on, while they stay Running that generation. The default
+    /// writes each agent's status; a cluster that keeps one time per node overrides it with
+    /// one write, joined with each Running agent's own time when statuses are read.
+    async fn record_node_seen(&self, node: &str, at: DateTime<Utc>, agents: &[(TenantId, AgentName, u64)]) -> Result<()> {
+        let _ = node;
+        let running = AgentStatus { phase: crate::agents::AgentPhase::Running, node_ack: true, last_synced_at: Some(at), message: None };
+        for (tenant, name, generation) in agents {
+            self.set_agent_status(tenant, name, *generation, &running).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Changes told to every replica sharing the store (this one included), so that what

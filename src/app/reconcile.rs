@@ -21,6 +21,7 @@
 
 mod agent;
 mod lists;
+mod node;
 mod state;
 mod step;
 
@@ -88,6 +89,11 @@ impl Reconciler {
             depth_published: None,
             listed: HashMap::new(),
             reserved: HashSet::new(),
+            on_node: HashMap::new(),
+            drifted: HashSet::new(),
+            siblings: HashMap::new(),
+            swept: false,
+            resync,
         };
         let shared = Arc::new(Shared { state: Mutex::new(state), notify: Notify::new(), clock: clock.clone(), following: AtomicBool::new(false) });
         Self { cluster, node, agents, tenants, clock, resync, shared }
@@ -204,6 +210,7 @@ impl Reconciler {
             Item::Sweep => self.sweep(true).await,
             Item::Tenant(id) => self.tenant_item(*id).await,
             Item::Agent(tenant, name) => self.agent_item((*tenant, name.clone())).await,
+            Item::Node(endpoint) => self.node_item(endpoint).await,
         };
         metrics::histogram!("nexus_reconcile_item_duration_seconds", "kind" => item.kind()).record(started.elapsed().as_secs_f64());
         (item, next)

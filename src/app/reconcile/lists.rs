@@ -3,11 +3,12 @@
 //! store whose agents must still leave their node.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use nexus_ports::agents::Change;
+use nexus_ports::agents::{AgentObject, Change};
 use nexus_ports::node_names::NodeSharing;
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 
@@ -64,7 +65,7 @@ impl Reconciler {
         let mut statuses = HashMap::new();
         for (id, status, wait) in outcomes {
             let next = after(now, wait.unwrap_or_else(|| self.tenant_period(&id, &status)));
-            state.note_tenant(id, status.clone());
+            state.note_tenant(id, status.clone(), now);
             state.queue.wake(Item::Tenant(id), next);
             statuses.insert(id, status);
         }
@@ -107,7 +108,17 @@ impl Reconciler {
                 return retry;
             }
         };
+        // A tenant's agents, for the chain checks of those this sweep wakes: read once here,
+        // not once per agent.
+        let mut siblings: HashMap<TenantId, Vec<AgentObject>> = HashMap::new();
+        if self.cluster.node_sharing() == NodeSharing::Shared {
+            for object in &objects {
+                siblings.entry(object.tenant_id).or_default().push(object.clone());
+            }
+        }
         let mut state = self.state();
+        state.siblings = siblings.into_iter().map(|(tenant, objects)| (tenant, Arc::new(objects))).collect();
+        state.swept = true;
         for object in objects {
             let (tenant, name) = (object.tenant_id, object.manifest.name().clone());
             // The tenant of objects the store no longer has (deleted, whose agents must
@@ -167,7 +178,7 @@ impl Reconciler {
             }
         };
         let mut state = self.state();
-        if state.note_tenant(id, status) {
+        if state.note_tenant(id, status, now) {
             state.wake_agents_of(id, None, now);
         }
         Some(next)
