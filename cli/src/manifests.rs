@@ -96,9 +96,18 @@ fn parse_into(loaded: &mut Loaded, origin: &str, text: &str, json: bool) {
     let documents: Vec<Result<Value, String>> = if json {
         vec![serde_json::from_str::<Value>(text).map_err(|err| format!("not valid JSON: {err}"))]
     } else {
-        serde_yaml::Deserializer::from_str(text)
-            .map(|document| serde::Deserialize::deserialize(document).map_err(|err: serde_yaml::Error| format!("not valid YAML: {err}")))
-            .collect()
+        let mut documents = Vec::new();
+        for document in serde_yaml::Deserializer::from_str(text) {
+            let document = serde::Deserialize::deserialize(document).map_err(|err: serde_yaml::Error| format!("not valid YAML: {err}"));
+            let failed = document.is_err();
+            documents.push(document);
+            if failed {
+                // A YAML stream cannot be read past a syntax error (its reader would
+                // repeat the error for ever).
+                break;
+            }
+        }
+        documents
     };
     let several = documents.len() > 1;
     for (index, document) in documents.into_iter().enumerate() {
@@ -109,11 +118,7 @@ fn parse_into(loaded: &mut Loaded, origin: &str, text: &str, json: bool) {
                 Some(name) if !name.is_empty() => loaded.manifests.push(Manifest { origin, name: name.to_owned(), body }),
                 _ => loaded.unreadable.push(Unreadable { origin, reason: "metadata.name: a manifest names its agent".into() }),
             },
-            Err(reason) => {
-                loaded.unreadable.push(Unreadable { origin, reason });
-                // A YAML stream cannot be read past a syntax error.
-                break;
-            }
+            Err(reason) => loaded.unreadable.push(Unreadable { origin, reason }),
         }
     }
 }
@@ -156,6 +161,8 @@ mod tests {
         assert_eq!(loaded.manifests[1].origin, "a.yaml#2");
         parse_into(&mut loaded, "b.yaml", "kind: Agent\n", false);
         assert_eq!(loaded.unreadable.len(), 1);
+        parse_into(&mut loaded, "c.yaml", "metadata: [unclosed\n---\nmetadata: {name: three}\n", false);
+        assert_eq!(loaded.unreadable.len(), 2);
         assert!(loaded.unreadable[0].reason.starts_with("metadata.name"));
     }
 

@@ -256,7 +256,7 @@ impl Api {
 }
 
 pub fn transport_fail(server: &str, err: &reqwest::Error) -> Fail {
-    let cause = std::error::Error::source(err).map_or_else(|| err.to_string(), |source| root_cause(source));
+    let cause = std::error::Error::source(err).map_or_else(|| err.to_string(), root_cause);
     if err.is_connect() {
         Fail::new(format!("cannot reach the server at {server} ({cause}): is it running? check --server or NEXUS_SERVER"))
     } else if err.is_timeout() {
