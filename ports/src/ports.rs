@@ -290,6 +290,14 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// node-side names, see [`crate::node_names`]).
     fn node_sharing(&self) -> NodeSharing;
 
+    /// Whether what the cluster holds of a tenant can change behind the core's back (a
+    /// cluster others edit), so that a ready tenant is provisioned again every resync
+    /// period even when nothing woke it. A cluster that only Nexus writes answers `false`:
+    /// its ready tenants are left alone at rest, costing no read.
+    fn tenants_drift(&self) -> bool {
+        true
+    }
+
     /// Makes the tenant's namespace and node exist; applying it again changes nothing.
     ///
     /// # Errors

@@ -94,6 +94,8 @@ impl Reconciler {
             siblings: HashMap::new(),
             swept: false,
             resync,
+            tenants_listed: HashSet::new(),
+            tenant_wakes: HashSet::new(),
         };
         let shared = Arc::new(Shared { state: Mutex::new(state), notify: Notify::new(), clock: clock.clone(), following: AtomicBool::new(false) });
         Self { cluster, node, agents, tenants, clock, resync, shared }

@@ -404,6 +404,9 @@ impl ClusterBackend for Counting {
     fn node_sharing(&self) -> NodeSharing {
         self.inner.node_sharing()
     }
+    fn tenants_drift(&self) -> bool {
+        self.inner.tenants_drift()
+    }
     async fn provision_tenant(&self, tenant: &Tenant) -> nexus_ports::Result<TenantStatus> {
         self.inner.provision_tenant(tenant).await
     }
@@ -520,13 +523,17 @@ async fn a_pass_over_a_converged_world_writes_nothing_and_only_lists_the_node() 
     let cluster = Arc::new(Counting::new("http://node"));
     let node = Arc::new(StubNode::new());
     let clock = Arc::new(TestClock(Mutex::new(t0())));
-    let ports = ReconcilePorts {
-        cluster: cluster.clone(),
-        node: node.clone(),
-        agents: Arc::new(no_registry()),
-        tenants: Arc::new(tenant_store(tenants.clone())),
-        clock: clock.clone(),
-    };
+    let tenant_reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tenant_store = MockTenantStore::new();
+    let (listed, counted) = (tenants.clone(), tenant_reads.clone());
+    tenant_store.expect_list_all_tenants().returning(move || Ok(listed.clone()));
+    let found = tenants.clone();
+    tenant_store.expect_find_tenant().returning(move |id| {
+        counted.fetch_add(1, Relaxed);
+        Ok(found.iter().find(|t| t.id == *id).cloned())
+    });
+    let ports =
+        ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: Arc::new(no_registry()), tenants: Arc::new(tenant_store), clock: clock.clone() };
     let reconciler = Reconciler::new(ports, RESYNC);
     for tenant in &tenants {
         for name in ["a", "b", "c"] {
@@ -542,6 +549,7 @@ async fn a_pass_over_a_converged_world_writes_nothing_and_only_lists_the_node() 
     // Resync periods at rest: one list of the node each, one time recorded for it, and
     // nothing else written anywhere.
     let (writes, node_before) = (cluster.writes.load(Relaxed), on_node());
+    tenant_reads.store(0, Relaxed);
     for period in 1..=3 {
         clock.advance(chrono::Duration::from_std(RESYNC).unwrap());
         reconciler.pass().await;
@@ -551,6 +559,10 @@ async fn a_pass_over_a_converged_world_writes_nothing_and_only_lists_the_node() 
         assert_eq!(cluster.seen.load(Relaxed), period as usize, "one time recorded per node and period");
     }
     assert_eq!(on_node().reads, node_before.reads);
+    assert_eq!(tenant_reads.load(Relaxed), 0, "a ready tenant nothing woke is not read again");
+    reconciler.wake(Change::Tenant(tenants[0].id));
+    reconciler.pass().await;
+    assert_eq!(tenant_reads.load(Relaxed), 1, "one an event woke is");
     let synced = all().await[0].status.last_synced_at.unwrap();
     assert!(synced > pushed_at && synced <= clock.now(), "lastSyncedAt follows the node's last look: {synced}");
 

@@ -63,6 +63,11 @@ impl ClusterBackend for MemoryCluster {
         NodeSharing::Shared
     }
 
+    /// Only Nexus writes what it holds of tenants.
+    fn tenants_drift(&self) -> bool {
+        false
+    }
+
     async fn provision_tenant(&self, tenant: &Tenant) -> Result<TenantStatus> {
         let status =
             TenantStatus { phase: TenantPhase::Ready, namespace: Some(tenant.id.cr_name()), node_endpoint: Some(self.node_endpoint.clone()), message: None };

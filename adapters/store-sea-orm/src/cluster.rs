@@ -146,6 +146,11 @@ impl ClusterBackend for SqlCluster {
         NodeSharing::Shared
     }
 
+    /// Only Nexus writes what it holds of tenants.
+    fn tenants_drift(&self) -> bool {
+        false
+    }
+
     /// Written only when it changes: the leader provisions every tenant at each resync.
     async fn provision_tenant(&self, tenant: &Tenant) -> Result<TenantStatus> {
         let status =

@@ -91,7 +91,8 @@ impl Reconciler {
             }
         };
         let unseen: Vec<Tenant> = {
-            let state = self.state();
+            let mut state = self.state();
+            state.tenants_listed = tenants.iter().map(|t| t.id).collect();
             tenants.into_iter().filter(|t| !state.tenants.contains_key(&t.id) && !state.queue.contains(&Item::Tenant(t.id))).collect()
         };
         self.provision_all(unseen).await;
@@ -141,6 +142,16 @@ impl Reconciler {
     /// has of it while its agents leave); wakes its agents when what they go by changed.
     pub(super) async fn tenant_item(&self, id: TenantId) -> Option<DateTime<Utc>> {
         let now = self.clock.now();
+        {
+            // At rest on a cluster only Nexus writes: a ready tenant the last sweep listed
+            // and nothing woke is as it was; nothing is read.
+            let mut state = self.state();
+            let woken = state.tenant_wakes.remove(&id);
+            let ready = state.tenants.get(&id).is_some_and(|status| status.phase == TenantPhase::Ready);
+            if !woken && ready && !self.cluster.tenants_drift() && state.tenants_listed.contains(&id) && !state.tenant_retries.contains_key(&id) {
+                return Some(after(now, spread(self.resync, &id)));
+            }
+        }
         let (status, next) = match self.tenants.find_tenant(&id).await {
             Ok(Some(tenant)) => {
                 let (id, status, wait) = self.reconcile_tenant(tenant, now).await;

@@ -87,6 +87,10 @@ pub(super) struct State {
     pub(super) swept: bool,
     /// The resync period: how often each node is listed.
     pub(super) resync: Duration,
+    /// The tenants the last sweep listed from the store.
+    pub(super) tenants_listed: HashSet<TenantId>,
+    /// Tenants an event woke since their item last ran: looked at in full.
+    pub(super) tenant_wakes: HashSet<TenantId>,
 }
 
 impl State {
@@ -150,6 +154,7 @@ impl State {
         match change {
             // What changed of a tenant may change what each of its agents must do.
             Change::Tenant(tenant) => {
+                self.tenant_wakes.insert(tenant);
                 self.queue.wake(Item::Tenant(tenant), now);
                 self.wake_agents_of(tenant, None, now);
             }
