@@ -30,6 +30,11 @@ impl Reconciler {
     /// When the store or the cluster cannot be listed.
     pub async fn apply_registry(&self) -> nexus_ports::Result<usize> {
         let existing: HashSet<AgentKey> = self.cluster.list_agent_objects().await?.into_iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
+        self.apply_registry_over(&existing).await
+    }
+
+    /// [`Self::apply_registry`], given the objects the cluster has.
+    async fn apply_registry_over(&self, existing: &HashSet<AgentKey>) -> nexus_ports::Result<usize> {
         let mut applied = 0;
         for agent in self.agents.list_all_agents().await? {
             if existing.contains(&(agent.tenant_id, agent.manifest.name().clone())) {
@@ -96,19 +101,32 @@ impl Reconciler {
             tenants.into_iter().filter(|t| !state.tenants.contains_key(&t.id) && !state.queue.contains(&Item::Tenant(t.id))).collect()
         };
         self.provision_all(unseen).await;
-        if with_registry && let Err(err) = self.apply_registry().await {
-            tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry");
-        }
         if let Err(err) = self.cluster.finish_deletions().await {
             tracing::warn!(error = %err, "cannot finish deletions yet; will retry");
         }
-        let objects = match self.cluster.list_agent_objects().await {
+        let mut objects = match self.cluster.list_agent_objects().await {
             Ok(objects) => objects,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot list agent objects; will retry");
                 return retry;
             }
         };
+        // The registry is compared with the objects just listed (one list of them a sweep,
+        // not two); they are listed again only when it applied some.
+        if with_registry {
+            let existing: HashSet<AgentKey> = objects.iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
+            match self.apply_registry_over(&existing).await {
+                Ok(0) => {}
+                Ok(_) => match self.cluster.list_agent_objects().await {
+                    Ok(listed) => objects = listed,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot list agent objects; will retry");
+                        return retry;
+                    }
+                },
+                Err(err) => tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry"),
+            }
+        }
         // A tenant's agents, for the chain checks of those this sweep wakes: read once here,
         // not once per agent.
         let mut siblings: HashMap<TenantId, Vec<AgentObject>> = HashMap::new();
