@@ -9,6 +9,7 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::runtime::watcher::Event;
 use nexus_ports::agents::{AgentName, AgentPhase, AgentStatus, Change};
+use nexus_ports::leadership::Fence;
 use nexus_ports::ports::ClusterBackend;
 use nexus_ports::tenancy::{TenantId, TenantPhase};
 use nexus_ports::testing;
@@ -92,7 +93,7 @@ async fn once_listed_reads_cost_no_request_and_every_write_is_read_back() {
     assert_eq!(cluster.agent_object(&tenant_id(), &bot()).await.unwrap().unwrap().status.phase, AgentPhase::Pending, "the apply's answer stands");
 
     let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: None, message: None };
-    cluster.set_agent_status(&tenant_id(), &bot(), 1, &running).await.unwrap();
+    cluster.set_agent_status(&tenant_id(), &bot(), 1, &running, Fence::Alone).await.unwrap();
     assert_eq!(cluster.agent_object(&tenant_id(), &bot()).await.unwrap().unwrap().status.phase, AgentPhase::Running, "read right after the write");
 
     cluster.request_agent_deletion(&tenant_id(), &bot()).await.unwrap();
