@@ -581,3 +581,57 @@ async fn a_replica_leading_again_starts_from_fresh_lists_not_stale_snapshots() {
     assert!(node.agent("http://node", &bot_on_node(&tenant)).is_none(), "the deleted agent is not pushed again");
     assert!(cluster.agent_object(&tenant.id, manifest("m").name()).await.unwrap().is_none());
 }
+
+/// A tenant deleted while one of its agents is being created: the tenant's deprovisioning
+/// (which marks its objects) comes before the create's apply, which leaves a live object
+/// of a tenant the store no longer has; both wakes reach the loop, in either order.
+#[tokio::test]
+async fn an_agent_created_while_its_tenant_is_deprovisioned_never_stays_on_the_shared_node() {
+    for agent_first in [true, false] {
+        let (deleted, kept) = (a_tenant(), a_tenant());
+        let cluster = Arc::new(MemoryCluster::new("http://node"));
+        let node = Arc::new(StubNode::new());
+        let tenants = Arc::new(Mutex::new(vec![deleted.clone(), kept.clone()]));
+        let mut store = MockTenantStore::new();
+        let listed = tenants.clone();
+        store.expect_list_all_tenants().returning(move || Ok(listed.lock().unwrap().clone()));
+        let found = tenants.clone();
+        store.expect_find_tenant().returning(move |id| Ok(found.lock().unwrap().iter().find(|t| t.id == *id).cloned()));
+        let reconciler = Reconciler::new(
+            ReconcilePorts {
+                cluster: cluster.clone(),
+                node: node.clone(),
+                agents: Arc::new(no_registry()),
+                tenants: Arc::new(store),
+                clock: Arc::new(TestClock(Mutex::new(t0()))),
+            },
+            RESYNC,
+        );
+        cluster.apply_agent(&deleted.id, &manifest("old")).await.unwrap();
+        cluster.apply_agent(&kept.id, &manifest("kept")).await.unwrap();
+        reconciler.pass().await;
+        assert!(node.agent("http://node", &bot_on_node(&deleted)).unwrap().deployed);
+
+        // DELETE of the tenant runs between the create's registry insert and its apply.
+        cluster.deprovision_tenant(&deleted.id).await.unwrap();
+        tenants.lock().unwrap().retain(|t| t.id != deleted.id);
+        let racing = testing::manifest("racer", "m");
+        cluster.apply_agent(&deleted.id, &racing).await.unwrap();
+        let (agent, tenant) = (Change::Agent(deleted.id, racing.name().clone()), Change::Tenant(deleted.id));
+        if agent_first {
+            reconciler.wake(agent);
+            reconciler.wake(tenant);
+        } else {
+            reconciler.wake(tenant);
+            reconciler.wake(agent);
+        }
+        for _ in 0..3 {
+            reconciler.pass().await;
+        }
+        let racer = NodeNames::new(deleted.id, NodeSharing::Shared).node_name(racing.name()).to_string();
+        assert!(node.agent("http://node", &racer).is_none(), "the agent created meanwhile is off the shared node (agent woken first: {agent_first})");
+        assert!(node.agent("http://node", &bot_on_node(&deleted)).is_none(), "and the tenant's other agent");
+        assert!(cluster.list_tenant_agent_objects(&deleted.id).await.unwrap().is_empty(), "their objects went");
+        assert!(node.agent("http://node", &bot_on_node(&kept)).unwrap().deployed, "the other tenant's agent is untouched");
+    }
+}
