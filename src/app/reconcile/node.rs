@@ -12,6 +12,7 @@ use nexus_ports::node_names::NodeAgent;
 use nexus_ports::tenancy::TenantId;
 
 use super::state::{AgentKey, Item, OnNode, after};
+use super::term::is_term_over;
 use super::{NOT_READY_RECHECK, Reconciler};
 use crate::app::work_queue::spread;
 
@@ -57,10 +58,11 @@ impl Reconciler {
         }
         // Listed before what should be there is read: whatever is pushed meanwhile was
         // tracked before it was pushed, so it is never taken for a stray.
-        let listed = self.node.list_node_agents(endpoint).await;
+        let listed = self.in_term(self.node.list_node_agents(endpoint)).await;
         let (expected, owned) = self.expected_on(endpoint);
         let listed = match listed {
             Ok(listed) => listed,
+            Err(err) if is_term_over(&err) => return next,
             Err(err) => {
                 // As when each agent was pushed every period: they are tried, and say why
                 // they fail.
@@ -74,13 +76,13 @@ impl Reconciler {
             let Ok(name) = AgentName::parse(stray) else { continue };
             tracing::info!(agent = %name, "removing an agent no tenant has from its node");
             metrics::counter!("nexus_reconcile_strays_removed_total").increment(1);
-            if let Err(err) = self.node.remove_agent(endpoint, &name).await {
+            if let Err(err) = self.in_term(self.node.remove_agent(endpoint, &name)).await {
                 tracing::warn!(agent = %name, error = %err, "could not remove a stray agent from its node; will retry");
             }
         }
         if drift.repush.is_empty() {
             let agents: Vec<(TenantId, AgentName, u64)> = expected.into_iter().map(|((tenant, name), should)| (tenant, name, should.generation)).collect();
-            if let Err(err) = self.cluster.record_node_seen(endpoint, now, &agents).await {
+            if let Err(err) = self.fenced(|fence| self.cluster.record_node_seen(endpoint, now, &agents, fence)).await {
                 tracing::warn!(error = %err, "could not record when the node was seen; will retry");
             }
         } else {
