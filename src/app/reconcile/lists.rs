@@ -101,32 +101,35 @@ impl Reconciler {
             tenants.into_iter().filter(|t| !state.tenants.contains_key(&t.id) && !state.queue.contains(&Item::Tenant(t.id))).collect()
         };
         self.provision_all(unseen).await;
-        if let Err(err) = self.in_term(self.cluster.finish_deletions()).await {
-            tracing::warn!(error = %err, "cannot finish deletions yet; will retry");
-        }
-        let mut objects = match self.cluster.list_agent_objects().await {
-            Ok(objects) => objects,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot list agent objects; will retry");
-                return retry;
-            }
-        };
-        // The registry is compared with the objects just listed (one list of them a sweep,
-        // not two); they are listed again only when it applied some.
+        // With the registry, it is compared with the objects listed first, and they are
+        // listed again only when it applied some: one list of them a sweep at rest, not two.
+        let mut listed = None;
         if with_registry {
-            let existing: HashSet<AgentKey> = objects.iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
-            match self.apply_registry_over(&existing).await {
-                Ok(0) => {}
-                Ok(_) => match self.cluster.list_agent_objects().await {
-                    Ok(listed) => objects = listed,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot list agent objects; will retry");
-                        return retry;
+            match self.cluster.list_agent_objects().await {
+                Ok(objects) => {
+                    let existing: HashSet<AgentKey> = objects.iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
+                    match self.apply_registry_over(&existing).await {
+                        Ok(0) => listed = Some(objects),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry"),
                     }
-                },
+                }
                 Err(err) => tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry"),
             }
         }
+        if let Err(err) = self.in_term(self.cluster.finish_deletions()).await {
+            tracing::warn!(error = %err, "cannot finish deletions yet; will retry");
+        }
+        let objects = match listed {
+            Some(objects) => objects,
+            None => match self.cluster.list_agent_objects().await {
+                Ok(objects) => objects,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot list agent objects; will retry");
+                    return retry;
+                }
+            },
+        };
         // A tenant's agents, for the chain checks of those this sweep wakes: read once here,
         // not once per agent.
         let mut siblings: HashMap<TenantId, Vec<AgentObject>> = HashMap::new();
