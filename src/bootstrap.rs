@@ -154,6 +154,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     let access = AccessService::new(AccessPorts {
         tokens: access_tokens,
         users: store.clone(),
+        sessions: store.clone(),
         keys: store.clone(),
         tenants: store.clone(),
         clock: clock.clone(),

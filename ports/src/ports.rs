@@ -97,6 +97,11 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     /// given; returns how many it revoked.
     async fn revoke_family<'a>(&self, family: &FamilyId, now: DateTime<Utc>, audit: Option<&'a AuditEvent>) -> Result<u64>;
 
+    /// Whether the session `family` goes on: some token of it is not revoked. A family that
+    /// was logged out, revoked by reuse detection, ended with every session of its user, or
+    /// pruned, does not.
+    async fn session_is_live(&self, family: &FamilyId) -> Result<bool>;
+
     /// The family of the stored token with this digest (live or not), and its user, if any.
     async fn family_of(&self, digest: &SecretDigest) -> Result<Option<(FamilyId, UserId)>>;
 
@@ -417,8 +422,9 @@ pub trait PasswordHasher: Send + Sync + 'static {
 /// Signs and verifies access tokens.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 pub trait AccessTokens: Send + Sync + 'static {
-    /// A signed token for the user, issued at `now`.
-    fn issue(&self, user_id: &UserId, now: DateTime<Utc>) -> Result<AccessToken>;
+    /// A signed token for the user, issued at `now` in `session` (its refresh-token family),
+    /// which the token names so that it ends with its session.
+    fn issue(&self, user_id: &UserId, session: &FamilyId, now: DateTime<Utc>) -> Result<AccessToken>;
 
     /// The claims of a token that this server signed and that has not expired at `now`.
     ///

@@ -2,8 +2,9 @@
 //! first; when it is absent or invalid, the API key. A user reaches a tenant it owns by
 //! naming it in `X-Tenant-ID`; an API key reaches its own tenant only.
 //!
-//! An access token is valid when it is signed, unexpired, and issued no earlier than its
-//! user last ended every session ([`AccessService::session_is_current`], read from the
+//! An access token is valid when it is signed, unexpired, issued no earlier than its user
+//! last ended every session, and its own session (the refresh-token family it names) has
+//! not been logged out or revoked ([`AccessService::session_is_current`], read from the
 //! store so that every replica agrees).
 //!
 //! None of this asks the store on the hot path: API keys, users' session cut-offs and
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use nexus_ports::identity::UserId;
-use nexus_ports::ports::{AccessTokens, ApiKeyStore, Clock, TenantStore, UserStore};
+use nexus_ports::ports::{AccessTokens, ApiKeyStore, Clock, RefreshTokenStore, TenantStore, UserStore};
 use nexus_ports::tenancy::{ApiKey, KeyScope, Tenant, TenantId};
 use nexus_ports::tokens::{AccessClaims, SecretDigest};
 use nexus_ports::{Error, Result};
@@ -54,6 +55,7 @@ pub struct Credentials<'a> {
 pub struct AccessService {
     tokens: Arc<dyn AccessTokens>,
     users: Arc<dyn UserStore>,
+    sessions: Arc<dyn RefreshTokenStore>,
     keys: Arc<dyn ApiKeyStore>,
     tenants: Arc<dyn TenantStore>,
     clock: Arc<dyn Clock>,
@@ -82,6 +84,8 @@ pub struct AccessPorts {
     pub tokens: Arc<dyn AccessTokens>,
     /// Where each user's sessions cut-off is kept.
     pub users: Arc<dyn UserStore>,
+    /// Where each session (refresh-token family) is kept.
+    pub sessions: Arc<dyn RefreshTokenStore>,
     pub keys: Arc<dyn ApiKeyStore>,
     pub tenants: Arc<dyn TenantStore>,
     pub clock: Arc<dyn Clock>,
@@ -100,13 +104,15 @@ pub(crate) fn issued_before_cutoff(issued_at: DateTime<Utc>, cutoff: Option<Date
 impl AccessService {
     /// Wires authentication to its ports.
     pub fn new(ports: AccessPorts) -> Self {
-        let AccessPorts { tokens, users, keys, tenants, clock, usage, changes } = ports;
-        Self { tokens, users, keys, tenants, clock, usage, changes }
+        let AccessPorts { tokens, users, sessions, keys, tenants, clock, usage, changes } = ports;
+        Self { tokens, users, sessions, keys, tenants, clock, usage, changes }
     }
 
     /// Whether the session of a verified access token is still current: its user has not
-    /// ended every session since the token was issued. The one place this is decided (from memory
-    /// when kept there).
+    /// ended every session since the token was issued, and the session the token names has
+    /// not been logged out or revoked. The one place this is decided (from memory when kept
+    /// there: a logout or revocation drops what is kept, here at once and on every other
+    /// replica through the change feed).
     ///
     /// # Errors
     /// What the store answered.
@@ -121,7 +127,18 @@ impl AccessService {
                 cutoff
             }
         };
-        Ok(!issued_before_cutoff(claims.issued_at, cutoff))
+        if issued_before_cutoff(claims.issued_at, cutoff) {
+            return Ok(false);
+        }
+        let Some(session) = claims.session else { return Ok(true) };
+        let live = &self.changes.caches().live_sessions;
+        if let Some(live) = live.get(&session) {
+            return Ok(live);
+        }
+        let ticket = live.ticket();
+        let is_live = self.sessions.session_is_live(&session).await?;
+        live.insert(ticket, session, is_live);
+        Ok(is_live)
     }
 
     /// The key with this digest and its tenant, from memory when kept there.

@@ -5,9 +5,11 @@
 //! the presented token (revoked, replaced within the family, atomically in the store). A
 //! token presented again after its rotation is a replay, whether by a thief or by a racing
 //! client: the whole family is revoked and the holder must log in again. A family ends for
-//! good at its absolute lifetime (`session_max`), whatever the rotations. Logging out
-//! revokes one family; ending every session (or changing the password) revokes them all and
-//! makes every access token issued before that moment invalid.
+//! good at its absolute lifetime (`session_max`), whatever the rotations. Access tokens name
+//! their family (`sid`): logging out, or a replay, revokes one family and its access tokens
+//! with it (announced, so that every replica refuses them); ending every session (or
+//! changing the password) revokes them all and makes every access token issued before that
+//! moment invalid.
 
 use std::sync::Arc;
 
@@ -163,12 +165,13 @@ impl IdentityService {
         let refresh = self.ports.secrets.generate(REFRESH_PREFIX)?;
         let replacement = Replacement { digest: refresh.digest(), issued_at: now, expires_at: now + self.policy.refresh_ttl };
         match self.ports.refresh_tokens.rotate_refresh_token(&presented.digest(), &replacement, now).await? {
-            Rotation::Rotated { user_id, expires_at, .. } => {
-                let access = self.ports.access_tokens.issue(&user_id, now)?;
+            Rotation::Rotated { user_id, family_id, expires_at } => {
+                let access = self.ports.access_tokens.issue(&user_id, &family_id, now)?;
                 Ok(TokenPair { access, refresh, refresh_expires_at: expires_at })
             }
             Rotation::Reused { user_id, family_id } => {
                 let revoked = self.ports.refresh_tokens.revoke_family(&family_id, now, None).await?;
+                self.ports.changes.announce(Change::SessionRevoked { user: user_id, session: family_id }).await;
                 tracing::warn!(user = %user_id, revoked, "refresh token presented after rotation: its session was revoked");
                 Err(Error::unauthorized("refresh token has already been used; the session was revoked, log in again"))
             }
@@ -186,6 +189,7 @@ impl IdentityService {
             let now = self.ports.clock.now();
             let audit = user_event(&user, now, AuditAction::UserLogout);
             let revoked = self.ports.refresh_tokens.revoke_family(&family, now, Some(&audit)).await?;
+            self.ports.changes.announce(Change::SessionRevoked { user, session: family }).await;
             tracing::info!(revoked, "logged out: a session was revoked");
         }
         Ok(())
@@ -293,13 +297,14 @@ impl IdentityService {
 
     async fn start_session(&self, user: User, audit: Option<&AuditEvent>) -> Result<Session> {
         let now = self.ports.clock.now();
-        let access = self.ports.access_tokens.issue(&user.id, now)?;
+        let family_id = FamilyId::generate();
+        let access = self.ports.access_tokens.issue(&user.id, &family_id, now)?;
         let refresh = self.ports.secrets.generate(REFRESH_PREFIX)?;
         let session_expires_at = now + self.policy.session_max;
         let record = RefreshTokenRecord {
             digest: refresh.digest(),
             user_id: user.id,
-            family_id: FamilyId::generate(),
+            family_id,
             issued_at: now,
             expires_at: (now + self.policy.refresh_ttl).min(session_expires_at),
             session_expires_at,

@@ -81,7 +81,10 @@ impl Ports {
 
     /// Expects one new session: an access token and a stored refresh token.
     fn expect_session(&mut self) {
-        self.access.expect_issue().times(1).returning(|_, at| Ok(AccessToken { token: "jwt".into(), issued_at: at, expires_at: at + Duration::minutes(15) }));
+        self.access
+            .expect_issue()
+            .times(1)
+            .returning(|_, _, at| Ok(AccessToken { token: "jwt".into(), issued_at: at, expires_at: at + Duration::minutes(15) }));
         self.secrets.expect_generate().with(eq("nxr_")).times(1).returning(|_| Ok(OpaqueSecret::new("nxr_secret".into())));
         self.refresh
             .expect_insert_refresh_token()
@@ -233,8 +236,13 @@ async fn refresh_rotates_a_live_token() {
     let user = UserId::generate();
     // The store cut the new token's expiry to the session's end.
     let session_end = now() + Duration::days(2);
-    let mut ports = rotating(Rotation::Rotated { user_id: user, family_id: FamilyId::generate(), expires_at: session_end });
-    ports.access.expect_issue().with(eq(user), eq(now())).returning(|_, at| Ok(AccessToken { token: "jwt2".into(), issued_at: at, expires_at: at }));
+    let family = FamilyId::generate();
+    let mut ports = rotating(Rotation::Rotated { user_id: user, family_id: family, expires_at: session_end });
+    ports
+        .access
+        .expect_issue()
+        .withf(move |u, s, at| *u == user && *s == family && *at == now())
+        .returning(|_, _, at| Ok(AccessToken { token: "jwt2".into(), issued_at: at, expires_at: at }));
     let pair = ports.service().rotate_refresh("nxr_old").await.unwrap();
     assert_eq!((pair.access.token.as_str(), pair.refresh.expose()), ("jwt2", "nxr_next"));
     assert_eq!(pair.refresh_expires_at, session_end);
@@ -281,7 +289,7 @@ async fn a_session_never_outlives_its_maximum() {
     ports.users.expect_find_credentials().returning(|_| Ok(None));
     ports.hasher.expect_hash().returning(|_| Ok(PasswordHash::from_phc("h".into())));
     ports.users.expect_insert_user().returning(|_, _| Ok(()));
-    ports.access.expect_issue().returning(|_, at| Ok(AccessToken { token: "jwt".into(), issued_at: at, expires_at: at }));
+    ports.access.expect_issue().returning(|_, _, at| Ok(AccessToken { token: "jwt".into(), issued_at: at, expires_at: at }));
     ports.secrets.expect_generate().returning(|_| Ok(OpaqueSecret::new("nxr_secret".into())));
     ports
         .refresh

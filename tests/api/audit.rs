@@ -273,7 +273,8 @@ async fn request_ids_are_the_servers_own(backend: Backend) {
         let (auth, value) = bearer(&token);
         let mut ids = Vec::new();
         for name in ["One", "Two"] {
-            let created = server.call(Method::POST, "/api/v1/tenants", &[(auth, &value), ("x-request-id", "reused-id")], Some(&json!({"displayName": name}))).await;
+            let created =
+                server.call(Method::POST, "/api/v1/tenants", &[(auth, &value), ("x-request-id", "reused-id")], Some(&json!({"displayName": name}))).await;
             assert_eq!(created.status, StatusCode::CREATED);
             assert_eq!(created.header("x-correlation-id").as_deref(), Some("reused-id"), "echoed apart");
             let id = created.header("x-request-id").unwrap();
@@ -362,7 +363,14 @@ async fn refusals_are_recorded_in_the_trail_they_targeted(backend: Backend) {
         assert_eq!(server.call(Method::GET, "/api/v1/agents", &[(auth, &value), ("x-tenant-id", &tenant)], None).await.status, StatusCode::FORBIDDEN);
         assert_eq!(server.get(&format!("/api/v1/tenants/{tenant}/keys"), Some(&intruder)).await.status, StatusCode::FORBIDDEN);
         // A read-only key writing.
-        let reader = server.call(Method::POST, &format!("/api/v1/tenants/{tenant}/keys"), &[(bearer(&token).0, &bearer(&token).1)], Some(&json!({"label": "reader", "scope": "read"}))).await;
+        let reader = server
+            .call(
+                Method::POST,
+                &format!("/api/v1/tenants/{tenant}/keys"),
+                &[(bearer(&token).0, &bearer(&token).1)],
+                Some(&json!({"label": "reader", "scope": "read"})),
+            )
+            .await;
         let manifest = nexus_ports::testing::manifest_document("bot", "m");
         assert_eq!(server.call(Method::POST, "/api/v1/agents", &[("x-api-key", &reader.str("rawKey"))], Some(&manifest)).await.status, StatusCode::FORBIDDEN);
         // A revoked key.
@@ -372,7 +380,14 @@ async fn refusals_are_recorded_in_the_trail_they_targeted(backend: Backend) {
         assert_eq!(server.call(Method::GET, "/api/v1/agents", &[("x-api-key", &revoked.str("rawKey"))], None).await.status, StatusCode::UNAUTHORIZED);
         // An expired key.
         let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
-        let brief = server.call(Method::POST, &format!("/api/v1/tenants/{tenant}/keys"), &[(bearer(&token).0, &bearer(&token).1)], Some(&json!({"label": "brief", "expiresAt": soon}))).await;
+        let brief = server
+            .call(
+                Method::POST,
+                &format!("/api/v1/tenants/{tenant}/keys"),
+                &[(bearer(&token).0, &bearer(&token).1)],
+                Some(&json!({"label": "brief", "expiresAt": soon})),
+            )
+            .await;
         assert_eq!(brief.status, StatusCode::CREATED);
         tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
         assert_eq!(server.call(Method::GET, "/api/v1/agents", &[("x-api-key", &brief.str("rawKey"))], None).await.status, StatusCode::UNAUTHORIZED);
@@ -402,7 +417,8 @@ async fn refusals_are_recorded_in_the_trail_they_targeted(backend: Backend) {
         assert_eq!(server.post("/auth/refresh", &json!({"refreshToken": session.str("refreshToken")})).await.status, StatusCode::OK);
         assert_eq!(server.post("/auth/refresh", &json!({"refreshToken": session.str("refreshToken")})).await.status, StatusCode::UNAUTHORIZED);
         let fresh = server.login("refusal-owner@example.com", PASSWORD).await.str("accessToken");
-        let mine = eventually(server, "/api/v1/me/audit", &fresh, "the replay is in the user's trail", |events| find(events, "user.refresh_reused").is_some()).await;
+        let mine =
+            eventually(server, "/api/v1/me/audit", &fresh, "the replay is in the user's trail", |events| find(events, "user.refresh_reused").is_some()).await;
         let reused = find(&mine, "user.refresh_reused").unwrap();
         assert_eq!(reused["actor"], format!("{owner} (refusal-owner@example.com)"));
         assert!(!serde_json::to_string(&mine).unwrap().contains(&session.str("refreshToken")));
@@ -416,7 +432,14 @@ async fn a_flood_of_refusals_is_one_counted_event(backend: Backend) {
     with_server(backend, async |server: &Server| {
         let token = server.user("flood-owner@example.com").await;
         let tenant = server.tenant(&token, "Flooded").await.str("id");
-        let reader = server.call(Method::POST, &format!("/api/v1/tenants/{tenant}/keys"), &[(bearer(&token).0, &bearer(&token).1)], Some(&json!({"label": "reader", "scope": "read"}))).await;
+        let reader = server
+            .call(
+                Method::POST,
+                &format!("/api/v1/tenants/{tenant}/keys"),
+                &[(bearer(&token).0, &bearer(&token).1)],
+                Some(&json!({"label": "reader", "scope": "read"})),
+            )
+            .await;
         for n in 0..60 {
             let path = format!("/api/v1/agents/bot-{n}");
             assert_eq!(server.call(Method::DELETE, &path, &[("x-api-key", &reader.str("rawKey"))], None).await.status, StatusCode::FORBIDDEN);

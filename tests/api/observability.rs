@@ -119,7 +119,8 @@ async fn every_answer_carries_a_request_id(backend: Backend) {
         assert_eq!((status, id.as_deref()), (StatusCode::UNAUTHORIZED, Some("unauthorised-1")));
         let (status, id) = id_of(Method::POST, "/auth/login", Some("big-1"), Some(vec![b' '; 2 * 1024 * 1024])).await;
         assert_eq!((status, id.as_deref()), (StatusCode::PAYLOAD_TOO_LARGE, Some("big-1")));
-        let request_id = async |sent: &str| header(&client.get(format!("{}/healthz", server.base)).header("x-request-id", sent).send().await.unwrap(), "x-request-id");
+        let request_id =
+            async |sent: &str| header(&client.get(format!("{}/healthz", server.base)).header("x-request-id", sent).send().await.unwrap(), "x-request-id");
         let (a, b) = (request_id("same").await, request_id("same").await);
         assert_ne!(a, b, "each request gets its own id, whatever the client sent");
     })
