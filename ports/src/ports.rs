@@ -17,7 +17,7 @@ use crate::audit::{AuditCursor, AuditEvent, AuditPage};
 use crate::changes::Change;
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
 use crate::node_names::NodeSharing;
-use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
+use crate::tenancy::{ApiKey, KeyLabel, Tenant, TenantId, TenantStatus};
 use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
 
 /// Users and their credentials.
@@ -157,8 +157,13 @@ pub trait ApiKeyStore: Send + Sync + 'static {
     /// A tenant's keys, oldest first.
     async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKey>>;
 
-    /// Deletes a key of the tenant, recording `audit` when it existed there; whether it did.
+    /// Deletes a key of the tenant, recording `audit` when it existed there, and
+    /// remembering its digest, tenant and label (see [`Self::find_revoked_key`]); whether
+    /// it existed.
     async fn delete_key(&self, tenant: &TenantId, digest: &SecretDigest, audit: &AuditEvent) -> Result<bool>;
+
+    /// The tenant and label of a revoked key, while the audit trail's retention keeps them.
+    async fn find_revoked_key(&self, digest: &SecretDigest) -> Result<Option<(TenantId, KeyLabel)>>;
 
     /// Records when keys were last used, keeping the later time where one is stored already.
     /// Keys that no longer exist are passed over.
@@ -240,13 +245,19 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Records an event that goes with no stored change (a failed login).
     async fn record_event(&self, event: &AuditEvent) -> Result<()>;
 
+    /// Counts `count` more refusals in the event of `event.dedup_key()`: recorded as
+    /// `event` with that count when there is none yet, added to its count otherwise (by
+    /// whichever replica), in one atomic step.
+    async fn record_refusals(&self, event: &AuditEvent, count: u32) -> Result<()>;
+
     /// A tenant's events, newest first: at most `limit`, starting after `after`.
     async fn tenant_events(&self, tenant: &TenantId, limit: u32, after: Option<AuditCursor>) -> Result<AuditPage>;
 
     /// A user's events, newest first: at most `limit`, starting after `after`.
     async fn user_events(&self, user: &UserId, limit: u32, after: Option<AuditCursor>) -> Result<AuditPage>;
 
-    /// Deletes the events older than `before`; returns how many.
+    /// Deletes the events older than `before`, and what is remembered of keys revoked
+    /// before it; returns how many events.
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 

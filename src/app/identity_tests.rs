@@ -70,6 +70,14 @@ impl Ports {
         IdentityService::new(ports, policy)
     }
 
+    /// Every user exists, as `ada@example.com`.
+    fn expect_any_user(&mut self) {
+        self.users.expect_find_user().returning(|id| {
+            let email = Email::parse("ada@example.com").unwrap();
+            Ok(Some(User { id: *id, display_name: DisplayName::from_email(&email), email, created_at: now() }))
+        });
+    }
+
     /// Expects the account's attempt to be counted once, as the `attempts`-th of its window.
     fn expect_attempt(&mut self, attempts: u32) {
         self.attempts
@@ -126,7 +134,8 @@ async fn register_normalises_hashes_stores_and_starts_a_session() {
             new.user.email.as_str() == "ada@example.com"
                 && new.user.display_name.as_str() == "ada"
                 && new.password_hash.as_phc() == "$argon2id$new"
-                && (audit.action, audit.user, audit.actor.clone()) == (AuditAction::UserRegister, Some(new.user.id), new.user.id.to_string())
+                && (audit.action, audit.user, audit.actor.clone())
+                    == (AuditAction::UserRegister, Some(new.user.id), format!("{} (ada@example.com)", new.user.id))
         })
         .times(1)
         .returning(|_, _| Ok(()));
@@ -338,7 +347,13 @@ async fn logout_revokes_the_family_and_says_nothing_of_unknown_tokens() {
         .refresh
         .expect_family_of()
         .returning(move |digest| Ok((*digest == OpaqueSecret::new("nxr_known".into()).digest()).then_some((family, UserId::generate()))));
-    ports.refresh.expect_revoke_family().withf(move |f, at, _| *f == family && *at == now()).times(1).returning(|_, _, _| Ok(2));
+    ports
+        .refresh
+        .expect_revoke_family()
+        .withf(move |f, at, audit| *f == family && *at == now() && audit.is_some_and(|a| a.actor.ends_with("(ada@example.com)")))
+        .times(1)
+        .returning(|_, _, _| Ok(2));
+    ports.expect_any_user();
     let service = ports.service();
     service.logout("nxr_known").await.unwrap();
     service.logout("nxr_unknown").await.unwrap();
@@ -355,6 +370,7 @@ async fn ending_sessions_records_the_moment() {
         .times(1)
         .returning(|_, _, _| Ok(()));
     ports.users.expect_end_sessions().returning(|_, _, _| Err(Error::NotFound("no such user".into())));
+    ports.expect_any_user();
     let service = ports.service();
     service.end_sessions(&user).await.unwrap();
     assert!(matches!(service.end_sessions(&UserId::generate()).await, Err(Error::Unauthorized(_))), "a vanished user");

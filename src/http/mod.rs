@@ -30,7 +30,7 @@ use crate::app::SharedNexus;
 
 pub use connections::{ConnectionLimits, GuardedAcceptor};
 pub use error::ErrorBody;
-pub use observe::{REQUEST_ID, RequestId};
+pub use observe::{CORRELATION_ID, REQUEST_ID, RequestId};
 
 /// The largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 1024 * 1024;
