@@ -246,7 +246,8 @@ struct VersionView {
     version: Option<String>,
     /// SHA-256 of that manifest's canonical JSON.
     checksum: String,
-    /// `usr_...`, or `key:<label>` for an API key.
+    /// Who published it, named as audit actors are: `usr_<id> (<email>)` for a user, or
+    /// `key:<first 8 hex digits of its hash> (<label>)` for an API key.
     author: String,
     created_at: DateTime<Utc>,
 }
