@@ -103,6 +103,18 @@ impl<'de> Visitor<'de> for Bounded<'_> {
         Ok(Value::Number(value.into()))
     }
 
+    /// Integers past 64 bits (YAML reads them as such) become floating-point numbers, as
+    /// the same literal in JSON does.
+    #[allow(clippy::cast_precision_loss, reason = "as JSON reads an integer past 64 bits")]
+    fn visit_i128<E: de::Error>(self, value: i128) -> Result<Value, E> {
+        self.visit_f64(value as f64)
+    }
+
+    #[allow(clippy::cast_precision_loss, reason = "as JSON reads an integer past 64 bits")]
+    fn visit_u128<E: de::Error>(self, value: u128) -> Result<Value, E> {
+        self.visit_f64(value as f64)
+    }
+
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<Value, E> {
         self.meter.charge(25)?;
         Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
@@ -196,11 +208,11 @@ fn manifest_schema() -> MetaSchemaRef {
     MetaSchemaRef::Reference("AgentManifest".to_owned())
 }
 
-/// A YAML body: raw text, so that generated clients send the file as it is.
-fn yaml_text() -> MetaSchemaRef {
-    let mut schema = MetaSchema::new_with_format("string", "binary");
-    schema.description = Some("An astromesh/v1 Agent manifest as YAML text, as described by the AgentManifest schema.");
-    MetaSchemaRef::Inline(Box::new(schema))
+/// A YAML body: the YAML text of a manifest, declared with the same schema as the JSON
+/// body (YAML is a serialisation of the same document), so that generators and fuzzers
+/// produce manifests rather than arbitrary bytes.
+fn yaml_manifest() -> MetaSchemaRef {
+    manifest_schema()
 }
 
 /// The schemas of a manifest, as the validation in `nexus_ports::agents` enforces it:
@@ -283,7 +295,11 @@ impl Payload for YamlManifest {
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        yaml_text()
+        yaml_manifest()
+    }
+
+    fn register(registry: &mut Registry) {
+        JsonManifest::register(registry);
     }
 }
 
@@ -349,6 +365,14 @@ impl ManifestBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_past_64_bits_read_alike_in_yaml_and_json() {
+        let yaml = parse_yaml("big: 73301872063879829296324548755456\nsmall: -170141183460469231731687303715884105728\n").expect("YAML");
+        let json = parse_json(r#"{"big": 73301872063879829296324548755456, "small": -170141183460469231731687303715884105728}"#).expect("JSON");
+        assert_eq!(yaml, json);
+        assert!(yaml["big"].is_f64());
+    }
 
     #[test]
     fn media_types_ignore_parameters_and_case() {
