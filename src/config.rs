@@ -229,13 +229,6 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// The defaults every flag declares, listening on a free loopback port with logging at
-    /// `warn`, on `database_url`; no `NEXUS_*` variable is read. What tests and benchmarks
-    /// start from, so a new option needs its default written once, in its `#[arg]`.
-    ///
-    /// # Panics
-    /// Never for the declared defaults (a default that does not parse fails every test).
-    #[must_use]
     /// What one client can hold of the server.
     pub fn connection_limits(&self) -> crate::http::ConnectionLimits {
         crate::http::ConnectionLimits {
@@ -249,6 +242,22 @@ impl ServeConfig {
         }
     }
 
+    /// The most memory what clients send can make the process hold at once, beyond its
+    /// idle footprint and the password hashes: every buffered body (`NEXUS_BODY_BUDGET`),
+    /// every connection's buffers and every request's head and state. The README's memory
+    /// budget is this formula.
+    #[must_use]
+    pub fn in_flight_memory_bound(&self) -> u64 {
+        self.body_budget + u64::from(self.max_connections) * crate::http::CONNECTION_MEMORY + u64::from(self.max_requests) * crate::http::REQUEST_MEMORY
+    }
+
+    /// The defaults every flag declares, listening on a free loopback port with logging at
+    /// `warn`, on `database_url`; no `NEXUS_*` variable is read. What tests and benchmarks
+    /// start from, so a new option needs its default written once, in its `#[arg]`.
+    ///
+    /// # Panics
+    /// Never for the declared defaults (a default that does not parse fails every test).
+    #[must_use]
     pub fn local(database_url: &str) -> Self {
         let command = Self::augment_args(clap::Command::new("nexus")).mut_args(|arg| arg.env(None));
         let matches = command.try_get_matches_from(["nexus"]).expect("the declared defaults parse");

@@ -10,7 +10,8 @@
 //! Bodies are buffered within a process-wide budget: before a byte is read, a body reserves
 //! its declared length (or its route's limit when it declares none) and keeps the
 //! reservation until its request is answered. A body that does not fit waits up to
-//! [`BUDGET_WAIT`] for others to finish, then is answered 503 with `Retry-After`, unread.
+//! [`BUDGET_WAIT`] for others to finish, then is answered 503 with `Retry-After`, never
+//! buffered (thrown away as it arrives, as below).
 //!
 //! Most HTTP/1.1 clients read no answer before they have sent their whole body, so a
 //! refusal is only seen if the body is consumed: a moderately oversized body (up to
@@ -86,13 +87,22 @@ fn too_large(limit: usize, drained: bool) -> poem::Error {
     poem::Error::from_response(response)
 }
 
-/// 503 for a body the budget has no room for; its bytes were never read, so an HTTP/1.1
-/// connection cannot carry another request.
-fn no_room() -> poem::Error {
+/// 503 for a body the budget has no room for. Its bytes are not kept: an HTTP/1.1 body
+/// already on its way is read and thrown away first, like a moderately oversized one, so
+/// that the client sees the answer and the connection stays usable; a client that waits
+/// for `100 Continue` before sending is answered at once.
+async fn no_room(req: &mut Request, declared: Option<u64>) -> poem::Error {
     metrics::counter!("nexus_overload_refusals_total", "limit" => "body_budget").increment(1);
     let busy = nexus_ports::Error::Overloaded { message: "too many request bodies are being received; retry shortly".into(), retry_after_secs: 1 };
     let mut response = status_of(busy).into_response();
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let http2 = req.version() >= poem::http::Version::HTTP_2;
+    let waits_for_continue = req.headers().get(header::EXPECT).is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let drained = http2
+        || waits_for_continue
+        || (declared.unwrap_or(0) <= DRAIN_MAX && drain(req.take_body().into_async_read(), declared.unwrap_or(DRAIN_MAX)).await);
+    if !drained {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     poem::Error::from_response(response)
 }
 
@@ -104,12 +114,9 @@ fn declared_length(req: &Request) -> Result<Option<u64>> {
 
 impl<E: Endpoint> BodyLimitEndpoint<E> {
     /// Reserves room for `bytes` of body, waiting up to [`BUDGET_WAIT`].
-    async fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit> {
+    async fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         let units = u32::try_from(bytes.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX);
-        match tokio::time::timeout(BUDGET_WAIT, self.budget.clone().acquire_many_owned(units)).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(no_room()),
-        }
+        tokio::time::timeout(BUDGET_WAIT, self.budget.clone().acquire_many_owned(units)).await.ok()?.ok()
     }
 }
 
@@ -137,7 +144,7 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
                 limit
             }
         };
-        let _room = self.reserve(reserved).await?;
+        let Some(_room) = self.reserve(reserved).await else { return Err(no_room(&mut req, declared).await) };
         let mut reader = req.take_body().into_async_read();
         let mut kept = Vec::with_capacity(reserved);
         let read = (&mut reader).take(reserved as u64).read_to_end(&mut kept).await;

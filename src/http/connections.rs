@@ -51,6 +51,13 @@ pub const HEAD_BUFFER: usize = 64 * 1024;
 pub const HTTP2_WINDOW: u32 = 64 * 1024;
 /// The most bytes of headers (decompressed) one HTTP/2 request may carry.
 pub const HTTP2_HEADER_LIST: u32 = 16 * 1024;
+/// What one open connection may hold at most, counted generously: its read buffer
+/// ([`HEAD_BUFFER`]) or its unread HTTP/2 data ([`HTTP2_WINDOW`]), and as much again for
+/// the protocol's own state (write buffer, header compression tables, frame buffers).
+pub const CONNECTION_MEMORY: u64 = 128 * 1024;
+/// What one request being answered may hold at most beyond its body, counted generously:
+/// its head (at most [`HTTP2_HEADER_LIST`] once decompressed) and its tasks' state.
+pub const REQUEST_MEMORY: u64 = 64 * 1024;
 
 /// How long clients may take and how many connections are served at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

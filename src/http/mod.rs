@@ -29,7 +29,7 @@ use poem_openapi::{LicenseObject, OpenApiService, ServerObject, Tags};
 use crate::app::SharedNexus;
 
 pub use body_limit::{AUTH_BODY_LIMIT, BODY_LIMIT, BUDGET_WAIT};
-pub use connections::{ConnectionLimits, GuardedAcceptor, HEAD_BUFFER, HTTP2_HEADER_LIST, HTTP2_WINDOW};
+pub use connections::{CONNECTION_MEMORY, ConnectionLimits, GuardedAcceptor, HEAD_BUFFER, HTTP2_HEADER_LIST, HTTP2_WINDOW, REQUEST_MEMORY};
 pub use error::ErrorBody;
 pub use observe::{REQUEST_ID, RequestId};
 
