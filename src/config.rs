@@ -74,7 +74,7 @@ pub struct ServeConfig {
 
     /// How many bytes of request bodies are buffered at once, all requests together; a body
     /// that does not fit waits up to a second, then is answered 503 with `Retry-After`.
-    #[arg(long, env = "NEXUS_BODY_BUDGET", default_value_t = 64 * 1024 * 1024, global = true)]
+    #[arg(long, env = "NEXUS_BODY_BUDGET", default_value_t = 32 * 1024 * 1024, global = true)]
     pub body_budget: u64,
 
     /// Database URL: `sqlite://file.db` (created when missing) or `postgres://...`.

@@ -7,7 +7,10 @@
 //! send a body) is read as it arrives, up to the limit, and refused past it.
 //! poem's `SizeLimit` would answer 411 to every request without `Content-Length`.
 //!
-//! Bodies are buffered within a process-wide budget: before a byte is read, a body reserves
+//! A request under `/api/` without any credentials is answered 401 before its body is read
+//! (every operation that takes a body authenticates first), so its body is neither kept
+//! nor reserved for; it is only held to the limit as it passes. Every other body is
+//! buffered within a process-wide budget: before a byte is read, a body reserves
 //! its declared length (or its route's limit when it declares none) and keeps the
 //! reservation until its request is answered. A body that does not fit waits up to
 //! [`BUDGET_WAIT`] for others to finish, then is answered 503 with `Retry-After`, never
@@ -22,6 +25,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{Body, Endpoint, Middleware, Request, Result};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -97,13 +101,29 @@ async fn no_room(req: &mut Request, declared: Option<u64>) -> poem::Error {
     let mut response = status_of(busy).into_response();
     let http2 = req.version() >= poem::http::Version::HTTP_2;
     let waits_for_continue = req.headers().get(header::EXPECT).is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let drained = http2
-        || waits_for_continue
-        || (declared.unwrap_or(0) <= DRAIN_MAX && drain(req.take_body().into_async_read(), declared.unwrap_or(DRAIN_MAX)).await);
+    let drained =
+        http2 || waits_for_continue || (declared.unwrap_or(0) <= DRAIN_MAX && drain(req.take_body().into_async_read(), declared.unwrap_or(DRAIN_MAX)).await);
     if !drained {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     poem::Error::from_response(response)
+}
+
+/// Whether `req` carries credentials of any kind (valid or not: they are checked later).
+fn carries_credentials(req: &Request) -> bool {
+    req.headers().contains_key(header::AUTHORIZATION) || req.headers().contains_key("x-api-key")
+}
+
+/// `body` as it arrives, failing once more than `limit` bytes have come.
+fn held_to(body: Body, limit: usize) -> Body {
+    let chunks = body.into_bytes_stream().scan(0_usize, move |seen, chunk| {
+        let chunk = chunk.and_then(|chunk| {
+            *seen += chunk.len();
+            if *seen > limit { Err(std::io::Error::other(format!("request body exceeds {limit} bytes"))) } else { Ok(chunk) }
+        });
+        std::future::ready(Some(chunk))
+    });
+    Body::from_bytes_stream(chunks)
 }
 
 fn declared_length(req: &Request) -> Result<Option<u64>> {
@@ -144,6 +164,13 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
                 limit
             }
         };
+        if limit > AUTH_BODY_LIMIT && !carries_credentials(&req) {
+            // Refused 401 before its body is read: every API operation that takes a body
+            // authenticates first. Nothing is kept or reserved; the limit still holds.
+            let body = req.take_body();
+            req.set_body(held_to(body, limit));
+            return self.inner.call(req).await;
+        }
         let Some(_room) = self.reserve(reserved).await else { return Err(no_room(&mut req, declared).await) };
         let mut reader = req.take_body().into_async_read();
         let mut kept = Vec::with_capacity(reserved);

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::h2_flood::{Flood, Outcome};
 use crate::support::{Backend, Server, with_configured_server};
 
 fn address(server: &Server) -> String {
@@ -230,7 +231,8 @@ async fn a_body_sent_after_100_continue_is_body_however_slowly_it_comes() {
         for expect in [true, false] {
             let mut stream = TcpStream::connect(address(server)).await.expect("connect");
             let expectation = if expect { "Expect: 100-continue\r\n" } else { "" };
-            let head = format!("POST /auth/login HTTP/1.1\r\nHost: nexus\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{expectation}\r\n", body.len());
+            let head =
+                format!("POST /auth/login HTTP/1.1\r\nHost: nexus\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{expectation}\r\n", body.len());
             stream.write_all(head.as_bytes()).await.expect("the head");
             if expect {
                 let mut interim = [0_u8; 25];
@@ -251,32 +253,41 @@ async fn a_body_sent_after_100_continue_is_body_however_slowly_it_comes() {
 
 #[tokio::test]
 async fn auth_routes_take_a_few_kib_and_refuse_more_whatever_the_framing() {
-    with_configured_server(Backend::Sqlite, |config| config, async |server| {
-        let login = |bytes: usize| {
-            let mut body = String::from(r#"{"email":"nobody@example.com","password":"not the password"}"#);
-            body.insert_str(1, &" ".repeat(bytes - body.len()));
-            body.into_bytes()
-        };
-        let client = reqwest::Client::new();
-        let post = async |body: reqwest::Body| {
-            let answer = client.post(format!("{}/auth/login", server.base)).header("content-type", "application/json").body(body).send().await.expect("an answer");
-            let status = answer.status().as_u16();
-            (status, answer.text().await.unwrap_or_default())
-        };
-        assert_eq!(post(login(nexus::http::AUTH_BODY_LIMIT).into()).await.0, 401, "a body of exactly the limit is read");
-        let (status, text) = post(login(nexus::http::AUTH_BODY_LIMIT + 1).into()).await;
-        assert_eq!((status, text.as_str()), (413, r#"{"error":"request body exceeds 8192 bytes"}"#));
-        // Without a length (chunked), refused once the limit is passed.
-        let pieces = futures_util::stream::iter((0..3).map(|_| Ok::<_, std::io::Error>(vec![b' '; 4096])));
-        assert_eq!(post(reqwest::Body::wrap_stream(pieces)).await.0, 413);
-        let pieces = futures_util::stream::iter([Ok::<_, std::io::Error>(login(4000))]);
-        assert_eq!(post(reqwest::Body::wrap_stream(pieces)).await.0, 401, "a small chunked body is read");
-    })
+    with_configured_server(
+        Backend::Sqlite,
+        |config| config,
+        async |server| {
+            let login = |bytes: usize| {
+                let mut body = String::from(r#"{"email":"nobody@example.com","password":"not the password"}"#);
+                body.insert_str(1, &" ".repeat(bytes - body.len()));
+                body.into_bytes()
+            };
+            let client = reqwest::Client::new();
+            let post = async |body: reqwest::Body| {
+                let answer =
+                    client.post(format!("{}/auth/login", server.base)).header("content-type", "application/json").body(body).send().await.expect("an answer");
+                let status = answer.status().as_u16();
+                (status, answer.text().await.unwrap_or_default())
+            };
+            assert_eq!(post(login(nexus::http::AUTH_BODY_LIMIT).into()).await.0, 401, "a body of exactly the limit is read");
+            let (status, text) = post(login(nexus::http::AUTH_BODY_LIMIT + 1).into()).await;
+            assert_eq!((status, text.as_str()), (413, r#"{"error":"request body exceeds 8192 bytes"}"#));
+            // Without a length (chunked), refused once the limit is passed.
+            let pieces = futures_util::stream::iter((0..3).map(|_| Ok::<_, std::io::Error>(vec![b' '; 4096])));
+            assert_eq!(post(reqwest::Body::wrap_stream(pieces)).await.0, 413);
+            let pieces = futures_util::stream::iter([Ok::<_, std::io::Error>(login(4000))]);
+            assert_eq!(post(reqwest::Body::wrap_stream(pieces)).await.0, 401, "a small chunked body is read");
+        },
+    )
     .await;
 }
 
+/// The head of a POST to `path` declaring `length` bytes of body, with credentials (not
+/// valid ones: they are checked once the body has been read).
 fn post_head(path: &str, length: usize, extra: &str) -> String {
-    format!("POST {path} HTTP/1.1\r\nHost: nexus\r\nContent-Type: application/yaml\r\nContent-Length: {length}\r\n{extra}\r\n")
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: nexus\r\nAuthorization: Bearer not-a-token\r\nContent-Type: application/yaml\r\nContent-Length: {length}\r\n{extra}\r\n"
+    )
 }
 
 #[tokio::test]
@@ -323,6 +334,17 @@ async fn a_body_the_budget_has_no_room_for_waits_briefly_then_is_answered_503_un
         polite.write_all(post_head("/api/v1/agents", 100, "Expect: 100-continue\r\n").as_bytes()).await.expect("a head");
         let (status, head, _) = read_answer(&mut polite, Duration::from_secs(30)).await.expect("an answer");
         assert_eq!(status, 503, "{head}");
+
+        // A request without any credentials is refused before its body is read: it needs
+        // no room, and is answered at once.
+        let anonymous = reqwest::Client::new()
+            .post(format!("{}/api/v1/agents", server.base))
+            .header("content-type", "application/yaml")
+            .body(vec![b'x'; nexus::http::BODY_LIMIT])
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(anonymous.status(), 401);
 
         // Once the large body has come and been answered, there is room again.
         large.write_all(&vec![b'x'; nexus::http::BODY_LIMIT]).await.expect("the large body");
@@ -429,91 +451,6 @@ async fn many_slow_http1_uploads_hold_no_more_than_the_body_budget() {
     remove_database(&db);
 }
 
-/// A connection whose reading waits until `open_at` HEADERS frames have been written: an
-/// HTTP/2 client on it sends all its requests before it has read the server's settings
-/// (so before it knows the server's stream limit), as a client racing them would.
-struct Gated {
-    inner: TcpStream,
-    /// Bytes of the connection preface still to pass.
-    preface: usize,
-    /// The frame header being written, and the bytes of payload that follow it.
-    header: Vec<u8>,
-    payload: usize,
-    headers_sent: usize,
-    open_at: usize,
-    reader: Option<std::task::Waker>,
-}
-
-impl Gated {
-    fn new(inner: TcpStream, open_at: usize) -> Self {
-        Self { inner, preface: 24, header: Vec::new(), payload: 0, headers_sent: 0, open_at, reader: None }
-    }
-
-    fn count(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            let skip = if self.preface > 0 { &mut self.preface } else { &mut self.payload };
-            if *skip > 0 {
-                let passed = (*skip).min(bytes.len());
-                *skip -= passed;
-                bytes = &bytes[passed..];
-                continue;
-            }
-            let taken = (9 - self.header.len()).min(bytes.len());
-            self.header.extend_from_slice(&bytes[..taken]);
-            bytes = &bytes[taken..];
-            if self.header.len() == 9 {
-                self.payload = usize::from(self.header[0]) << 16 | usize::from(self.header[1]) << 8 | usize::from(self.header[2]);
-                self.headers_sent += usize::from(self.header[3] == 0x1);
-                self.header.clear();
-            }
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for Gated {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
-        if self.headers_sent < self.open_at {
-            self.reader = Some(cx.waker().clone());
-            return std::task::Poll::Pending;
-        }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Gated {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let written = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(count)) = written {
-            this.count(&buf[..count]);
-            if this.headers_sent >= this.open_at
-                && let Some(reader) = this.reader.take()
-            {
-                reader.wake();
-            }
-        }
-        written
-    }
-
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// What became of one HTTP/2 request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    /// Reset by the server with `REFUSED_STREAM`: past the connection's stream limit.
-    Refused,
-    /// Answered with this status, with `Retry-After` or without.
-    Answered(u16, bool),
-    Failed(String),
-}
-
 #[tokio::test]
 async fn hundreds_of_http2_streams_are_refused_past_the_limit_and_hold_no_more_than_the_budget() {
     const CONNECTIONS: usize = 3;
@@ -527,61 +464,29 @@ async fn hundreds_of_http2_streams_are_refused_past_the_limit_and_hold_no_more_t
     let before = resident_bytes(pid);
     let (peak, stop) = watch_peak(pid);
 
-    // Every stream sends all of its 1 MB body but the last byte, without credentials.
-    let body = bytes::Bytes::from(vec![b' '; BODY - 1]);
+    // Every stream sends all of its 1 MB body but the last byte, with credentials that are
+    // checked only once the body is in.
     let address = process.base.trim_start_matches("http://").to_owned();
-    let mut outcomes = Vec::new();
-    let mut senders = Vec::new();
-    let mut drivers = Vec::new();
+    let mut flood = Vec::new();
     for _ in 0..CONNECTIONS {
-        let stream = TcpStream::connect(&address).await.expect("connect");
-        let (mut client, connection) =
-            h2::client::Builder::new().initial_max_send_streams(STREAMS).handshake::<_, bytes::Bytes>(Gated::new(stream, STREAMS)).await.expect("an HTTP/2 connection");
-        drivers.push(tokio::spawn(async move {
-            let _ = connection.await;
-        }));
-        for _ in 0..STREAMS {
-            client = client.ready().await.expect("ready for a request");
-            let request = http::Request::post(format!("http://{address}/api/v1/agents"))
-                .header("content-type", "application/yaml")
-                .header("content-length", BODY)
-                .body(())
-                .expect("a request");
-            let (response, mut send) = client.send_request(request, false).expect("a stream");
-            send.send_data(body.clone(), false).expect("the body, buffered by the client");
-            senders.push(send);
-            outcomes.push(tokio::spawn(async move {
-                match response.await {
-                    Ok(answer) => Outcome::Answered(answer.status().as_u16(), answer.headers().contains_key("retry-after")),
-                    Err(err) if err.reason() == Some(h2::Reason::REFUSED_STREAM) => Outcome::Refused,
-                    Err(err) => Outcome::Failed(err.to_string()),
-                }
-            }));
-        }
+        flood.push(Flood::open(&address, "/api/v1/agents", STREAMS, BODY, true).await);
     }
-
     // The streams the budget has room for wait for their last byte; every other one is
     // refused or answered 503 meanwhile.
     let admitted = (BUDGET / (BODY as u64).div_ceil(1024) / 1024) as usize;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while outcomes.iter().filter(|outcome| outcome.is_finished()).count() < CONNECTIONS * STREAMS - admitted {
+    while flood.iter().map(Flood::ended).sum::<usize>() < CONNECTIONS * STREAMS - admitted {
         assert!(Instant::now() < deadline, "streams still unanswered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Time for the admitted streams' bodies to arrive and be buffered.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let grown = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before);
-    for mut send in senders {
-        let _ = send.send_data(bytes::Bytes::from_static(b" "), true);
-    }
     let mut results = Vec::new();
-    for outcome in outcomes {
-        results.push(tokio::time::timeout(Duration::from_secs(60), outcome).await.expect("every stream ends").expect("a stream task"));
+    for connection in flood {
+        results.extend(connection.finish().await);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for driver in drivers {
-        driver.abort();
-    }
 
     let count = |wanted: &Outcome| results.iter().filter(|outcome| *outcome == wanted).count();
     let refused = count(&Outcome::Refused);
