@@ -2,7 +2,7 @@
 //! holds while it is flooded, against `deploy/`'s 512 MiB memory limit.
 //!
 //! Starts the `nexus` binary as a process of its own with its default limits (SQLite,
-//! in-memory cluster, stub node), then, one after the other:
+//! in-memory cluster, stub node), a fresh one for each of:
 //!
 //! - HTTP/2: `NEXUS_BENCH_H2_CONNECTIONS` connections (default 4) of 300 streams each, every
 //!   stream a `POST /api/v1/agents` with a made-up bearer token (checked only once the body
@@ -182,8 +182,10 @@ async fn main() {
     #[allow(clippy::cast_precision_loss, reason = "a size in bytes fits a float")]
     let bound = defaults.in_flight_memory_bound() as f64 / 1024.0 / 1024.0;
     println!("configured bound of what requests hold, for the defaults: {bound:.0} MiB (beyond the idle process and password hashes)");
-    let server = Server::start(env!("CARGO_BIN_EXE_nexus"), "memory", &[]).await;
-    println!("idle: resident {:.1} MiB", rss_mib(server.pid()));
+    // A process of its own for each, so that neither starts with what the other left.
+    let server = Server::start(env!("CARGO_BIN_EXE_nexus"), "memory-h2", &[]).await;
     http2(&server, h2_connections).await;
+    drop(server);
+    let server = Server::start(env!("CARGO_BIN_EXE_nexus"), "memory-h1", &[]).await;
     http1(&server, h1_connections).await;
 }

@@ -44,8 +44,9 @@ use tokio::time::{Instant, Sleep};
 
 use super::error::{json_error, status_of};
 
-/// The most an HTTP/1.1 connection buffers of what it reads: a request head must fit.
-pub const HEAD_BUFFER: usize = 64 * 1024;
+/// The most an HTTP/1.1 connection buffers of what it reads: a request head must fit (as
+/// an HTTP/2 request's headers must fit [`HTTP2_HEADER_LIST`]); a longer one is answered 431.
+pub const HEAD_BUFFER: usize = 16 * 1024;
 /// HTTP/2 flow-control windows, of each stream and of the whole connection: what a client
 /// may have sent that the server has not read yet (HTTP/2's own default is 65,535).
 pub const HTTP2_WINDOW: u32 = 64 * 1024;
