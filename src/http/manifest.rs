@@ -427,7 +427,7 @@ mod tests {
 
     #[test]
     fn a_document_one_byte_past_the_bound_is_refused_saying_what_was_measured() {
-        let numbers = format!("[{}]", vec!["7"; 10].join(","));
+        let numbers = format!("[{}]", ["7"; 10].join(","));
         assert_eq!(numbers.len(), 21);
         let within = Meter::with_bound(21);
         assert!(Bounded { meter: &within, level: 0 }.deserialize(&mut serde_json::Deserializer::from_str(&numbers)).is_ok());
