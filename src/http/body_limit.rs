@@ -226,4 +226,57 @@ mod tests {
             assert_eq!(served.take_body().into_string().await.unwrap(), "1024");
         }
     }
+
+    fn post(path: &str, length: Option<usize>, body: poem::Body) -> Request {
+        let mut request = Request::builder().method(poem::http::Method::POST).uri(path.parse().expect("a path")).header("authorization", "Bearer made-up");
+        if let Some(length) = length {
+            request = request.header("content-length", length.to_string());
+        }
+        request.body(body)
+    }
+
+    #[tokio::test]
+    async fn auth_routes_take_8_kib_and_the_api_1_mib() {
+        let endpoint = echo.with(BodyLimit::new(4 * 1024 * 1024));
+        let within = endpoint.get_response(post("/auth/login", None, unannounced(super::AUTH_BODY_LIMIT))).await;
+        assert_eq!(within.status(), StatusCode::OK);
+        let over = endpoint.get_response(post("/auth/login", Some(super::AUTH_BODY_LIMIT + 1), vec![b'x'; super::AUTH_BODY_LIMIT + 1].into())).await;
+        assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(endpoint.get_response(post("/auth/login", None, unannounced(super::AUTH_BODY_LIMIT + 1))).await.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let manifest = endpoint.get_response(post("/api/v1/agents", None, unannounced(super::BODY_LIMIT))).await;
+        assert_eq!(manifest.status(), StatusCode::OK);
+        assert_eq!(endpoint.get_response(post("/api/v1/agents", None, unannounced(super::BODY_LIMIT + 1))).await.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn a_body_without_room_waits_then_is_answered_503_and_room_comes_back() {
+        let endpoint = std::sync::Arc::new(echo.with(BodyLimit::new(super::BODY_LIMIT)));
+        // Reserves the whole budget and never sends its body.
+        let hog = {
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move {
+                endpoint
+                    .get_response(post(
+                        "/api/v1/agents",
+                        Some(super::BODY_LIMIT),
+                        poem::Body::from_bytes_stream(futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>()),
+                    ))
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let started = tokio::time::Instant::now();
+        let mut refused = endpoint.get_response(post("/api/v1/agents", Some(10), vec![b'x'; 10].into())).await;
+        assert!(started.elapsed() >= super::BUDGET_WAIT, "it waited for room first");
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        assert_eq!(refused.take_body().into_string().await.unwrap(), r#"{"error":"too many request bodies are being received; retry shortly"}"#);
+        // Without any credentials, nothing is reserved: served despite the full budget.
+        let anonymous = Request::builder().method(poem::http::Method::POST).uri("/api/v1/agents".parse().unwrap()).body(vec![b'x'; 10]);
+        assert_eq!(endpoint.get_response(anonymous).await.status(), StatusCode::OK);
+        // The hog gone (its request cancelled), its room is free again.
+        hog.abort();
+        let _ = hog.await;
+        assert_eq!(endpoint.get_response(post("/api/v1/agents", Some(10), vec![b'x'; 10].into())).await.status(), StatusCode::OK);
+    }
 }

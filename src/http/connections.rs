@@ -450,7 +450,7 @@ mod tests {
     use poem::http::StatusCode;
     use poem::{Endpoint, EndpointExt, Request};
 
-    use super::{Guarded, Head, bound_request, head_end};
+    use super::{Guarded, Head, bound_request, head_end, only_interim};
 
     #[tokio::test]
     async fn the_http2_preface_is_held_to_the_deadline_and_then_frames_are_not() {
@@ -462,6 +462,30 @@ mod tests {
         assert!(matches!(connection.head, Head::Framed), "past the preface only frames follow");
         connection.observe(b"\x00\x00\x00\x04\x00");
         assert!(matches!(connection.head, Head::Framed));
+    }
+
+    #[test]
+    fn interim_answers_are_not_answers() {
+        assert!(only_interim(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        assert!(only_interim(b"HTTP/1.1 100 Continue\r\n"), "an interim head in pieces");
+        assert!(only_interim(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n"));
+        assert!(!only_interim(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"));
+        assert!(!only_interim(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!only_interim(b"{\"error\":\"x\"}"));
+    }
+
+    #[tokio::test]
+    async fn a_body_after_100_continue_does_not_arm_the_head_deadline_again() {
+        let slot = std::sync::Arc::new(tokio::sync::Semaphore::new(1)).acquire_owned().await.expect("a slot");
+        let mut connection = Guarded::new((), slot, Duration::from_secs(10));
+        connection.observe(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+        connection.wrote(b"HTTP/1.1 100 Continue\r\n\r\n");
+        connection.observe(b"hel");
+        assert!(matches!(connection.head, Head::Arrived { answered: false }), "the body is body");
+        connection.observe(b"lo");
+        connection.wrote(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n");
+        connection.observe(b"GET / HTTP/1.1\r\n");
+        assert!(matches!(connection.head, Head::Arriving { .. }), "after the answer, a new head is timed");
     }
 
     #[tokio::test]
