@@ -635,3 +635,24 @@ async fn an_agent_created_while_its_tenant_is_deprovisioned_never_stays_on_the_s
         assert!(node.agent("http://node", &bot_on_node(&kept)).unwrap().deployed, "the other tenant's agent is untouched");
     }
 }
+
+/// A call in flight when the process froze past its term takes no further step on waking.
+#[tokio::test]
+async fn a_call_in_flight_takes_no_step_once_its_term_is_over() {
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    let reconciler = reconciler(&cluster, &Arc::new(StubNode::new()), vec![], Arc::new(TestClock(Mutex::new(t0()))));
+    let (_election, leading) = term_lasting(1, Duration::from_millis(100));
+    reconciler.begin_term(1, leading);
+    let steps = std::sync::atomic::AtomicUsize::new(0);
+    let call = async {
+        steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Frozen here, past the term: the thread sleeps without yielding.
+        std::thread::sleep(Duration::from_millis(200));
+        tokio::task::yield_now().await;
+        steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    };
+    let err = reconciler.in_term(call).await.unwrap_err();
+    assert!(crate::app::reconcile::is_term_over(&err));
+    assert_eq!(steps.load(std::sync::atomic::Ordering::SeqCst), 1, "the step after waking was not taken");
+}

@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::sync::MutexGuard;
+use std::task::Poll;
 
 use nexus_ports::leadership::{Fence, Term};
 use nexus_ports::{Error, Result};
@@ -108,10 +109,17 @@ impl Reconciler {
         if until.is_none() {
             return call(fence).await;
         }
-        tokio::select! {
-            result = call(fence) => result,
-            () = self.term_ends() => Err(term_over()),
-        }
+        let mut call = std::pin::pin!(call(fence));
+        let mut ends = std::pin::pin!(self.term_ends());
+        // The term is checked at every step of the call, before the call moves on: a
+        // process frozen midway that wakes up past its term takes no further step.
+        std::future::poll_fn(|cx| {
+            if self.acting().check(Instant::now()).is_none() || ends.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(term_over()));
+            }
+            call.as_mut().poll(cx)
+        })
+        .await
     }
 
     /// Returns when the loop's term is over (its deadline moves on with every renewal).
