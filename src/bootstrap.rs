@@ -182,6 +182,9 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         quotas,
     )
     .with_waker(reconciler.waker());
+    // On Kubernetes only the leader writes tenants' resources: a tenant created through any
+    // replica is provisioned by the leader's loop, which the change feed wakes.
+    let tenancy = if matches!(election, Election::Kube(_)) { tenancy.leaving_provisioning_to_the_leader() } else { tenancy };
     let housekeeping = Housekeeping {
         refresh_tokens: store.clone(),
         login_attempts: store.clone(),

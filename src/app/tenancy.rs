@@ -78,6 +78,9 @@ pub struct TenancyService {
     quotas: Quotas,
     /// Tells the reconcile loop which tenant changed.
     waker: Option<Waker>,
+    /// Whether a new tenant is provisioned by the replica serving its creation; when not,
+    /// the leader's loop provisions it (woken through the change feed).
+    provision_on_create: bool,
 }
 
 /// The ports the tenancy use cases need, by name.
@@ -98,7 +101,15 @@ impl TenancyService {
     /// Wires the use cases, bounded by `quotas`.
     pub fn new(ports: TenancyPorts, quotas: Quotas) -> Self {
         let TenancyPorts { tenants, keys, cluster, secrets, clock, usage, audit, changes } = ports;
-        Self { tenants, keys, cluster, secrets, clock, usage, audit, changes, quotas, waker: None }
+        Self { tenants, keys, cluster, secrets, clock, usage, audit, changes, quotas, waker: None, provision_on_create: true }
+    }
+
+    /// The same use cases, leaving a new tenant to the leader's loop rather than
+    /// provisioning it from the replica serving the request: with several replicas on one
+    /// cluster, only the leader writes tenants' resources.
+    #[must_use]
+    pub fn leaving_provisioning_to_the_leader(self) -> Self {
+        Self { provision_on_create: false, ..self }
     }
 
     /// The same use cases, waking the reconcile loop for every tenant they create or delete.
@@ -113,8 +124,10 @@ impl TenancyService {
         }
     }
 
-    /// Creates a tenant owned by `owner` and provisions it. A cluster that fails leaves
-    /// the tenant stored in phase `Error`; the reconcile loop provisions it again.
+    /// Creates a tenant owned by `owner` and provisions it (or, with
+    /// [`Self::leaving_provisioning_to_the_leader`], has the leader's loop provision it: it
+    /// answers `Pending`). A cluster that fails leaves the tenant stored in phase `Error`;
+    /// the reconcile loop provisions it again.
     ///
     /// # Errors
     /// [`Error::InvalidRequest`] for a bad display name or node profile; [`Error::Conflict`]
@@ -134,7 +147,7 @@ impl TenancyService {
             other => other,
         })?;
         tracing::info!(tenant = %tenant.id, owner = %owner, "tenant created");
-        let status = provision(self.cluster.as_ref(), &tenant).await;
+        let status = if self.provision_on_create { provision(self.cluster.as_ref(), &tenant).await } else { TenantStatus::pending() };
         // The replica that reconciles (maybe another) starts tracking it.
         self.changes.announce(nexus_ports::changes::Change::TenantChanged { tenant: tenant.id }).await;
         self.changed(tenant.id);

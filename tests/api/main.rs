@@ -14,6 +14,7 @@ mod health;
 mod identity;
 mod input;
 mod isolation;
+mod kube_e2e;
 mod keys;
 mod limits;
 mod manifests;

@@ -147,7 +147,8 @@ impl KubeCluster {
         Self::with_clients(client.clone(), client, settings)
     }
 
-    fn with_clients(client: Client, watch_client: Client, settings: KubeSettings) -> Self {
+    /// A backend sending requests on `client` and watching on `watch_client`.
+    pub fn with_clients(client: Client, watch_client: Client, settings: KubeSettings) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.to_owned(), instance: std::env::var("HOSTNAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
         Self { client, watch_client, settings, recorder, stores: Arc::default() }

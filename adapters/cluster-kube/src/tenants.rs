@@ -65,6 +65,21 @@ pub(crate) fn failed_status(current: &NexusTenantStatus, error: &Error, now: Dat
     }
 }
 
+/// Translates a failure to apply the tenant's `what`. A refusal by the cluster's policy (an
+/// admission webhook or policy, a ResourceQuota, RBAC: a 403, or a 422 an admission policy
+/// denied) is said in words the tenant's owner or the cluster's operator can act on, with
+/// the API server's reason: it is the cluster's rule, not an internal detail. Anything
+/// else translates as usual.
+pub(crate) fn refused(what: &'static str) -> impl Fn(kube::Error) -> Error {
+    move |err| match err {
+        kube::Error::Api(status) if status.code == 403 || (status.code == 422 && status.message.contains("denied request")) => {
+            tracing::warn!(code = status.code, reason = %status.reason, message = %status.message, "the cluster refused a tenant's {what}");
+            Error::Forbidden(format!("the cluster refused to create the tenant's {what}: {}", status.message))
+        }
+        other => translate(other),
+    }
+}
+
 /// What the core sees of a tenant's status.
 pub(crate) fn port_status(status: &NexusTenantStatus) -> TenantStatus {
     let phase = status.phase.map_or(TenantPhase::Pending, TenantPhase::from);
@@ -110,12 +125,13 @@ impl KubeCluster {
     /// whether the node is available.
     async fn apply_node(&self, name: &str, tenant: &NexusTenant) -> Result<bool> {
         let namespace = tenant_namespace(name, MANAGED_LABEL);
-        Api::<Namespace>::all(self.client()).patch(name, &apply(), &Patch::Apply(&namespace)).await.map_err(translate)?;
+        Api::<Namespace>::all(self.client()).patch(name, &apply(), &Patch::Apply(&namespace)).await.map_err(refused("namespace"))?;
         let policy = node_network_policy(&self.settings().system_namespace);
-        Api::<NetworkPolicy>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&policy)).await.map_err(translate)?;
+        Api::<NetworkPolicy>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&policy)).await.map_err(refused("network policy"))?;
         let deployment = node_deployment(tenant, &self.settings().node_image);
-        let deployment = Api::<Deployment>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&deployment)).await.map_err(translate)?;
-        Api::<Service>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&node_service())).await.map_err(translate)?;
+        let deployment =
+            Api::<Deployment>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&deployment)).await.map_err(refused("node Deployment"))?;
+        Api::<Service>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&node_service())).await.map_err(refused("node Service"))?;
         Ok(node_available(&deployment))
     }
 
