@@ -22,7 +22,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::Discovery;
 use kube::{Client, CustomResourceExt, ResourceExt};
@@ -225,11 +225,14 @@ async fn the_crds_are_accepted_and_an_agent_keeps_unknown_fields_where_a_tenant_
     let stored = setup.agents(&tenant.id).get("keeper").await.unwrap();
     assert_eq!(stored.spec.agent_spec["spec"]["x-kept"], deep, "agentSpec keeps every field (x-kubernetes-preserve-unknown-fields)");
 
-    // Outside agentSpec the structural schema prunes: an unknown field of a tenant's spec
-    // is dropped by the API server, not stored.
+    // Outside agentSpec the structural schema rules. A server-side apply with a field it
+    // does not declare is refused outright (Nexus's applies only carry declared fields)...
     let raw: Api<DynamicObject> = Api::namespaced_with(setup.admin.clone(), SYSTEM, &kube::discovery::ApiResource::erase::<NexusTenant>(&()));
     let patch = json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusTenant", "spec": {"unknownField": 1}});
-    let answer = raw.patch(&tenant.id.cr_name(), &PatchParams::apply("nexus-test-prune"), &Patch::Apply(&patch)).await.unwrap();
+    let refused = raw.patch(&tenant.id.cr_name(), &PatchParams::apply("nexus-test-prune"), &Patch::Apply(&patch)).await.unwrap_err();
+    assert!(refused.to_string().contains("field not declared in schema"), "{refused}");
+    // ...and a plain patch (kubectl edit) has the field pruned: dropped, not stored.
+    let answer = raw.patch(&tenant.id.cr_name(), &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     assert!(answer.data["spec"].get("unknownField").is_none(), "pruned: {}", answer.data["spec"]);
     assert_eq!(answer.data["spec"]["displayName"], "org", "Nexus's fields untouched");
     setup.remove(&tenant.id).await;
@@ -264,7 +267,7 @@ async fn statuses_are_written_through_the_status_subresource() {
     // The tenant's status, likewise, and the schema refuses a phase it does not know.
     let tenants: Api<DynamicObject> = Api::namespaced_with(setup.admin.clone(), SYSTEM, &kube::discovery::ApiResource::erase::<NexusTenant>(&()));
     let bad = json!({"apiVersion": "nexus.astromesh.io/v1alpha1", "kind": "NexusTenant", "status": {"phase": "Exploded"}});
-    let refused = tenants.patch_status(&tenant.id.cr_name(), &PatchParams::apply("nexus-test"), &Patch::Apply(&bad)).await.unwrap_err();
+    let refused = tenants.patch_status(&tenant.id.cr_name(), &PatchParams::apply("nexus-test").force(), &Patch::Apply(&bad)).await.unwrap_err();
     assert!(matches!(&refused, kube::Error::Api(s) if s.code == 422), "{refused}");
     setup.remove(&tenant.id).await;
 }
@@ -396,7 +399,10 @@ async fn a_watch_resumed_at_a_compacted_revision_relists_and_carries_on() {
             Err(kube::Error::Api(status)) => return status.code == 410,
             Err(err) => panic!("{err}"),
         };
+        // The API server answers the watch, then says in its first event that the
+        // revision is gone.
         match tokio::time::timeout(Duration::from_secs(2), watch.next()).await {
+            Ok(Some(Ok(WatchEvent::Error(status)))) => status.code == 410,
             Ok(Some(Err(kube::Error::Api(status)))) => status.code == 410,
             _ => false,
         }
@@ -473,14 +479,13 @@ async fn a_namespace_the_cluster_refuses_is_reported_in_words_a_user_can_act_on(
     policies.create(&PostParams::default(), &policy).await.unwrap();
     bindings.create(&PostParams::default(), &binding).await.unwrap();
 
-    // Policies take effect within a second or so.
-    let mut refusal = None;
-    eventually("the policy refuses the namespace", 30, async || {
-        refusal = setup.cluster.provision_tenant(&tenant).await.err();
-        refusal.is_some()
-    })
-    .await;
-    let refusal = refusal.unwrap();
+    // Policies take effect within a second or so: wait until a dry run is refused, so that
+    // the namespace is not made before.
+    let namespaces = Api::<Namespace>::all(setup.admin.clone());
+    let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+    let probe: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    eventually("the policy is in force", 30, async || namespaces.create(&dry_run, &probe).await.is_err()).await;
+    let refusal = setup.cluster.provision_tenant(&tenant).await.expect_err("the namespace is refused");
     let message = refusal.public_message();
     assert!(message.contains("namespace") && message.contains("new namespaces are frozen during the migration"), "{message}");
     assert_ne!(message, "internal error");
