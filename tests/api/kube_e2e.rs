@@ -95,7 +95,11 @@ impl Kube {
             .map(|e| Write {
                 credential: e["user"]["extra"]["authentication.kubernetes.io/credential-id"][0].as_str().unwrap_or_default().to_owned(),
                 verb: e["verb"].as_str().unwrap_or_default().to_owned(),
-                resource: format!("{}{}", e["objectRef"]["resource"].as_str().unwrap_or_default(), e["objectRef"]["subresource"].as_str().map(|s| format!("/{s}")).unwrap_or_default()),
+                resource: format!(
+                    "{}{}",
+                    e["objectRef"]["resource"].as_str().unwrap_or_default(),
+                    e["objectRef"]["subresource"].as_str().map(|s| format!("/{s}")).unwrap_or_default()
+                ),
                 namespace: e["objectRef"]["namespace"].as_str().unwrap_or_default().to_owned(),
                 name: e["objectRef"]["name"].as_str().unwrap_or_default().to_owned(),
                 code: e["responseStatus"]["code"].as_u64().unwrap_or(0),
@@ -188,7 +192,8 @@ async fn nexus_as_its_service_account_walks_the_readme_on_a_real_cluster() {
     let key = server.key(&token, &tenant, "ci").await.str("rawKey");
     let created = send(server, Method::POST, "/api/v1/agents", &key, "application/yaml", SUPPORT_BOT).await;
     assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
-    within("the agent is Running (on the stub node)", Duration::from_secs(60), async || running(&get(server, "/api/v1/agents/support-bot", &key).await.body)).await;
+    within("the agent is Running (on the stub node)", Duration::from_secs(60), async || running(&get(server, "/api/v1/agents/support-bot", &key).await.body))
+        .await;
     assert_eq!(kube.kubectl(&["-n", &ns, "get", "nagent", "support-bot", "-o", "jsonpath={.status.phase}"]), "Running");
     let kept = kube.kubectl(&["-n", &ns, "get", "nagent", "support-bot", "-o", "jsonpath={.spec.agentSpec.spec.x-extension.kept}"]);
     assert_eq!(kept, "[1,2]", "the API server kept the manifest's unknown fields");
@@ -239,7 +244,8 @@ async fn of_two_replicas_only_the_leader_provisions_and_the_other_leads_within_1
     assert_eq!(tenant.body["phase"], "Pending", "the follower leaves it to the leader: {tenant:?}");
     let (tenant, ns) = (tenant.str("id"), tenant.str("crName"));
     for replica in &replicas {
-        within("the tenant is Ready through both replicas", Duration::from_secs(120), async || tenant_phase(&replica.server, &token, &tenant).await == "Ready").await;
+        within("the tenant is Ready through both replicas", Duration::from_secs(120), async || tenant_phase(&replica.server, &token, &tenant).await == "Ready")
+            .await;
     }
     let writes: Vec<Write> = kube.writes().into_iter().filter(|w| w.of_tenant(&ns)).collect();
     assert!(!writes.is_empty(), "the audit log records the tenant's provisioning");
@@ -263,7 +269,8 @@ async fn of_two_replicas_only_the_leader_provisions_and_the_other_leads_within_1
     within("the survivor leads", Duration::from_secs(15), async || replicas[following].leads().await == Some(true)).await;
     let failover = killed.elapsed();
     eprintln!("after kill -9 of the leader, the other replica led {failover:?} later");
-    let next = replicas[following].server.tenant(&token, "after the failover").await.str("id");
+    let next = replicas[following].server.tenant(&token, "after the failover").await;
+    let (next, next_ns) = (next.str("id"), next.str("crName"));
     within("the next tenant is Ready", Duration::from_secs(120), async || tenant_phase(&replicas[following].server, &token, &next).await == "Ready").await;
 
     for id in [&tenant, &next] {
@@ -271,7 +278,10 @@ async fn of_two_replicas_only_the_leader_provisions_and_the_other_leads_within_1
         let gone = replicas[following].server.call(Method::DELETE, &format!("/api/v1/tenants/{id}"), &[(auth.0, &auth.1)], None).await;
         assert_eq!(gone.status, StatusCode::OK, "{gone:?}");
     }
-    within("both NexusTenants go", Duration::from_secs(180), async || kube.kubectl(&["-n", "nexus-system", "get", "ntenant", "-o", "name"]).trim().is_empty()).await;
+    within("both NexusTenants go", Duration::from_secs(180), async || {
+        !kube.exists(&["-n", "nexus-system", "ntenant", &ns]) && !kube.exists(&["-n", "nexus-system", "ntenant", &next_ns])
+    })
+    .await;
     drop(replicas);
     db.drop_database().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -300,7 +310,8 @@ async fn a_refused_namespace_is_retried_with_backoff_and_the_tenant_says_why() {
     let nexus = start(&database, &kubeconfig, &["--resync", "60s"]).await;
     let server = &nexus.server;
     let token = server.user("ada@example.com").await;
-    let tenant = server.tenant(&token, "frozen").await.str("id");
+    let created = server.tenant(&token, "frozen").await;
+    let (tenant, ns) = (created.str("id"), created.str("crName"));
     let auth = bearer(&token);
     let mut message = String::new();
     within("the tenant is in Error, saying why", Duration::from_secs(30), async || {
@@ -314,7 +325,12 @@ async fn a_refused_namespace_is_retried_with_backoff_and_the_tenant_says_why() {
     assert_ne!(message, "internal error");
 
     // Attempts over 20 s: backoff 1, 2, 4, 8, 16 s gives at most 6, never several a second.
-    let attempts = || kube.writes().into_iter().filter(|w| w.credential == credential && w.resource == "namespaces" && w.verb == "patch" && w.code >= 400).collect::<Vec<Write>>();
+    let attempts = || {
+        kube.writes()
+            .into_iter()
+            .filter(|w| w.credential == credential && w.resource == "namespaces" && w.verb == "patch" && w.code >= 400)
+            .collect::<Vec<Write>>()
+    };
     let before = attempts().len();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let during: Vec<Write> = attempts().into_iter().skip(before).collect();
@@ -325,7 +341,7 @@ async fn a_refused_namespace_is_retried_with_backoff_and_the_tenant_says_why() {
     within("the tenant is Ready once the policy is lifted", Duration::from_secs(120), async || tenant_phase(server, &token, &tenant).await == "Ready").await;
     let gone = server.call(Method::DELETE, &format!("/api/v1/tenants/{tenant}"), &[(auth.0, &auth.1)], None).await;
     assert_eq!(gone.status, StatusCode::OK);
-    within("the NexusTenant goes", Duration::from_secs(180), async || kube.kubectl(&["-n", "nexus-system", "get", "ntenant", "-o", "name"]).trim().is_empty()).await;
+    within("the NexusTenant goes", Duration::from_secs(180), async || !kube.exists(&["-n", "nexus-system", "ntenant", &ns])).await;
     drop(nexus);
     let _ = std::fs::remove_dir_all(dir);
 }

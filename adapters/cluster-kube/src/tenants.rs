@@ -21,8 +21,8 @@ use serde_json::json;
 
 use crate::KubeCluster;
 use crate::cluster::{Owned, absent_ok, apply, release_finalizer, translate};
-use crate::reflector::{key_of, version_of};
 use crate::crd::{Condition, MANAGED_LABEL, NexusTenant, NexusTenantPhase, NexusTenantStatus, TENANT_FINALIZER};
+use crate::reflector::{key_of, version_of};
 use crate::resources::{NODE_NAME, node_deployment, node_endpoint, node_network_policy, node_service, tenant_namespace};
 
 /// What this replica last applied of a tenant, and what the API server answered (see
@@ -186,15 +186,21 @@ impl KubeCluster {
         let namespace = Api::<Namespace>::all(self.client()).patch(name, &apply(), &Patch::Apply(&namespace)).await.map_err(refused("namespace"))?;
         stores.namespaces.written(&key_of(&namespace), version_of(&namespace), Owned::of(&namespace));
         let policy = node_network_policy(&self.settings().system_namespace);
-        let policy =
-            Api::<NetworkPolicy>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&policy)).await.map_err(refused("network policy"))?;
+        let policy = Api::<NetworkPolicy>::namespaced(self.client(), name)
+            .patch(NODE_NAME, &apply(), &Patch::Apply(&policy))
+            .await
+            .map_err(refused("network policy"))?;
         stores.policies.written(&key_of(&policy), version_of(&policy), Owned::of(&policy));
         let deployment = node_deployment(tenant, &self.settings().node_image);
-        let deployment =
-            Api::<Deployment>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&deployment)).await.map_err(refused("node Deployment"))?;
+        let deployment = Api::<Deployment>::namespaced(self.client(), name)
+            .patch(NODE_NAME, &apply(), &Patch::Apply(&deployment))
+            .await
+            .map_err(refused("node Deployment"))?;
         stores.deployments.written(&key_of(&deployment), version_of(&deployment), Owned::of_deployment(&deployment));
-        let service =
-            Api::<Service>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&node_service())).await.map_err(refused("node Service"))?;
+        let service = Api::<Service>::namespaced(self.client(), name)
+            .patch(NODE_NAME, &apply(), &Patch::Apply(&node_service()))
+            .await
+            .map_err(refused("node Service"))?;
         stores.services.written(&key_of(&service), version_of(&service), Owned::of(&service));
         let record = Applied {
             desired: String::new(),

@@ -286,7 +286,10 @@ async fn a_field_nexus_owns_changed_by_another_manager_is_taken_back_by_the_next
     let conflict = deployments.patch("astromesh-node", &PatchParams::apply("ops-team"), &Patch::Apply(&change)).await.unwrap_err();
     assert!(matches!(&conflict, kube::Error::Api(s) if s.code == 409 && s.message.contains("nexus")), "{conflict}");
     // A plain patch (kubectl edit, kubectl set image) goes through and takes the field over...
-    let edited = deployments.patch("astromesh-node", &PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() }, &Patch::Strategic(&change)).await.unwrap();
+    let edited = deployments
+        .patch("astromesh-node", &PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() }, &Patch::Strategic(&change))
+        .await
+        .unwrap();
     assert_eq!(image(&edited), "someone/else:1");
     // ...until Nexus applies again: its forced apply wins and the field is Nexus's again.
     setup.cluster.provision_tenant(&tenant).await.unwrap();
