@@ -297,9 +297,7 @@ async fn a_refused_namespace_is_retried_with_backoff_and_the_tenant_says_why() {
     kube.deploy();
     let dir = scratch();
     let (kubeconfig, credential) = kube.service_account_kubeconfig(&dir, "nexus");
-    let policy = format!(
-        "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata:\n  name: freeze-tenants\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    - apiGroups: [\"\"]\n      apiVersions: [v1]\n      operations: [CREATE]\n      resources: [namespaces]\n  validations:\n  - expression: \"!has(object.metadata.labels) || !('nexus.astromesh.io/managed' in object.metadata.labels)\"\n    message: new tenant namespaces are frozen during the migration\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata:\n  name: freeze-tenants\nspec:\n  policyName: freeze-tenants\n  validationActions: [Deny]\n"
-    );
+    let policy = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata:\n  name: freeze-tenants\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    - apiGroups: [\"\"]\n      apiVersions: [v1]\n      operations: [CREATE]\n      resources: [namespaces]\n  validations:\n  - expression: \"!has(object.metadata.labels) || !('nexus.astromesh.io/managed' in object.metadata.labels)\"\n    message: new tenant namespaces are frozen during the migration\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata:\n  name: freeze-tenants\nspec:\n  policyName: freeze-tenants\n  validationActions: [Deny]\n";
     let policy_file = dir.join("policy.yaml");
     std::fs::write(&policy_file, policy).unwrap();
     kube.kubectl(&["apply", "-f", policy_file.to_str().unwrap()]);

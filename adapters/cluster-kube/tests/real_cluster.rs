@@ -30,6 +30,7 @@ use nexus_cluster_kube::crd::{AGENT_FINALIZER, NexusAgent, NexusTenant};
 use nexus_cluster_kube::{KubeCluster, KubeSettings};
 use nexus_ports::agents::{AgentManifest, AgentName, AgentPhase, AgentStatus, Change};
 use nexus_ports::identity::UserId;
+use nexus_ports::leadership::Fence;
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase};
 use serde::Deserialize;
@@ -162,7 +163,7 @@ async fn provisions_tenants_holds_agents_and_leads_as_the_deployed_service_accou
     let (admin, cluster) = (setup.admin.clone(), setup.cluster.clone());
 
     let mut leading = cluster.leadership(&format!("real-cluster-test-{}", &TenantId::generate().to_string()[2..10]));
-    tokio::time::timeout(Duration::from_secs(60), leading.wait_for(|leads| *leads)).await.expect("leads within a minute").unwrap();
+    tokio::time::timeout(Duration::from_secs(60), leading.wait_for(Option::is_some)).await.expect("leads within a minute").unwrap();
 
     let tenant = new_tenant();
     let ns = tenant.id.cr_name();
@@ -189,7 +190,7 @@ async fn provisions_tenants_holds_agents_and_leads_as_the_deployed_service_accou
     assert_eq!((object.generation, object.deleting), (1, false));
     assert_eq!(object.manifest.document().unwrap()["spec"]["x-kept"]["a"], 1, "the API server kept the unknown fields");
     let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: Some(chrono::Utc::now()), message: None };
-    cluster.set_agent_status(&tenant.id, manifest.name(), 1, &running).await.unwrap();
+    cluster.set_agent_status(&tenant.id, manifest.name(), 1, &running, Fence::Alone).await.unwrap();
     let object = cluster.agent_object(&tenant.id, manifest.name()).await.unwrap().unwrap();
     assert_eq!((object.status.phase, object.observed_generation), (AgentPhase::Running, 1));
     assert!(cluster.list_agent_objects().await.unwrap().iter().any(|o| o.tenant_id == tenant.id));
@@ -246,7 +247,7 @@ async fn statuses_are_written_through_the_status_subresource() {
     let bot = manifest("bot", json!({}));
     setup.cluster.apply_agent(&tenant.id, &bot).await.unwrap();
     let failed = AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: None, message: Some("the node said no".into()) };
-    setup.cluster.set_agent_status(&tenant.id, bot.name(), 1, &failed).await.unwrap();
+    setup.cluster.set_agent_status(&tenant.id, bot.name(), 1, &failed, Fence::Alone).await.unwrap();
 
     let stored = setup.agents(&tenant.id).get("bot").await.unwrap();
     assert_eq!(stored.metadata.generation, Some(1), "a status write does not bump the generation");
