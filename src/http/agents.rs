@@ -246,7 +246,8 @@ struct VersionView {
     version: Option<String>,
     /// SHA-256 of that manifest's canonical JSON.
     checksum: String,
-    /// `usr_...`, or `key:<label>` for an API key.
+    /// Who published it, named as audit actors are: `usr_<id> (<email>)` for a user, or
+    /// `key:<first 8 hex digits of its hash> (<label>)` for an API key.
     author: String,
     created_at: DateTime<Utc>,
 }
@@ -445,7 +446,7 @@ impl AgentApi {
         body: ManifestBody,
     ) -> Result<AgentCreated, ApiError<AgentCreateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        let state = nexus.agents.create(&tenant, &caller.0.author(), body.into_document()).await?;
+        let state = nexus.agents.create(&tenant, &nexus.access.actor(&caller.0).await?, body.into_document()).await?;
         Ok(AgentCreated::Created(Json(AgentCreatedView {
             name: state.agent.manifest.name().to_string(),
             namespace: tenant.id.cr_name(),
@@ -517,7 +518,7 @@ impl AgentApi {
     ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        Ok(nexus.agents.update(&tenant, &caller.0.author(), &name, body.into_document(), condition.as_ref()).await?.into())
+        Ok(nexus.agents.update(&tenant, &nexus.access.actor(&caller.0).await?, &name, body.into_document(), condition.as_ref()).await?.into())
     }
 
     /// Delete an agent; its node forgets it. With `If-Match`, only if it names the current
@@ -535,7 +536,9 @@ impl AgentApi {
     ) -> Result<Json<AgentDeletedView>, ApiError<AgentDeleteErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &caller.0.author(), &name, condition.as_ref()).await?.to_string() }))
+        Ok(Json(AgentDeletedView {
+            deleted: nexus.agents.delete(&tenant, &nexus.access.actor(&caller.0).await?, &name, condition.as_ref()).await?.to_string(),
+        }))
     }
 
     /// Phase, nodeAck and lastSyncedAt, with the node's live view of the agent.
@@ -686,6 +689,6 @@ impl AgentApi {
     ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        Ok(nexus.agents.rollback(&tenant, &caller.0.author(), &name, body.version, condition.as_ref()).await?.into())
+        Ok(nexus.agents.rollback(&tenant, &nexus.access.actor(&caller.0).await?, &name, body.version, condition.as_ref()).await?.into())
     }
 }
