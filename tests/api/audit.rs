@@ -6,7 +6,7 @@ use nexus::config::ServeConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{Backend, PASSWORD, Server, on_both_backends, with_configured_server, with_server};
+use crate::support::{Backend, PASSWORD, Server, config, database, on_both_backends, on_postgres, with_configured_server, with_server};
 
 on_both_backends!(
     a_tenants_trail_names_each_change_its_actor_and_its_request,
@@ -20,6 +20,8 @@ on_both_backends!(
     refusals_are_recorded_in_the_trail_they_targeted,
     a_flood_of_refusals_is_one_counted_event
 );
+// Several replicas share PostgreSQL only: SQLite serves one process.
+on_postgres!(replicas_count_one_actors_refusals_in_one_event);
 
 fn bearer(token: &str) -> (&'static str, String) {
     ("authorization", format!("Bearer {token}"))
@@ -455,4 +457,35 @@ async fn a_flood_of_refusals_is_one_counted_event(backend: Backend) {
         assert_eq!(events.len(), refusals + 2, "with tenant.create and key.create, nothing else: {events:#?}");
     })
     .await;
+}
+
+/// Two replicas refusing the same key in the same minute add to one event; each replica's
+/// cursor is good on the other.
+async fn replicas_count_one_actors_refusals_in_one_event(backend: Backend) {
+    let Some(db) = database(backend).await else { return };
+    let (a, b) = (Server::start(config(&db.url)).await, Server::start(config(&db.url)).await);
+    let token = a.user("replicas-owner@example.com").await;
+    let tenant = a.tenant(&token, "Shared").await.str("id");
+    let reader = a
+        .call(
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/keys"),
+            &[(bearer(&token).0, &bearer(&token).1)],
+            Some(&json!({"label": "reader", "scope": "read"})),
+        )
+        .await;
+    let manifest = nexus_ports::testing::manifest_document("bot", "m");
+    for server in [&a, &b, &a, &b, &b] {
+        assert_eq!(server.call(Method::POST, "/api/v1/agents", &[("x-api-key", &reader.str("rawKey"))], Some(&manifest)).await.status, StatusCode::FORBIDDEN);
+    }
+    let path = format!("/api/v1/tenants/{tenant}/audit");
+    let counted = |events: &[Value]| events.iter().filter(|e| e["action"] == "access.read_only_key").map(|e| e["count"].as_u64().unwrap_or(0)).sum::<u64>();
+    let events = eventually(&b, &path, &token, "both replicas' refusals counted", |events| counted(events) == 5).await;
+    let refusals = events.iter().filter(|e| e["action"] == "access.read_only_key").count();
+    assert!((1..=2).contains(&refusals), "one event a minute, whichever replica refused: {events:#?}");
+    let cursor = a.get(&format!("{path}?limit=1"), Some(&token)).await.str("nextCursor");
+    assert_eq!(b.get(&format!("{path}?limit=1&cursor={cursor}"), Some(&token)).await.status, StatusCode::OK, "a cursor is good on every replica");
+    a.stop().await;
+    b.stop().await;
+    db.drop_database().await;
 }
