@@ -201,9 +201,9 @@ async fn main() {
     }
     let list_at_end = list_rate(&client, &base, token, &tenant_ids[0]).await;
 
-    // Idle: no API traffic, one whole resync period (after the first period since the
-    // tenants were created, so that every node has been listed once before).
-    let settle = Duration::from_secs(resync).saturating_sub(started.elapsed()).max(Duration::from_secs(2));
+    // Idle: no API traffic, one whole resync period, beginning a period after the last
+    // create (every node listed since, every new agent's first push long done).
+    let settle = Duration::from_secs(resync).saturating_sub(last_created.elapsed()).max(Duration::from_secs(2));
     tokio::time::sleep(settle).await;
     let replicas_cpu = || pids.iter().map(|pid| cpu_time(*pid)).sum::<Duration>();
     let database_name = database.as_ref().map(|(_, name)| name.clone());

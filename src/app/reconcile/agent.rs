@@ -141,6 +141,11 @@ impl Reconciler {
                 if deployed && !object.status.node_ack {
                     wake_siblings();
                 }
+                if deployed {
+                    // At rest from now on: the node's list, not this item, looks at it
+                    // again (a sweep or an event brings it back).
+                    return None;
+                }
                 wait
             }
             Step::Hold { reason, withdraw } => {
