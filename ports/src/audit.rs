@@ -8,8 +8,11 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::agents::AgentName;
+use crate::changes::Change;
 use crate::identity::UserId;
 use crate::tenancy::TenantId;
+use crate::tokens::SecretDigest;
 use crate::{Error, Result};
 
 /// What an event records.
@@ -170,6 +173,23 @@ impl AuditEvent {
         self.user = Some(user);
         self
     }
+
+    /// What the audited change makes stale in every replica's memory, if anything: the
+    /// store sends it to the other replicas in the transaction that records the event, so
+    /// that a change is never committed without them being told.
+    #[must_use]
+    pub fn change(&self) -> Option<Change> {
+        match self.action {
+            AuditAction::UserSessionsRevoked | AuditAction::UserPasswordChange => Some(Change::SessionsEnded { user: self.user? }),
+            AuditAction::TenantCreate => Some(Change::TenantChanged { tenant: self.tenant? }),
+            AuditAction::TenantDelete => Some(Change::TenantDeleted { tenant: self.tenant? }),
+            AuditAction::KeyRevoke => Some(Change::KeyRevoked { tenant: self.tenant?, key: SecretDigest::from_hex(&self.target).ok()? }),
+            AuditAction::AgentCreate | AuditAction::AgentUpdate | AuditAction::AgentRollback | AuditAction::AgentDelete => {
+                Some(Change::AgentChanged { tenant: self.tenant?, name: AgentName::parse(&self.target).ok()? })
+            }
+            AuditAction::UserRegister | AuditAction::UserLogin | AuditAction::UserLoginFailed | AuditAction::UserLogout | AuditAction::KeyCreate => None,
+        }
+    }
 }
 
 /// Where a page of a trail ends: the next page starts after it. Opaque to clients.
@@ -213,6 +233,25 @@ pub const DEFAULT_AUDIT_PAGE: u32 = 100;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_that_make_memory_stale_are_named_by_their_event() {
+        let (user, tenant) = (UserId::generate(), TenantId::generate());
+        let digest = SecretDigest::of("key");
+        let event = |action, target: &str| AuditEvent::now(Utc::now(), "usr_x", action, target).in_tenant(tenant).of_user(user);
+        let name = AgentName::parse("bot").unwrap();
+        assert_eq!(event(AuditAction::KeyRevoke, &digest.to_hex()).change(), Some(Change::KeyRevoked { tenant, key: digest }));
+        assert_eq!(event(AuditAction::UserSessionsRevoked, &user.to_string()).change(), Some(Change::SessionsEnded { user }));
+        assert_eq!(event(AuditAction::UserPasswordChange, &user.to_string()).change(), Some(Change::SessionsEnded { user }));
+        assert_eq!(event(AuditAction::TenantCreate, &tenant.to_string()).change(), Some(Change::TenantChanged { tenant }));
+        assert_eq!(event(AuditAction::TenantDelete, &tenant.to_string()).change(), Some(Change::TenantDeleted { tenant }));
+        for action in [AuditAction::AgentCreate, AuditAction::AgentUpdate, AuditAction::AgentRollback, AuditAction::AgentDelete] {
+            assert_eq!(event(action, "bot").change(), Some(Change::AgentChanged { tenant, name: name.clone() }));
+        }
+        for action in [AuditAction::UserRegister, AuditAction::UserLogin, AuditAction::UserLoginFailed, AuditAction::KeyCreate] {
+            assert_eq!(event(action, "x").change(), None, "{action}");
+        }
+    }
 
     #[test]
     fn actions_round_trip_by_name() {

@@ -232,7 +232,7 @@ impl AgentService {
         if let Err(err) = self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await {
             tracing::warn!(agent = %agent.manifest.name(), error = %err, "could not apply the agent to the cluster yet");
         }
-        self.announce(&agent.tenant_id, agent.manifest.name()).await;
+        self.committed(&agent.tenant_id, agent.manifest.name());
         self.reconciler.wake(Change::Agent(agent.tenant_id, agent.manifest.name().clone()));
     }
 
@@ -291,9 +291,10 @@ impl AgentService {
         Ok(summaries)
     }
 
-    /// Tells every replica the agent changed (this one at once).
-    async fn announce(&self, tenant: &TenantId, name: &AgentName) {
-        self.changes.announce(nexus_ports::changes::Change::AgentChanged { tenant: *tenant, name: name.clone() }).await;
+    /// Drops what this replica kept of the agent; the store told the others with the
+    /// change.
+    fn committed(&self, tenant: &TenantId, name: &AgentName) {
+        self.changes.committed(&nexus_ports::changes::Change::AgentChanged { tenant: *tenant, name: name.clone() });
     }
 
     /// One agent with its status.
@@ -424,11 +425,13 @@ impl AgentService {
             return Err(missing(&name));
         }
         tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");
-        // Marked for deletion before every replica is told, so that the leader, woken by
-        // the change, finds the mark.
-        let marked = self.cluster.request_agent_deletion(&tenant.id, &name).await;
-        self.announce(&tenant.id, &name).await;
-        marked?;
+        self.committed(&tenant.id, &name);
+        // The database cluster marked the object in the delete's transaction; elsewhere it
+        // is marked now, and an object the registry lost that no mark reached (this
+        // request cut short, the cluster failing) is marked by the loop's next sweep.
+        if let Err(err) = self.cluster.request_agent_deletion(&tenant.id, &name).await {
+            tracing::warn!(tenant = %tenant.id, agent = %name, error = %err, "could not mark the deleted agent's object yet; the next sweep will");
+        }
         self.reconciler.wake(Change::Agent(tenant.id, name.clone()));
         Ok(name)
     }

@@ -77,6 +77,9 @@ impl HotCaches {
     }
 }
 
+/// How often a failed publication is tried again.
+pub const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The caches and the feed that keeps them right.
 pub struct Changes {
     caches: HotCaches,
@@ -104,13 +107,33 @@ impl Changes {
         &self.caches
     }
 
-    /// Tells this replica (at once) and every other (through the feed) that `change` was
-    /// stored. When the feed cannot carry it, the others learn of it when their entries
-    /// expire.
+    /// Drops what `change` made stale in this replica, once the store committed it: the
+    /// store told every other replica in the same transaction (see the store's audit
+    /// events), so nothing after the commit is needed for them to learn of it.
+    pub fn committed(&self, change: &Change) {
+        self.caches.apply(change);
+    }
+
+    /// Tells this replica (at once) and every other (through the feed) of a change no
+    /// transaction carried. A publication that fails is retried in the background (every
+    /// [`PUBLISH_RETRY`]) until it goes through or the others' entries have expired anyway
+    /// ([`ENTRY_LIFETIME`]), whether or not the caller is still waiting.
     pub async fn announce(&self, change: Change) {
         self.caches.apply(&change);
         if let Err(err) = self.feed.publish(&change).await {
-            tracing::warn!(error = %err, change = %change, "could not tell the other replicas about a change");
+            tracing::warn!(error = %err, change = %change, "could not tell the other replicas about a change; retrying");
+            let feed = self.feed.clone();
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + ENTRY_LIFETIME;
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(PUBLISH_RETRY).await;
+                    match feed.publish(&change).await {
+                        Ok(()) => return,
+                        Err(err) => tracing::debug!(error = %err, change = %change, "still cannot tell the other replicas about a change"),
+                    }
+                }
+                tracing::warn!(change = %change, "gave up telling the other replicas about a change: their entries have expired since");
+            });
         }
     }
 

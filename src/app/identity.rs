@@ -200,7 +200,7 @@ impl IdentityService {
         let now = self.ports.clock.now();
         let audit = user_event(user, now, AuditAction::UserSessionsRevoked);
         self.ports.users.end_sessions(user, now, &audit).await.map_err(gone_as_unauthorized)?;
-        self.ports.changes.announce(Change::SessionsEnded { user: *user }).await;
+        self.ports.changes.committed(&Change::SessionsEnded { user: *user });
         tracing::info!(user = %user, "every session of the user was ended");
         Ok(())
     }
@@ -227,7 +227,7 @@ impl IdentityService {
         let now = self.ports.clock.now();
         let audit = user_event(user, now, AuditAction::UserPasswordChange);
         self.ports.users.change_password(user, &hash, now, &audit).await.map_err(gone_as_unauthorized)?;
-        self.ports.changes.announce(Change::SessionsEnded { user: *user }).await;
+        self.ports.changes.committed(&Change::SessionsEnded { user: *user });
         tracing::info!(user = %user, "password changed; every session of the user was ended");
         Ok(())
     }

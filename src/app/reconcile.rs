@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use nexus_ports::Error;
-use nexus_ports::agents::{AgentName, AgentObject, AgentPhase, AgentStatus, Change};
+use nexus_ports::agents::{Agent, AgentName, AgentObject, AgentPhase, AgentStatus, Change};
 use nexus_ports::node_names::{NodeNames, NodeSharing};
 use nexus_ports::ports::{AgentStore, Clock, ClusterBackend, NodeProxy, TenantStore};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
@@ -468,9 +468,12 @@ impl Reconciler {
     /// # Errors
     /// When the store or the cluster cannot be listed.
     pub async fn apply_registry(&self) -> nexus_ports::Result<usize> {
-        let existing: HashSet<AgentKey> = self.cluster.list_agent_objects().await?.into_iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
+        let objects = self.cluster.list_agent_objects().await?;
+        let registry = self.agents.list_all_agents().await?;
+        self.mark_unregistered(&objects, &registry).await;
+        let existing: HashSet<AgentKey> = objects.into_iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
         let mut applied = 0;
-        for agent in self.agents.list_all_agents().await? {
+        for agent in registry {
             if existing.contains(&(agent.tenant_id, agent.manifest.name().clone())) {
                 continue;
             }
@@ -480,6 +483,28 @@ impl Reconciler {
             }
         }
         Ok(applied)
+    }
+
+    /// Marks for deletion every object (listed before the registry) whose agent the
+    /// registry no longer has and that no deletion mark reached: a delete cut short
+    /// between its commit and its mark, or whose mark the cluster refused. Objects are
+    /// made after their registry row, so such an object's agent was deleted; it is read
+    /// again just before, in case it was registered again since.
+    async fn mark_unregistered(&self, objects: &[AgentObject], registry: &[Agent]) {
+        let registered: HashSet<(TenantId, &AgentName)> = registry.iter().map(|agent| (agent.tenant_id, agent.manifest.name())).collect();
+        for object in objects.iter().filter(|object| !object.deleting && !registered.contains(&(object.tenant_id, object.manifest.name()))) {
+            let (tenant, name) = (&object.tenant_id, object.manifest.name());
+            match self.agents.find_agent(tenant, name).await {
+                Ok(None) => {
+                    tracing::warn!(%tenant, agent = %name, "the registry lost an agent its cluster object was not marked for; marking it now");
+                    if let Err(err) = self.cluster.request_agent_deletion(tenant, name).await {
+                        tracing::warn!(%tenant, agent = %name, error = %err, "cannot mark the deleted agent's object; will retry");
+                    }
+                }
+                Ok(Some(_)) => {}
+                Err(err) => tracing::warn!(%tenant, agent = %name, error = %err, "cannot read the agent; will retry"),
+            }
+        }
     }
 
     /// Provisions every stored tenant (all of them at start-up on the in-memory cluster),

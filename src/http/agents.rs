@@ -445,7 +445,9 @@ impl AgentApi {
         body: ManifestBody,
     ) -> Result<AgentCreated, ApiError<AgentCreateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        let state = nexus.agents.create(&tenant, &caller.0.author(), body.into_document()).await?;
+        let (nexus, author, document) = (nexus.0.clone(), caller.0.author(), body.into_document());
+        let written = tenant.clone();
+        let state = super::to_the_end(async move { nexus.agents.create(&written, &author, document).await }).await?;
         Ok(AgentCreated::Created(Json(AgentCreatedView {
             name: state.agent.manifest.name().to_string(),
             namespace: tenant.id.cr_name(),
@@ -517,7 +519,8 @@ impl AgentApi {
     ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        Ok(nexus.agents.update(&tenant, &caller.0.author(), &name, body.into_document(), condition.as_ref()).await?.into())
+        let (nexus, author, name, document) = (nexus.0.clone(), caller.0.author(), name.0, body.into_document());
+        Ok(super::to_the_end(async move { nexus.agents.update(&tenant, &author, &name, document, condition.as_ref()).await }).await?.into())
     }
 
     /// Delete an agent; its node forgets it. With `If-Match`, only if it names the current
@@ -535,7 +538,9 @@ impl AgentApi {
     ) -> Result<Json<AgentDeletedView>, ApiError<AgentDeleteErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        Ok(Json(AgentDeletedView { deleted: nexus.agents.delete(&tenant, &caller.0.author(), &name, condition.as_ref()).await?.to_string() }))
+        let (nexus, author, name) = (nexus.0.clone(), caller.0.author(), name.0);
+        let deleted = super::to_the_end(async move { nexus.agents.delete(&tenant, &author, &name, condition.as_ref()).await }).await?;
+        Ok(Json(AgentDeletedView { deleted: deleted.to_string() }))
     }
 
     /// Phase, nodeAck and lastSyncedAt, with the node's live view of the agent.
@@ -686,6 +691,7 @@ impl AgentApi {
     ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        Ok(nexus.agents.rollback(&tenant, &caller.0.author(), &name, body.version, condition.as_ref()).await?.into())
+        let (nexus, author, name, version) = (nexus.0.clone(), caller.0.author(), name.0, body.version);
+        Ok(super::to_the_end(async move { nexus.agents.rollback(&tenant, &author, &name, version, condition.as_ref()).await }).await?.into())
     }
 }

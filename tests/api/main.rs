@@ -10,6 +10,7 @@ mod concurrency;
 mod connections;
 mod deploy;
 mod events;
+mod faults;
 mod health;
 mod identity;
 mod input;

@@ -14,7 +14,11 @@ use crate::SqlStore;
 use crate::entity::audit_events as events;
 use crate::error::db;
 
-/// Writes `event` on `conn` (the transaction of the change it records).
+/// Writes `event` on `conn` (the transaction of the change it records), and sends what
+/// the change makes stale ([`AuditEvent::change`]) to every replica in the same
+/// transaction: PostgreSQL delivers a `NOTIFY` at commit, and a row of the change log
+/// commits with the change, so a change is never committed without the others being told
+/// (and a failed announcement fails the change).
 pub(crate) async fn record(conn: &impl ConnectionTrait, event: &AuditEvent) -> Result<()> {
     let row = events::ActiveModel {
         seq: NotSet,
@@ -29,6 +33,9 @@ pub(crate) async fn record(conn: &impl ConnectionTrait, event: &AuditEvent) -> R
         source_ip: Set(event.source_ip.clone()),
     };
     events::Entity::insert(row).exec_without_returning(conn).await.map_err(db)?;
+    if let Some(change) = event.change() {
+        crate::changes::announce_in(conn, &change).await?;
+    }
     Ok(())
 }
 

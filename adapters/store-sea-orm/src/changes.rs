@@ -183,23 +183,29 @@ impl SqlChangeFeed {
     }
 }
 
+/// Sends `change` to every replica on `conn`: within a transaction, when it commits
+/// (PostgreSQL delivers `NOTIFY` at commit; the change log's row commits with the rest).
+pub(crate) async fn announce_in(conn: &impl ConnectionTrait, change: &Change) -> Result<()> {
+    let backend = conn.get_database_backend();
+    let statement = if backend == DatabaseBackend::Postgres {
+        Statement::from_sql_and_values(backend, "SELECT pg_notify($1, $2)", [CHANNEL.into(), change.to_string().into()])
+    } else {
+        Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO change_log (change, at_millis) VALUES (?, ?)",
+            [change.to_string().into(), millis(std::time::SystemTime::now()).into()],
+        )
+    };
+    conn.execute_raw(statement).await.map(drop).map_err(|err| {
+        tracing::warn!(error = %err, "cannot publish a change");
+        Error::Unavailable("cannot tell the other replicas about a change".to_owned())
+    })
+}
+
 #[async_trait]
 impl ChangeFeed for SqlChangeFeed {
     async fn publish(&self, change: &Change) -> Result<()> {
-        let backend = self.db.get_database_backend();
-        if backend != DatabaseBackend::Postgres {
-            let insert = Statement::from_sql_and_values(
-                backend,
-                "INSERT INTO change_log (change, at_millis) VALUES (?, ?)",
-                [change.to_string().into(), millis(std::time::SystemTime::now()).into()],
-            );
-            return self.db.execute_raw(insert).await.map(drop).map_err(|err| unavailable(&err));
-        }
-        let notify = Statement::from_sql_and_values(DatabaseBackend::Postgres, "SELECT pg_notify($1, $2)", [CHANNEL.into(), change.to_string().into()]);
-        self.db.execute_raw(notify).await.map(drop).map_err(|err| {
-            tracing::warn!(error = %err, "cannot publish a change");
-            Error::Unavailable("cannot tell the other replicas about a change".to_owned())
-        })
+        announce_in(&self.db, change).await
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {

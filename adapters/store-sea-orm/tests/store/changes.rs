@@ -3,15 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use nexus_ports::agents::AgentName;
+use nexus_ports::audit::{AuditAction, AuditEvent};
 use nexus_ports::changes::Change;
 use nexus_ports::identity::UserId;
-use nexus_ports::ports::ChangeFeed;
+use nexus_ports::ports::{AgentStore, ApiKeyStore, ChangeFeed, UserStore};
 use nexus_ports::tenancy::TenantId;
 use nexus_store_sea_orm::SqlStore;
 
 use crate::on_both_backends;
 
-on_both_backends!(every_replica_hears_every_change_in_order);
+on_both_backends!(every_replica_hears_every_change_in_order, an_audited_change_is_announced_by_its_own_transaction);
 
 /// The next change `receiver` gets, waiting at most a few seconds.
 async fn next(receiver: &mut tokio::sync::broadcast::Receiver<Change>) -> Change {
@@ -43,4 +45,45 @@ async fn every_replica_hears_every_change_in_order(url: &str) {
     for relay in relays.iter().chain([&relay_late]) {
         relay.abort();
     }
+}
+
+/// A change is sent to every replica by the transaction that commits it (the audit event
+/// it records names it), not by a later call a cancelled request could skip: what a
+/// replica hears comes with the revocation, the end of sessions, an agent's deletion,
+/// and nothing comes of a write that changed nothing.
+async fn an_audited_change_is_announced_by_its_own_transaction(url: &str) {
+    let (writer, other) = (SqlStore::connect(url).await.unwrap(), SqlStore::connect(url).await.unwrap());
+    let feed = Arc::new(other.change_feed().await.unwrap());
+    let mut heard = feed.subscribe();
+    let relay = tokio::spawn(feed.clone().relay());
+
+    let owner = crate::tenancy::owner(&writer).await;
+    let tenant = crate::tenancy::tenant_of(&writer, owner, "announced").await;
+    let key = crate::tenancy::key_of(&writer, &tenant, "doomed").await;
+    let revoke = AuditEvent::now(crate::now(), owner.to_string(), AuditAction::KeyRevoke, key.digest.to_hex()).in_tenant(tenant.id);
+    assert!(writer.delete_key(&tenant.id, &key.digest, &revoke).await.unwrap());
+    assert_eq!(next(&mut heard).await, Change::KeyRevoked { tenant: tenant.id, key: key.digest });
+    assert!(!writer.delete_key(&tenant.id, &key.digest, &revoke).await.unwrap(), "nothing left to revoke");
+
+    let ended = AuditEvent::now(crate::now(), owner.to_string(), AuditAction::UserSessionsRevoked, owner.to_string()).of_user(owner);
+    writer.end_sessions(&owner, crate::now(), &ended).await.unwrap();
+    assert_eq!(next(&mut heard).await, Change::SessionsEnded { user: owner });
+
+    let agent = nexus_ports::agents::Agent {
+        tenant_id: tenant.id,
+        manifest: nexus_ports::testing::manifest("bot", "a"),
+        version_number: 1,
+        created_at: crate::now(),
+        updated_at: crate::now(),
+    };
+    let name = AgentName::parse("bot").unwrap();
+    let event = |action| AuditEvent::now(crate::now(), owner.to_string(), action, "bot").in_tenant(tenant.id);
+    let quota = nexus_ports::agents::AgentQuota { max_agents: 10, max_manifest_bytes: 1 << 20 };
+    writer.insert_agent(&agent, "usr_test", quota, &event(AuditAction::AgentCreate)).await.unwrap();
+    assert_eq!(next(&mut heard).await, Change::AgentChanged { tenant: tenant.id, name: name.clone() });
+    assert!(writer.delete_agent(&tenant.id, &name, None, &event(AuditAction::AgentDelete)).await.unwrap());
+    assert_eq!(next(&mut heard).await, Change::AgentChanged { tenant: tenant.id, name });
+    // The key's failed second revocation announced nothing: the feed has nothing more.
+    assert!(tokio::time::timeout(Duration::from_millis(500), heard.recv()).await.is_err(), "no change announced for a write that changed nothing");
+    relay.abort();
 }
