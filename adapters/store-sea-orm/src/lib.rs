@@ -21,7 +21,7 @@ mod users;
 
 use std::time::Duration;
 
-pub use changes::{CHANNEL, SqlChangeFeed};
+pub use changes::{CHANNEL, HEARTBEAT_EVERY, SILENCE_LIMIT, SqlChangeFeed};
 pub use cluster::SqlCluster;
 pub use lease::{Attempt, Election, SqlLease};
 
