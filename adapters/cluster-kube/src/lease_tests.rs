@@ -124,3 +124,42 @@ async fn a_leader_that_cannot_renew_steps_down_before_its_lease_can_expire() {
     assert!(led_for < timing.duration, "and stepped down before any other replica could take the lease");
     scenario.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_stepped_down_campaigns_again_once_the_api_server_answers() {
+    let (cluster, scenario) = mocked_open(vec![
+        Expect { method: Method::GET, uri: format!("{LEASE}/nexus-controller"), body: crate::fixtures::anything, answer: (200, lease("3", None, 0)) },
+        Expect {
+            method: Method::PUT,
+            uri: format!("{LEASE}/nexus-controller?&fieldManager=nexus-pod-a"),
+            body: crate::fixtures::anything,
+            answer: (200, lease("4", Some("pod-a"), 0)),
+        },
+        // The API server stops answering, then fails, then answers again.
+        Expect { method: Method::GET, uri: format!("{LEASE}/nexus-controller"), body: crate::fixtures::anything, answer: no_answer() },
+        Expect {
+            method: Method::GET,
+            uri: format!("{LEASE}/nexus-controller"),
+            body: crate::fixtures::anything,
+            answer: status_error(503, "ServiceUnavailable"),
+        },
+        Expect {
+            method: Method::GET,
+            uri: format!("{LEASE}/nexus-controller"),
+            body: crate::fixtures::anything,
+            answer: status_error(503, "ServiceUnavailable"),
+        },
+        Expect { method: Method::GET, uri: format!("{LEASE}/nexus-controller"), body: crate::fixtures::anything, answer: (200, lease("4", Some("pod-a"), 0)) },
+        Expect {
+            method: Method::PUT,
+            uri: format!("{LEASE}/nexus-controller?&fieldManager=nexus-pod-a"),
+            body: |b| assert_eq!(b["metadata"]["resourceVersion"], "4"),
+            answer: (200, lease("5", Some("pod-a"), 1)),
+        },
+    ]);
+    let mut leading = cluster.leadership_with("pod-a", LeaseTiming::default());
+    leading.wait_for(|leads| *leads).await.unwrap();
+    leading.wait_for(|leads| !*leads).await.unwrap();
+    leading.wait_for(|leads| *leads).await.expect("it leads again");
+    scenario.await.unwrap();
+}

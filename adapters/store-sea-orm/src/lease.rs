@@ -71,12 +71,12 @@ impl Election {
 
     /// How long an attempt sent at `sent` may take: at most `renew`, and never past the
     /// end of this replica's leadership (so that it stops on time even when the database
-    /// hangs). Zero: do not try, count it as failed.
+    /// hangs). A replica whose leadership has ended, renewed in time or not, campaigns
+    /// again like any other: with a full `renew`.
     pub fn budget(&self, sent: Instant) -> Duration {
         match self.leading_until {
             Some(until) if sent < until => self.renew.min(until - sent),
-            Some(_) => Duration::ZERO,
-            None => self.renew,
+            _ => self.renew,
         }
     }
 
@@ -160,18 +160,13 @@ impl SqlLease {
         let mut election = Election::new(self.duration, renew);
         loop {
             let sent = Instant::now();
-            let budget = election.budget(sent);
-            let attempt = if budget.is_zero() {
-                Attempt::Failed
-            } else {
-                match tokio::time::timeout(budget, self.try_hold()).await {
-                    Ok(Ok(true)) => Attempt::Held,
-                    Ok(Ok(false)) => Attempt::HeldByOther,
-                    Ok(Err(_)) => Attempt::Failed,
-                    Err(_) => {
-                        tracing::warn!("the database did not answer the leader lease in time");
-                        Attempt::Failed
-                    }
+            let attempt = match tokio::time::timeout(election.budget(sent), self.try_hold()).await {
+                Ok(Ok(true)) => Attempt::Held,
+                Ok(Ok(false)) => Attempt::HeldByOther,
+                Ok(Err(_)) => Attempt::Failed,
+                Err(_) => {
+                    tracing::warn!("the database did not answer the leader lease in time");
+                    Attempt::Failed
                 }
             };
             election.observe(sent, attempt);
@@ -229,7 +224,6 @@ mod tests {
         }
         assert!(!election.leading(at(base, 8.0)), "the database unreachable: it steps down on its own");
         assert_eq!(election.budget(at(base, 7.5)), Duration::from_millis(500), "an attempt never outlasts the leadership");
-        assert_eq!(election.budget(at(base, 8.5)), Duration::ZERO);
         assert_eq!(election.next_wake(at(base, 7.0), at(base, 7.2)), at(base, 8.0), "it wakes to step down on time");
     }
 
@@ -245,5 +239,77 @@ mod tests {
         assert_eq!(election.next_wake(at(base, 3.0), at(base, 6.0)), at(base, 6.0), "a slow attempt tries again at once");
         election.observe(at(base, 5.0), Attempt::Failed);
         assert!(!election.leading(at(base, 5.1)), "a failure never makes a follower lead");
+    }
+    #[test]
+    fn a_leader_that_missed_its_renewals_campaigns_again() {
+        let base = Instant::now();
+        let mut election = Election::new(DURATION, RENEW);
+        election.observe(base, Attempt::Held);
+        for sent in [2.0, 4.0, 6.0] {
+            election.observe(at(base, sent), Attempt::Failed);
+        }
+        assert!(!election.leading(at(base, 8.5)), "stepped down");
+        assert_eq!(election.budget(at(base, 8.5)), RENEW, "after stepping down it tries again, with a full attempt");
+        election.observe(at(base, 8.5), Attempt::Failed);
+        assert_eq!(election.budget(at(base, 20.0)), RENEW, "however long the database was away");
+        election.observe(at(base, 20.0), Attempt::Held);
+        assert!(election.leading(at(base, 20.1)), "the database answering again, it leads again");
+    }
+
+    /// The lease row as the database holds it, on the test's clock.
+    struct Row {
+        holder: Option<usize>,
+        expires: Instant,
+    }
+
+    /// Replicas campaigning as `SqlLease::campaign` does, against one lease row, while the
+    /// database is away during `outages`: never two leaders at once, and exactly one within
+    /// duration + renew of the database answering again, after every outage.
+    fn simulate(replicas: usize, outages: &[(f64, f64)], end: f64) {
+        let base = Instant::now();
+        let step = Duration::from_millis(100);
+        let mut row = Row { holder: None, expires: base };
+        let mut elections: Vec<Election> = (0..replicas).map(|_| Election::new(DURATION, RENEW)).collect();
+        let mut wakes: Vec<Instant> = (0..replicas).map(|i| base + Duration::from_millis(37 * i as u64)).collect();
+        let mut now = base;
+        while now < at(base, end) {
+            let secs = (now - base).as_secs_f64();
+            let down = outages.iter().any(|(from, to)| secs >= *from && secs < *to);
+            for i in 0..replicas {
+                if now < wakes[i] {
+                    continue;
+                }
+                let attempt = if down {
+                    Attempt::Failed
+                } else if row.holder == Some(i) || row.expires < now {
+                    row = Row { holder: Some(i), expires: now + DURATION };
+                    Attempt::Held
+                } else {
+                    Attempt::HeldByOther
+                };
+                elections[i].observe(now, attempt);
+                wakes[i] = elections[i].next_wake(now, now);
+            }
+            let leaders = elections.iter().filter(|e| e.leading(now)).count();
+            assert!(leaders <= 1, "{leaders} leaders at {secs:.1} s");
+            let settled = outages.iter().all(|(from, to)| secs < *from || secs >= to + (DURATION + RENEW).as_secs_f64());
+            if settled && secs >= (DURATION + RENEW).as_secs_f64() {
+                assert_eq!(leaders, 1, "nobody leads at {secs:.1} s, after outages {outages:?}");
+            }
+            now += step;
+        }
+    }
+
+    #[test]
+    fn one_replica_leads_again_after_every_outage() {
+        simulate(1, &[(20.0, 32.0), (50.0, 62.0), (80.0, 81.0)], 120.0);
+    }
+
+    #[test]
+    fn any_number_of_outages_in_a_row_leaves_exactly_one_leader() {
+        let outages: Vec<(f64, f64)> = (0..8).map(|i| (20.0 + 30.0 * f64::from(i), 32.0 + 30.0 * f64::from(i))).collect();
+        for replicas in [2, 3] {
+            simulate(replicas, &outages, 280.0);
+        }
     }
 }

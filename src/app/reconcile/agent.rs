@@ -1,0 +1,213 @@
+//! The runner's work on one agent object: reads it and what it goes by, lets
+//! [`next_step`] decide, and performs the step (node calls, status writes).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use nexus_ports::Error;
+use nexus_ports::agents::{AgentObject, AgentPhase, AgentStatus};
+use nexus_ports::node_names::NodeSharing;
+
+use super::Reconciler;
+use super::state::{AgentKey, Item, after};
+use super::step::{Retry, Step, backoff, chains_in, is_resync, next_step};
+use crate::app::chains::{NodeCheck, node_check};
+use crate::app::work_queue::spread;
+
+impl Reconciler {
+    /// Reconciles one agent object; returns when it is due next (`None`: it is gone).
+    pub(super) async fn agent_item(&self, key: AgentKey) -> Option<DateTime<Utc>> {
+        let now = self.clock.now();
+        let retry_soon = Some(after(now, backoff(1)));
+        let listed = self.state().listed.remove(&key);
+        let read = match listed {
+            Some(object) => Ok(Some(object)),
+            None => self.cluster.agent_object(&key.0, &key.1).await,
+        };
+        let object = match read {
+            Ok(Some(object)) => object,
+            Ok(None) => {
+                self.state().forget_agent(&key);
+                return None;
+            }
+            Err(err) => {
+                tracing::warn!(agent = %key.1, error = %err, "cannot read the agent object; will retry");
+                return retry_soon;
+            }
+        };
+        let (tenant, retry) = {
+            let mut state = self.state();
+            state.note_phase(&key, Some(object.status.phase));
+            let tenant = state.tenants.get(&key.0).cloned();
+            if tenant.is_none() && !state.queue.contains(&Item::Tenant(key.0)) {
+                state.queue.wake(Item::Tenant(key.0), now);
+            }
+            (tenant, state.retries.get(&key).copied())
+        };
+        let (check, chained) = if self.cluster.node_sharing() == NodeSharing::PerTenant {
+            (NodeCheck::Clear, false)
+        } else {
+            match self.cluster.list_tenant_agent_objects(&key.0).await {
+                Ok(siblings) => (node_check(&object, &siblings.iter().collect::<Vec<_>>(), &self.names(&key.0)), chains_in(&siblings)),
+                Err(err) => {
+                    tracing::warn!(agent = %key.1, error = %err, "cannot list the tenant's agent objects; will retry");
+                    return retry_soon;
+                }
+            }
+        };
+        let resync = spread(self.resync, &key);
+        // On a shared node, what one agent of a tenant with chains did may change what its
+        // others may do: they are looked at again.
+        let wake_siblings = || {
+            if chained {
+                self.state().wake_agents_of(key.0, Some(&key.1), self.clock.now());
+            }
+        };
+        let wait = match next_step(&object, tenant.as_ref(), &check, retry, resync, now) {
+            Step::Wait(wait) => {
+                if object.deleting && check == NodeCheck::Needed {
+                    wake_siblings();
+                }
+                wait
+            }
+            Step::AwaitTenant => {
+                let waiting = AgentStatus {
+                    phase: AgentPhase::Pending,
+                    node_ack: false,
+                    last_synced_at: object.status.last_synced_at,
+                    message: Some("waiting for the tenant's node to be ready".to_owned()),
+                };
+                // Written once, not every time it is looked at while it waits.
+                if object.status != waiting || object.observed_generation != object.generation {
+                    self.record(&object, &waiting).await;
+                }
+                backoff(retry.map_or(1, |r| r.failures + 1))
+            }
+            Step::Cleanup { node } => {
+                let node_name = self.names(&key.0).node_name(&key.1);
+                if let Some(node) = node
+                    && let Err(err) = self.node.remove_agent(&node, &node_name).await
+                {
+                    tracing::warn!(agent = %key.1, error = %err, "could not remove the agent from its node; letting it go");
+                }
+                if let Err(err) = self.cluster.forget_agent(&key.0, &key.1).await {
+                    tracing::warn!(agent = %key.1, error = %err, "could not forget the agent object; will retry");
+                    return retry_soon;
+                }
+                self.state().forget_agent(&key);
+                wake_siblings();
+                return None;
+            }
+            Step::Deploy => {
+                if is_resync(&object) {
+                    let mut state = self.state();
+                    if !state.reserved.remove(&key)
+                        && let Err(wait) = state.bucket.take(now)
+                    {
+                        state.reserved.insert(key.clone());
+                        metrics::counter!("nexus_reconcile_resyncs_deferred_total").increment(1);
+                        return Some(after(now, wait));
+                    }
+                }
+                let node = tenant.and_then(|t| t.node_endpoint).unwrap_or_default();
+                let (deployed, wait) = self.deploy(&object, &node, now).await;
+                if deployed && !object.status.node_ack {
+                    wake_siblings();
+                }
+                wait
+            }
+            Step::Hold { reason, withdraw } => {
+                let node = tenant.and_then(|t| t.node_endpoint).unwrap_or_default();
+                let wait = self.hold(&object, &node, reason, withdraw, now).await;
+                if withdraw {
+                    wake_siblings();
+                }
+                wait
+            }
+        };
+        Some(after(now, wait))
+    }
+
+    /// Counts a failure of the agent now; returns how many in a row.
+    pub(super) fn failed_again(&self, key: &AgentKey, now: DateTime<Utc>) -> u32 {
+        let mut state = self.state();
+        let retry = state.retries.entry(key.clone()).or_insert(Retry { failures: 0, last_attempt: now });
+        retry.failures += 1;
+        retry.last_attempt = now;
+        retry.failures
+    }
+
+    /// Keeps the agent off its node (taking it off first when it may be there): Pending,
+    /// with the reason. Looked at again after a backoff, or after an event.
+    pub(super) async fn hold(&self, object: &AgentObject, node: &str, reason: String, withdraw: bool, now: DateTime<Utc>) -> Duration {
+        let key = (object.tenant_id, object.manifest.name().clone());
+        let failures = self.failed_again(&key, now);
+        if withdraw && let Err(err) = self.node.remove_agent(node, &self.names(&key.0).node_name(&key.1)).await {
+            tracing::warn!(agent = %key.1, error = %err, "could not take the agent off its node; will retry");
+            let failed =
+                AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: object.status.last_synced_at, message: Some(err.public_message()) };
+            self.record(object, &failed).await;
+            return backoff(failures);
+        }
+        let held = AgentStatus {
+            phase: AgentPhase::Pending,
+            node_ack: false,
+            last_synced_at: object.status.last_synced_at,
+            message: Some(format!("not on the node: {reason}")),
+        };
+        if held != object.status || object.observed_generation != object.generation {
+            tracing::info!(agent = %key.1, %reason, withdraw, "agent held off its shared node");
+            self.record(object, &held).await;
+        }
+        backoff(failures)
+    }
+
+    /// Pushes the agent to its node; says whether it is there now, and how long until it
+    /// is looked at again.
+    pub(super) async fn deploy(&self, object: &AgentObject, node: &str, now: DateTime<Utc>) -> (bool, Duration) {
+        let key = (object.tenant_id, object.manifest.name().clone());
+        if object.status.phase != AgentPhase::Running || object.observed_generation != object.generation {
+            let deploying = AgentStatus { phase: AgentPhase::Deploying, node_ack: false, message: None, ..object.status.clone() };
+            self.record(object, &deploying).await;
+        }
+        let names = self.names(&object.tenant_id);
+        let outcome = match names.to_node(&object.manifest) {
+            Ok(document) => match self.node.register_agent(node, &document).await {
+                Ok(()) => self.node.deploy_agent(node, &names.node_name(&key.1)).await,
+                Err(err) => Err(err),
+            },
+            Err(err) => {
+                tracing::error!(tenant = %key.0, agent = %key.1, error = %err, "an agent's stored manifest cannot be read");
+                Err(Error::Upstream(crate::app::agents::UNREADABLE_MANIFEST.to_owned()))
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                self.state().retries.remove(&key);
+                let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: Some(self.clock.now()), message: None };
+                self.record(object, &running).await;
+                (true, spread(self.resync, &key))
+            }
+            Err(err) => {
+                let failures = self.failed_again(&key, now);
+                tracing::warn!(agent = %key.1, failures, error = %err, "deploying the agent failed; will retry");
+                let failed = AgentStatus {
+                    phase: AgentPhase::Failed,
+                    node_ack: false,
+                    last_synced_at: object.status.last_synced_at,
+                    message: Some(err.public_message()),
+                };
+                self.record(object, &failed).await;
+                (false, backoff(failures))
+            }
+        }
+    }
+
+    pub(super) async fn record(&self, object: &AgentObject, status: &AgentStatus) {
+        let name = object.manifest.name();
+        match self.cluster.set_agent_status(&object.tenant_id, name, object.generation, status).await {
+            Ok(()) => self.state().note_phase(&(object.tenant_id, name.clone()), Some(status.phase)),
+            Err(err) => tracing::warn!(agent = %name, error = %err, "could not record the agent's status"),
+        }
+    }
+}
