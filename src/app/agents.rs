@@ -19,7 +19,7 @@ use nexus_ports::{Error, Result};
 use serde_json::Value;
 
 use self::events::OpenStreams;
-pub use self::events::{AgentEvent, EventSettings};
+pub use self::events::{AgentEvent, EventSettings, StillAllowed};
 use super::changes::Changes;
 use super::reconcile::Reconciler;
 use super::traces::{NODE_TRACE_WINDOW, RunMetrics, run_metrics, started_at};
