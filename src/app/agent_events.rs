@@ -184,7 +184,8 @@ impl AgentService {
             cluster: self.cluster.clone(),
             tenant: tenant.id,
             name: agent.manifest.name().clone(),
-            poll: self.events.poll,
+            // Looks (and checks the credential) at least at every heartbeat.
+            poll: self.events.poll.min(self.events.heartbeat),
             ends_at: Instant::now() + self.events.max_duration,
             sent: None,
             allowed,

@@ -173,6 +173,25 @@ mod tests {
         (digest, (key, tenant.clone()))
     }
 
+    /// A change no transaction carried, whose publication fails, is published again in
+    /// the background until it goes through, even once its caller has moved on.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_publication_is_retried_until_it_goes_through() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let attempts = Arc::new(AtomicU32::new(0));
+        let mut feed = nexus_ports::ports::MockChangeFeed::new();
+        feed.expect_subscribe().returning(|| broadcast::channel(1).1);
+        let counted = attempts.clone();
+        feed.expect_publish().returning(move |_| {
+            if counted.fetch_add(1, Ordering::SeqCst) < 3 { Err(nexus_ports::Error::Unavailable("the database is down".into())) } else { Ok(()) }
+        });
+        let changes = Changes::new(Arc::new(feed));
+        changes.announce(Change::SessionsEnded { user: UserId::generate() }).await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "the caller does not wait for the retries");
+        tokio::time::sleep(PUBLISH_RETRY * 10).await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 4, "retried until it went through, then no more");
+    }
+
     #[tokio::test]
     async fn announced_and_followed_changes_drop_what_they_made_stale() {
         let feed = Arc::new(LocalChangeFeed::default());
