@@ -186,7 +186,7 @@ async fn a_stream_ends_when_its_credential_no_longer_holds(backend: Backend) {
         let revoked = server.call(Method::DELETE, &format!("/api/v1/tenants/{tenant}/keys/{hash}"), &[("authorization", &bearer)], None).await;
         assert_eq!(revoked.status, StatusCode::OK);
         let (kind, last) = loop {
-            let (kind, data) = by_key.next_event().await.expect(&ended("key's"));
+            let (kind, data) = by_key.next_event().await.unwrap_or_else(|| panic!("{}", ended("key's")));
             if kind != "status" {
                 break (kind, data);
             }
@@ -199,7 +199,7 @@ async fn a_stream_ends_when_its_credential_no_longer_holds(backend: Backend) {
         assert_eq!(by_user.next_event().await.expect("the current status").0, "status");
         assert_eq!(server.call(Method::DELETE, "/api/v1/me/sessions", &[("authorization", &bearer)], None).await.status, StatusCode::NO_CONTENT);
         let (kind, last) = loop {
-            let (kind, data) = by_user.next_event().await.expect(&ended("user's"));
+            let (kind, data) = by_user.next_event().await.unwrap_or_else(|| panic!("{}", ended("user's")));
             if kind != "status" {
                 break (kind, data);
             }

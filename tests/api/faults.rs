@@ -314,7 +314,7 @@ impl Workload {
                 let path = format!("/api/v1/agents/{name}");
                 let updated = self.send(index, Method::PUT, &path, Some(manifest(&name, "2.0.0")), &format!("update {name}")).await;
                 self.tally.expect(&name, if matches!(updated, Outcome::Acknowledged) { Expect::Present("2.0.0".into()) } else { Expect::Unknown });
-                if matches!(updated, Outcome::Acknowledged) && n % 3 != 0 {
+                if matches!(updated, Outcome::Acknowledged) && !n.is_multiple_of(3) {
                     let deleted = self.send(index, Method::DELETE, &path, None, &format!("delete {name}")).await;
                     self.tally.expect(&name, if matches!(deleted, Outcome::Acknowledged) { Expect::Absent } else { Expect::Unknown });
                 }
