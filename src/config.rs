@@ -9,7 +9,12 @@ use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Nexus: the multi-tenant control plane for Astromesh AI agents.
 #[derive(Debug, Parser)]
-#[command(name = "nexus", version, about)]
+#[command(
+    name = "nexus",
+    version,
+    about,
+    after_help = "Client commands (nexus <command> --help for each): login, register, logout, whoami, context, tenants, keys, apply, get, describe, delete, logs, events, run, versions, rollback, wait, completion.\n\nExample:\n  nexus serve &\n  nexus login --server http://localhost:8080 --email admin@example.com\n  nexus apply -f examples/"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -1,16 +1,22 @@
 //! The `nexus` binary: parses configuration, sets up logging, and serves (or prints the
-//! OpenAPI document).
+//! OpenAPI document); the command-line client's verbs are handed to `nexus-cli`.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use nexus::config::{Cli, Command, LogFormat, ServeConfig};
 use poem::listener::{Listener, TcpListener};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // The client's verbs (`nexus login`, `nexus apply`...) go to the client crate, which
+    // talks to a server over HTTP only; everything else is the server's command line.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if nexus_cli::verb_of(&args).is_some() {
+        return nexus_cli::main(args, Some(Cli::command()));
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Openapi { yaml }) => {
