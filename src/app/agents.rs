@@ -223,16 +223,19 @@ impl AgentService {
         NodeNames::new(*tenant, self.cluster.node_sharing())
     }
 
-    /// The desired state goes to the cluster, then every replica is told of the change
-    /// (the leader's loop, woken by it, finds the object applied) and this loop wakes. A
-    /// new agent the cluster fails to take now is applied by the loop's next timed pass,
-    /// which re-applies what the cluster lacks of the registry; a failed update is retried
-    /// by the next update.
+    /// Once the registry committed the change (and with it told every replica, which
+    /// dropped what they kept of the agent), the desired state goes to the cluster, then
+    /// every replica is told again, so that the leader's loop, woken by it, finds the
+    /// object applied (it may have looked before), and this loop wakes. A new agent the
+    /// cluster fails to take now, or whose second word is lost, is applied or found by the
+    /// loop's next sweep, which re-applies what the cluster lacks of the registry; a failed
+    /// update is retried by the next update.
     async fn apply(&self, agent: &Agent) {
+        self.committed(&agent.tenant_id, agent.manifest.name());
         if let Err(err) = self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await {
             tracing::warn!(agent = %agent.manifest.name(), error = %err, "could not apply the agent to the cluster yet");
         }
-        self.committed(&agent.tenant_id, agent.manifest.name());
+        self.changes.announce(nexus_ports::changes::Change::AgentChanged { tenant: agent.tenant_id, name: agent.manifest.name().clone() }).await;
         self.reconciler.wake(Change::Agent(agent.tenant_id, agent.manifest.name().clone()));
     }
 

@@ -100,7 +100,8 @@ impl Postgres {
 
     fn start(&self) {
         let data = self.data.to_str().expect("a UTF-8 path");
-        let options = format!("-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", self.port);
+        let options =
+            format!("-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 -c log_lock_waits=on -c deadlock_timeout=1s", self.port);
         let log = format!("{data}/server.log");
         self.run("pg_ctl", &["-D", data, "-o", &options, "-l", &log, "-w", "-t", "60", "start"]);
     }
@@ -580,6 +581,8 @@ async fn replicas_survive_database_outages_frozen_and_killed_leaders_and_dropped
     tokio::time::sleep(Duration::from_secs(4)).await;
     // A key revoked through another replica is refused by the one whose connections
     // (its change feed's among them) were cut, once its feed listens again.
+    // The first replica may have been the one killed and started again, on a new port.
+    let setup = Server::at(replicas[(victim + 2) % replicas.len()].base.clone());
     let created = setup.key(&token, &tenant, "revoked").await;
     let (doomed, hash) = (created.str("rawKey"), created.str("hash"));
     for replica in &replicas {
