@@ -259,7 +259,7 @@ pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
         Election::Alone => background.push(tokio::spawn(reconciler.run())),
         // Every replica serves the API and wakes on changes; the one holding the lease reconciles.
         Election::Database { lease, renew } => {
-            let (tell, leading) = tokio::sync::watch::channel(false);
+            let (tell, leading) = tokio::sync::watch::channel(None);
             background.push(tokio::spawn(lease.clone().campaign(renew, tell)));
             background.push(tokio::spawn(crate::app::leadership::reconcile_while_leading(reconciler, leading)));
             // A replica that stops cleanly lets another take over at once.

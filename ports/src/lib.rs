@@ -12,6 +12,7 @@ pub mod changes;
 pub mod context;
 pub mod error;
 pub mod identity;
+pub mod leadership;
 pub mod node_names;
 pub mod ports;
 pub mod tenancy;

@@ -16,6 +16,7 @@ use crate::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentQuota, Ag
 use crate::audit::{AuditCursor, AuditEvent, AuditPage};
 use crate::changes::Change;
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
+use crate::leadership::Fence;
 use crate::node_names::NodeSharing;
 use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
 use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
@@ -337,8 +338,15 @@ pub trait ClusterBackend: Send + Sync + 'static {
         Ok(self.list_tenant_agent_objects(tenant).await?.into_iter().map(|object| (object.manifest.name().clone(), object.status)).collect())
     }
 
-    /// Records what reconciling `observed_generation` of the object found.
-    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()>;
+    /// Records what reconciling `observed_generation` of the object found, when `fence`
+    /// holds: a cluster kept in the database that holds the leader lease writes only while
+    /// the fence's term is the lease's current one and unexpired, in the same statement;
+    /// others rely on the loop checking its term before it writes.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the cluster cannot be reached, or when the term is over
+    /// (nothing was written).
+    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus, fence: Fence) -> Result<()>;
 
     /// Removes the agent object for good (after its deletion was asked for and handled).
     async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<()>;

@@ -1,39 +1,43 @@
 //! Running the reconcile loop only while this replica leads. Several replicas serve the
 //! API; the one holding the leader lease reconciles. Leadership comes as a watch channel
-//! (from a Kubernetes Lease or a lease row in the database, or always `true` with one
-//! process). Changes made through any replica reach the leader's loop through the change
+//! of terms (from a Kubernetes Lease or a lease row in the database; with one process the
+//! loop simply runs), and the loop runs in one term at a time: it stops when the term
+//! ends, and the next term starts it again from fresh lists. Changes made through any replica reach the leader's loop through the change
 //! feed ([`wake_on_changes`]).
 
 use std::sync::Arc;
 
 use nexus_ports::agents::Change as Wake;
 use nexus_ports::changes::Change;
+use nexus_ports::leadership::Term;
 use tokio::sync::{broadcast, watch};
 
 use super::reconcile::Reconciler;
 
-/// Runs `reconciler` whenever `leading` says so, and stops it as soon as it says not;
-/// returns when the channel closes. `nexus_reconcile_leader` says whether it runs.
-/// While it follows, wakes are dropped rather than piled up for nobody.
-pub async fn reconcile_while_leading(reconciler: Arc<Reconciler>, mut leading: watch::Receiver<bool>) {
+/// Runs `reconciler` in each term `leading` tells, and stops it as soon as the term is
+/// over (no term, or another one: a term lost and another won between two looks is
+/// still a new term); returns when the channel closes. Each term starts from fresh
+/// lists, and what the loop knew is dropped when it ends. `nexus_reconcile_leader` says
+/// whether it runs. While it follows, wakes are dropped rather than piled up for nobody.
+pub async fn reconcile_while_leading(reconciler: Arc<Reconciler>, mut leading: watch::Receiver<Option<Term>>) {
     metrics::gauge!("nexus_reconcile_leader").set(0.0);
     loop {
-        reconciler.set_following(true);
-        if leading.wait_for(|leads| *leads).await.is_err() {
-            return;
-        }
-        tracing::info!("this replica leads: reconciling");
-        reconciler.set_following(false);
+        reconciler.end_term();
+        let Ok(term) = leading.wait_for(Option::is_some).await.map(|term| *term) else { return };
+        let number = term.map_or(0, |term| term.number);
+        tracing::info!(term = number, "this replica leads: reconciling");
+        reconciler.begin_term(number, leading.clone());
         metrics::gauge!("nexus_reconcile_leader").set(1.0);
         let running = StopOnDrop(Some(tokio::spawn(reconciler.clone().run())));
-        let lost = leading.wait_for(|leads| !*leads).await.map(drop);
-        // Nothing of the loop runs on once it has stopped leading.
+        let lost = leading.wait_for(|term| term.is_none_or(|term| term.number != number)).await.map(drop);
+        // Nothing of the loop runs on once its term is over.
         running.stop().await;
         metrics::gauge!("nexus_reconcile_leader").set(0.0);
         if lost.is_err() {
+            reconciler.end_term();
             return;
         }
-        tracing::info!("this replica no longer leads: reconciling stopped");
+        tracing::info!(term = number, "this replica's term is over: reconciling stopped");
     }
 }
 
@@ -141,12 +145,12 @@ mod tests {
         ));
         cluster.apply_agent(&tenant.id, &manifest).await.unwrap();
 
-        let (lead, leading) = watch::channel(false);
+        let (lead, leading) = watch::channel(None);
         let task = tokio::spawn(reconcile_while_leading(reconciler.clone(), leading));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(phase(&cluster, &tenant.id, &manifest).await, AgentPhase::Pending, "a follower does not reconcile");
 
-        lead.send(true).unwrap();
+        lead.send(Some(Term { number: 1, until: tokio::time::Instant::now() + Duration::from_secs(3600) })).unwrap();
         for _ in 0..100 {
             if phase(&cluster, &tenant.id, &manifest).await == AgentPhase::Running {
                 break;
@@ -155,7 +159,7 @@ mod tests {
         }
         assert_eq!(phase(&cluster, &tenant.id, &manifest).await, AgentPhase::Running, "the leader does");
 
-        lead.send(false).unwrap();
+        lead.send(None).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         cluster.request_agent_deletion(&tenant.id, manifest.name()).await.unwrap();
         reconciler.trigger();

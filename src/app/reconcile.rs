@@ -23,8 +23,8 @@ mod agent;
 mod lists;
 mod state;
 mod step;
+mod term;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -41,7 +41,9 @@ use tokio::sync::Notify;
 pub use self::state::Waker;
 use self::state::{AgentKey, Item, Shared, State, publish_depth};
 pub use self::step::{BACKOFF_CAP, NEEDED_WAIT, Retry, Step, backoff, chains_in, is_resync, next_step, retry_wait};
-use super::work_queue::{TokenBucket, WorkQueue};
+use self::term::Acting;
+pub use self::term::{TERM_OVER, is_term_over};
+use super::work_queue::TokenBucket;
 
 /// How many objects are reconciled at once.
 const CONCURRENCY: usize = 8;
@@ -59,7 +61,11 @@ pub struct Reconciler {
     tenants: Arc<dyn TenantStore>,
     clock: Arc<dyn Clock>,
     resync: Duration,
+    /// Resyncs a second allowed to reach nodes.
+    resync_rate: u32,
     shared: Arc<Shared>,
+    /// The term it acts in.
+    acting: Mutex<Acting>,
 }
 
 /// The ports the reconcile loop drives and reads, by name.
@@ -75,27 +81,15 @@ impl Reconciler {
     /// A runner resyncing every `resync`, at most [`DEFAULT_RESYNC_RATE`] agents a second.
     pub fn new(ports: ReconcilePorts, resync: Duration) -> Self {
         let ReconcilePorts { cluster, node, agents, tenants, clock } = ports;
-        let now = clock.now();
-        let state = State {
-            queue: WorkQueue::default(),
-            tenants: HashMap::new(),
-            agents_of: HashMap::new(),
-            retries: HashMap::new(),
-            tenant_retries: HashMap::new(),
-            bucket: TokenBucket::new(DEFAULT_RESYNC_RATE, now),
-            phases: HashMap::new(),
-            phase_counts: [0; 4],
-            depth_published: None,
-            listed: HashMap::new(),
-            reserved: HashSet::new(),
-        };
+        let state = State::new(DEFAULT_RESYNC_RATE, clock.now());
         let shared = Arc::new(Shared { state: Mutex::new(state), notify: Notify::new(), clock: clock.clone(), following: AtomicBool::new(false) });
-        Self { cluster, node, agents, tenants, clock, resync, shared }
+        Self { cluster, node, agents, tenants, clock, resync, resync_rate: DEFAULT_RESYNC_RATE, shared, acting: Mutex::new(Acting::Alone) }
     }
 
     /// The same runner letting at most `rate` resyncs a second reach nodes (0: no limit).
     #[must_use]
-    pub fn with_resync_rate(self, rate: u32) -> Self {
+    pub fn with_resync_rate(mut self, rate: u32) -> Self {
+        self.resync_rate = rate;
         self.state().bucket = TokenBucket::new(rate, self.clock.now());
         self
     }

@@ -10,6 +10,7 @@ use nexus_node_stub::StubNode;
 use nexus_ports::Error;
 use nexus_ports::agents::{Agent, AgentManifest, AgentName, AgentObject, AgentPhase, AgentStatus, Change};
 use nexus_ports::identity::UserId;
+use nexus_ports::leadership::{Fence, Term};
 use nexus_ports::node_names::{NodeNames, NodeSharing};
 use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockClusterBackend, MockTenantStore};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
@@ -423,8 +424,15 @@ impl ClusterBackend for Counting {
     async fn list_tenant_agent_objects(&self, tenant: &TenantId) -> nexus_ports::Result<Vec<AgentObject>> {
         self.inner.list_tenant_agent_objects(tenant).await
     }
-    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> nexus_ports::Result<()> {
-        self.inner.set_agent_status(tenant, name, observed_generation, status).await
+    async fn set_agent_status(
+        &self,
+        tenant: &TenantId,
+        name: &AgentName,
+        observed_generation: u64,
+        status: &AgentStatus,
+        fence: Fence,
+    ) -> nexus_ports::Result<()> {
+        self.inner.set_agent_status(tenant, name, observed_generation, status, fence).await
     }
     async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> nexus_ports::Result<()> {
         self.inner.forget_agent(tenant, name).await
@@ -524,4 +532,164 @@ async fn the_sweep_marks_objects_whose_agent_the_registry_lost() {
     let deleting = async |name: &str| cluster.agent_object(&tenant.id, &AgentName::parse(name).unwrap()).await.unwrap().unwrap().deleting;
     assert!(deleting("lost").await, "the object the registry lost is marked");
     assert!(!deleting("kept").await && !deleting("again").await, "registered agents are not");
+}
+
+/// A term that lasts `for_` from now, and the channel its election tells it on.
+fn term_lasting(number: u64, for_: Duration) -> (tokio::sync::watch::Sender<Option<Term>>, tokio::sync::watch::Receiver<Option<Term>>) {
+    tokio::sync::watch::channel(Some(Term { number, until: tokio::time::Instant::now() + for_ }))
+}
+
+#[tokio::test]
+async fn a_leader_frozen_past_its_term_neither_calls_the_node_nor_writes_when_it_wakes() {
+    let tenant = a_tenant();
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    let node = Arc::new(StubNode::new());
+    let reconciler = reconciler(&cluster, &node, vec![tenant.clone()], Arc::new(TestClock(Mutex::new(t0()))));
+    let (_election, leading) = term_lasting(7, Duration::from_millis(50));
+    reconciler.begin_term(7, leading);
+    cluster.provision_tenant(&tenant).await.unwrap();
+    cluster.apply_agent(&tenant.id, &manifest("m")).await.unwrap();
+    // Frozen (SIGSTOP, a pause) past the term's deadline; its election has not said so yet.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!reconciler.in_term_now());
+    reconciler.pass().await;
+    assert!(node.agent("http://node", &bot_on_node(&tenant)).is_none(), "no node call once the term is over");
+    let object = cluster.agent_object(&tenant.id, manifest("m").name()).await.unwrap().unwrap();
+    assert_eq!((object.status, object.observed_generation), (AgentStatus::pending(), 0), "no status written");
+
+    cluster.request_agent_deletion(&tenant.id, manifest("m").name()).await.unwrap();
+    reconciler.pass().await;
+    assert!(cluster.agent_object(&tenant.id, manifest("m").name()).await.unwrap().is_some(), "nor an object let go");
+}
+
+#[tokio::test]
+async fn a_node_call_still_running_when_the_term_ends_is_cut_off() {
+    let tenant = a_tenant();
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    let reconciler = reconciler(&cluster, &Arc::new(StubNode::new()), vec![tenant.clone()], Arc::new(TestClock(Mutex::new(t0()))));
+    let (_election, leading) = term_lasting(1, Duration::from_millis(100));
+    reconciler.begin_term(1, leading);
+    let hung = reconciler.in_term(std::future::pending::<nexus_ports::Result<()>>());
+    let err = tokio::time::timeout(Duration::from_secs(30), hung).await.expect("cut off at the term's end").unwrap_err();
+    assert!(crate::app::reconcile::is_term_over(&err));
+}
+
+#[tokio::test]
+async fn a_renewed_term_goes_on_and_a_new_one_is_not_the_old_one() {
+    let tenant = a_tenant();
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    let reconciler = reconciler(&cluster, &Arc::new(StubNode::new()), vec![tenant], Arc::new(TestClock(Mutex::new(t0()))));
+    let (election, leading) = term_lasting(3, Duration::from_millis(100));
+    reconciler.begin_term(3, leading);
+    election.send_replace(Some(Term { number: 3, until: tokio::time::Instant::now() + Duration::from_secs(60) }));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(reconciler.in_term_now(), "renewed: its deadline moved on");
+    election.send_replace(Some(Term { number: 4, until: tokio::time::Instant::now() + Duration::from_secs(60) }));
+    assert!(!reconciler.in_term_now(), "a later term (lost, then won again) is not the one the loop began in");
+    reconciler.end_term();
+    assert!(!reconciler.in_term_now());
+}
+
+/// A replica led, listed an agent in a sweep, and lost the lease before handling it;
+/// meanwhile another leader removed the agent for good; hours later this replica leads
+/// again. It used to start from the queued snapshot and push the deleted agent again.
+#[tokio::test]
+async fn a_replica_leading_again_starts_from_fresh_lists_not_stale_snapshots() {
+    let tenant = a_tenant();
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    let node = Arc::new(StubNode::new());
+    let reconciler = reconciler(&cluster, &node, vec![tenant.clone()], Arc::new(TestClock(Mutex::new(t0()))));
+    let (_first, leading) = term_lasting(1, Duration::from_secs(3600));
+    reconciler.begin_term(1, leading);
+    cluster.apply_agent(&tenant.id, &manifest("m")).await.unwrap();
+    reconciler.sweep(false).await;
+    assert_eq!(reconciler.state().listed.len(), 1, "the sweep listed the agent for its item");
+
+    reconciler.end_term();
+    assert!(reconciler.state().listed.is_empty() && reconciler.state().queue.is_empty(), "losing the lease drops the queue and the snapshots");
+    // Another leader deletes it meanwhile; the wakes of its events reach a follower, which drops them.
+    cluster.request_agent_deletion(&tenant.id, manifest("m").name()).await.unwrap();
+    cluster.forget_agent(&tenant.id, manifest("m").name()).await.unwrap();
+    reconciler.wake(Change::Agent(tenant.id, manifest("m").name().clone()));
+
+    let (_second, leading) = term_lasting(2, Duration::from_secs(3600));
+    reconciler.begin_term(2, leading);
+    reconciler.pass().await;
+    assert!(node.agent("http://node", &bot_on_node(&tenant)).is_none(), "the deleted agent is not pushed again");
+    assert!(cluster.agent_object(&tenant.id, manifest("m").name()).await.unwrap().is_none());
+}
+
+/// A tenant deleted while one of its agents is being created: the tenant's deprovisioning
+/// (which marks its objects) comes before the create's apply, which leaves a live object
+/// of a tenant the store no longer has; both wakes reach the loop, in either order.
+#[tokio::test]
+async fn an_agent_created_while_its_tenant_is_deprovisioned_never_stays_on_the_shared_node() {
+    for agent_first in [true, false] {
+        let (deleted, kept) = (a_tenant(), a_tenant());
+        let cluster = Arc::new(MemoryCluster::new("http://node"));
+        let node = Arc::new(StubNode::new());
+        let tenants = Arc::new(Mutex::new(vec![deleted.clone(), kept.clone()]));
+        let mut store = MockTenantStore::new();
+        let listed = tenants.clone();
+        store.expect_list_all_tenants().returning(move || Ok(listed.lock().unwrap().clone()));
+        let found = tenants.clone();
+        store.expect_find_tenant().returning(move |id| Ok(found.lock().unwrap().iter().find(|t| t.id == *id).cloned()));
+        let reconciler = Reconciler::new(
+            ReconcilePorts {
+                cluster: cluster.clone(),
+                node: node.clone(),
+                agents: Arc::new(no_registry()),
+                tenants: Arc::new(store),
+                clock: Arc::new(TestClock(Mutex::new(t0()))),
+            },
+            RESYNC,
+        );
+        cluster.apply_agent(&deleted.id, &manifest("old")).await.unwrap();
+        cluster.apply_agent(&kept.id, &manifest("kept")).await.unwrap();
+        reconciler.pass().await;
+        assert!(node.agent("http://node", &bot_on_node(&deleted)).unwrap().deployed);
+
+        // DELETE of the tenant runs between the create's registry insert and its apply.
+        cluster.deprovision_tenant(&deleted.id).await.unwrap();
+        tenants.lock().unwrap().retain(|t| t.id != deleted.id);
+        let racing = testing::manifest("racer", "m");
+        cluster.apply_agent(&deleted.id, &racing).await.unwrap();
+        let (agent, tenant) = (Change::Agent(deleted.id, racing.name().clone()), Change::Tenant(deleted.id));
+        if agent_first {
+            reconciler.wake(agent);
+            reconciler.wake(tenant);
+        } else {
+            reconciler.wake(tenant);
+            reconciler.wake(agent);
+        }
+        for _ in 0..3 {
+            reconciler.pass().await;
+        }
+        let racer = NodeNames::new(deleted.id, NodeSharing::Shared).node_name(racing.name()).to_string();
+        assert!(node.agent("http://node", &racer).is_none(), "the agent created meanwhile is off the shared node (agent woken first: {agent_first})");
+        assert!(node.agent("http://node", &bot_on_node(&deleted)).is_none(), "and the tenant's other agent");
+        assert!(cluster.list_tenant_agent_objects(&deleted.id).await.unwrap().is_empty(), "their objects went");
+        assert!(node.agent("http://node", &bot_on_node(&kept)).unwrap().deployed, "the other tenant's agent is untouched");
+    }
+}
+
+/// A call in flight when the process froze past its term takes no further step on waking.
+#[tokio::test]
+async fn a_call_in_flight_takes_no_step_once_its_term_is_over() {
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    let reconciler = reconciler(&cluster, &Arc::new(StubNode::new()), vec![], Arc::new(TestClock(Mutex::new(t0()))));
+    let (_election, leading) = term_lasting(1, Duration::from_millis(100));
+    reconciler.begin_term(1, leading);
+    let steps = std::sync::atomic::AtomicUsize::new(0);
+    let call = async {
+        steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Frozen here, past the term: the thread sleeps without yielding.
+        std::thread::sleep(Duration::from_millis(200));
+        tokio::task::yield_now().await;
+        steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    };
+    let err = reconciler.in_term(call).await.unwrap_err();
+    assert!(crate::app::reconcile::is_term_over(&err));
+    assert_eq!(steps.load(std::sync::atomic::Ordering::SeqCst), 1, "the step after waking was not taken");
 }

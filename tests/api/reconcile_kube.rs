@@ -212,12 +212,12 @@ async fn nothing_is_written_before_leading_then_tenants_come_before_the_registry
     let ports =
         ReconcilePorts { cluster: Arc::new(cluster), node: node.clone(), agents: Arc::new(agents), tenants: Arc::new(tenants), clock: Arc::new(StillClock) };
     let reconciler = Arc::new(Reconciler::new(ports, RESYNC));
-    let (lead, leading) = tokio::sync::watch::channel(false);
+    let (lead, leading) = tokio::sync::watch::channel(None);
     let task = tokio::spawn(reconcile_while_leading(reconciler.clone(), leading));
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(node.agent(&endpoint(), "bot").is_none(), "half a minute as a follower: no request (the script would have seen it)");
 
-    lead.send(true).unwrap();
+    lead.send(Some(nexus_ports::leadership::Term { number: 1, until: tokio::time::Instant::now() + Duration::from_secs(3600) })).unwrap();
     for _ in 0..1000 {
         if node.agent(&endpoint(), "bot").is_some_and(|agent| agent.deployed) {
             break;
@@ -225,7 +225,7 @@ async fn nothing_is_written_before_leading_then_tenants_come_before_the_registry
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(node.agent(&endpoint(), "bot").is_some_and(|agent| agent.deployed), "the leader deployed the agent");
-    lead.send(false).unwrap();
+    lead.send(None).unwrap();
     drop(lead);
     task.await.unwrap();
     drop(reconciler);

@@ -4,6 +4,7 @@ use http::Method;
 use nexus_ports::Error;
 use nexus_ports::agents::{AgentManifest, AgentName, AgentPhase, AgentStatus};
 use nexus_ports::identity::UserId;
+use nexus_ports::leadership::Fence;
 use nexus_ports::ports::ClusterBackend;
 use nexus_ports::tenancy::{Tenant, TenantId};
 use nexus_ports::testing;
@@ -143,7 +144,7 @@ async fn statuses_go_through_the_status_subresource() {
     }]);
     let failed =
         AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: None, message: Some("the node at http://n cannot be reached".into()) };
-    cluster.set_agent_status(&tenant().id, &AgentName::parse("bot").unwrap(), 4, &failed).await.unwrap();
+    cluster.set_agent_status(&tenant().id, &AgentName::parse("bot").unwrap(), 4, &failed, Fence::Alone).await.unwrap();
     drop(cluster);
     scenario.await.unwrap();
 }

@@ -19,6 +19,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource};
 use nexus_ports::agents::{AgentManifest, AgentName, AgentObject, AgentStatus};
+use nexus_ports::leadership::Fence;
 use nexus_ports::node_names::NodeSharing;
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantStatus};
@@ -261,7 +262,9 @@ impl ClusterBackend for KubeCluster {
         self.list_tenant_agents(tenant).await
     }
 
-    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()> {
+    /// The API server cannot make a status write conditional on the Lease: the loop checks
+    /// its term (the lease held, its deadline not passed) before every write instead.
+    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus, _fence: Fence) -> Result<()> {
         self.write_agent_status(tenant, name, observed_generation, status).await
     }
 

@@ -10,6 +10,10 @@
 //! API server answers: no other replica can take the lease before it expires, so two
 //! never lead at once. Every call is bounded by that deadline.
 //!
+//! Each acquisition (by another replica, or by this one after its own lapsed) adds one to
+//! `leaseTransitions`, which numbers the term this replica then leads in; renewals keep
+//! it. The reconcile loop checks its term before every node call and status write.
+//!
 //! Whether to write is decided by the pure [`decide`]; the [`Elector`] around it does I/O.
 
 use std::time::Duration;
@@ -18,6 +22,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
+use nexus_ports::leadership::Term;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -90,12 +95,13 @@ pub(crate) fn decide(record: &Record, me: &str, unchanged_for: Duration, timing:
     }
 }
 
-/// The lease as `me` writes it over `lease`: renewed now, taken over (acquired now, one
-/// more transition) when another held it.
-fn claimed(mut lease: Lease, me: &str, timing: &LeaseTiming) -> Lease {
+/// The lease as `me` writes it over `lease`: renewed now while `me` leads; acquired now
+/// otherwise (one more transition, a new term), whether another held it or `me` did
+/// until its own lapsed.
+fn claimed(mut lease: Lease, me: &str, leading: bool, timing: &LeaseTiming) -> Lease {
     let now = Some(MicroTime(Timestamp::now()));
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-    if spec.holder_identity.as_deref() != Some(me) {
+    if spec.holder_identity.as_deref() != Some(me) || !leading {
         let held = spec.holder_identity.as_deref().is_some_and(|h| !h.is_empty());
         spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + i32::from(held));
         spec.acquire_time.clone_from(&now);
@@ -111,9 +117,11 @@ pub(crate) struct Elector {
     api: Api<Lease>,
     identity: String,
     timing: LeaseTiming,
-    leading: watch::Sender<bool>,
+    leading: watch::Sender<Option<Term>>,
     /// Until when this replica may lead (last renewal + duration - grace).
     deadline: Option<Instant>,
+    /// The number of the term it leads in (`leaseTransitions` when it acquired the lease).
+    term: u64,
     /// The record last read and since when it has not changed.
     seen: Option<(Record, Instant)>,
 }
@@ -123,13 +131,19 @@ impl Elector {
         PostParams { field_manager: Some(format!("nexus-{}", self.identity)), ..PostParams::default() }
     }
 
+    /// Tells whether this replica leads, and in which term until when.
     fn publish(&mut self, leads: bool) {
         if !leads {
             self.deadline = None;
         }
-        let changed = self.leading.send_if_modified(|current| std::mem::replace(current, leads) != leads);
-        if changed {
-            tracing::info!(identity = %self.identity, leads, "leadership changed");
+        let term = self.deadline.filter(|_| leads).map(|until| Term { number: self.term, until });
+        let mut was = None;
+        self.leading.send_if_modified(|current| {
+            was = Some(std::mem::replace(current, term));
+            was != Some(term)
+        });
+        if was.is_some_and(|was| was.map(|t| t.number) != term.map(|t| t.number)) {
+            tracing::info!(identity = %self.identity, leads, term = self.term, "leadership changed");
         }
     }
 
@@ -163,7 +177,8 @@ impl Elector {
             return wait;
         }
         let exists = lease.metadata.resource_version.is_some();
-        let claim = claimed(lease, &self.identity, &self.timing);
+        let claim = claimed(lease, &self.identity, self.deadline.is_some(), &self.timing);
+        let term = claim.spec.as_ref().and_then(|spec| spec.lease_transitions).and_then(|n| u64::try_from(n).ok()).unwrap_or_default();
         let written = if exists {
             self.bounded(self.api.replace(LEASE_NAME, &self.params(), &claim)).await
         } else {
@@ -172,6 +187,7 @@ impl Elector {
         match written {
             Some(Ok(_)) => {
                 self.deadline = Some(started + self.timing.renew_deadline());
+                self.term = term;
                 self.publish(true);
                 self.timing.renew_every
             }
@@ -222,16 +238,16 @@ impl Elector {
 
 impl KubeCluster {
     /// Competes for the leader lease in the system namespace as `identity` (unique per
-    /// process); the channel says whether this replica leads. The election runs until the
-    /// channel's receivers are all dropped.
-    pub fn leadership(&self, identity: &str) -> watch::Receiver<bool> {
+    /// process); the channel says the term this replica leads in (`None`: it follows).
+    /// The election runs until the channel's receivers are all dropped.
+    pub fn leadership(&self, identity: &str) -> watch::Receiver<Option<Term>> {
         self.leadership_with(identity, LeaseTiming::default())
     }
 
-    pub(crate) fn leadership_with(&self, identity: &str, timing: LeaseTiming) -> watch::Receiver<bool> {
-        let (leading, receiver) = watch::channel(false);
+    pub(crate) fn leadership_with(&self, identity: &str, timing: LeaseTiming) -> watch::Receiver<Option<Term>> {
+        let (leading, receiver) = watch::channel(None);
         let api = Api::namespaced(self.client(), &self.settings().system_namespace);
-        let elector = Elector { api, identity: identity.to_owned(), timing, leading, deadline: None, seen: None };
+        let elector = Elector { api, identity: identity.to_owned(), timing, leading, deadline: None, term: 0, seen: None };
         tokio::spawn(elector.run());
         receiver
     }

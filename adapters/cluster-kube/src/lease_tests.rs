@@ -57,7 +57,7 @@ async fn a_missing_lease_is_created_by_this_replica_as_its_own_field_manager() {
         },
     ]);
     let mut leading = cluster.leadership_with("pod-a", LeaseTiming::default());
-    leading.wait_for(|leads| *leads).await.unwrap();
+    leading.wait_for(Option::is_some).await.unwrap();
     scenario.await.unwrap();
 }
 
@@ -78,7 +78,7 @@ async fn a_held_lease_is_taken_only_once_it_expired_and_only_at_the_version_read
     ]);
     let started = Instant::now();
     let mut leading = cluster.leadership_with("pod-a", LeaseTiming::default());
-    leading.wait_for(|leads| *leads).await.unwrap();
+    leading.wait_for(Option::is_some).await.unwrap();
     assert!(started.elapsed() >= Duration::from_secs(15), "pod-b's lease ran its whole duration unrenewed first");
     scenario.await.unwrap();
 }
@@ -98,7 +98,7 @@ async fn of_two_replicas_writing_at_once_the_one_answered_409_does_not_lead() {
     let leading = cluster.leadership_with("pod-a", LeaseTiming::default());
     scenario.await.unwrap();
     tokio::task::yield_now().await;
-    assert!(!leading.has_changed().unwrap() && !*leading.borrow(), "it never led");
+    assert!(!leading.has_changed().unwrap() && leading.borrow().is_none(), "it never led");
 }
 
 #[tokio::test(start_paused = true)]
@@ -117,8 +117,8 @@ async fn a_leader_that_cannot_renew_steps_down_before_its_lease_can_expire() {
     ]);
     let before_renewal = Instant::now();
     let mut leading = cluster.leadership_with("pod-a", timing);
-    leading.wait_for(|leads| *leads).await.unwrap();
-    leading.wait_for(|leads| !*leads).await.unwrap();
+    leading.wait_for(Option::is_some).await.unwrap();
+    leading.wait_for(Option::is_none).await.unwrap();
     let led_for = before_renewal.elapsed();
     assert!(led_for >= timing.renew_deadline(), "it led until last renewal + duration - grace");
     assert!(led_for < timing.duration, "and stepped down before any other replica could take the lease");
@@ -153,13 +153,17 @@ async fn a_leader_that_stepped_down_campaigns_again_once_the_api_server_answers(
         Expect {
             method: Method::PUT,
             uri: format!("{LEASE}/nexus-controller?&fieldManager=nexus-pod-a"),
-            body: |b| assert_eq!(b["metadata"]["resourceVersion"], "4"),
+            body: |b| {
+                assert_eq!(b["metadata"]["resourceVersion"], "4");
+                assert_eq!(b["spec"]["leaseTransitions"], 1, "its own lapsed lease taken again: a new term");
+            },
             answer: (200, lease("5", Some("pod-a"), 1)),
         },
     ]);
     let mut leading = cluster.leadership_with("pod-a", LeaseTiming::default());
-    leading.wait_for(|leads| *leads).await.unwrap();
-    leading.wait_for(|leads| !*leads).await.unwrap();
-    leading.wait_for(|leads| *leads).await.expect("it leads again");
+    let first = leading.wait_for(Option::is_some).await.unwrap().unwrap();
+    leading.wait_for(Option::is_none).await.unwrap();
+    let second = leading.wait_for(Option::is_some).await.expect("it leads again").unwrap();
+    assert_eq!((first.number, second.number), (0, 1));
     scenario.await.unwrap();
 }

@@ -92,6 +92,12 @@ fn take<V>(objects: &mut Objects<V>, key: &Key, version: Option<u64>) {
     }
 }
 
+/// Whether an event of the object at `key` at `version` is kept out: this replica saw the
+/// object go at a version no older, less than [`GONE_KEPT`] ago.
+fn kept_out(gone: &HashMap<Key, (Option<u64>, Instant)>, key: &Key, version: Option<u64>) -> bool {
+    gone.get(key).is_some_and(|(went_at, at)| at.elapsed() < GONE_KEPT && !matches!((version, went_at), (Some(new), Some(went)) if new > *went))
+}
+
 impl<V> Reflector<V> {
     // A panic while holding the lock leaves at worst one object stale: use it anyway.
     fn read(&self) -> RwLockReadGuard<'_, State<V>> {
@@ -120,13 +126,10 @@ impl<V> Reflector<V> {
     /// older than what is kept, or than the object's going as this replica saw it.
     pub(crate) fn observed(&self, key: &Key, version: Option<u64>, value: V) {
         let mut state = self.write();
-        if let Some((went_at, _)) = state.gone.get(key) {
-            let newer = matches!((version, went_at), (Some(new), Some(went)) if new > *went);
-            if !newer {
-                return;
-            }
-            state.gone.remove(key);
+        if kept_out(&state.gone, key, version) {
+            return;
         }
+        state.gone.remove(key);
         Self::keep(&mut state, key, version, value);
     }
 
@@ -156,11 +159,19 @@ impl<V> Reflector<V> {
         }
     }
 
-    /// This replica's write made the object go (at `version`, when known).
+    /// This replica's write made the object go (at `version`, when known). Gone at an
+    /// unknown version (a deletion answered 404), it went no earlier than the version this
+    /// replica last held of it: events up to that one are kept out, newer ones (an object
+    /// of that name made again) are not. With nothing held of it there is nothing to keep
+    /// out (an event of it still on its way is followed by its deletion's).
     pub(crate) fn went(&self, key: &Key, version: Option<u64>) {
         let mut state = self.write();
         state.gone.retain(|_, (_, at)| at.elapsed() < GONE_KEPT);
-        state.gone.insert(key.clone(), (version, Instant::now()));
+        let held = state.objects.get(&key.0).and_then(|names| names.get(&key.1)).map(|held| held.version);
+        match version.map(Some).or(held) {
+            Some(went_at) => state.gone.insert(key.clone(), (went_at, Instant::now())),
+            None => state.gone.remove(key),
+        };
         take(&mut state.objects, key, version);
         if let Some(relist) = state.relist.as_mut() {
             take(relist, key, version);
@@ -175,9 +186,7 @@ impl<V> Reflector<V> {
     /// One object of the list.
     pub(crate) fn listed(&self, key: &Key, version: Option<u64>, value: V) {
         let mut state = self.write();
-        if let Some((went_at, _)) = state.gone.get(key)
-            && !matches!((version, went_at), (Some(new), Some(went)) if new > *went)
-        {
+        if kept_out(&state.gone, key, version) {
             return;
         }
         let value = Arc::new(value);
@@ -275,11 +284,40 @@ mod tests {
         assert_eq!(value(&store, "a"), None);
         store.observed(&key("a"), Some(9), "made again");
         assert_eq!(value(&store, "a"), Some("made again"));
-        store.went(&key("a"), None);
-        store.observed(&key("a"), Some(10), "a10");
-        assert_eq!(value(&store, "a"), None, "gone at an unknown version: only a write or the watch's deletion brings it back");
         store.written(&key("a"), Some(11), "written");
         assert_eq!(value(&store, "a"), Some("written"));
+    }
+
+    /// A delete answered 404 (the object gone already, at a version this replica does not
+    /// know) used to keep out every later event of an object of that name, until an
+    /// unrelated deletion pruned the record: an agent created again was never seen.
+    #[test]
+    fn an_object_gone_at_an_unknown_version_is_seen_when_made_again() {
+        let store = ready(&[("a", 5, "a5")]);
+        store.went(&key("a"), None);
+        assert_eq!(value(&store, "a"), None);
+        store.observed(&key("a"), Some(5), "a5, late");
+        assert_eq!(value(&store, "a"), None, "an event no newer than what this replica last held stays out");
+        store.observed(&key("a"), Some(10), "made again");
+        assert_eq!(value(&store, "a"), Some("made again"), "a newer object of that name is seen");
+
+        store.went(&key("b"), None);
+        store.observed(&key("b"), Some(3), "b3");
+        assert_eq!(value(&store, "b"), Some("b3"), "nothing held of it: nothing to keep out");
+        store.relisting();
+        store.went(&key("c"), None);
+        store.listed(&key("c"), Some(4), "c4");
+        store.relisted();
+        assert_eq!(value(&store, "c"), Some("c4"), "nor from a list");
+    }
+
+    #[test]
+    fn a_going_is_remembered_for_a_while_only() {
+        let store = ready(&[("a", 5, "a5")]);
+        store.went(&key("a"), Some(6));
+        store.write().gone.get_mut(&key("a")).unwrap().1 -= GONE_KEPT;
+        store.observed(&key("a"), Some(6), "a6");
+        assert_eq!(value(&store, "a"), Some("a6"), "past GONE_KEPT the record no longer counts, pruned or not");
     }
 
     #[test]

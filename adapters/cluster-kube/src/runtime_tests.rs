@@ -9,12 +9,13 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::runtime::watcher::Event;
 use nexus_ports::agents::{AgentName, AgentPhase, AgentStatus, Change};
+use nexus_ports::leadership::Fence;
 use nexus_ports::ports::ClusterBackend;
 use nexus_ports::tenancy::{TenantId, TenantPhase};
 use nexus_ports::testing;
 use serde_json::{Value, json};
 
-use crate::fixtures::{APPLY, Expect, anything, mocked, ready_status, tenant_resource};
+use crate::fixtures::{APPLY, Expect, anything, mocked, ready_status, status_error, tenant_resource};
 use crate::{KubeCluster, KubeSettings};
 
 const NS: &str = "tenant-0f0f0f0f-0000-4000-8000-000000000001";
@@ -92,7 +93,7 @@ async fn once_listed_reads_cost_no_request_and_every_write_is_read_back() {
     assert_eq!(cluster.agent_object(&tenant_id(), &bot()).await.unwrap().unwrap().status.phase, AgentPhase::Pending, "the apply's answer stands");
 
     let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: None, message: None };
-    cluster.set_agent_status(&tenant_id(), &bot(), 1, &running).await.unwrap();
+    cluster.set_agent_status(&tenant_id(), &bot(), 1, &running, Fence::Alone).await.unwrap();
     assert_eq!(cluster.agent_object(&tenant_id(), &bot()).await.unwrap().unwrap().status.phase, AgentPhase::Running, "read right after the write");
 
     cluster.request_agent_deletion(&tenant_id(), &bot()).await.unwrap();
@@ -102,6 +103,26 @@ async fn once_listed_reads_cost_no_request_and_every_write_is_read_back() {
     cluster.watched(Event::Apply(typed(agent(46, json!({"phase": "Running"}), true, ours()))));
     assert_eq!(cluster.agent_object(&tenant_id(), &bot()).await.unwrap(), None, "an older event does not bring it back");
     assert!(cluster.list_agent_objects().await.unwrap().is_empty());
+    drop(cluster);
+    scenario.await.unwrap();
+}
+
+/// A replica whose deletion of an agent was answered 404 (another replica's deletion went
+/// first) used to ignore every later event of an agent of that name, until an unrelated
+/// deletion pruned its record: an agent created again through another replica was never
+/// reconciled by it.
+#[tokio::test]
+async fn an_agent_made_again_after_a_deletion_answered_404_is_seen() {
+    let (cluster, scenario) =
+        mocked(vec![Expect { method: Method::DELETE, uri: format!("{}?", agent_uri()), body: anything, answer: status_error(404, "NotFound") }]);
+    cluster.listed(&[typed(agent(42, json!({"phase": "Running"}), false, ours()))], &[typed(tenant_resource(NS, ready_status(NS)))]);
+    cluster.request_agent_deletion(&tenant_id(), &bot()).await.unwrap();
+    assert_eq!(cluster.agent_object(&tenant_id(), &bot()).await.unwrap(), None, "absent already: gone from the store");
+    cluster.watched(Event::Apply(typed(agent(42, json!({"phase": "Running"}), false, ours()))));
+    assert_eq!(cluster.agent_object(&tenant_id(), &bot()).await.unwrap(), None, "an event of the object that went does not bring it back");
+    cluster.watched(Event::Apply(typed(agent(57, json!({}), false, ours()))));
+    let made_again = cluster.agent_object(&tenant_id(), &bot()).await.unwrap().expect("the agent made again is seen");
+    assert_eq!(made_again.status.phase, AgentPhase::Pending);
     drop(cluster);
     scenario.await.unwrap();
 }

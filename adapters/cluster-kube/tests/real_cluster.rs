@@ -23,6 +23,7 @@ use nexus_cluster_kube::crd::{NexusAgent, NexusTenant};
 use nexus_cluster_kube::{KubeCluster, KubeSettings};
 use nexus_ports::agents::{AgentManifest, AgentPhase, AgentStatus};
 use nexus_ports::identity::UserId;
+use nexus_ports::leadership::Fence;
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase};
 use serde::Deserialize;
@@ -95,7 +96,7 @@ async fn provisions_tenants_holds_agents_and_leads_as_the_deployed_service_accou
     cluster.check().await.expect("the API server answers");
 
     let mut leading = cluster.leadership(&format!("real-cluster-test-{}", &TenantId::generate().to_string()[2..10]));
-    tokio::time::timeout(Duration::from_secs(60), leading.wait_for(|leads| *leads)).await.expect("leads within a minute").unwrap();
+    tokio::time::timeout(Duration::from_secs(60), leading.wait_for(Option::is_some)).await.expect("leads within a minute").unwrap();
 
     let tenant = Tenant { max_agents: 3, ..nexus_ports::testing::tenant(UserId::generate()) };
     let ns = tenant.id.cr_name();
@@ -116,7 +117,7 @@ async fn provisions_tenants_holds_agents_and_leads_as_the_deployed_service_accou
     assert_eq!((object.generation, object.deleting), (1, false));
     assert_eq!(object.manifest.document().unwrap()["spec"]["x-kept"]["a"], 1, "the API server kept the unknown fields");
     let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: Some(chrono::Utc::now()), message: None };
-    cluster.set_agent_status(&tenant.id, manifest.name(), 1, &running).await.unwrap();
+    cluster.set_agent_status(&tenant.id, manifest.name(), 1, &running, Fence::Alone).await.unwrap();
     let object = cluster.agent_object(&tenant.id, manifest.name()).await.unwrap().unwrap();
     assert_eq!((object.status.phase, object.observed_generation), (AgentPhase::Running, 1));
     assert!(cluster.list_agent_objects().await.unwrap().iter().any(|o| o.tenant_id == tenant.id));

@@ -10,6 +10,7 @@ use std::sync::RwLock;
 
 use async_trait::async_trait;
 use nexus_ports::agents::{AgentManifest, AgentName, AgentObject, AgentStatus};
+use nexus_ports::leadership::Fence;
 use nexus_ports::node_names::NodeSharing;
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
@@ -127,7 +128,8 @@ impl ClusterBackend for MemoryCluster {
         Ok(self.agents.read().map_err(poisoned)?.get(tenant).map(|agents| agents.values().cloned().collect()).unwrap_or_default())
     }
 
-    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()> {
+    /// One process, nothing shares this memory: the loop's own check of its term is the fence.
+    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus, _fence: Fence) -> Result<()> {
         if let Some(object) = self.agents()?.get_mut(tenant).and_then(|agents| agents.get_mut(name)) {
             object.observed_generation = observed_generation;
             object.status = status.clone();
@@ -204,7 +206,7 @@ mod tests {
         assert_eq!(cluster.agent_object(&tenant, &name).await.unwrap().unwrap().generation, 2, "a new manifest is a new generation");
 
         let running = AgentStatus { phase: nexus_ports::agents::AgentPhase::Running, node_ack: true, last_synced_at: None, message: None };
-        cluster.set_agent_status(&tenant, &name, 2, &running).await.unwrap();
+        cluster.set_agent_status(&tenant, &name, 2, &running, Fence::Alone).await.unwrap();
         let object = cluster.agent_object(&tenant, &name).await.unwrap().unwrap();
         assert_eq!((object.observed_generation, object.status), (2, running));
 

@@ -9,6 +9,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use nexus_ports::agents::{AgentManifest, AgentName, AgentObject, AgentPhase, AgentStatus};
+use nexus_ports::leadership::Fence;
 use nexus_ports::node_names::NodeSharing;
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
@@ -17,6 +18,7 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, Query
 
 use crate::SqlStore;
 use crate::error::db;
+use crate::lease::term_lasts;
 
 /// [`ClusterBackend`] in the store's database.
 #[derive(Clone)]
@@ -255,21 +257,36 @@ impl ClusterBackend for SqlCluster {
         Ok(rows.iter().filter_map(|row| status(row).inspect_err(|err| tracing::error!(error = %err, "skipping an unreadable agent status")).ok()).collect())
     }
 
-    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus) -> Result<()> {
-        let update = statement(
-            self.backend(),
-            "UPDATE cluster_agents SET observed_generation = ?, phase = ?, node_ack = ?, last_synced_micros = ?, message = ? WHERE tenant_id = ? AND name = ?",
-            [
-                generation(observed_generation),
-                status.phase.as_str().into(),
-                status.node_ack.into(),
-                status.last_synced_at.map(|at| at.timestamp_micros()).into(),
-                status.message.clone().into(),
-                tenant.to_string().into(),
-                name.as_str().into(),
-            ],
-        );
-        self.db.execute_raw(update).await.map(drop).map_err(db)
+    /// With a term's fence, written only while that term is the lease's current one and
+    /// unexpired, in the same statement: a leader frozen past its lease writes nothing.
+    async fn set_agent_status(&self, tenant: &TenantId, name: &AgentName, observed_generation: u64, status: &AgentStatus, fence: Fence) -> Result<()> {
+        let backend = self.backend();
+        let mut values = vec![
+            generation(observed_generation),
+            status.phase.as_str().into(),
+            status.node_ack.into(),
+            status.last_synced_at.map(|at| at.timestamp_micros()).into(),
+            status.message.clone().into(),
+            tenant.to_string().into(),
+            name.as_str().into(),
+        ];
+        let mut sql =
+            "UPDATE cluster_agents SET observed_generation = ?, phase = ?, node_ack = ?, last_synced_micros = ?, message = ? WHERE tenant_id = ? AND name = ?"
+                .to_owned();
+        let Fence::Term(term) = fence else {
+            return self.db.execute_raw(statement(backend, &sql, values)).await.map(drop).map_err(db);
+        };
+        sql = format!("{sql} AND {}", term_lasts(backend));
+        values.push(generation(term));
+        if self.db.execute_raw(statement(backend, &sql, values)).await.map_err(db)?.rows_affected() > 0 {
+            return Ok(());
+        }
+        // Nothing written: the object is gone (fine), or the term is over (said).
+        let lasts = statement(backend, &format!("SELECT 1 AS one WHERE {}", term_lasts(backend)), [generation(term)]);
+        match self.db.query_one_raw(lasts).await.map_err(db)? {
+            Some(_) => Ok(()),
+            None => Err(Error::Unavailable(format!("status not written: term {term} of the leader lease is over"))),
+        }
     }
 
     /// Only an object still marked for deletion goes (one applied again meanwhile stays);

@@ -9,11 +9,17 @@
 //! without warning leaves its lease to end by itself: another takes over within
 //! `duration + renew`. One that stops cleanly gives it up at once.
 //!
+//! Every acquisition (by another replica, or by the same one after its lease lapsed) adds
+//! one to the lease's `generation`, which numbers the term; renewals keep it. The leader's
+//! status writes are conditional on its term being the lease's current one and unexpired
+//! (see the database cluster backend), so a leader frozen past its lease writes nothing.
+//!
 //! What to do with each attempt's outcome is [`Election`], pure and tested without I/O.
 
 use std::time::Duration;
 
 use nexus_ports::Result;
+use nexus_ports::leadership::Term;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -23,13 +29,13 @@ use crate::cluster::statement;
 use crate::error::db;
 
 /// The lease's name: one reconcile loop per database.
-const LEASE: &str = "reconciler";
+pub(crate) const LEASE: &str = "reconciler";
 
 /// What one attempt to take or renew the lease found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
-    /// This replica holds the lease now (taken or renewed).
-    Held,
+    /// This replica holds the lease now (taken or renewed), in the term of this number.
+    Held(u64),
     /// Another replica holds it.
     HeldByOther,
     /// The database did not answer (in time).
@@ -41,15 +47,15 @@ pub enum Attempt {
 pub struct Election {
     duration: Duration,
     renew: Duration,
-    /// While this replica may lead: until this instant.
-    leading_until: Option<Instant>,
+    /// The term this replica leads in, while it may: until its `until`.
+    term: Option<Term>,
 }
 
 impl Election {
     /// A replica that does not lead yet, with a lease of `duration` renewed every `renew`
     /// (`renew` is at most a third of `duration`, as the configuration checks).
     pub fn new(duration: Duration, renew: Duration) -> Self {
-        Self { duration, renew, leading_until: None }
+        Self { duration, renew, term: None }
     }
 
     /// Takes in the outcome of an attempt sent at `sent`.
@@ -57,8 +63,8 @@ impl Election {
         match attempt {
             // The database's lease ends at its own now + duration, later than `sent` +
             // duration: stopping `renew` before that leaves a margin for clock rates.
-            Attempt::Held => self.leading_until = Some(sent + self.duration.saturating_sub(self.renew)),
-            Attempt::HeldByOther => self.leading_until = None,
+            Attempt::Held(number) => self.term = Some(Term { number, until: sent + self.duration.saturating_sub(self.renew) }),
+            Attempt::HeldByOther => self.term = None,
             // Leading goes on while the last renewal lasts; the next attempts may renew it.
             Attempt::Failed => {}
         }
@@ -66,7 +72,12 @@ impl Election {
 
     /// Whether this replica leads at `now`.
     pub fn leading(&self, now: Instant) -> bool {
-        self.leading_until.is_some_and(|until| now < until)
+        self.term(now).is_some()
+    }
+
+    /// The term this replica leads in at `now`, if it does.
+    pub fn term(&self, now: Instant) -> Option<Term> {
+        self.term.filter(|term| term.lasts(now))
     }
 
     /// How long an attempt sent at `sent` may take: at most `renew`, and never past the
@@ -74,8 +85,8 @@ impl Election {
     /// hangs). A replica whose leadership has ended, renewed in time or not, campaigns
     /// again like any other: with a full `renew`.
     pub fn budget(&self, sent: Instant) -> Duration {
-        match self.leading_until {
-            Some(until) if sent < until => self.renew.min(until - sent),
+        match self.term {
+            Some(term) if term.lasts(sent) => self.renew.min(term.until - sent),
             _ => self.renew,
         }
     }
@@ -84,15 +95,15 @@ impl Election {
     /// sooner when leadership ends before it.
     pub fn next_wake(&self, sent: Instant, now: Instant) -> Instant {
         let next = (sent + self.renew).max(now);
-        match self.leading_until {
-            Some(until) if until > now => next.min(until),
+        match self.term {
+            Some(term) if term.lasts(now) => next.min(term.until),
             _ => next,
         }
     }
 }
 
 /// The database's clock, in milliseconds since the Unix epoch, as an SQL expression.
-fn database_now(backend: DatabaseBackend) -> &'static str {
+pub(crate) fn database_now(backend: DatabaseBackend) -> &'static str {
     match backend {
         DatabaseBackend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
         _ => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
@@ -101,6 +112,14 @@ fn database_now(backend: DatabaseBackend) -> &'static str {
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The condition, for a write in the same statement, that the term `number` of the lease
+/// is its current one and has not expired on the database's clock. Binds one value: the
+/// term's number.
+pub(crate) fn term_lasts(backend: DatabaseBackend) -> String {
+    let now = database_now(backend);
+    format!("EXISTS (SELECT 1 FROM leader_lease WHERE name = '{LEASE}' AND generation = ? AND expires_millis > {now})")
 }
 
 /// This replica's candidacy for the lease.
@@ -121,22 +140,30 @@ impl SqlStore {
 
 impl SqlLease {
     /// Takes the lease when it is free, past its end or this replica's already; renews it
-    /// then. Whether this replica holds it now.
+    /// then. The number of the term this replica holds it in now (the lease's generation:
+    /// one more than before when it was taken, the same when renewed), `None` when
+    /// another holds it.
     ///
     /// # Errors
     /// [`nexus_ports::Error::Unavailable`] when the database cannot be reached.
-    pub async fn try_hold(&self) -> Result<bool> {
+    pub async fn try_hold(&self) -> Result<Option<u64>> {
         let backend = self.db.get_database_backend();
         let create =
             statement(backend, "INSERT INTO leader_lease (name, holder, expires_millis) VALUES (?, '', 0) ON CONFLICT (name) DO NOTHING", [LEASE.into()]);
         self.db.execute_raw(create).await.map_err(db)?;
         let now = database_now(backend);
+        // Every right-hand side reads the row as it was before the update.
         let take = statement(
             backend,
-            &format!("UPDATE leader_lease SET holder = ?, expires_millis = {now} + ? WHERE name = ? AND (holder = ? OR expires_millis < {now})"),
-            [self.holder.clone().into(), millis(self.duration).into(), LEASE.into(), self.holder.clone().into()],
+            &format!(
+                "UPDATE leader_lease SET generation = CASE WHEN holder = ? AND expires_millis >= {now} THEN generation ELSE generation + 1 END, \
+                 holder = ?, expires_millis = {now} + ? WHERE name = ? AND (holder = ? OR expires_millis < {now}) RETURNING generation"
+            ),
+            [self.holder.clone().into(), self.holder.clone().into(), millis(self.duration).into(), LEASE.into(), self.holder.clone().into()],
         );
-        Ok(self.db.execute_raw(take).await.map_err(db)?.rows_affected() == 1)
+        let Some(row) = self.db.query_one_raw(take).await.map_err(db)? else { return Ok(None) };
+        let generation: i64 = row.try_get("", "generation").map_err(db)?;
+        Ok(Some(u64::try_from(generation).unwrap_or_default()))
     }
 
     /// Gives the lease up when this replica holds it, so that another takes over at once.
@@ -153,16 +180,16 @@ impl SqlLease {
         self.db.execute_raw(release).await.map(drop).map_err(db)
     }
 
-    /// Campaigns for the lease every `renew`, telling `tell`'s receivers whether this
-    /// replica leads, until they are all gone. Run it in the background; abort it, then
+    /// Campaigns for the lease every `renew`, telling `tell`'s receivers the term this
+    /// replica leads in (`None`: it follows), until they are all gone. Run it in the background; abort it, then
     /// [`SqlLease::release`], to stop.
-    pub async fn campaign(self, renew: Duration, tell: watch::Sender<bool>) {
+    pub async fn campaign(self, renew: Duration, tell: watch::Sender<Option<Term>>) {
         let mut election = Election::new(self.duration, renew);
         loop {
             let sent = Instant::now();
             let attempt = match tokio::time::timeout(election.budget(sent), self.try_hold()).await {
-                Ok(Ok(true)) => Attempt::Held,
-                Ok(Ok(false)) => Attempt::HeldByOther,
+                Ok(Ok(Some(number))) => Attempt::Held(number),
+                Ok(Ok(None)) => Attempt::HeldByOther,
                 Ok(Err(_)) => Attempt::Failed,
                 Err(_) => {
                     tracing::warn!("the database did not answer the leader lease in time");
@@ -171,10 +198,17 @@ impl SqlLease {
             };
             election.observe(sent, attempt);
             let now = Instant::now();
-            let leads = election.leading(now);
-            let changed = tell.send_if_modified(|was| std::mem::replace(was, leads) != leads);
-            if changed {
-                tracing::info!(holder = %self.holder, leads, "leader lease {}", if leads { "taken" } else { "lost" });
+            let term = election.term(now);
+            let mut was = None;
+            tell.send_if_modified(|current| {
+                was = Some(std::mem::replace(current, term));
+                was != Some(term)
+            });
+            if was.is_some_and(|was| was.map(|t| t.number) != term.map(|t| t.number)) {
+                match term {
+                    Some(term) => tracing::info!(holder = %self.holder, term = term.number, "leader lease taken"),
+                    None => tracing::info!(holder = %self.holder, "leader lease lost"),
+                }
             }
             if tell.is_closed() {
                 return;
@@ -182,8 +216,8 @@ impl SqlLease {
             tokio::time::sleep_until(election.next_wake(sent, now)).await;
             // Leadership that ended while asleep is told before the next attempt.
             let now = Instant::now();
-            if *tell.borrow() && !election.leading(now) {
-                tell.send_replace(false);
+            if tell.borrow().is_some() && !election.leading(now) {
+                tell.send_replace(None);
                 tracing::warn!(holder = %self.holder, "leader lease not renewed in time: no longer leading");
             }
         }
@@ -206,10 +240,10 @@ mod tests {
         let base = Instant::now();
         let mut election = Election::new(DURATION, RENEW);
         assert!(!election.leading(base), "nobody leads before an attempt");
-        election.observe(base, Attempt::Held);
+        election.observe(base, Attempt::Held(1));
         assert!(election.leading(at(base, 7.9)));
         assert!(!election.leading(at(base, 8.0)), "it stops at sent + duration - renew, before the database's end at sent + duration");
-        election.observe(at(base, 2.0), Attempt::Held);
+        election.observe(at(base, 2.0), Attempt::Held(1));
         assert!(election.leading(at(base, 9.9)), "a renewal extends it");
     }
 
@@ -217,7 +251,7 @@ mod tests {
     fn failed_renewals_keep_leading_only_while_the_last_one_lasts() {
         let base = Instant::now();
         let mut election = Election::new(DURATION, RENEW);
-        election.observe(base, Attempt::Held);
+        election.observe(base, Attempt::Held(1));
         for sent in [2.0, 4.0, 6.0] {
             election.observe(at(base, sent), Attempt::Failed);
             assert!(election.leading(at(base, sent + 0.5)));
@@ -231,7 +265,7 @@ mod tests {
     fn another_holder_ends_leadership_at_once_and_a_follower_tries_every_renewal() {
         let base = Instant::now();
         let mut election = Election::new(DURATION, RENEW);
-        election.observe(base, Attempt::Held);
+        election.observe(base, Attempt::Held(1));
         election.observe(at(base, 2.0), Attempt::HeldByOther);
         assert!(!election.leading(at(base, 2.1)));
         assert_eq!(election.budget(at(base, 3.0)), RENEW);
@@ -244,7 +278,7 @@ mod tests {
     fn a_leader_that_missed_its_renewals_campaigns_again() {
         let base = Instant::now();
         let mut election = Election::new(DURATION, RENEW);
-        election.observe(base, Attempt::Held);
+        election.observe(base, Attempt::Held(1));
         for sent in [2.0, 4.0, 6.0] {
             election.observe(at(base, sent), Attempt::Failed);
         }
@@ -252,14 +286,15 @@ mod tests {
         assert_eq!(election.budget(at(base, 8.5)), RENEW, "after stepping down it tries again, with a full attempt");
         election.observe(at(base, 8.5), Attempt::Failed);
         assert_eq!(election.budget(at(base, 20.0)), RENEW, "however long the database was away");
-        election.observe(at(base, 20.0), Attempt::Held);
-        assert!(election.leading(at(base, 20.1)), "the database answering again, it leads again");
+        election.observe(at(base, 20.0), Attempt::Held(2));
+        assert_eq!(election.term(at(base, 20.1)).map(|t| t.number), Some(2), "the database answering again, it leads again, in a new term");
     }
 
     /// The lease row as the database holds it, on the test's clock.
     struct Row {
         holder: Option<usize>,
         expires: Instant,
+        generation: u64,
     }
 
     /// Replicas campaigning as `SqlLease::campaign` does, against one lease row, while the
@@ -268,7 +303,8 @@ mod tests {
     fn simulate(replicas: usize, outages: &[(f64, f64)], end: f64) {
         let base = Instant::now();
         let step = Duration::from_millis(100);
-        let mut row = Row { holder: None, expires: base };
+        let mut row = Row { holder: None, expires: base, generation: 0 };
+        let mut last_term = 0;
         let mut elections: Vec<Election> = (0..replicas).map(|_| Election::new(DURATION, RENEW)).collect();
         let mut wakes: Vec<Instant> = (0..replicas).map(|i| base + Duration::from_millis(37 * i as u64)).collect();
         let mut now = base;
@@ -282,16 +318,22 @@ mod tests {
                 let attempt = if down {
                     Attempt::Failed
                 } else if row.holder == Some(i) || row.expires < now {
-                    row = Row { holder: Some(i), expires: now + DURATION };
-                    Attempt::Held
+                    let renewal = row.holder == Some(i) && row.expires >= now;
+                    row = Row { holder: Some(i), expires: now + DURATION, generation: row.generation + u64::from(!renewal) };
+                    Attempt::Held(row.generation)
                 } else {
                     Attempt::HeldByOther
                 };
                 elections[i].observe(now, attempt);
                 wakes[i] = elections[i].next_wake(now, now);
             }
-            let leaders = elections.iter().filter(|e| e.leading(now)).count();
+            let terms: Vec<u64> = elections.iter().filter_map(|e| e.term(now)).map(|t| t.number).collect();
+            let leaders = terms.len();
             assert!(leaders <= 1, "{leaders} leaders at {secs:.1} s");
+            if let Some(&term) = terms.first() {
+                assert!(term >= last_term, "terms only move forward");
+                last_term = term;
+            }
             let settled = outages.iter().all(|(from, to)| secs < *from || secs >= to + (DURATION + RENEW).as_secs_f64());
             if settled && secs >= (DURATION + RENEW).as_secs_f64() {
                 assert_eq!(leaders, 1, "nobody leads at {secs:.1} s, after outages {outages:?}");

@@ -11,6 +11,7 @@ use nexus_ports::node_names::NodeSharing;
 use super::Reconciler;
 use super::state::{AgentKey, Item, after};
 use super::step::{Retry, Step, backoff, chains_in, is_resync, next_step};
+use super::term::is_term_over;
 use crate::app::chains::{NodeCheck, node_check};
 use crate::app::work_queue::spread;
 
@@ -86,11 +87,15 @@ impl Reconciler {
             Step::Cleanup { node } => {
                 let node_name = self.names(&key.0).node_name(&key.1);
                 if let Some(node) = node
-                    && let Err(err) = self.node.remove_agent(&node, &node_name).await
+                    && let Err(err) = self.in_term(self.node.remove_agent(&node, &node_name)).await
                 {
+                    // Another leader takes it up: nothing is let go on a term that is over.
+                    if is_term_over(&err) {
+                        return retry_soon;
+                    }
                     tracing::warn!(agent = %key.1, error = %err, "could not remove the agent from its node; letting it go");
                 }
-                if let Err(err) = self.cluster.forget_agent(&key.0, &key.1).await {
+                if let Err(err) = self.in_term(self.cluster.forget_agent(&key.0, &key.1)).await {
                     tracing::warn!(agent = %key.1, error = %err, "could not forget the agent object; will retry");
                     return retry_soon;
                 }
@@ -142,7 +147,7 @@ impl Reconciler {
     pub(super) async fn hold(&self, object: &AgentObject, node: &str, reason: String, withdraw: bool, now: DateTime<Utc>) -> Duration {
         let key = (object.tenant_id, object.manifest.name().clone());
         let failures = self.failed_again(&key, now);
-        if withdraw && let Err(err) = self.node.remove_agent(node, &self.names(&key.0).node_name(&key.1)).await {
+        if withdraw && let Err(err) = self.in_term(self.node.remove_agent(node, &self.names(&key.0).node_name(&key.1))).await {
             tracing::warn!(agent = %key.1, error = %err, "could not take the agent off its node; will retry");
             let failed =
                 AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: object.status.last_synced_at, message: Some(err.public_message()) };
@@ -172,8 +177,8 @@ impl Reconciler {
         }
         let names = self.names(&object.tenant_id);
         let outcome = match names.to_node(&object.manifest) {
-            Ok(document) => match self.node.register_agent(node, &document).await {
-                Ok(()) => self.node.deploy_agent(node, &names.node_name(&key.1)).await,
+            Ok(document) => match self.in_term(self.node.register_agent(node, &document)).await {
+                Ok(()) => self.in_term(self.node.deploy_agent(node, &names.node_name(&key.1))).await,
                 Err(err) => Err(err),
             },
             Err(err) => {
@@ -203,9 +208,10 @@ impl Reconciler {
         }
     }
 
+    /// Writes the agent's status, in the loop's term only.
     pub(super) async fn record(&self, object: &AgentObject, status: &AgentStatus) {
         let name = object.manifest.name();
-        match self.cluster.set_agent_status(&object.tenant_id, name, object.generation, status).await {
+        match self.fenced(|fence| self.cluster.set_agent_status(&object.tenant_id, name, object.generation, status, fence)).await {
             Ok(()) => self.state().note_phase(&(object.tenant_id, name.clone()), Some(status.phase)),
             Err(err) => tracing::warn!(agent = %name, error = %err, "could not record the agent's status"),
         }

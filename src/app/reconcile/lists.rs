@@ -37,7 +37,7 @@ impl Reconciler {
             if existing.contains(&(agent.tenant_id, agent.manifest.name().clone())) {
                 continue;
             }
-            match self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await {
+            match self.in_term(self.cluster.apply_agent(&agent.tenant_id, &agent.manifest)).await {
                 Ok(()) => applied += 1,
                 Err(err) => tracing::warn!(tenant = %agent.tenant_id, agent = %agent.manifest.name(), error = %err, "cannot apply the agent; will retry"),
             }
@@ -122,7 +122,7 @@ impl Reconciler {
         if with_registry && let Err(err) = self.apply_registry().await {
             tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry");
         }
-        if let Err(err) = self.cluster.finish_deletions().await {
+        if let Err(err) = self.in_term(self.cluster.finish_deletions()).await {
             tracing::warn!(error = %err, "cannot finish deletions yet; will retry");
         }
         let objects = match self.cluster.list_agent_objects().await {
@@ -172,7 +172,7 @@ impl Reconciler {
                 // Objects of a tenant gone from the store must all leave a shared node, one
                 // applied again by a sweep that raced the tenant's deletion included.
                 if self.cluster.node_sharing() == NodeSharing::Shared {
-                    if let Err(err) = self.cluster.deprovision_tenant(&id).await {
+                    if let Err(err) = self.in_term(self.cluster.deprovision_tenant(&id)).await {
                         tracing::warn!(tenant = %id, error = %err, "cannot deprovision the deleted tenant again; will retry");
                         return Some(after(now, backoff(1)));
                     }
@@ -208,7 +208,10 @@ impl Reconciler {
             });
             return (tenant.id, status, Some(wait));
         }
-        let status = provision(self.cluster.as_ref(), &tenant).await;
+        let status = match self.in_term(async { Ok(provision(self.cluster.as_ref(), &tenant).await) }).await {
+            Ok(status) => status,
+            Err(err) => TenantStatus { phase: TenantPhase::Error, message: Some(err.public_message()), ..TenantStatus::pending() },
+        };
         if status.phase != TenantPhase::Error {
             self.state().tenant_retries.remove(&tenant.id);
             return (tenant.id, status, None);

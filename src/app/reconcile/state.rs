@@ -65,6 +65,33 @@ pub(super) struct State {
 }
 
 impl State {
+    /// Knowing nothing yet, letting `rate` resyncs a second reach nodes.
+    pub(super) fn new(rate: u32, now: DateTime<Utc>) -> Self {
+        Self {
+            queue: WorkQueue::default(),
+            tenants: HashMap::new(),
+            agents_of: HashMap::new(),
+            retries: HashMap::new(),
+            tenant_retries: HashMap::new(),
+            bucket: TokenBucket::new(rate, now),
+            phases: HashMap::new(),
+            phase_counts: [0; 4],
+            depth_published: None,
+            listed: HashMap::new(),
+            reserved: HashSet::new(),
+        }
+    }
+
+    /// Publishes the per-phase counts of agents and tenants, and the queue's size.
+    pub(super) fn publish_counts(&mut self) {
+        for (phase, count) in AgentPhase::ALL.into_iter().zip(self.phase_counts) {
+            metrics::gauge!("nexus_agents", "phase" => phase.as_str()).set(count as f64);
+        }
+        self.publish_tenants();
+        self.depth_published = None;
+        publish_depth(self, Utc::now());
+    }
+
     /// Notes the agent's phase, keeping the per-phase counts (`None`: it is gone).
     pub(super) fn note_phase(&mut self, key: &AgentKey, phase: Option<AgentPhase>) {
         let index = |phase: AgentPhase| AgentPhase::ALL.iter().position(|p| *p == phase).unwrap_or(0);

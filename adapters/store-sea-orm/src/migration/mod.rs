@@ -13,6 +13,7 @@ mod m20261213_000007_audit_events;
 mod m20261213_000008_manifest_bytes;
 mod m20261229_000008_change_log;
 mod m20270105_000009_cluster_state;
+mod m20270110_000010_lease_generation;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261213_000008_manifest_bytes::Migration),
             Box::new(m20261229_000008_change_log::Migration),
             Box::new(m20270105_000009_cluster_state::Migration),
+            Box::new(m20270110_000010_lease_generation::Migration),
         ]
     }
 }

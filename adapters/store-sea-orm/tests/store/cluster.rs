@@ -1,19 +1,30 @@
 //! The database-held cluster backend and its leader lease, as two replicas on one
 //! database see them: one's writes are the other's reads; generations, deletion marks and
-//! terminating tenants behave as the in-memory cluster's; the lease has one holder.
+//! terminating tenants behave as the in-memory cluster's; the lease has one holder, each
+//! acquisition begins a new term, status writes of a term that is over are refused, and a
+//! replica whose renewals failed leads again once the database answers again.
 
 use std::time::Duration;
 
 use nexus_ports::agents::{AgentName, AgentPhase, AgentStatus};
 use nexus_ports::identity::UserId;
+use nexus_ports::leadership::Fence;
 use nexus_ports::ports::{ClusterBackend, HealthCheck};
 use nexus_ports::tenancy::{Tenant, TenantPhase, TenantStatus};
 use nexus_ports::testing::manifest;
 use nexus_store_sea_orm::SqlStore;
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use tokio::sync::watch;
 
 use crate::{now, on_both_backends};
 
-on_both_backends!(replicas_share_tenant_statuses, agent_objects_track_generations_and_deletion, the_lease_has_one_holder);
+on_both_backends!(
+    replicas_share_tenant_statuses,
+    agent_objects_track_generations_and_deletion,
+    the_lease_has_one_holder,
+    status_writes_of_a_term_that_is_over_are_refused,
+    leadership_recovers_once_the_database_answers_again
+);
 
 async fn replicas_share_tenant_statuses(url: &str) {
     let (a, b) = (SqlStore::connect(url).await.unwrap().cluster("http://node:8000"), SqlStore::connect(url).await.unwrap().cluster("http://node:8000"));
@@ -45,11 +56,11 @@ async fn agent_objects_track_generations_and_deletion(url: &str) {
     assert_eq!(a.agent_object(&tenant, &name).await.unwrap().unwrap().generation, 2, "a new manifest is a new generation");
 
     let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: Some(now()), message: None };
-    a.set_agent_status(&tenant, &name, 2, &running).await.unwrap();
+    a.set_agent_status(&tenant, &name, 2, &running, Fence::Alone).await.unwrap();
     let object = b.agent_object(&tenant, &name).await.unwrap().unwrap();
     assert_eq!((object.observed_generation, object.status), (2, running.clone()), "statuses read the same through every replica");
     let failed = AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: None, message: Some("why".into()) };
-    a.set_agent_status(&tenant, &name, 2, &failed).await.unwrap();
+    a.set_agent_status(&tenant, &name, 2, &failed, Fence::Alone).await.unwrap();
     assert_eq!(b.list_tenant_agent_objects(&tenant).await.unwrap()[0].status, failed);
     assert_eq!(b.list_tenant_agent_statuses(&tenant).await.unwrap(), vec![(name.clone(), failed.clone())], "listed without the manifest");
 
@@ -78,13 +89,72 @@ async fn agent_objects_track_generations_and_deletion(url: &str) {
 async fn the_lease_has_one_holder(url: &str) {
     let store = SqlStore::connect(url).await.unwrap();
     let (a, b) = (store.lease("a", Duration::from_secs(1)), store.lease("b", Duration::from_secs(1)));
-    assert!(a.try_hold().await.unwrap(), "a free lease is taken");
-    assert!(!b.try_hold().await.unwrap(), "a held one is not");
-    assert!(a.try_hold().await.unwrap(), "its holder renews it");
+    assert_eq!(a.try_hold().await.unwrap(), Some(1), "a free lease is taken, in term 1");
+    assert_eq!(b.try_hold().await.unwrap(), None, "a held one is not");
+    assert_eq!(a.try_hold().await.unwrap(), Some(1), "its holder renews it, in the same term");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(b.try_hold().await.unwrap(), "past its end another takes it");
-    assert!(!a.try_hold().await.unwrap());
+    assert_eq!(b.try_hold().await.unwrap(), Some(2), "past its end another takes it, in a new term");
+    assert_eq!(a.try_hold().await.unwrap(), None);
     b.release().await.unwrap();
     a.release().await.unwrap();
-    assert!(a.try_hold().await.unwrap(), "a lease given up is taken at once");
+    assert_eq!(a.try_hold().await.unwrap(), Some(3), "a lease given up is taken at once");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(a.try_hold().await.unwrap(), Some(4), "its own lease taken again after it lapsed: a new term");
+}
+
+async fn status_writes_of_a_term_that_is_over_are_refused(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let cluster = store.cluster("http://node:8000");
+    let (a, b) = (store.lease("a", Duration::from_secs(1)), store.lease("b", Duration::from_secs(1)));
+    let (tenant, name) = (nexus_ports::testing::tenant(UserId::generate()).id, AgentName::parse("bot").unwrap());
+    cluster.apply_agent(&tenant, &manifest("bot", "a")).await.unwrap();
+    let status = |phase, message: &str| AgentStatus { phase, node_ack: false, last_synced_at: None, message: Some(message.to_owned()) };
+    let phase = async || cluster.agent_object(&tenant, &name).await.unwrap().unwrap().status;
+
+    let term = a.try_hold().await.unwrap().unwrap();
+    cluster.set_agent_status(&tenant, &name, 1, &status(AgentPhase::Deploying, "a"), Fence::Term(term)).await.unwrap();
+    assert_eq!(phase().await.message.as_deref(), Some("a"), "the current term writes");
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let err = cluster.set_agent_status(&tenant, &name, 1, &status(AgentPhase::Failed, "a, expired"), Fence::Term(term)).await.unwrap_err();
+    assert!(matches!(err, nexus_ports::Error::Unavailable(_)), "{err:?}");
+    assert_eq!(phase().await.message.as_deref(), Some("a"), "a term past its end on the database's clock writes nothing");
+
+    let next = b.try_hold().await.unwrap().unwrap();
+    assert!(next > term);
+    let err = cluster.set_agent_status(&tenant, &name, 1, &status(AgentPhase::Failed, "a, superseded"), Fence::Term(term)).await.unwrap_err();
+    assert!(matches!(err, nexus_ports::Error::Unavailable(_)), "{err:?}");
+    cluster.set_agent_status(&tenant, &name, 1, &status(AgentPhase::Running, "b"), Fence::Term(next)).await.unwrap();
+    assert_eq!(phase().await.message.as_deref(), Some("b"), "the new term writes; the old one never again");
+
+    cluster.forget_agent(&tenant, &name).await.unwrap();
+    cluster.request_agent_deletion(&tenant, &name).await.unwrap();
+    cluster.forget_agent(&tenant, &name).await.unwrap();
+    cluster.set_agent_status(&tenant, &name, 1, &status(AgentPhase::Running, "gone"), Fence::Term(next)).await.expect("an object gone is no error");
+}
+
+/// One replica campaigning; the database stops answering the lease (its row locked by
+/// another transaction) for longer than the lease lasts, then answers again.
+async fn leadership_recovers_once_the_database_answers_again(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let (duration, renew) = (Duration::from_millis(1500), Duration::from_millis(300));
+    let (tell, mut leading) = watch::channel(None);
+    let campaign = tokio::spawn(store.lease("solo", duration).campaign(renew, tell));
+    let first = tokio::time::timeout(Duration::from_secs(20), leading.wait_for(Option::is_some)).await.expect("leads").unwrap().unwrap();
+
+    let blocker = sea_orm::Database::connect(url).await.unwrap();
+    let outage = blocker.begin().await.unwrap();
+    outage.execute_unprepared("UPDATE leader_lease SET holder = holder").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), leading.wait_for(Option::is_none)).await.expect("steps down").unwrap();
+    tokio::time::sleep(duration * 2).await;
+    outage.rollback().await.unwrap();
+    let answering = std::time::Instant::now();
+    let again = tokio::time::timeout(Duration::from_secs(30), leading.wait_for(Option::is_some))
+        .await
+        .expect("leads again once the database answers (it used to never campaign again)")
+        .unwrap()
+        .unwrap();
+    eprintln!("led again {:?} after the database answered (lease {duration:?}, renew {renew:?})", answering.elapsed());
+    assert!(again.number > first.number, "in a new term: the lease ran out meanwhile");
+    campaign.abort();
 }
