@@ -131,6 +131,15 @@ impl Watch {
                     return None;
                 }
             }
+            // The object is read before the registry: an agent deleted (and its object let
+            // go) between the two reads then reads as deleted, never as Pending.
+            let object = match self.cluster.agent_object(&self.tenant, &self.name).await {
+                Ok(object) => object,
+                Err(err) => {
+                    tracing::warn!(agent = %self.name, error = %err, "an event stream could not read its agent's status; ending it");
+                    return None;
+                }
+            };
             let found = match self.agents.find_agent(&self.tenant, &self.name).await {
                 Ok(found) => found,
                 Err(err) => {
@@ -141,13 +150,6 @@ impl Watch {
             let Some(agent) = found else {
                 self.done = true;
                 return Some(AgentEvent::Deleted { name: self.name.clone() });
-            };
-            let object = match self.cluster.agent_object(&self.tenant, &self.name).await {
-                Ok(object) => object,
-                Err(err) => {
-                    tracing::warn!(agent = %self.name, error = %err, "an event stream could not read its agent's status; ending it");
-                    return None;
-                }
             };
             let status = object.map_or_else(AgentStatus::pending, |o| o.status);
             let seen = (status.phase, status.node_ack);
