@@ -62,9 +62,25 @@ pub struct ServeConfig {
     pub request_timeout: humantime::Duration,
 
     /// How many connections are served at once; more wait to be accepted. Keep it below the
-    /// process's descriptor limit.
-    #[arg(long, env = "NEXUS_MAX_CONNECTIONS", default_value_t = 4096, global = true)]
+    /// process's descriptor limit. Each may hold about 100 KiB of buffers (see the README's
+    /// memory budget).
+    #[arg(long, env = "NEXUS_MAX_CONNECTIONS", default_value_t = 1024, global = true)]
     pub max_connections: u32,
+
+    /// How many streams one HTTP/2 connection may have open at once; more are refused
+    /// (`REFUSED_STREAM`) for the client to retry.
+    #[arg(long, env = "NEXUS_HTTP2_MAX_STREAMS", default_value_t = 100, global = true)]
+    pub http2_max_streams: u32,
+
+    /// How many requests are answered at once, all connections together; past it a request
+    /// is answered 503 with `Retry-After` at once.
+    #[arg(long, env = "NEXUS_MAX_REQUESTS", default_value_t = 512, global = true)]
+    pub max_requests: u32,
+
+    /// How many bytes of request bodies are buffered at once, all requests together; a body
+    /// that does not fit waits up to a second, then is answered 503 with `Retry-After`.
+    #[arg(long, env = "NEXUS_BODY_BUDGET", default_value_t = 32 * 1024 * 1024, global = true)]
+    pub body_budget: u64,
 
     /// Database URL: `sqlite://file.db` (created when missing) or `postgres://...`.
     #[arg(long, env = "NEXUS_DATABASE_URL", default_value = "sqlite://nexus.db", global = true)]
@@ -218,13 +234,6 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// The defaults every flag declares, listening on a free loopback port with logging at
-    /// `warn`, on `database_url`; no `NEXUS_*` variable is read. What tests and benchmarks
-    /// start from, so a new option needs its default written once, in its `#[arg]`.
-    ///
-    /// # Panics
-    /// Never for the declared defaults (a default that does not parse fails every test).
-    #[must_use]
     /// What one client can hold of the server.
     pub fn connection_limits(&self) -> crate::http::ConnectionLimits {
         crate::http::ConnectionLimits {
@@ -232,9 +241,28 @@ impl ServeConfig {
             idle_timeout: self.idle_timeout.into(),
             request_timeout: self.request_timeout.into(),
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            http2_max_streams: self.http2_max_streams,
+            max_requests: usize::try_from(self.max_requests).unwrap_or(usize::MAX),
+            body_budget: usize::try_from(self.body_budget).unwrap_or(usize::MAX),
         }
     }
 
+    /// The most memory what clients send can make the process hold at once, beyond its
+    /// idle footprint and the password hashes: every buffered body (`NEXUS_BODY_BUDGET`),
+    /// every connection's buffers and every request's head and state. The README's memory
+    /// budget is this formula.
+    #[must_use]
+    pub fn in_flight_memory_bound(&self) -> u64 {
+        self.body_budget + u64::from(self.max_connections) * crate::http::CONNECTION_MEMORY + u64::from(self.max_requests) * crate::http::REQUEST_MEMORY
+    }
+
+    /// The defaults every flag declares, listening on a free loopback port with logging at
+    /// `warn`, on `database_url`; no `NEXUS_*` variable is read. What tests and benchmarks
+    /// start from, so a new option needs its default written once, in its `#[arg]`.
+    ///
+    /// # Panics
+    /// Never for the declared defaults (a default that does not parse fails every test).
+    #[must_use]
     pub fn local(database_url: &str) -> Self {
         let command = Self::augment_args(clap::Command::new("nexus")).mut_args(|arg| arg.env(None));
         let matches = command.try_get_matches_from(["nexus"]).expect("the declared defaults parse");
@@ -308,6 +336,10 @@ impl ServeConfig {
         duration_within("NEXUS_IDLE_TIMEOUT (--idle-timeout)", self.idle_timeout, Duration::from_millis(100), DAY)?;
         duration_within("NEXUS_REQUEST_TIMEOUT (--request-timeout)", self.request_timeout, Duration::from_millis(100), DAY)?;
         count_within("NEXUS_MAX_CONNECTIONS (--max-connections)", self.max_connections, 1, 1_000_000)?;
+        count_within("NEXUS_HTTP2_MAX_STREAMS (--http2-max-streams)", self.http2_max_streams, 1, 10_000)?;
+        count_within("NEXUS_MAX_REQUESTS (--max-requests)", self.max_requests, 1, 1_000_000)?;
+        // At least one manifest must fit, or no agent could ever be created.
+        count_within("NEXUS_BODY_BUDGET (--body-budget)", self.body_budget, crate::http::BODY_LIMIT as u64, 1 << 40)?;
         duration_within("NEXUS_LEASE_DURATION (--lease-duration)", self.lease_duration, SECOND, Duration::from_secs(300))?;
         duration_within("NEXUS_LEASE_RENEW (--lease-renew)", self.lease_renew, Duration::from_millis(100), Duration::from_secs(100))?;
         if *self.lease_renew * 3 > *self.lease_duration {
@@ -408,6 +440,9 @@ mod tests {
             (ServeConfig { max_versions: 0, ..config() }, "NEXUS_MAX_VERSIONS"),
             (ServeConfig { max_agents: 0, ..config() }, "NEXUS_MAX_AGENTS"),
             (ServeConfig { auth_rate: 10_000_000, ..config() }, "NEXUS_AUTH_RATE"),
+            (ServeConfig { http2_max_streams: 0, ..config() }, "NEXUS_HTTP2_MAX_STREAMS (--http2-max-streams) must be between 1 and 10000; got 0"),
+            (ServeConfig { max_requests: 0, ..config() }, "NEXUS_MAX_REQUESTS"),
+            (ServeConfig { body_budget: 1000, ..config() }, "NEXUS_BODY_BUDGET (--body-budget) must be between 1048576 and 1099511627776; got 1000"),
             (ServeConfig { login_failures: 20_000, ..config() }, "NEXUS_LOGIN_FAILURES"),
             (
                 ServeConfig { lease_duration: Duration::from_millis(500).into(), ..config() },

@@ -38,6 +38,7 @@ pub fn rss_mib(pid: u32) -> f64 {
 }
 
 /// Registers `email` on the server at `base`; returns its access token.
+#[allow(dead_code, reason = "not every benchmark registers")]
 pub async fn register(client: &reqwest::Client, base: &str, email: &str) -> String {
     let session: Value = client
         .post(format!("{base}/auth/register"))
@@ -52,6 +53,7 @@ pub async fn register(client: &reqwest::Client, base: &str, email: &str) -> Stri
 }
 
 /// Creates a tenant named `name` as the holder of `token`; returns its id.
+#[allow(dead_code, reason = "not every benchmark creates tenants")]
 pub async fn create_tenant(client: &reqwest::Client, base: &str, token: &str, name: &str) -> String {
     let tenant: Value = client
         .post(format!("{base}/api/v1/tenants"))

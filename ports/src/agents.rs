@@ -126,9 +126,10 @@ pub fn too_deep() -> String {
     format!("the manifest nests deeper than {MAX_DEPTH} levels")
 }
 
-/// The problem of a document larger than [`MAX_MANIFEST_BYTES`] as JSON.
-pub fn too_large() -> String {
-    format!("the manifest expands to more than {MAX_MANIFEST_BYTES} bytes of JSON")
+/// The problem of a document larger than [`MAX_MANIFEST_BYTES`] as compact JSON, with
+/// what was `measured` of it (at least that many bytes: measuring stops past the bound).
+pub fn too_large(measured: usize) -> String {
+    format!("the manifest expands to more than {MAX_MANIFEST_BYTES} bytes of JSON (at least {measured} measured)")
 }
 
 /// Collects the problems of one document.
@@ -257,7 +258,7 @@ impl AgentManifest {
         let json = document.to_string();
         drop(document);
         if json.len() > MAX_MANIFEST_BYTES {
-            return Err(Error::InvalidFields(vec![FieldError::new("", too_large())]));
+            return Err(Error::InvalidFields(vec![FieldError::new("", too_large(json.len()))]));
         }
         Ok(Self::held(json, name, version))
     }

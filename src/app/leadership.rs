@@ -170,3 +170,168 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(2), task).await.expect("returns when the channel closes").unwrap();
     }
 }
+
+/// Two replicas on one database, each with its own runtime (a process of its own): the
+/// leader freezes in the middle of a node call (its thread blocked: nothing of it runs, its
+/// renewals neither), the other takes over and deploys; the frozen one wakes up past its
+/// term in the middle of a deployment, whose next node call and status write it must not
+/// make.
+#[cfg(test)]
+mod frozen_leader {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use nexus_node_stub::StubNode;
+    use nexus_ports::Result;
+    use nexus_ports::agents::{AgentName, AgentPhase};
+    use nexus_ports::identity::UserId;
+    use nexus_ports::leadership::Term;
+    use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockClock, MockTenantStore, NodeProxy};
+    use nexus_store_sea_orm::SqlStore;
+    use serde_json::Value;
+    use tokio::sync::watch;
+
+    use super::reconcile_while_leading;
+    use crate::app::reconcile::{ReconcilePorts, Reconciler};
+
+    const DURATION: Duration = Duration::from_millis(1500);
+    const RENEW: Duration = Duration::from_millis(300);
+    const FROZEN: Duration = Duration::from_secs(5);
+
+    /// The stub node, but the first registration freezes the whole process for [`FROZEN`]
+    /// before it answers; counts the calls made after it woke.
+    struct FreezingNode {
+        inner: Arc<StubNode>,
+        froze: AtomicBool,
+        woke: AtomicBool,
+        calls_after: AtomicUsize,
+    }
+
+    impl FreezingNode {
+        fn after_waking(&self) {
+            if self.woke.load(Ordering::SeqCst) {
+                self.calls_after.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[async_trait]
+    impl NodeProxy for FreezingNode {
+        async fn register_agent(&self, node: &str, manifest: &Value) -> Result<()> {
+            if !self.froze.swap(true, Ordering::SeqCst) {
+                std::thread::sleep(FROZEN);
+                self.woke.store(true, Ordering::SeqCst);
+                return self.inner.register_agent(node, manifest).await;
+            }
+            self.after_waking();
+            self.inner.register_agent(node, manifest).await
+        }
+        async fn deploy_agent(&self, node: &str, name: &AgentName) -> Result<()> {
+            self.after_waking();
+            self.inner.deploy_agent(node, name).await
+        }
+        async fn remove_agent(&self, node: &str, name: &AgentName) -> Result<()> {
+            self.after_waking();
+            self.inner.remove_agent(node, name).await
+        }
+        async fn agent_view(&self, node: &str, name: &AgentName) -> Result<Option<Value>> {
+            self.inner.agent_view(node, name).await
+        }
+        async fn agent_traces(&self, node: &str, name: &AgentName, limit: u32) -> Result<Value> {
+            self.inner.agent_traces(node, name, limit).await
+        }
+        async fn run_agent(&self, node: &str, name: &AgentName, request: &Value, timeout: Duration) -> Result<Value> {
+            self.inner.run_agent(node, name, request, timeout).await
+        }
+    }
+
+    /// A replica's loop over the database at `url`, campaigning as `holder`.
+    async fn replica(
+        url: &str,
+        holder: &str,
+        node: Arc<dyn NodeProxy>,
+        tenant: nexus_ports::tenancy::Tenant,
+    ) -> (Arc<Reconciler>, watch::Receiver<Option<Term>>) {
+        let store = SqlStore::connect(url).await.unwrap();
+        let mut tenants = MockTenantStore::new();
+        let listed = tenant.clone();
+        tenants.expect_list_all_tenants().returning(move || Ok(vec![listed.clone()]));
+        tenants.expect_find_tenant().returning(move |_| Ok(Some(tenant.clone())));
+        let mut agents = MockAgentStore::new();
+        agents.expect_list_all_agents().returning(|| Ok(vec![]));
+        agents.expect_find_agent().returning(|_, _| Ok(None));
+        let mut clock = MockClock::new();
+        clock.expect_now().returning(chrono::Utc::now);
+        let clock: Arc<dyn Clock> = Arc::new(clock);
+        let ports = ReconcilePorts { cluster: Arc::new(store.cluster("http://node")), node, agents: Arc::new(agents), tenants: Arc::new(tenants), clock };
+        let reconciler = Arc::new(Reconciler::new(ports, Duration::from_secs(60)));
+        let (tell, leading) = watch::channel(None);
+        tokio::spawn(store.lease(holder, DURATION).campaign(RENEW, tell));
+        tokio::spawn(reconcile_while_leading(reconciler.clone(), leading.clone()));
+        (reconciler, leading)
+    }
+
+    async fn case(url: String) {
+        let tenant = nexus_ports::testing::tenant(UserId::generate());
+        let shared_node = Arc::new(StubNode::new());
+        let freezing = Arc::new(FreezingNode {
+            inner: shared_node.clone(),
+            froze: AtomicBool::new(false),
+            woke: AtomicBool::new(false),
+            calls_after: AtomicUsize::new(0),
+        });
+        let cluster = SqlStore::connect(&url).await.unwrap().cluster("http://node");
+        cluster.provision_tenant(&tenant).await.unwrap();
+
+        // Replica A, a process of its own: its runtime runs on one thread, which the node
+        // call blocks.
+        let (a_url, a_tenant, a_node) = (url.clone(), tenant.clone(), freezing.clone());
+        let (a_leads, mut a_leading) = tokio::sync::oneshot::channel();
+        let a = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let (reconciler, mut leading) = replica(&a_url, "a", a_node, a_tenant).await;
+                let term = *leading.wait_for(Option::is_some).await.unwrap();
+                let _ = a_leads.send((term.unwrap().number, reconciler));
+                tokio::time::sleep(FROZEN + Duration::from_secs(2)).await;
+            });
+        });
+        let (a_term, a_reconciler) = tokio::time::timeout(Duration::from_secs(30), &mut a_leading).await.expect("a leads").unwrap();
+        let (b, mut b_leading) = replica(&url, "b", shared_node.clone(), tenant.clone()).await;
+        let manifest = nexus_ports::testing::manifest("bot", "m");
+        cluster.apply_agent(&tenant.id, &manifest).await.unwrap();
+        // A finds it and freezes in the node call.
+        a_reconciler.trigger();
+        drop(a_reconciler);
+        let object = async || cluster.agent_object(&tenant.id, manifest.name()).await.unwrap().unwrap();
+
+        let b_term = *tokio::time::timeout(Duration::from_secs(30), b_leading.wait_for(Option::is_some)).await.expect("b takes over").unwrap();
+        assert!(b_term.unwrap().number > a_term, "a new term");
+        b.trigger();
+        for _ in 0..600 {
+            if object().await.status.phase == AgentPhase::Running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(object().await.status.phase, AgentPhase::Running, "the new leader deployed it while the old one was frozen");
+        a.join().unwrap();
+        assert!(freezing.woke.load(Ordering::SeqCst), "the old leader froze in its node call, and woke");
+        let status = object().await.status;
+        assert_eq!(freezing.calls_after.load(Ordering::SeqCst), 0, "the old leader made no node call past its term");
+        assert_eq!((status.phase, status.message), (AgentPhase::Running, None), "and its status write did not land");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frozen_leader_that_wakes_past_its_term_changes_nothing() {
+        let sqlite = nexus_store_sea_orm::testing::fresh_sqlite();
+        case(sqlite.url.clone()).await;
+        sqlite.drop_database().await;
+        if let Some(postgres) = nexus_store_sea_orm::testing::fresh_postgres().await {
+            case(postgres.url.clone()).await;
+            postgres.drop_database().await;
+        }
+    }
+}

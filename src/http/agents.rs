@@ -526,7 +526,7 @@ impl AgentApi {
         #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
         #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         /// The agent's `ETag` as last read (or `*`): the change is made only if it is current.
-        #[oai(name = "If-Match")]
+        #[oai(name = "If-Match", validator(custom = "&super::patterns::IF_MATCH"))]
         if_match_header: Header<Option<String>>,
         body: ManifestBody,
     ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {
@@ -546,7 +546,7 @@ impl AgentApi {
         #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
         #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         /// The agent's `ETag` as last read (or `*`): it is deleted only if that is current.
-        #[oai(name = "If-Match")]
+        #[oai(name = "If-Match", validator(custom = "&super::patterns::IF_MATCH"))]
         if_match_header: Header<Option<String>>,
     ) -> Result<Json<AgentDeletedView>, ApiError<AgentDeleteErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
@@ -712,7 +712,7 @@ impl AgentApi {
         #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
         #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
         /// The agent's `ETag` as last read (or `*`): it is rolled back only if that is current.
-        #[oai(name = "If-Match")]
+        #[oai(name = "If-Match", validator(custom = "&super::patterns::IF_MATCH"))]
         if_match_header: Header<Option<String>>,
         body: Json<RollbackRequest>,
     ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {

@@ -4,7 +4,9 @@
 //! 1 MiB before parsing, and both formats are parsed by one [`Bounded`] builder that
 //! counts what it builds as it goes: past [`MAX_DEPTH`] levels of nesting, or past
 //! [`MAX_MANIFEST_BYTES`] of JSON once YAML aliases are expanded, it stops at once with
-//! 400, before building anything more.
+//! 400, before building anything more. The count is exactly the length of the document's
+//! compact JSON (what is stored): the digits of each number, each string's quotes and
+//! escapes, the punctuation between items.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -19,17 +21,23 @@ use serde_json::{Map, Number, Value};
 
 use super::error::{ApiError, AuthenticatedWriteErrors};
 
-/// What a [`Bounded`] build may still spend, and why it stopped when it did.
+/// What a [`Bounded`] build has spent, and why it stopped when it did.
 struct Meter {
-    /// Bytes of JSON the document may still take.
-    left: Cell<usize>,
+    /// Bytes of compact JSON the document takes so far.
+    used: Cell<usize>,
+    /// The most it may take.
+    bound: usize,
     /// Set when a limit stopped the build.
     refusal: RefCell<Option<String>>,
 }
 
 impl Meter {
     fn new() -> Self {
-        Self { left: Cell::new(MAX_MANIFEST_BYTES), refusal: RefCell::new(None) }
+        Self::with_bound(MAX_MANIFEST_BYTES)
+    }
+
+    fn with_bound(bound: usize) -> Self {
+        Self { used: Cell::new(0), bound, refusal: RefCell::new(None) }
     }
 
     fn refuse<E: de::Error>(&self, why: String) -> E {
@@ -40,14 +48,33 @@ impl Meter {
 
     /// Counts `bytes` of JSON about to be built.
     fn charge<E: de::Error>(&self, bytes: usize) -> Result<(), E> {
-        match self.left.get().checked_sub(bytes) {
-            Some(left) => {
-                self.left.set(left);
-                Ok(())
-            }
-            None => Err(self.refuse(too_large())),
+        let used = self.used.get().saturating_add(bytes);
+        self.used.set(used);
+        if used > self.bound {
+            return Err(self.refuse(too_large(used)));
         }
+        Ok(())
     }
+}
+
+/// The length of `text` as a JSON string, quotes included, escaped as compact JSON is:
+/// `"` and `\` and the short control escapes take two bytes, other control characters six
+/// (`\u001f`), everything else its UTF-8 length.
+fn json_string_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|byte| match byte {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0x00..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// How many bytes an integer takes in JSON: its digits, and its sign.
+fn json_integer_len(magnitude: u64, negative: bool) -> usize {
+    let digits = magnitude.checked_ilog10().map_or(1, |log| log as usize + 1);
+    digits + usize::from(negative)
 }
 
 /// Builds a JSON value from any self-describing format (JSON, or YAML with its aliases
@@ -68,7 +95,7 @@ impl Bounded<'_> {
     }
 
     fn string<E: de::Error>(self, text: String) -> Result<Value, E> {
-        self.meter.charge(text.len() + 3)?;
+        self.meter.charge(json_string_len(&text))?;
         Ok(Value::String(text))
     }
 }
@@ -89,27 +116,45 @@ impl<'de> Visitor<'de> for Bounded<'_> {
     }
 
     fn visit_bool<E: de::Error>(self, value: bool) -> Result<Value, E> {
-        self.meter.charge(6)?;
+        self.meter.charge(if value { 4 } else { 5 })?;
         Ok(Value::Bool(value))
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<Value, E> {
-        self.meter.charge(21)?;
+        self.meter.charge(json_integer_len(value.unsigned_abs(), value < 0))?;
         Ok(Value::Number(value.into()))
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<Value, E> {
-        self.meter.charge(21)?;
+        self.meter.charge(json_integer_len(value, false))?;
         Ok(Value::Number(value.into()))
     }
 
+    /// Integers past 64 bits (YAML reads them as such) become floating-point numbers, as
+    /// the same literal in JSON does.
+    #[allow(clippy::cast_precision_loss, reason = "as JSON reads an integer past 64 bits")]
+    fn visit_i128<E: de::Error>(self, value: i128) -> Result<Value, E> {
+        self.visit_f64(value as f64)
+    }
+
+    #[allow(clippy::cast_precision_loss, reason = "as JSON reads an integer past 64 bits")]
+    fn visit_u128<E: de::Error>(self, value: u128) -> Result<Value, E> {
+        self.visit_f64(value as f64)
+    }
+
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<Value, E> {
-        self.meter.charge(25)?;
-        Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+        // Written as serde_json writes it (shortest round-trip form); not finite: null.
+        let value = Number::from_f64(value).map_or(Value::Null, Value::Number);
+        let length = match &value {
+            Value::Number(number) => number.to_string().len(),
+            _ => 4,
+        };
+        self.meter.charge(length)?;
+        Ok(value)
     }
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<Value, E> {
-        self.meter.charge(value.len() + 3)?;
+        self.meter.charge(json_string_len(value))?;
         Ok(Value::String(value.to_owned()))
     }
 
@@ -118,7 +163,7 @@ impl<'de> Visitor<'de> for Bounded<'_> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        self.meter.charge(5)?;
+        self.meter.charge(4)?;
         Ok(Value::Null)
     }
 
@@ -136,9 +181,12 @@ impl<'de> Visitor<'de> for Bounded<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let child = self.child()?;
+        // The brackets.
         self.meter.charge(2)?;
         let mut items = Vec::new();
         while let Some(item) = seq.next_element_seed(child)? {
+            // The comma before every item but the first.
+            self.meter.charge(usize::from(!items.is_empty()))?;
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -146,10 +194,14 @@ impl<'de> Visitor<'de> for Bounded<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let child = self.child()?;
+        // The braces.
         self.meter.charge(2)?;
         let mut fields = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            self.meter.charge(key.len() + 4)?;
+            // The key, its colon, and the comma before every entry but the first. A key
+            // given twice is kept once (the last value): what it took is not taken back,
+            // so the count may only exceed the JSON built, never fall short of it.
+            self.meter.charge(json_string_len(&key) + 1 + usize::from(!fields.is_empty()))?;
             let value = map.next_value_seed(child)?;
             fields.insert(key, value);
         }
@@ -196,11 +248,11 @@ fn manifest_schema() -> MetaSchemaRef {
     MetaSchemaRef::Reference("AgentManifest".to_owned())
 }
 
-/// A YAML body: raw text, so that generated clients send the file as it is.
-fn yaml_text() -> MetaSchemaRef {
-    let mut schema = MetaSchema::new_with_format("string", "binary");
-    schema.description = Some("An astromesh/v1 Agent manifest as YAML text, as described by the AgentManifest schema.");
-    MetaSchemaRef::Inline(Box::new(schema))
+/// A YAML body: the YAML text of a manifest, declared with the same schema as the JSON
+/// body (YAML is a serialisation of the same document), so that generators and fuzzers
+/// produce manifests rather than arbitrary bytes.
+fn yaml_manifest() -> MetaSchemaRef {
+    manifest_schema()
 }
 
 /// The schemas of a manifest, as the validation in `nexus_ports::agents` enforces it:
@@ -283,7 +335,11 @@ impl Payload for YamlManifest {
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        yaml_text()
+        yaml_manifest()
+    }
+
+    fn register(registry: &mut Registry) {
+        JsonManifest::register(registry);
     }
 }
 
@@ -351,11 +407,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn integers_past_64_bits_read_alike_in_yaml_and_json() {
+        let yaml = parse_yaml("big: 73301872063879829296324548755456\nsmall: -170141183460469231731687303715884105728\n").expect("YAML");
+        let json = parse_json(r#"{"big": 73301872063879829296324548755456, "small": -170141183460469231731687303715884105728}"#).expect("JSON");
+        assert_eq!(yaml, json);
+        assert!(yaml["big"].is_f64());
+    }
+
+    #[test]
     fn media_types_ignore_parameters_and_case() {
         assert!(YamlManifest::check_content_type("application/yaml"));
         assert!(YamlManifest::check_content_type("Application/X-YAML; charset=utf-8"));
         assert!(!YamlManifest::check_content_type("application/json"));
         assert!(JsonManifest::check_content_type("application/json; charset=utf-8"));
         assert!(!JsonManifest::check_content_type("text/plain"));
+    }
+
+    /// The bytes a document is measured at, and the document built.
+    fn measured(text: &str, format: &str) -> (usize, Value) {
+        let meter = Meter::new();
+        let value = if format == "JSON" {
+            let mut deserializer = serde_json::Deserializer::from_str(text);
+            Bounded { meter: &meter, level: 0 }.deserialize(&mut deserializer).expect("within the bound")
+        } else {
+            Bounded { meter: &meter, level: 0 }.deserialize(serde_yaml::Deserializer::from_str(text)).expect("within the bound")
+        };
+        (meter.used.get(), value)
+    }
+
+    #[test]
+    fn the_count_is_the_length_of_the_compact_json() {
+        let documents = [
+            (r#"{"a": [0, 7, 10, 99, 100, -1, -10, 18446744073709551615, -9223372036854775808]}"#, "JSON"),
+            (r#"{"f": [0.5, 1.0, -2.25, 1e300, 1.5e-7, 123456.789], "t": true, "n": null, "e": {}, "l": []}"#, "JSON"),
+            ("{\"s\": \"quote \\\" backslash \\\\ tab \\t nl \\n cr \\r ff \\f bs \\b nul \\u0000 us \\u001f del \u{7f} \u{e9}\u{1f600} /\"}", "JSON"),
+            ("a: [1, 2, 3]\nb: {c: -4, d: 0.1}\n\"k\\\"ey\": \"\\x01\\t\"\nlist: &l [x, y]\nagain: *l\nempty: ~\nyes: false\n", "YAML"),
+        ];
+        for (text, format) in documents {
+            let (used, value) = measured(text, format);
+            assert_eq!(used, serde_json::to_string(&value).unwrap().len(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_document_one_byte_past_the_bound_is_refused_saying_what_was_measured() {
+        let numbers = format!("[{}]", ["7"; 10].join(","));
+        assert_eq!(numbers.len(), 21);
+        let within = Meter::with_bound(21);
+        assert!(Bounded { meter: &within, level: 0 }.deserialize(&mut serde_json::Deserializer::from_str(&numbers)).is_ok());
+        let past = Meter::with_bound(20);
+        assert!(Bounded { meter: &past, level: 0 }.deserialize(&mut serde_json::Deserializer::from_str(&numbers)).is_err());
+        assert_eq!(past.refusal.take().as_deref(), Some("the manifest expands to more than 1048576 bytes of JSON (at least 21 measured)"));
     }
 }

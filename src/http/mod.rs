@@ -23,7 +23,7 @@ mod throttle;
 
 use poem::listener::Acceptor;
 use poem::middleware::{AddData, CatchPanic};
-use poem::{Endpoint, EndpointExt, IntoResponse, Route, Server};
+use poem::{Endpoint, EndpointExt, IntoResponse, Route};
 use poem_openapi::{LicenseObject, OpenApiService, ServerObject, Tags};
 
 use crate::app::SharedNexus;
@@ -40,12 +40,10 @@ pub(crate) async fn to_the_end<T: Send + 'static>(write: impl std::future::Futur
     }
 }
 
-pub use connections::{ConnectionLimits, GuardedAcceptor};
+pub use body_limit::{AUTH_BODY_LIMIT, BODY_LIMIT, BUDGET_WAIT};
+pub use connections::{CONNECTION_MEMORY, ConnectionLimits, GuardedAcceptor, HEAD_BUFFER, HTTP2_HEADER_LIST, HTTP2_WINDOW, REQUEST_MEMORY};
 pub use error::ErrorBody;
 pub use observe::{REQUEST_ID, RequestId};
-
-/// The largest request body accepted, in bytes.
-pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -226,23 +224,32 @@ fn served_document() -> poem::Response {
     poem::Response::builder().content_type("application/json; charset=utf-8").body(DOCUMENT.as_str())
 }
 
+/// Serves Swagger UI's page (about a megabyte, the UI's script inlined), rendered once and
+/// shared by every answer: a client that never reads its answers holds no copy of its own.
+#[poem::handler]
+fn served_docs() -> poem::Response {
+    static PAGE: std::sync::LazyLock<bytes::Bytes> = std::sync::LazyLock::new(|| openapi().swagger_ui_html().into());
+    poem::Response::builder().content_type("text/html; charset=utf-8").body(PAGE.clone())
+}
+
 /// The whole HTTP application: the API, `/openapi.json`, Swagger UI at `/docs`, with the
-/// `/auth` rate limit, the body limit, JSON errors for everything, panics caught, requests
-/// bounded by `request_timeout`, and an access log.
-pub fn endpoint(nexus: SharedNexus, request_timeout: std::time::Duration) -> impl Endpoint {
-    let api = openapi();
-    let docs = api.swagger_ui();
+/// `/auth` rate limit, the body limits and budget, JSON errors for everything, panics
+/// caught, requests bounded by the request timeout and capped in number, and an access log.
+pub fn endpoint(nexus: SharedNexus, limits: ConnectionLimits) -> impl Endpoint {
+    let request_timeout = limits.request_timeout;
     Route::new()
-        .nest("/", api)
+        .nest("/", openapi())
         .at("/openapi.json", served_document)
-        .nest("/docs", docs)
+        .at("/docs", served_docs)
+        .at("/docs/", served_docs)
         .with(AddData::new(nexus.clone()))
-        .with(body_limit::BodyLimit::new(BODY_LIMIT))
+        .with(body_limit::BodyLimit::new(limits.body_budget))
         .with(throttle::AuthThrottle::new(nexus))
         .catch_all_error(error::render)
         .around(allow_on_405)
         .with(CatchPanic::new().with_handler(error::panicked))
         .around(move |next, request| connections::bound_request(next, request, request_timeout))
+        .with(connections::InFlight::new(limits.max_requests))
         .around(observe::observe)
 }
 
@@ -258,10 +265,7 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let served = Server::new_with_acceptor(GuardedAcceptor::new(acceptor, &limits))
-        .idle_timeout(limits.idle_timeout)
-        .run_with_graceful_shutdown(endpoint(nexus.clone(), limits.request_timeout), shutdown, Some(SHUTDOWN_GRACE))
-        .await;
+    let served = connections::serve_connections(acceptor, endpoint(nexus.clone(), limits), limits, shutdown, SHUTDOWN_GRACE).await;
     nexus.shutdown().await;
     served
 }

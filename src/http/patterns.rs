@@ -60,6 +60,12 @@ patterns! {
     CURSOR = r"^c[0-9a-f]{1,16}$";
     /// A period of run metrics: seconds or minutes, hours up to a year, or days.
     PERIOD = r"^([1-9][0-9]{0,3}[sm]|([1-9][0-9]{0,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-7][0-9]|878[0-4])h|([1-9][0-9]?|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d)$";
+    /// `If-Match`: `*`, or a comma-separated list of entity tags, each maybe weak
+    /// (`W/"..."`), of the characters RFC 9110 allows in a tag, with spaces and tabs around
+    /// them (not `\s`: what counts as white space differs between regular-expression
+    /// engines, and the document's readers must agree with the server). An empty value
+    /// names nothing.
+    IF_MATCH = r#"^[ \t]*(\*|(W/)?"[\x21\x23-\x7e]*"([ \t]*,[ \t]*(W/)?"[\x21\x23-\x7e]*")*)[ \t]*$"#;
     /// A run's session id.
     SESSION_ID = r"^[A-Za-z0-9._:-]{1,128}$";
     /// A name or label for people: not only white space, no control characters.
@@ -71,8 +77,15 @@ patterns! {
 }
 
 /// The pattern of each operation parameter that has one, by the parameter's name.
-const PARAMETERS: &[(&str, &Pattern)] =
-    &[("X-Tenant-ID", &TENANT_HEADER), ("tenantId", &TENANT_ID), ("name", &AGENT_NAME), ("keyHash", &KEY_HASH), ("cursor", &CURSOR), ("period", &PERIOD)];
+const PARAMETERS: &[(&str, &Pattern)] = &[
+    ("X-Tenant-ID", &TENANT_HEADER),
+    ("tenantId", &TENANT_ID),
+    ("name", &AGENT_NAME),
+    ("keyHash", &KEY_HASH),
+    ("cursor", &CURSOR),
+    ("period", &PERIOD),
+    ("If-Match", &IF_MATCH),
+];
 
 /// The pattern of each request field that has one: its schema, its property.
 const FIELDS: &[(&str, &str, &Pattern)] = &[
@@ -118,6 +131,16 @@ mod tests {
         assert!((&AGENT_NAME).check(&"agent-1"));
         assert!(!(&AGENT_NAME).check(&"-agent"));
         assert_eq!(TENANT_ID.to_string(), r#"pattern("^t_[0-9a-f]{32}$")"#);
+    }
+
+    #[test]
+    fn if_match_is_a_star_or_entity_tags() {
+        for accepted in ["*", " * ", r#""2-a""#, r#"W/"2-a""#, r#""2-a", W/"3-b" ,"4-c""#, r#""""#] {
+            assert!((&IF_MATCH).check(&accepted), "{accepted}");
+        }
+        for refused in ["", " ", "\u{1c}*", "\n*", "2-a", r#""2-a"#, r#""a"b""#, "*, \"2-a\"", r#""2-a",,"#, "w/\"2-a\""] {
+            assert!(!(&IF_MATCH).check(&refused), "{refused}");
+        }
     }
 
     #[test]

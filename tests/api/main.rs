@@ -11,6 +11,7 @@ mod connections;
 mod deploy;
 mod events;
 mod faults;
+mod h2_flood;
 mod health;
 mod identity;
 mod input;

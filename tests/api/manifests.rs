@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 use crate::agents::{SUPPORT_BOT, get, running, send, tenant_with_key, wait_for};
 use crate::support::{Backend, Server, config, database, on_both_backends, with_configured_server, with_server};
 
+/// The bound on a manifest's compact JSON.
+const BOUND: usize = 1024 * 1024;
+
 on_both_backends!(
     aliases_expanding_past_the_bound_are_refused_and_modest_ones_kept,
     the_nesting_limit_holds_for_every_format_and_deep_manifests_read_back,
@@ -34,7 +37,7 @@ async fn aliases_expanding_past_the_bound_are_refused_and_modest_ones_kept(backe
         assert!(bomb.len() < 10 * 1024, "a small body: {}", bomb.len());
         let refused = send(server, Method::POST, "/api/v1/agents", &key, "application/yaml", &bomb).await;
         assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
-        assert_eq!(refused.error(), "the manifest expands to more than 1048576 bytes of JSON");
+        assert_eq!(refused.error(), "the manifest expands to more than 1048576 bytes of JSON (at least 1048584 measured)");
         assert_eq!(get(server, "/api/v1/agents/laughs", &key).await.status, StatusCode::NOT_FOUND, "nothing was stored");
 
         let modest = "apiVersion: astromesh/v1\nkind: Agent\nmetadata: {name: echo}\nspec:\n  model:\n    primary: &m {provider: ollama, model: m}\n    fallback: *m\n  tags: &t [a, b]\n  more: [*t, *t]\n";
@@ -160,4 +163,88 @@ async fn a_corrupt_row_is_reported_for_its_agent_alone(backend: Backend) {
     wait_for(&second, &key, "beta", "Running once repaired", running).await;
     second.stop().await;
     db.drop_database().await;
+}
+
+/// A manifest in `namespace` whose compact JSON takes exactly `bytes`: `list` (given as
+/// YAML text and as the JSON it means) anchored once and repeated by alias, then a padding
+/// string to make up the exact length. Returns the YAML text, a few KiB at most, and the
+/// document it means.
+fn exactly(name: &str, namespace: &str, list_yaml: &str, list: &Value, bytes: usize) -> (String, Value) {
+    let document = |copies: usize, pad: usize| {
+        json!({
+            "apiVersion": "astromesh/v1",
+            "kind": "Agent",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"model": {"primary": {"provider": "ollama", "model": "m"}}, "list": list, "lists": vec![list.clone(); copies], "pad": "x".repeat(pad)},
+        })
+    };
+    let length = |value: &Value| serde_json::to_string(value).expect("JSON").len();
+    let (base, one) = (length(&document(0, 0)), length(list));
+    let copies = (bytes - base - 1) / (one + 1);
+    let pad = bytes - length(&document(copies, 0));
+    let value = document(copies, pad);
+    assert_eq!(length(&value), bytes);
+    let yaml = format!(
+        "apiVersion: astromesh/v1\nkind: Agent\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  model: {{primary: {{provider: ollama, model: m}}}}\n  list: &l {list_yaml}\n  lists: [{}]\n  pad: \"{}\"\n",
+        vec!["*l"; copies].join(", "),
+        "x".repeat(pad)
+    );
+    (yaml, value)
+}
+
+/// Creates manifests whose JSON takes exactly the bound (accepted, read back as sent) and
+/// one byte more (refused, saying what was measured), built from `list`.
+/// `items` (as YAML and as the JSON they mean) are repeated a hundred times in the list.
+async fn the_bound_is_exact_for(server: &Server, token: &str, what: &str, items_yaml: &str, items: &Value) {
+    let tenant = server.tenant(token, &format!("{what}-tenant")).await;
+    let namespace = tenant.str("namespace");
+    let key_for_tenant = server.key(token, &tenant.str("id"), "bound").await.str("rawKey");
+    let list_yaml = format!("[{}]", vec![items_yaml; 100].join(", "));
+    let list = Value::Array((0..100).flat_map(|_| items.as_array().expect("a list").clone()).collect());
+    let (list_yaml, list) = (list_yaml.as_str(), &list);
+    let (yaml, value) = exactly(&format!("{what}-yaml"), &namespace, list_yaml, list, BOUND);
+    assert!(yaml.len() < BOUND / 8, "the YAML text is small, its aliases expand: {}", yaml.len());
+    let created = send(server, Method::POST, "/api/v1/agents", &key_for_tenant, "application/yaml", &yaml).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{what}: exactly {BOUND} bytes of JSON is within the bound: {created:?}");
+    let read = get(server, &format!("/api/v1/agents/{what}-yaml"), &key_for_tenant).await;
+    assert_eq!(read.body["agentSpec"], value, "{what}: read back as sent");
+
+    let (json_name, json_value) = (format!("{what}-json"), exactly(&format!("{what}-json"), &namespace, list_yaml, list, BOUND).1);
+    let text = serde_json::to_string(&json_value).expect("JSON");
+    assert_eq!(text.len(), BOUND);
+    let created = send(server, Method::POST, "/api/v1/agents", &key_for_tenant, "application/json", &text).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{what}: a JSON body at the bound: {created:?}");
+    assert_eq!(get(server, &format!("/api/v1/agents/{json_name}"), &key_for_tenant).await.status, StatusCode::OK);
+
+    let (past, _) = exactly(&format!("{what}-past"), &namespace, list_yaml, list, BOUND + 1);
+    let refused = send(server, Method::POST, "/api/v1/agents", &key_for_tenant, "application/yaml", &past).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{what}: one byte past the bound: {refused:?}");
+    assert_eq!(refused.error(), format!("the manifest expands to more than {BOUND} bytes of JSON (at least {} measured)", BOUND + 1));
+    assert_eq!(get(server, &format!("/api/v1/agents/{what}-past"), &key_for_tenant).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_expanded_size_bound_counts_numbers_and_strings_as_json_takes_them() {
+    let roomy = |config| ServeConfig { max_tenant_manifest_bytes: 64 * 1024 * 1024, ..config };
+    with_configured_server(Backend::Sqlite, roomy, async |server: &Server| {
+        let token = server.user("ada@example.com").await;
+        // Numbers take their digits (and sign): small ones were charged 21 bytes each.
+        the_bound_is_exact_for(server, &token, "numbers", "7, -12, 0.5, 100000, 0, 3", &json!([7, -12, 0.5, 100000, 0, 3])).await;
+        // Strings take their quotes and escapes: a tab two bytes, a control character six.
+        let strings = json!(["a\tb", "\u{1}", "quote \" and \\", "é", ""]);
+        the_bound_is_exact_for(server, &token, "strings", r#""a\tb", "\x01", "quote \" and \\", "é", """#, &strings).await;
+
+        // The manifest of the report: about 290 KB of YAML, small number lists in block
+        // style, about 270 KB as JSON; it was refused as "more than 1048576 bytes".
+        let (_, key) = tenant_with_key(server, "bob@example.com").await;
+        let mut yaml = String::from(
+            "apiVersion: astromesh/v1\nkind: Agent\nmetadata: {name: series}\nspec:\n  model: {primary: {provider: ollama, model: m}}\n  series:\n",
+        );
+        while yaml.len() < 289_000 {
+            yaml.push_str("    - [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]\n");
+        }
+        let created = send(server, Method::POST, "/api/v1/agents", &key, "application/yaml", &yaml).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    })
+    .await;
 }

@@ -140,6 +140,14 @@ async fn stale_tags_change_nothing(backend: Backend) {
             assert_eq!(rolled.status, StatusCode::OK, "{rolled:?}");
             let ghost = call(server, Method::DELETE, "/api/v1/agents/ghost", &key, &[("if-match", "*")], None).await;
             assert_eq!(ghost.status, StatusCode::NOT_FOUND);
+            // An If-Match that is neither `*` nor entity tags is refused as the document
+            // declares (400), never taken for a tag that does not match (412).
+            for malformed in ["", "  ", "3-abc", "\"unterminated"] {
+                let refused = call(server, Method::DELETE, path, &key, &[("if-match", malformed)], None).await;
+                assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{malformed:?}: {refused:?}");
+                assert_eq!(put(malformed, &v2).await.status, StatusCode::BAD_REQUEST, "{malformed:?}");
+            }
+            assert_eq!(get(server, path, &key).await.status, StatusCode::OK, "nothing deleted");
 
             // A tag of a deleted agent never matches the one created again under its name.
             let last = tag(&rolled);
