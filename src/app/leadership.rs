@@ -261,7 +261,18 @@ mod frozen_leader {
         tenants.expect_find_tenant().returning(move |_| Ok(Some(tenant.clone())));
         let mut agents = MockAgentStore::new();
         agents.expect_list_all_agents().returning(|| Ok(vec![]));
-        agents.expect_find_agent().returning(|_, _| Ok(None));
+        // The test applies its object directly; asked again, the registry has the agent
+        // (a sweep marks objects whose agent the registry lost).
+        agents.expect_find_agent().returning(|tenant, name| {
+            let now = chrono::Utc::now();
+            Ok(Some(nexus_ports::agents::Agent {
+                tenant_id: *tenant,
+                manifest: nexus_ports::testing::manifest(name.as_str(), "m"),
+                version_number: 1,
+                created_at: now,
+                updated_at: now,
+            }))
+        });
         let mut clock = MockClock::new();
         clock.expect_now().returning(chrono::Utc::now);
         let clock: Arc<dyn Clock> = Arc::new(clock);
