@@ -11,6 +11,7 @@ use nexus_cluster_memory::MemoryCluster;
 use nexus_crypto::{Argon2Hasher, JwtAccessTokens, OsSecrets};
 use nexus_node_http::HttpNode;
 use nexus_node_stub::StubNode;
+use nexus_ports::audit::CursorKey;
 use nexus_ports::ports::{AccessTokens, ChangeFeed, Clock, ClusterBackend, HealthCheck, NodeProxy, SecretGenerator, SettingsStore};
 use nexus_ports::{Error, Result};
 use nexus_store_sea_orm::{SqlChangeFeed, SqlLease, SqlStore, SqliteLock};
@@ -19,7 +20,7 @@ use crate::app::housekeeping::PRUNE_EVERY;
 use crate::app::key_usage::FLUSH_EVERY;
 use crate::app::{
     AccessPorts, AccessService, AgentLimits, AgentPorts, AgentService, AuthThrottle, Changes, EventSettings, Housekeeping, IdentityPorts, IdentityService,
-    KeyUsage, LoginLimit, Nexus, Quotas, Readiness, ReconcilePorts, Reconciler, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
+    KeyUsage, LoginLimit, Nexus, Quotas, Readiness, ReconcilePorts, Reconciler, Refusals, SessionPolicy, SharedNexus, TenancyPorts, TenancyService,
 };
 use crate::config::{ClusterKind, NodeKind, ServeConfig};
 
@@ -105,7 +106,10 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     let store = Arc::new(SqlStore::connect(&config.database_url).await?);
     let feed = Arc::new(store.change_feed().await?);
     let changes = Arc::new(Changes::new(feed.clone()));
-    let access_tokens: Arc<dyn AccessTokens> = Arc::new(JwtAccessTokens::new(jwt_secret(config, &store).await?.as_bytes(), access_ttl)?);
+    let secret = jwt_secret(config, &store).await?;
+    let access_tokens: Arc<dyn AccessTokens> = Arc::new(JwtAccessTokens::new(secret.as_bytes(), access_ttl)?);
+    // Audit cursors are sealed with a key every replica derives alike.
+    let cursors = CursorKey::derive(secret.as_bytes());
     // By default one core is left to everything else, so that a login flood cannot take
     // every core from the other requests.
     let hash_concurrency = config.hash_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from).saturating_sub(1).max(1));
@@ -135,6 +139,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let secrets: Arc<dyn SecretGenerator> = Arc::new(OsSecrets);
     let key_usage = Arc::new(KeyUsage::new(store.clone()));
+    let refusals = Arc::new(Refusals::new(store.clone(), store.clone(), changes.clone(), clock.clone()));
     let hasher = Arc::new(Argon2Hasher::new(hash_concurrency, config.hash_queue)?);
 
     let identity = IdentityService::new(
@@ -150,16 +155,20 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             changes: changes.clone(),
         },
         SessionPolicy { refresh_ttl, session_max, login_limit },
-    );
+    )
+    .with_refusals(refusals.clone())
+    .with_cursor_key(cursors.clone());
     let access = AccessService::new(AccessPorts {
         tokens: access_tokens,
         users: store.clone(),
+        sessions: store.clone(),
         keys: store.clone(),
         tenants: store.clone(),
         clock: clock.clone(),
         usage: key_usage.clone(),
         changes: changes.clone(),
-    });
+    })
+    .with_refusals(refusals.clone());
     let quotas = Quotas { max_tenants: config.max_tenants, max_keys: config.max_keys, max_agents: config.max_agents };
     let reconciler = Arc::new(
         Reconciler::new(
@@ -177,11 +186,14 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             clock: clock.clone(),
             usage: key_usage.clone(),
             audit: store.clone(),
+            users: store.clone(),
             changes: changes.clone(),
         },
         quotas,
     )
-    .with_waker(reconciler.waker());
+    .with_waker(reconciler.waker())
+    .with_refusals(refusals.clone())
+    .with_cursor_key(cursors);
     let housekeeping = Housekeeping {
         refresh_tokens: store.clone(),
         login_attempts: store.clone(),
@@ -216,6 +228,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
         agents,
         readiness,
         key_usage,
+        refusals,
         auth_throttle,
         background: Mutex::default(),
         on_shutdown: Mutex::new(on_shutdown),
@@ -250,6 +263,7 @@ pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
     }
     let mut background = vec![
         tokio::spawn(nexus.key_usage.clone().run(FLUSH_EVERY)),
+        tokio::spawn(nexus.refusals.clone().run(crate::app::refusals::FLUSH_EVERY)),
         tokio::spawn(housekeeping.run(PRUNE_EVERY)),
         tokio::spawn(crate::app::leadership::wake_on_changes(reconciler.clone(), feed.subscribe())),
         tokio::spawn(feed.relay()),

@@ -16,7 +16,7 @@ use crate::agents::AgentName;
 use crate::identity::UserId;
 use crate::ports::ChangeFeed;
 use crate::tenancy::TenantId;
-use crate::tokens::SecretDigest;
+use crate::tokens::{FamilyId, SecretDigest};
 
 /// Something that changed in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,9 @@ pub enum Change {
     TenantChanged { tenant: TenantId },
     /// Every session of a user ended (its access tokens issued before now are refused).
     SessionsEnded { user: UserId },
+    /// One session of a user (a refresh-token family) ended: logged out, or revoked when a
+    /// rotated refresh token was presented again. Its access tokens are refused.
+    SessionRevoked { user: UserId, session: FamilyId },
     /// An agent was registered, updated or deleted.
     AgentChanged { tenant: TenantId, name: AgentName },
     /// Changes may have been missed (the feed lost its connection): forget everything
@@ -45,6 +48,7 @@ impl fmt::Display for Change {
             Self::TenantDeleted { tenant } => write!(f, "tenant_deleted {tenant}"),
             Self::TenantChanged { tenant } => write!(f, "tenant_changed {tenant}"),
             Self::SessionsEnded { user } => write!(f, "sessions_ended {user}"),
+            Self::SessionRevoked { user, session } => write!(f, "session_revoked {user} {session}"),
             Self::AgentChanged { tenant, name } => write!(f, "agent_changed {tenant} {name}"),
             Self::Missed => f.write_str("missed"),
         }
@@ -63,6 +67,7 @@ impl Change {
             "tenant_deleted" => Self::TenantDeleted { tenant: TenantId::parse(next()?).ok()? },
             "tenant_changed" => Self::TenantChanged { tenant: TenantId::parse(next()?).ok()? },
             "sessions_ended" => Self::SessionsEnded { user: UserId::parse(next()?).ok()? },
+            "session_revoked" => Self::SessionRevoked { user: UserId::parse(next()?).ok()?, session: FamilyId::parse(next()?).ok()? },
             "agent_changed" => Self::AgentChanged { tenant: TenantId::parse(next()?).ok()?, name: AgentName::parse(next()?).ok()? },
             "missed" => Self::Missed,
             _ => return None,
@@ -121,13 +126,22 @@ mod tests {
             Change::TenantDeleted { tenant },
             Change::TenantChanged { tenant },
             Change::SessionsEnded { user },
+            Change::SessionRevoked { user, session: FamilyId::generate() },
             Change::AgentChanged { tenant, name: AgentName::parse("bot").unwrap() },
             Change::Missed,
         ];
         for change in changes {
             assert_eq!(Change::parse(&change.to_string()), Some(change));
         }
-        for garbage in ["", "missed extra", "tenant_deleted", "tenant_deleted t_0", "who_knows t_1", "sessions_ended usr_zz"] {
+        for garbage in [
+            "",
+            "missed extra",
+            "tenant_deleted",
+            "tenant_deleted t_0",
+            "who_knows t_1",
+            "sessions_ended usr_zz",
+            "session_revoked usr_00000000000000000000000000000000 zz",
+        ] {
             assert_eq!(Change::parse(garbage), None, "{garbage:?}");
         }
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 tokio::task_local! {
     static REQUEST_ID: Arc<str>;
+    static CORRELATION_ID: Arc<str>;
     static SOURCE_IP: IpAddr;
 }
 
@@ -20,6 +21,17 @@ pub async fn with_request_id<F: Future>(id: Arc<str>, work: F) -> F::Output {
 #[must_use]
 pub fn request_id() -> Option<Arc<str>> {
     REQUEST_ID.try_with(Arc::clone).ok()
+}
+
+/// Runs `work` as part of a request the client named `id` (its own correlation id).
+pub async fn with_correlation_id<F: Future>(id: Arc<str>, work: F) -> F::Output {
+    CORRELATION_ID.scope(id, work).await
+}
+
+/// The client's own id of the request the current task serves, if it sent one.
+#[must_use]
+pub fn correlation_id() -> Option<Arc<str>> {
+    CORRELATION_ID.try_with(Arc::clone).ok()
 }
 
 /// Runs `work` for a request from the client at `address`.

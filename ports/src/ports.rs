@@ -18,7 +18,7 @@ use crate::changes::Change;
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
 use crate::leadership::Fence;
 use crate::node_names::NodeSharing;
-use crate::tenancy::{ApiKey, Tenant, TenantId, TenantStatus};
+use crate::tenancy::{ApiKey, KeyLabel, Tenant, TenantId, TenantStatus};
 use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
 
 /// Users and their credentials.
@@ -98,6 +98,11 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     /// given; returns how many it revoked.
     async fn revoke_family<'a>(&self, family: &FamilyId, now: DateTime<Utc>, audit: Option<&'a AuditEvent>) -> Result<u64>;
 
+    /// Whether the session `family` goes on: some token of it is not revoked. A family that
+    /// was logged out, revoked by reuse detection, ended with every session of its user, or
+    /// pruned, does not.
+    async fn session_is_live(&self, family: &FamilyId) -> Result<bool>;
+
     /// The family of the stored token with this digest (live or not), and its user, if any.
     async fn family_of(&self, digest: &SecretDigest) -> Result<Option<(FamilyId, UserId)>>;
 
@@ -153,8 +158,13 @@ pub trait ApiKeyStore: Send + Sync + 'static {
     /// A tenant's keys, oldest first.
     async fn list_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKey>>;
 
-    /// Deletes a key of the tenant, recording `audit` when it existed there; whether it did.
+    /// Deletes a key of the tenant, recording `audit` when it existed there, and
+    /// remembering its digest, tenant and label (see [`Self::find_revoked_key`]); whether
+    /// it existed.
     async fn delete_key(&self, tenant: &TenantId, digest: &SecretDigest, audit: &AuditEvent) -> Result<bool>;
+
+    /// The tenant and label of a revoked key, while the audit trail's retention keeps them.
+    async fn find_revoked_key(&self, digest: &SecretDigest) -> Result<Option<(TenantId, KeyLabel)>>;
 
     /// Records when keys were last used, keeping the later time where one is stored already.
     /// Keys that no longer exist are passed over.
@@ -236,13 +246,19 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Records an event that goes with no stored change (a failed login).
     async fn record_event(&self, event: &AuditEvent) -> Result<()>;
 
+    /// Counts `count` more refusals in the event of `event.dedup_key()`: recorded as
+    /// `event` with that count when there is none yet, added to its count otherwise (by
+    /// whichever replica), in one atomic step.
+    async fn record_refusals(&self, event: &AuditEvent, count: u32) -> Result<()>;
+
     /// A tenant's events, newest first: at most `limit`, starting after `after`.
     async fn tenant_events(&self, tenant: &TenantId, limit: u32, after: Option<AuditCursor>) -> Result<AuditPage>;
 
     /// A user's events, newest first: at most `limit`, starting after `after`.
     async fn user_events(&self, user: &UserId, limit: u32, after: Option<AuditCursor>) -> Result<AuditPage>;
 
-    /// Deletes the events older than `before`; returns how many.
+    /// Deletes the events older than `before`, and what is remembered of keys revoked
+    /// before it; returns how many events.
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 
@@ -425,8 +441,9 @@ pub trait PasswordHasher: Send + Sync + 'static {
 /// Signs and verifies access tokens.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 pub trait AccessTokens: Send + Sync + 'static {
-    /// A signed token for the user, issued at `now`.
-    fn issue(&self, user_id: &UserId, now: DateTime<Utc>) -> Result<AccessToken>;
+    /// A signed token for the user, issued at `now` in `session` (its refresh-token family),
+    /// which the token names so that it ends with its session.
+    fn issue(&self, user_id: &UserId, session: &FamilyId, now: DateTime<Utc>) -> Result<AccessToken>;
 
     /// The claims of a token that this server signed and that has not expired at `now`.
     ///

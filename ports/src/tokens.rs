@@ -82,6 +82,21 @@ impl FamilyId {
     pub fn generate() -> Self {
         Self(Uuid::new_v4())
     }
+
+    /// Reads the 32 hex digits [`fmt::Display`] writes (the `sid` of an access token).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for anything else.
+    pub fn parse(text: &str) -> Result<Self> {
+        (text.len() == 32).then(|| Uuid::try_parse(text).ok()).flatten().map(Self).ok_or_else(|| Error::invalid("malformed session id"))
+    }
+}
+
+impl fmt::Display for FamilyId {
+    /// 32 lower-case hex digits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.simple())
+    }
 }
 
 /// A refresh token as stored: its digest, never its value.
@@ -126,6 +141,9 @@ pub enum Rotation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessClaims {
     pub user_id: UserId,
+    /// The session (refresh-token family) the token was issued in; `None` for tokens issued
+    /// before tokens named theirs.
+    pub session: Option<FamilyId>,
     /// The token's unique id (`jti`).
     pub token_id: String,
     pub issued_at: DateTime<Utc>,

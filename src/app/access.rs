@@ -2,8 +2,9 @@
 //! first; when it is absent or invalid, the API key. A user reaches a tenant it owns by
 //! naming it in `X-Tenant-ID`; an API key reaches its own tenant only.
 //!
-//! An access token is valid when it is signed, unexpired, and issued no earlier than its
-//! user last ended every session ([`AccessService::session_is_current`], read from the
+//! An access token is valid when it is signed, unexpired, issued no earlier than its user
+//! last ended every session, and its own session (the refresh-token family it names) has
+//! not been logged out or revoked ([`AccessService::session_is_current`], read from the
 //! store so that every replica agrees).
 //!
 //! None of this asks the store on the hot path: API keys, users' session cut-offs and
@@ -13,14 +14,16 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use nexus_ports::audit::{AuditAction, key_actor};
 use nexus_ports::identity::UserId;
-use nexus_ports::ports::{AccessTokens, ApiKeyStore, Clock, TenantStore, UserStore};
+use nexus_ports::ports::{AccessTokens, ApiKeyStore, Clock, RefreshTokenStore, TenantStore, UserStore};
 use nexus_ports::tenancy::{ApiKey, KeyScope, Tenant, TenantId};
 use nexus_ports::tokens::{AccessClaims, SecretDigest};
 use nexus_ports::{Error, Result};
 
 use super::changes::Changes;
 use super::key_usage::KeyUsage;
+use super::refusals::{Refusals, Refused, Trail, actor_of_user};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,11 +35,11 @@ pub enum Principal {
 }
 
 impl Principal {
-    /// How the caller is named as the author of a change: `usr_...`, or `key:<label>`.
-    pub fn author(&self) -> String {
+    /// Who is refused, when this caller is.
+    fn refused(&self) -> Refused {
         match self {
-            Self::User(user) => user.to_string(),
-            Self::ApiKey { key, .. } => format!("key:{}", key.label.as_str()),
+            Self::User(user) => Refused::User(*user),
+            Self::ApiKey { key, .. } => Refused::Key(key_actor(&key.digest, &key.label)),
         }
     }
 }
@@ -54,23 +57,14 @@ pub struct Credentials<'a> {
 pub struct AccessService {
     tokens: Arc<dyn AccessTokens>,
     users: Arc<dyn UserStore>,
+    sessions: Arc<dyn RefreshTokenStore>,
     keys: Arc<dyn ApiKeyStore>,
     tenants: Arc<dyn TenantStore>,
     clock: Arc<dyn Clock>,
     usage: Arc<KeyUsage>,
     changes: Arc<Changes>,
-}
-
-/// The tenant with this id if `user` owns it. A tenant that does not exist is refused
-/// like one of another user's, so ids cannot be probed.
-///
-/// # Errors
-/// [`Error::Forbidden`] unless the user owns the tenant.
-pub(crate) async fn owned_tenant(tenants: &dyn TenantStore, user: &UserId, id: &TenantId) -> Result<Tenant> {
-    match tenants.find_tenant(id).await? {
-        Some(tenant) if tenant.owner == *user => Ok(tenant),
-        _ => Err(refused_tenant()),
-    }
+    /// Where refusals are counted for the audit trails (none: not recorded).
+    refusals: Option<Arc<Refusals>>,
 }
 
 fn refused_tenant() -> Error {
@@ -82,6 +76,8 @@ pub struct AccessPorts {
     pub tokens: Arc<dyn AccessTokens>,
     /// Where each user's sessions cut-off is kept.
     pub users: Arc<dyn UserStore>,
+    /// Where each session (refresh-token family) is kept.
+    pub sessions: Arc<dyn RefreshTokenStore>,
     pub keys: Arc<dyn ApiKeyStore>,
     pub tenants: Arc<dyn TenantStore>,
     pub clock: Arc<dyn Clock>,
@@ -100,13 +96,53 @@ pub(crate) fn issued_before_cutoff(issued_at: DateTime<Utc>, cutoff: Option<Date
 impl AccessService {
     /// Wires authentication to its ports.
     pub fn new(ports: AccessPorts) -> Self {
-        let AccessPorts { tokens, users, keys, tenants, clock, usage, changes } = ports;
-        Self { tokens, users, keys, tenants, clock, usage, changes }
+        let AccessPorts { tokens, users, sessions, keys, tenants, clock, usage, changes } = ports;
+        Self { tokens, users, sessions, keys, tenants, clock, usage, changes, refusals: None }
+    }
+
+    /// The same service, counting refusals in `refusals` for the audit trails.
+    #[must_use]
+    pub fn with_refusals(self, refusals: Arc<Refusals>) -> Self {
+        Self { refusals: Some(refusals), ..self }
+    }
+
+    fn refuse(&self, who: Refused, cause: AuditAction, target: &str, trail: Trail) {
+        if let Some(refusals) = &self.refusals {
+            refusals.note(who, cause, target, trail);
+        }
+    }
+
+    /// How the caller is named as the actor of an event and the author of a version: a
+    /// user by its id and email, a key by its hash prefix and label (see
+    /// [`nexus_ports::audit::user_actor`], [`key_actor`]).
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] when the user no longer exists; what the store answered.
+    pub async fn actor(&self, principal: &Principal) -> Result<String> {
+        match principal {
+            Principal::User(user) => actor_of_user(self.users.as_ref(), &self.changes, user).await,
+            Principal::ApiKey { key, .. } => Ok(key_actor(&key.digest, &key.label)),
+        }
+    }
+
+    /// [`Self::permits`], recording a refused change in the key's tenant's trail (`what`
+    /// says the method and path asked).
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] for a change asked with a read-scoped key.
+    pub fn authorize(&self, principal: &Principal, reads_only: bool, what: impl FnOnce() -> String) -> Result<()> {
+        Self::permits(principal, reads_only).inspect_err(|_| {
+            if let Principal::ApiKey { tenant, .. } = principal {
+                self.refuse(principal.refused(), AuditAction::AccessReadOnlyKey, &what(), Trail::Tenant(tenant.id));
+            }
+        })
     }
 
     /// Whether the session of a verified access token is still current: its user has not
-    /// ended every session since the token was issued. The one place this is decided (from memory
-    /// when kept there).
+    /// ended every session since the token was issued, and the session the token names has
+    /// not been logged out or revoked. The one place this is decided (from memory when kept
+    /// there: a logout or revocation drops what is kept, here at once and on every other
+    /// replica through the change feed).
     ///
     /// # Errors
     /// What the store answered.
@@ -121,7 +157,18 @@ impl AccessService {
                 cutoff
             }
         };
-        Ok(!issued_before_cutoff(claims.issued_at, cutoff))
+        if issued_before_cutoff(claims.issued_at, cutoff) {
+            return Ok(false);
+        }
+        let Some(session) = claims.session else { return Ok(true) };
+        let live = &self.changes.caches().live_sessions;
+        if let Some(live) = live.get(&session) {
+            return Ok(live);
+        }
+        let ticket = live.ticket();
+        let is_live = self.sessions.session_is_live(&session).await?;
+        live.insert(ticket, session, is_live);
+        Ok(is_live)
     }
 
     /// The key with this digest and its tenant, from memory when kept there.
@@ -158,6 +205,12 @@ impl AccessService {
             let digest = SecretDigest::of(raw);
             match self.find_key(&digest).await? {
                 Some((key, _)) if key.expired_at(now) => {
+                    self.refuse(
+                        Refused::Key(key_actor(&key.digest, &key.label)),
+                        AuditAction::AccessExpiredKey,
+                        &digest.to_hex(),
+                        Trail::Tenant(key.tenant_id),
+                    );
                     let end = key.expires_at.map(|end| end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
                     refusal = Some((Error::unauthorized(format!("this API key expired at {end}")), "expired_key"));
                 }
@@ -165,13 +218,67 @@ impl AccessService {
                     self.usage.record(digest, now);
                     return Ok(Principal::ApiKey { key, tenant });
                 }
-                None => refusal = Some((Error::unauthorized("invalid or revoked API key"), "invalid_key")),
+                None => {
+                    self.note_revoked_key(&digest).await;
+                    refusal = Some((Error::unauthorized("invalid or revoked API key"), "invalid_key"));
+                }
             }
         }
         let (refusal, reason) =
             refusal.unwrap_or_else(|| (Error::unauthorized("missing credentials: send Authorization: Bearer <access token> or X-API-Key: <key>"), "missing"));
         metrics::counter!("nexus_auth_refusals_total", "reason" => reason).increment(1);
         Err(refusal)
+    }
+
+    /// Records the use of a key that was revoked in its tenant's trail (a key never issued
+    /// records nothing). A failure to look it up only goes unrecorded.
+    async fn note_revoked_key(&self, digest: &SecretDigest) {
+        if self.refusals.is_none() {
+            return;
+        }
+        match self.keys.find_revoked_key(digest).await {
+            Ok(Some((tenant, label))) => {
+                self.refuse(Refused::Key(key_actor(digest, &label)), AuditAction::AccessRevokedKey, &digest.to_hex(), Trail::Tenant(tenant))
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "could not look up a revoked API key"),
+        }
+    }
+
+    /// Records a caller reaching for the tenant `named`, which it may not reach: in that
+    /// tenant's trail when it exists, else in the caller's own (a user's, or its key's
+    /// tenant's).
+    async fn note_cross_tenant(&self, principal: &Principal, named: &TenantId) {
+        if self.refusals.is_none() {
+            return;
+        }
+        let exists = match self.find_tenant(named).await {
+            Ok(found) => found.is_some(),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not look up a tenant reached for");
+                false
+            }
+        };
+        let trail = match principal {
+            _ if exists => Trail::Tenant(*named),
+            Principal::User(user) => Trail::User(*user),
+            Principal::ApiKey { tenant, .. } => Trail::Tenant(tenant.id),
+        };
+        self.refuse(principal.refused(), AuditAction::AccessCrossTenant, &named.to_string(), trail);
+    }
+
+    /// The tenant with this id, from memory when kept there.
+    async fn find_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        let tenants = &self.changes.caches().tenants;
+        if let Some(tenant) = tenants.get(id) {
+            return Ok(Some(tenant));
+        }
+        let ticket = tenants.ticket();
+        let found = self.tenants.find_tenant(id).await?;
+        if let Some(tenant) = &found {
+            tenants.insert(ticket, *id, tenant.clone());
+        }
+        Ok(found)
     }
 
     /// Whether the principal may make a request that reads only (`GET`, `HEAD`) or one that
@@ -214,6 +321,9 @@ impl AccessService {
         match principal {
             Principal::ApiKey { tenant, .. } => match tenant_header {
                 Some(named) if TenantId::parse(named).ok() != Some(tenant.id) => {
+                    if let Ok(named) = TenantId::parse(named) {
+                        self.note_cross_tenant(principal, &named).await;
+                    }
                     Err(Error::Forbidden("this API key belongs to another tenant than X-Tenant-ID names".to_owned()))
                 }
                 _ => Ok(tenant.clone()),
@@ -221,21 +331,16 @@ impl AccessService {
             Principal::User(user) => {
                 let named = tenant_header.ok_or_else(|| Error::invalid("X-Tenant-ID is required with a user access token on tenant-scoped routes"))?;
                 let id = TenantId::parse(named)?;
-                let tenants = &self.changes.caches().tenants;
-                let tenant = match tenants.get(&id) {
-                    Some(tenant) => Some(tenant),
-                    None => {
-                        let ticket = tenants.ticket();
-                        let found = self.tenants.find_tenant(&id).await?;
-                        if let Some(tenant) = &found {
-                            tenants.insert(ticket, id, tenant.clone());
-                        }
-                        found
-                    }
-                };
-                match tenant {
+                match self.find_tenant(&id).await? {
                     Some(tenant) if tenant.owner == *user => Ok(tenant),
-                    _ => Err(refused_tenant()),
+                    Some(tenant) => {
+                        self.refuse(principal.refused(), AuditAction::AccessCrossTenant, &id.to_string(), Trail::Tenant(tenant.id));
+                        Err(refused_tenant())
+                    }
+                    None => {
+                        self.refuse(principal.refused(), AuditAction::AccessCrossTenant, &id.to_string(), Trail::User(*user));
+                        Err(refused_tenant())
+                    }
                 }
             }
         }

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use nexus_ports::Error;
+use nexus_ports::changes::Change;
 use nexus_ports::identity::UserId;
-use nexus_ports::ports::{MockAccessTokens, MockApiKeyStore, MockClock, MockTenantStore, MockUserStore};
+use nexus_ports::ports::{MockAccessTokens, MockApiKeyStore, MockClock, MockRefreshTokenStore, MockTenantStore, MockUserStore};
 use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId};
-use nexus_ports::tokens::{AccessClaims, SecretDigest};
+use nexus_ports::tokens::{AccessClaims, FamilyId, SecretDigest};
 
 use super::{AccessPorts, AccessService, Credentials, Principal, issued_before_cutoff};
 use crate::app::key_usage::KeyUsage;
@@ -35,26 +36,35 @@ fn now() -> DateTime<Utc> {
 struct Ports {
     tokens: MockAccessTokens,
     users: MockUserStore,
+    sessions: MockRefreshTokenStore,
     keys: MockApiKeyStore,
     tenants: MockTenantStore,
 }
 
 impl Ports {
-    /// Tokens: "good" was issued a minute ago, "older" an hour ago; no session was ever ended.
+    /// Tokens: "good" was issued a minute ago, "older" an hour ago, both before sessions
+    /// were named; "in-session" names [`session`]. No session was ever ended.
     fn new() -> Self {
         let mut tokens = MockAccessTokens::new();
         let user = UserId::from_uuid(uuid::Uuid::nil());
         tokens.expect_verify().returning(move |token, at| match token {
-            "good" => Ok(AccessClaims { user_id: user, token_id: "j".into(), issued_at: at - Duration::minutes(1), expires_at: at }),
-            "older" => Ok(AccessClaims { user_id: user, token_id: "k".into(), issued_at: at - Duration::hours(1), expires_at: at }),
+            "good" => Ok(AccessClaims { user_id: user, session: None, token_id: "j".into(), issued_at: at - Duration::minutes(1), expires_at: at }),
+            "older" => Ok(AccessClaims { user_id: user, session: None, token_id: "k".into(), issued_at: at - Duration::hours(1), expires_at: at }),
+            "in-session" => {
+                Ok(AccessClaims { user_id: user, session: Some(session()), token_id: "l".into(), issued_at: at - Duration::minutes(1), expires_at: at })
+            }
             _ => Err(Error::unauthorized("invalid or expired access token")),
         });
         let mut users = MockUserStore::new();
         users.expect_sessions_valid_after().returning(|_| Ok(None));
-        Self { tokens, users, keys: MockApiKeyStore::new(), tenants: MockTenantStore::new() }
+        Self { tokens, users, sessions: MockRefreshTokenStore::new(), keys: MockApiKeyStore::new(), tenants: MockTenantStore::new() }
     }
 
     fn service(self) -> (AccessService, Arc<KeyUsage>) {
+        self.service_with(crate::app::Changes::local())
+    }
+
+    fn service_with(self, changes: Arc<crate::app::Changes>) -> (AccessService, Arc<KeyUsage>) {
         let mut clock = MockClock::new();
         clock.expect_now().returning(now);
         let usage = Arc::new(KeyUsage::new(Arc::new(MockApiKeyStore::new())));
@@ -62,15 +72,20 @@ impl Ports {
             AccessService::new(AccessPorts {
                 tokens: Arc::new(self.tokens),
                 users: Arc::new(self.users),
+                sessions: Arc::new(self.sessions),
                 keys: Arc::new(self.keys),
                 tenants: Arc::new(self.tenants),
                 clock: Arc::new(clock),
                 usage: usage.clone(),
-                changes: crate::app::Changes::local(),
+                changes,
             }),
             usage,
         )
     }
+}
+
+fn session() -> FamilyId {
+    FamilyId(uuid::Uuid::from_u128(7))
 }
 
 fn nil_user() -> UserId {
@@ -153,6 +168,33 @@ async fn tokens_from_before_the_sessions_ended_are_refused_and_fall_back_to_the_
     assert_eq!(auth("older").await, Err(Error::unauthorized("this session has ended; log in again")));
     let with_key = access.authenticate(Credentials { bearer: Some("older"), api_key: Some("nxk_good") }).await.unwrap();
     assert_eq!(with_key, Principal::ApiKey { key: stored, tenant: org });
+}
+
+#[tokio::test]
+async fn a_token_is_refused_once_its_own_session_is_revoked_and_the_store_is_asked_once_per_change() {
+    let mut ports = Ports::new();
+    let live = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let stored = live.clone();
+    ports.sessions.expect_session_is_live().times(2).returning(move |family| {
+        assert_eq!(*family, session());
+        Ok(stored.load(std::sync::atomic::Ordering::SeqCst))
+    });
+    let changes = crate::app::Changes::local();
+    let (access, _) = ports.service_with(changes.clone());
+    let auth = || access.authenticate(Credentials { bearer: Some("in-session"), api_key: None });
+    for _ in 0..3 {
+        assert_eq!(auth().await.unwrap(), Principal::User(nil_user()), "read once, then from memory");
+    }
+    live.store(false, std::sync::atomic::Ordering::SeqCst);
+    changes.announce(Change::SessionRevoked { user: nil_user(), session: session() }).await;
+    for _ in 0..3 {
+        assert_eq!(auth().await, Err(Error::unauthorized("this session has ended; log in again")));
+    }
+    assert_eq!(
+        access.authenticate(Credentials { bearer: Some("good"), api_key: None }).await.unwrap(),
+        Principal::User(nil_user()),
+        "a token naming no session"
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use nexus_ports::changes::Change;
 use nexus_ports::identity::{User, UserId};
 use nexus_ports::ports::ChangeFeed;
 use nexus_ports::tenancy::{ApiKey, Tenant, TenantId};
-use nexus_ports::tokens::SecretDigest;
+use nexus_ports::tokens::{FamilyId, SecretDigest};
 use tokio::sync::broadcast;
 
 use super::cache::{CAPACITY, Cache, ENTRY_LIFETIME};
@@ -22,6 +22,8 @@ pub struct HotCaches {
     pub keys: Cache<SecretDigest, (ApiKey, Tenant)>,
     /// When each user last ended every session (`None`: never).
     pub sessions: Cache<UserId, Option<DateTime<Utc>>>,
+    /// Whether each session (refresh-token family) access tokens name goes on.
+    pub live_sessions: Cache<FamilyId, bool>,
     /// Users by id (a user's record never changes).
     pub users: Cache<UserId, User>,
     /// Tenants by id (only tenants that exist).
@@ -41,6 +43,7 @@ impl Default for HotCaches {
         Self {
             keys: Cache::new(CAPACITY, ENTRY_LIFETIME),
             sessions: Cache::new(CAPACITY, ENTRY_LIFETIME),
+            live_sessions: Cache::new(CAPACITY, ENTRY_LIFETIME),
             users: Cache::new(CAPACITY, ENTRY_LIFETIME),
             tenants: Cache::new(CAPACITY, ENTRY_LIFETIME),
             agents: Cache::new(CAPACITY, ENTRY_LIFETIME),
@@ -61,6 +64,7 @@ impl HotCaches {
                 self.agent_records.remove_where(|(owner, _), _| owner == tenant);
             }
             Change::SessionsEnded { user } => self.sessions.remove(user),
+            Change::SessionRevoked { session, .. } => self.live_sessions.remove(session),
             Change::AgentChanged { tenant, name } => {
                 self.agents.remove(tenant);
                 self.agent_records.remove(&(*tenant, name.clone()));
@@ -68,6 +72,7 @@ impl HotCaches {
             Change::Missed => {
                 self.keys.clear();
                 self.sessions.clear();
+                self.live_sessions.clear();
                 self.users.clear();
                 self.tenants.clear();
                 self.agents.clear();

@@ -5,14 +5,16 @@
 //! the presented token (revoked, replaced within the family, atomically in the store). A
 //! token presented again after its rotation is a replay, whether by a thief or by a racing
 //! client: the whole family is revoked and the holder must log in again. A family ends for
-//! good at its absolute lifetime (`session_max`), whatever the rotations. Logging out
-//! revokes one family; ending every session (or changing the password) revokes them all and
-//! makes every access token issued before that moment invalid.
+//! good at its absolute lifetime (`session_max`), whatever the rotations. Access tokens name
+//! their family (`sid`): logging out, or a replay, revokes one family and its access tokens
+//! with it (announced, so that every replica refuses them); ending every session (or
+//! changing the password) revokes them all and makes every access token issued before that
+//! moment invalid.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use nexus_ports::audit::{AuditAction, AuditEvent, AuditPage};
+use nexus_ports::audit::{AuditAction, AuditEvent, CursorKey, user_actor};
 use nexus_ports::changes::Change;
 use nexus_ports::identity::{DisplayName, Email, NewUser, Password, User, UserId};
 use nexus_ports::ports::{AccessTokens, AuditStore, Clock, LoginAttemptStore, PasswordHasher, RefreshTokenStore, SecretGenerator, UserStore};
@@ -21,6 +23,8 @@ use nexus_ports::{Error, Result};
 
 use super::changes::Changes;
 use super::login_limit::LoginLimit;
+use super::refusals::{Refusals, Refused, Trail, actor_of_user};
+use super::tenancy::{TrailPage, page_bounds};
 
 /// Prefix of refresh tokens, so a leaked one is recognisable.
 const REFRESH_PREFIX: &str = "nxr_";
@@ -79,12 +83,35 @@ pub struct SessionPolicy {
 pub struct IdentityService {
     ports: IdentityPorts,
     policy: SessionPolicy,
+    /// Where refusals are counted for the audit trails (none: not recorded).
+    refusals: Option<Arc<Refusals>>,
+    /// Seals the audit trail's cursors.
+    cursors: CursorKey,
 }
 
 impl IdentityService {
     /// Wires the use cases to their ports.
     pub fn new(ports: IdentityPorts, policy: SessionPolicy) -> Self {
-        Self { ports, policy }
+        Self { ports, policy, refusals: None, cursors: CursorKey::random() }
+    }
+
+    /// The same use cases, counting refusals in `refusals` for the audit trails.
+    #[must_use]
+    pub fn with_refusals(self, refusals: Arc<Refusals>) -> Self {
+        Self { refusals: Some(refusals), ..self }
+    }
+
+    /// The same use cases, sealing cursors with `cursors` (the same on every replica).
+    #[must_use]
+    pub fn with_cursor_key(self, cursors: CursorKey) -> Self {
+        Self { cursors, ..self }
+    }
+
+    /// An event of the user's own trail, done by the user to itself (named by its id and
+    /// email). (For a failed login, the actor is the account the attempt claimed.)
+    async fn user_event(&self, user: &UserId, at: DateTime<Utc>, action: AuditAction) -> Result<AuditEvent> {
+        let actor = actor_of_user(self.ports.users.as_ref(), &self.ports.changes, user).await?;
+        Ok(AuditEvent::now(at, actor, action, user.to_string()).of_user(*user))
     }
 
     /// Creates an account and signs it in.
@@ -106,7 +133,7 @@ impl IdentityService {
         }
         let password_hash = self.ports.hasher.hash(&password).await?;
         let user = User { id: UserId::generate(), email, display_name, created_at: self.ports.clock.now() };
-        let audit = user_event(&user.id, user.created_at, AuditAction::UserRegister);
+        let audit = user_event(&user, user.created_at, AuditAction::UserRegister);
         self.ports.users.insert_user(&NewUser { user: user.clone(), password_hash }, &audit).await.map_err(|err| match err {
             Error::AlreadyExists(_) => taken(),
             other => other,
@@ -139,11 +166,11 @@ impl IdentityService {
         match credentials {
             Some(credentials) if matches => {
                 self.clear_attempts(&email).await;
-                let audit = user_event(&credentials.user.id, self.ports.clock.now(), AuditAction::UserLogin);
+                let audit = user_event(&credentials.user, self.ports.clock.now(), AuditAction::UserLogin);
                 self.start_session(credentials.user, Some(&audit)).await
             }
             Some(credentials) => {
-                self.record_failed_login(&credentials.user.id).await;
+                self.record_failed_login(&credentials.user).await;
                 Err(Error::unauthorized(BAD_LOGIN))
             }
             None => Err(Error::unauthorized(BAD_LOGIN)),
@@ -163,12 +190,16 @@ impl IdentityService {
         let refresh = self.ports.secrets.generate(REFRESH_PREFIX)?;
         let replacement = Replacement { digest: refresh.digest(), issued_at: now, expires_at: now + self.policy.refresh_ttl };
         match self.ports.refresh_tokens.rotate_refresh_token(&presented.digest(), &replacement, now).await? {
-            Rotation::Rotated { user_id, expires_at, .. } => {
-                let access = self.ports.access_tokens.issue(&user_id, now)?;
+            Rotation::Rotated { user_id, family_id, expires_at } => {
+                let access = self.ports.access_tokens.issue(&user_id, &family_id, now)?;
                 Ok(TokenPair { access, refresh, refresh_expires_at: expires_at })
             }
             Rotation::Reused { user_id, family_id } => {
                 let revoked = self.ports.refresh_tokens.revoke_family(&family_id, now, None).await?;
+                self.ports.changes.announce(Change::SessionRevoked { user: user_id, session: family_id }).await;
+                if let Some(refusals) = &self.refusals {
+                    refusals.note(Refused::User(user_id), AuditAction::UserRefreshReused, &user_id.to_string(), Trail::User(user_id));
+                }
                 tracing::warn!(user = %user_id, revoked, "refresh token presented after rotation: its session was revoked");
                 Err(Error::unauthorized("refresh token has already been used; the session was revoked, log in again"))
             }
@@ -184,8 +215,9 @@ impl IdentityService {
         let digest = OpaqueSecret::new(presented.to_owned()).digest();
         if let Some((family, user)) = self.ports.refresh_tokens.family_of(&digest).await? {
             let now = self.ports.clock.now();
-            let audit = user_event(&user, now, AuditAction::UserLogout);
+            let audit = self.user_event(&user, now, AuditAction::UserLogout).await?;
             let revoked = self.ports.refresh_tokens.revoke_family(&family, now, Some(&audit)).await?;
+            self.ports.changes.announce(Change::SessionRevoked { user, session: family }).await;
             tracing::info!(revoked, "logged out: a session was revoked");
         }
         Ok(())
@@ -198,7 +230,7 @@ impl IdentityService {
     /// [`Error::Unauthorized`] when the user no longer exists.
     pub async fn end_sessions(&self, user: &UserId) -> Result<()> {
         let now = self.ports.clock.now();
-        let audit = user_event(user, now, AuditAction::UserSessionsRevoked);
+        let audit = self.user_event(user, now, AuditAction::UserSessionsRevoked).await?;
         self.ports.users.end_sessions(user, now, &audit).await.map_err(gone_as_unauthorized)?;
         self.ports.changes.committed(&Change::SessionsEnded { user: *user });
         tracing::info!(user = %user, "every session of the user was ended");
@@ -225,7 +257,7 @@ impl IdentityService {
         self.clear_attempts(&email).await;
         let hash = self.ports.hasher.hash(&new).await?;
         let now = self.ports.clock.now();
-        let audit = user_event(user, now, AuditAction::UserPasswordChange);
+        let audit = self.user_event(user, now, AuditAction::UserPasswordChange).await?;
         self.ports.users.change_password(user, &hash, now, &audit).await.map_err(gone_as_unauthorized)?;
         self.ports.changes.committed(&Change::SessionsEnded { user: *user });
         tracing::info!(user = %user, "password changed; every session of the user was ended");
@@ -248,18 +280,21 @@ impl IdentityService {
     }
 
     /// A page of the user's own audit trail, newest first: at most `limit` events (at most
-    /// [`nexus_ports::audit::MAX_AUDIT_PAGE`]), after `cursor` when given.
+    /// [`nexus_ports::audit::MAX_AUDIT_PAGE`]), after `cursor` when given (good on this
+    /// trail only).
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] for a malformed cursor or a limit out of range.
-    pub async fn audit(&self, user: &UserId, limit: Option<u32>, cursor: Option<&str>) -> Result<AuditPage> {
-        let (limit, after) = super::tenancy::page_bounds(limit, cursor)?;
-        self.ports.audit.user_events(user, limit, after).await
+    /// [`Error::InvalidRequest`] for a limit out of range, or a cursor this server did not
+    /// give for this user's trail.
+    pub async fn audit(&self, user: &UserId, limit: Option<u32>, cursor: Option<&str>) -> Result<TrailPage> {
+        let scope = format!("user:{user}");
+        let (limit, after) = page_bounds(&self.cursors, &scope, limit, cursor)?;
+        Ok(TrailPage::sealed(self.ports.audit.user_events(user, limit, after).await?, &self.cursors, &scope))
     }
 
     /// Records a wrong password for an existing account in its trail. Failing to record it
     /// does not change the answer (the login fails either way); it is logged.
-    async fn record_failed_login(&self, user: &UserId) {
+    async fn record_failed_login(&self, user: &User) {
         let audit = user_event(user, self.ports.clock.now(), AuditAction::UserLoginFailed);
         if let Err(err) = self.ports.audit.record_event(&audit).await {
             tracing::warn!(error = %err, "could not record a failed login in the audit trail");
@@ -293,13 +328,14 @@ impl IdentityService {
 
     async fn start_session(&self, user: User, audit: Option<&AuditEvent>) -> Result<Session> {
         let now = self.ports.clock.now();
-        let access = self.ports.access_tokens.issue(&user.id, now)?;
+        let family_id = FamilyId::generate();
+        let access = self.ports.access_tokens.issue(&user.id, &family_id, now)?;
         let refresh = self.ports.secrets.generate(REFRESH_PREFIX)?;
         let session_expires_at = now + self.policy.session_max;
         let record = RefreshTokenRecord {
             digest: refresh.digest(),
             user_id: user.id,
-            family_id: FamilyId::generate(),
+            family_id,
             issued_at: now,
             expires_at: (now + self.policy.refresh_ttl).min(session_expires_at),
             session_expires_at,
@@ -309,10 +345,10 @@ impl IdentityService {
     }
 }
 
-/// An event of the user's own trail, done by the user to itself. (For a failed login, the
-/// actor is the account the attempt claimed.)
-fn user_event(user: &UserId, at: DateTime<Utc>, action: AuditAction) -> AuditEvent {
-    AuditEvent::now(at, user.to_string(), action, user.to_string()).of_user(*user)
+/// An event of `user`'s own trail, done by the user to itself (named by its id and email).
+/// (For a failed login, the actor is the account the attempt claimed.)
+fn user_event(user: &User, at: DateTime<Utc>, action: AuditAction) -> AuditEvent {
+    AuditEvent::now(at, user_actor(&user.id, &user.email), action, user.id.to_string()).of_user(user.id)
 }
 
 fn taken() -> Error {

@@ -70,6 +70,14 @@ impl Ports {
         IdentityService::new(ports, policy)
     }
 
+    /// Every user exists, as `ada@example.com`.
+    fn expect_any_user(&mut self) {
+        self.users.expect_find_user().returning(|id| {
+            let email = Email::parse("ada@example.com").unwrap();
+            Ok(Some(User { id: *id, display_name: DisplayName::from_email(&email), email, created_at: now() }))
+        });
+    }
+
     /// Expects the account's attempt to be counted once, as the `attempts`-th of its window.
     fn expect_attempt(&mut self, attempts: u32) {
         self.attempts
@@ -81,7 +89,10 @@ impl Ports {
 
     /// Expects one new session: an access token and a stored refresh token.
     fn expect_session(&mut self) {
-        self.access.expect_issue().times(1).returning(|_, at| Ok(AccessToken { token: "jwt".into(), issued_at: at, expires_at: at + Duration::minutes(15) }));
+        self.access
+            .expect_issue()
+            .times(1)
+            .returning(|_, _, at| Ok(AccessToken { token: "jwt".into(), issued_at: at, expires_at: at + Duration::minutes(15) }));
         self.secrets.expect_generate().with(eq("nxr_")).times(1).returning(|_| Ok(OpaqueSecret::new("nxr_secret".into())));
         self.refresh
             .expect_insert_refresh_token()
@@ -123,7 +134,8 @@ async fn register_normalises_hashes_stores_and_starts_a_session() {
             new.user.email.as_str() == "ada@example.com"
                 && new.user.display_name.as_str() == "ada"
                 && new.password_hash.as_phc() == "$argon2id$new"
-                && (audit.action, audit.user, audit.actor.clone()) == (AuditAction::UserRegister, Some(new.user.id), new.user.id.to_string())
+                && (audit.action, audit.user, audit.actor.clone())
+                    == (AuditAction::UserRegister, Some(new.user.id), format!("{} (ada@example.com)", new.user.id))
         })
         .times(1)
         .returning(|_, _| Ok(()));
@@ -233,8 +245,13 @@ async fn refresh_rotates_a_live_token() {
     let user = UserId::generate();
     // The store cut the new token's expiry to the session's end.
     let session_end = now() + Duration::days(2);
-    let mut ports = rotating(Rotation::Rotated { user_id: user, family_id: FamilyId::generate(), expires_at: session_end });
-    ports.access.expect_issue().with(eq(user), eq(now())).returning(|_, at| Ok(AccessToken { token: "jwt2".into(), issued_at: at, expires_at: at }));
+    let family = FamilyId::generate();
+    let mut ports = rotating(Rotation::Rotated { user_id: user, family_id: family, expires_at: session_end });
+    ports
+        .access
+        .expect_issue()
+        .withf(move |u, s, at| *u == user && *s == family && *at == now())
+        .returning(|_, _, at| Ok(AccessToken { token: "jwt2".into(), issued_at: at, expires_at: at }));
     let pair = ports.service().rotate_refresh("nxr_old").await.unwrap();
     assert_eq!((pair.access.token.as_str(), pair.refresh.expose()), ("jwt2", "nxr_next"));
     assert_eq!(pair.refresh_expires_at, session_end);
@@ -281,7 +298,7 @@ async fn a_session_never_outlives_its_maximum() {
     ports.users.expect_find_credentials().returning(|_| Ok(None));
     ports.hasher.expect_hash().returning(|_| Ok(PasswordHash::from_phc("h".into())));
     ports.users.expect_insert_user().returning(|_, _| Ok(()));
-    ports.access.expect_issue().returning(|_, at| Ok(AccessToken { token: "jwt".into(), issued_at: at, expires_at: at }));
+    ports.access.expect_issue().returning(|_, _, at| Ok(AccessToken { token: "jwt".into(), issued_at: at, expires_at: at }));
     ports.secrets.expect_generate().returning(|_| Ok(OpaqueSecret::new("nxr_secret".into())));
     ports
         .refresh
@@ -330,7 +347,13 @@ async fn logout_revokes_the_family_and_says_nothing_of_unknown_tokens() {
         .refresh
         .expect_family_of()
         .returning(move |digest| Ok((*digest == OpaqueSecret::new("nxr_known".into()).digest()).then_some((family, UserId::generate()))));
-    ports.refresh.expect_revoke_family().withf(move |f, at, _| *f == family && *at == now()).times(1).returning(|_, _, _| Ok(2));
+    ports
+        .refresh
+        .expect_revoke_family()
+        .withf(move |f, at, audit| *f == family && *at == now() && audit.is_some_and(|a| a.actor.ends_with("(ada@example.com)")))
+        .times(1)
+        .returning(|_, _, _| Ok(2));
+    ports.expect_any_user();
     let service = ports.service();
     service.logout("nxr_known").await.unwrap();
     service.logout("nxr_unknown").await.unwrap();
@@ -347,6 +370,7 @@ async fn ending_sessions_records_the_moment() {
         .times(1)
         .returning(|_, _, _| Ok(()));
     ports.users.expect_end_sessions().returning(|_, _, _| Err(Error::NotFound("no such user".into())));
+    ports.expect_any_user();
     let service = ports.service();
     service.end_sessions(&user).await.unwrap();
     assert!(matches!(service.end_sessions(&UserId::generate()).await, Err(Error::Unauthorized(_))), "a vanished user");

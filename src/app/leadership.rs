@@ -71,7 +71,7 @@ pub fn wake_for(change: &Change) -> Option<Wake> {
     match change {
         Change::AgentChanged { tenant, name } => Some(Wake::Agent(*tenant, name.clone())),
         Change::TenantChanged { tenant } | Change::TenantDeleted { tenant } => Some(Wake::Tenant(*tenant)),
-        Change::KeyRevoked { .. } | Change::SessionsEnded { .. } | Change::Missed => None,
+        Change::KeyRevoked { .. } | Change::SessionsEnded { .. } | Change::SessionRevoked { .. } | Change::Missed => None,
     }
 }
 

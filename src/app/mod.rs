@@ -13,6 +13,7 @@ pub mod key_usage;
 pub mod leadership;
 pub mod login_limit;
 pub mod reconcile;
+pub mod refusals;
 pub mod tenancy;
 pub mod throttle;
 pub mod traces;
@@ -32,6 +33,7 @@ pub use identity::{IdentityPorts, IdentityService, Registration, Session, Sessio
 pub use key_usage::KeyUsage;
 pub use login_limit::LoginLimit;
 pub use reconcile::{ReconcilePorts, Reconciler, Waker};
+pub use refusals::Refusals;
 pub use tenancy::{KeyGrant, NewKey, Quotas, TenancyPorts, TenancyService, TenantState};
 pub use throttle::{AddressLimiter, AuthThrottle};
 
@@ -43,6 +45,8 @@ pub struct Nexus {
     pub agents: AgentService,
     pub readiness: Readiness,
     pub key_usage: Arc<KeyUsage>,
+    /// Refusals counted for the audit trails, written off the request path.
+    pub refusals: Arc<Refusals>,
     /// The per-address rate of the `/auth` routes.
     pub auth_throttle: AuthThrottle,
     /// Background tasks, stopped by [`Nexus::shutdown`].
@@ -64,6 +68,9 @@ impl Nexus {
         }
         if let Err(err) = self.key_usage.flush().await {
             tracing::warn!(error = %err, "could not record API key usage at shutdown");
+        }
+        if let Err(err) = self.refusals.flush().await {
+            tracing::warn!(error = %err, "could not record refusals in the audit trail at shutdown");
         }
         let last = std::mem::take(&mut *self.on_shutdown.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for step in last {

@@ -8,17 +8,17 @@ use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, Utc};
 use nexus_ports::agents::Change;
-use nexus_ports::audit::{AuditAction, AuditCursor, AuditEvent, AuditPage, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
+use nexus_ports::audit::{AuditAction, AuditCursor, AuditEvent, AuditPage, CursorKey, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE};
 use nexus_ports::identity::{DisplayName, UserId};
-use nexus_ports::ports::{ApiKeyStore, AuditStore, Clock, ClusterBackend, SecretGenerator, TenantStore};
+use nexus_ports::ports::{ApiKeyStore, AuditStore, Clock, ClusterBackend, SecretGenerator, TenantStore, UserStore};
 use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, NodeProfile, Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
 use nexus_ports::{Error, Result};
 
-use super::access::owned_tenant;
 use super::changes::Changes;
 use super::key_usage::KeyUsage;
 use super::reconcile::Waker;
+use super::refusals::{Refusals, Refused, Trail, actor_of_user};
 
 /// Prefix of API keys, so a leaked one is recognisable.
 const KEY_PREFIX: &str = "nxk_";
@@ -74,10 +74,15 @@ pub struct TenancyService {
     clock: Arc<dyn Clock>,
     usage: Arc<KeyUsage>,
     audit: Arc<dyn AuditStore>,
+    users: Arc<dyn UserStore>,
     changes: Arc<Changes>,
     quotas: Quotas,
     /// Tells the reconcile loop which tenant changed.
     waker: Option<Waker>,
+    /// Where refusals are counted for the audit trails (none: not recorded).
+    refusals: Option<Arc<Refusals>>,
+    /// Seals the audit trails' cursors.
+    cursors: CursorKey,
 }
 
 /// The ports the tenancy use cases need, by name.
@@ -90,6 +95,8 @@ pub struct TenancyPorts {
     /// Key use noted but not yet written, forgotten when a key goes.
     pub usage: Arc<KeyUsage>,
     pub audit: Arc<dyn AuditStore>,
+    /// Who users are, to name them in the trails.
+    pub users: Arc<dyn UserStore>,
     /// Where deleted tenants and revoked keys are announced.
     pub changes: Arc<Changes>,
 }
@@ -97,8 +104,24 @@ pub struct TenancyPorts {
 impl TenancyService {
     /// Wires the use cases, bounded by `quotas`.
     pub fn new(ports: TenancyPorts, quotas: Quotas) -> Self {
-        let TenancyPorts { tenants, keys, cluster, secrets, clock, usage, audit, changes } = ports;
-        Self { tenants, keys, cluster, secrets, clock, usage, audit, changes, quotas, waker: None }
+        let TenancyPorts { tenants, keys, cluster, secrets, clock, usage, audit, users, changes } = ports;
+        Self { tenants, keys, cluster, secrets, clock, usage, audit, users, changes, quotas, waker: None, refusals: None, cursors: CursorKey::random() }
+    }
+
+    /// The same use cases, counting refusals in `refusals` for the audit trails.
+    #[must_use]
+    pub fn with_refusals(self, refusals: Arc<Refusals>) -> Self {
+        Self { refusals: Some(refusals), ..self }
+    }
+
+    /// The same use cases, sealing cursors with `cursors` (the same on every replica).
+    #[must_use]
+    pub fn with_cursor_key(self, cursors: CursorKey) -> Self {
+        Self { cursors, ..self }
+    }
+
+    async fn actor(&self, user: &UserId) -> Result<String> {
+        actor_of_user(self.users.as_ref(), &self.changes, user).await
     }
 
     /// The same use cases, waking the reconcile loop for every tenant they create or delete.
@@ -128,7 +151,8 @@ impl TenancyService {
             max_agents: self.quotas.max_agents,
             created_at: self.clock.now(),
         };
-        let audit = AuditEvent::now(tenant.created_at, owner.to_string(), AuditAction::TenantCreate, tenant.id.to_string()).in_tenant(tenant.id).of_user(owner);
+        let audit =
+            AuditEvent::now(tenant.created_at, self.actor(&owner).await?, AuditAction::TenantCreate, tenant.id.to_string()).in_tenant(tenant.id).of_user(owner);
         self.tenants.insert_tenant(&tenant, self.quotas.max_tenants, &audit).await.map_err(|err| match err {
             Error::NotFound(_) => Error::unauthorized("the user of this token no longer exists"),
             other => other,
@@ -162,7 +186,8 @@ impl TenancyService {
         for key in self.keys.list_keys(&tenant.id).await? {
             self.usage.forget(&key.digest);
         }
-        let audit = AuditEvent::now(self.clock.now(), owner.to_string(), AuditAction::TenantDelete, tenant.id.to_string()).in_tenant(tenant.id).of_user(*owner);
+        let audit =
+            AuditEvent::now(self.clock.now(), self.actor(owner).await?, AuditAction::TenantDelete, tenant.id.to_string()).in_tenant(tenant.id).of_user(*owner);
         self.tenants.delete_tenant(&tenant.id, &audit).await?;
         self.changes.committed(&nexus_ports::changes::Change::TenantDeleted { tenant: tenant.id });
         tracing::info!(tenant = %tenant.id, "tenant deleted");
@@ -188,7 +213,7 @@ impl TenancyService {
         let tenant = self.owned(owner, tenant).await?;
         let raw = self.secrets.generate(KEY_PREFIX)?;
         let key = ApiKey { digest: raw.digest(), tenant_id: tenant.id, label, scope: grant.scope, created_at: now, expires_at, last_used_at: None };
-        let audit = AuditEvent::now(key.created_at, owner.to_string(), AuditAction::KeyCreate, key.digest.to_hex()).in_tenant(tenant.id);
+        let audit = AuditEvent::now(key.created_at, self.actor(owner).await?, AuditAction::KeyCreate, key.digest.to_hex()).in_tenant(tenant.id);
         self.keys.insert_key(&key, self.quotas.max_keys, &audit).await?;
         tracing::info!(tenant = %tenant.id, key = %key.digest, "API key created");
         Ok(NewKey { raw, key })
@@ -215,7 +240,7 @@ impl TenancyService {
     pub async fn revoke_key(&self, owner: &UserId, tenant: &str, hash: &str) -> Result<SecretDigest> {
         let tenant = self.owned(owner, tenant).await?;
         let digest = SecretDigest::from_hex(hash)?;
-        let audit = AuditEvent::now(self.clock.now(), owner.to_string(), AuditAction::KeyRevoke, digest.to_hex()).in_tenant(tenant.id);
+        let audit = AuditEvent::now(self.clock.now(), self.actor(owner).await?, AuditAction::KeyRevoke, digest.to_hex()).in_tenant(tenant.id);
         if !self.keys.delete_key(&tenant.id, &digest, &audit).await? {
             return Err(Error::NotFound("this tenant has no API key with this hash".to_owned()));
         }
@@ -226,33 +251,67 @@ impl TenancyService {
     }
 
     /// A page of the tenant's audit trail, newest first: at most `limit` events (at most
-    /// [`MAX_AUDIT_PAGE`]), after `cursor` when given.
+    /// [`MAX_AUDIT_PAGE`]), after `cursor` when given (good on this trail, for this
+    /// caller, only).
     ///
     /// # Errors
     /// [`Error::Forbidden`] unless `owner` owns the tenant; [`Error::InvalidRequest`] for
-    /// a malformed cursor or a limit out of range.
-    pub async fn audit(&self, owner: &UserId, tenant: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<AuditPage> {
+    /// a limit out of range or a cursor this server did not give for this trail and caller.
+    pub async fn audit(&self, owner: &UserId, tenant: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<TrailPage> {
         let tenant = self.owned(owner, tenant).await?;
-        let (limit, after) = page_bounds(limit, cursor)?;
-        self.audit.tenant_events(&tenant.id, limit, after).await
+        let scope = format!("tenant:{}/{owner}", tenant.id);
+        let (limit, after) = page_bounds(&self.cursors, &scope, limit, cursor)?;
+        Ok(TrailPage::sealed(self.audit.tenant_events(&tenant.id, limit, after).await?, &self.cursors, &scope))
     }
 
+    /// The tenant with this id if `owner` owns it. A tenant that does not exist is refused
+    /// like one of another user's, so ids cannot be probed; the refusal is recorded in the
+    /// tenant's trail (or, when there is no such tenant, the user's own).
     async fn owned(&self, owner: &UserId, id: &str) -> Result<Tenant> {
-        owned_tenant(self.tenants.as_ref(), owner, &TenantId::parse(id)?).await
+        let id = TenantId::parse(id)?;
+        let found = self.tenants.find_tenant(&id).await?;
+        match found {
+            Some(tenant) if tenant.owner == *owner => return Ok(tenant),
+            Some(_) => self.refuse(owner, &id, Trail::Tenant(id)),
+            None => self.refuse(owner, &id, Trail::User(*owner)),
+        }
+        Err(Error::Forbidden("you do not own this tenant".to_owned()))
+    }
+
+    fn refuse(&self, user: &UserId, tenant: &TenantId, trail: Trail) {
+        if let Some(refusals) = &self.refusals {
+            refusals.note(Refused::User(*user), AuditAction::AccessCrossTenant, &tenant.to_string(), trail);
+        }
+    }
+}
+
+/// A page of a trail as a client sees it: its cursor sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrailPage {
+    pub events: Vec<AuditEvent>,
+    /// The sealed cursor of the next page, if there is one.
+    pub next_cursor: Option<String>,
+}
+
+impl TrailPage {
+    /// `page` with its cursor sealed for `scope`.
+    pub fn sealed(page: AuditPage, key: &CursorKey, scope: &str) -> Self {
+        Self { next_cursor: page.next.map(|cursor| key.seal(&cursor, scope)), events: page.events }
     }
 }
 
 /// The limit (default [`DEFAULT_AUDIT_PAGE`], 1 to [`MAX_AUDIT_PAGE`]) and the cursor of
-/// an audit page request.
+/// an audit page request on the trail and caller `scope`.
 ///
 /// # Errors
-/// [`Error::InvalidRequest`] for a limit out of range or a malformed cursor.
-pub fn page_bounds(limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, Option<AuditCursor>)> {
+/// [`Error::InvalidRequest`] for a limit out of range, or a cursor not sealed by `key` for
+/// `scope`.
+pub fn page_bounds(key: &CursorKey, scope: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, Option<AuditCursor>)> {
     let limit = limit.unwrap_or(DEFAULT_AUDIT_PAGE);
     if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
         return Err(Error::invalid(format!("limit must be between 1 and {MAX_AUDIT_PAGE}")));
     }
-    Ok((limit, cursor.map(AuditCursor::parse).transpose()?))
+    Ok((limit, cursor.map(|cursor| key.open(cursor, scope)).transpose()?))
 }
 
 #[cfg(test)]

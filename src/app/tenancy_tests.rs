@@ -8,7 +8,7 @@ use mockall::predicate::eq;
 use nexus_ports::Error;
 use nexus_ports::audit::AuditAction;
 use nexus_ports::identity::UserId;
-use nexus_ports::ports::{MockApiKeyStore, MockAuditStore, MockClock, MockClusterBackend, MockSecretGenerator, MockTenantStore};
+use nexus_ports::ports::{MockApiKeyStore, MockAuditStore, MockClock, MockClusterBackend, MockSecretGenerator, MockTenantStore, MockUserStore};
 use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId, TenantPhase, TenantStatus};
 use nexus_ports::tokens::{OpaqueSecret, SecretDigest};
 
@@ -29,6 +29,16 @@ fn owned_tenant() -> Tenant {
 
 fn ready(tenant: &Tenant) -> TenantStatus {
     TenantStatus { phase: TenantPhase::Ready, namespace: Some(tenant.id.cr_name()), node_endpoint: Some("http://node".into()), message: None }
+}
+
+/// Every user exists, named `<its id>@example.com`.
+fn users() -> MockUserStore {
+    let mut users = MockUserStore::new();
+    users.expect_find_user().returning(|id| {
+        let email = nexus_ports::identity::Email::parse(&format!("{}@example.com", id.as_uuid().simple())).unwrap();
+        Ok(Some(nexus_ports::identity::User { id: *id, display_name: nexus_ports::identity::DisplayName::from_email(&email), email, created_at: now() }))
+    });
+    users
 }
 
 #[derive(Default)]
@@ -59,6 +69,7 @@ impl Ports {
             clock: Arc::new(clock),
             usage: usage.clone(),
             audit: Arc::new(MockAuditStore::new()),
+            users: Arc::new(users()),
             changes: crate::app::Changes::local(),
         };
         let service = TenancyService::new(ports, Quotas { max_tenants: 10, max_keys: 20, max_agents: 50 });

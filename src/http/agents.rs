@@ -248,7 +248,8 @@ struct VersionView {
     version: Option<String>,
     /// SHA-256 of that manifest's canonical JSON.
     checksum: String,
-    /// `usr_...`, or `key:<label>` for an API key.
+    /// Who published it, named as audit actors are: `usr_<id> (<email>)` for a user, or
+    /// `key:<first 8 hex digits of its hash> (<label>)` for an API key.
     author: String,
     created_at: DateTime<Utc>,
 }
@@ -458,8 +459,8 @@ impl AgentApi {
         body: ManifestBody,
     ) -> Result<AgentCreated, ApiError<AgentCreateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        let (nexus, author, document) = (nexus.0.clone(), caller.0.author(), body.into_document());
-        let written = tenant.clone();
+        let (author, document) = (nexus.access.actor(&caller.0).await?, body.into_document());
+        let (nexus, written) = (nexus.0.clone(), tenant.clone());
         let state = super::to_the_end(async move { nexus.agents.create(&written, &author, document).await }).await?;
         Ok(AgentCreated::Created(Json(AgentCreatedView {
             name: state.agent.manifest.name().to_string(),
@@ -532,7 +533,8 @@ impl AgentApi {
     ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        let (nexus, author, name, document) = (nexus.0.clone(), caller.0.author(), name.0, body.into_document());
+        let (author, name, document) = (nexus.access.actor(&caller.0).await?, name.0, body.into_document());
+        let nexus = nexus.0.clone();
         Ok(super::to_the_end(async move { nexus.agents.update(&tenant, &author, &name, document, condition.as_ref()).await }).await?.into())
     }
 
@@ -551,7 +553,8 @@ impl AgentApi {
     ) -> Result<Json<AgentDeletedView>, ApiError<AgentDeleteErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        let (nexus, author, name) = (nexus.0.clone(), caller.0.author(), name.0);
+        let (author, name) = (nexus.access.actor(&caller.0).await?, name.0);
+        let nexus = nexus.0.clone();
         let deleted = super::to_the_end(async move { nexus.agents.delete(&tenant, &author, &name, condition.as_ref()).await }).await?;
         Ok(Json(AgentDeletedView { deleted: deleted.to_string() }))
     }
@@ -718,7 +721,8 @@ impl AgentApi {
     ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        let (nexus, author, name, version) = (nexus.0.clone(), caller.0.author(), name.0, body.version);
+        let (author, name, version) = (nexus.access.actor(&caller.0).await?, name.0, body.version);
+        let nexus = nexus.0.clone();
         Ok(super::to_the_end(async move { nexus.agents.rollback(&tenant, &author, &name, version, condition.as_ref()).await }).await?.into())
     }
 }

@@ -11,7 +11,7 @@ use poem_openapi::registry::Registry;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions, SecurityScheme};
 
 use super::error::{ApiError, AuthenticatedErrors};
-use crate::app::{AccessService, Credentials, Principal, SharedNexus};
+use crate::app::{Credentials, Principal, SharedNexus};
 
 // The two schemes below are never extracted: they only describe themselves in the document.
 
@@ -63,7 +63,7 @@ impl<'a> ApiExtractor<'a> for Caller {
         let credentials = Credentials { bearer: bearer_token(req), api_key: req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) };
         let principal = nexus.access.authenticate(credentials).await.map_err(fail)?;
         let reads_only = matches!(*req.method(), Method::GET | Method::HEAD);
-        AccessService::permits(&principal, reads_only).map_err(fail)?;
+        nexus.access.authorize(&principal, reads_only, || format!("{} {}", req.method(), req.uri().path())).map_err(fail)?;
         Ok(Caller(principal))
     }
 }

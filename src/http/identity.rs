@@ -136,11 +136,43 @@ impl From<Session> for AuthSession {
     }
 }
 
+/// What every answer carrying tokens says of caching: never keep it.
+const NO_STORE: &str = "no-store";
+
 #[derive(ApiResponse)]
 enum RegisterResponse {
     /// The account was created and signed in.
     #[oai(status = 201)]
-    Created(Json<AuthSession>),
+    Created(
+        Json<AuthSession>,
+        /// Always `no-store`: the answer carries tokens.
+        #[oai(header = "Cache-Control")]
+        String,
+    ),
+}
+
+#[derive(ApiResponse)]
+enum LoginResponse {
+    /// Signed in.
+    #[oai(status = 200)]
+    Ok(
+        Json<AuthSession>,
+        /// Always `no-store`: the answer carries tokens.
+        #[oai(header = "Cache-Control")]
+        String,
+    ),
+}
+
+#[derive(ApiResponse)]
+enum RefreshResponse {
+    /// The rotated pair.
+    #[oai(status = 200)]
+    Ok(
+        Json<TokenPairView>,
+        /// Always `no-store`: the answer carries tokens.
+        #[oai(header = "Cache-Control")]
+        String,
+    ),
 }
 
 /// A tenant, as a caller's scope.
@@ -205,28 +237,30 @@ impl AuthApi {
         let Json(RegisterRequest { email, password, display_name }) = body;
         let (nexus, registration) = (nexus.0.clone(), Registration { email: email.0, password: password.0, display_name: display_name.map(|name| name.0) });
         let session = super::to_the_end(async move { nexus.identity.register(registration).await }).await?;
-        Ok(RegisterResponse::Created(Json(session.into())))
+        Ok(RegisterResponse::Created(Json(session.into()), NO_STORE.to_owned()))
     }
 
     /// Log in with email and password.
     #[oai(path = "/auth/login", method = "post", operation_id = "auth_login")]
-    async fn login(&self, nexus: Data<&SharedNexus>, body: Json<LoginRequest>) -> Result<Json<AuthSession>, ApiError<CredentialErrors>> {
+    async fn login(&self, nexus: Data<&SharedNexus>, body: Json<LoginRequest>) -> Result<LoginResponse, ApiError<CredentialErrors>> {
         let Json(LoginRequest { email, password }) = body;
         let nexus = nexus.0.clone();
-        Ok(Json(super::to_the_end(async move { nexus.identity.login(&email, password.0).await }).await?.into()))
+        let session = super::to_the_end(async move { nexus.identity.login(&email, password.0).await }).await?;
+        Ok(LoginResponse::Ok(Json(session.into()), NO_STORE.to_owned()))
     }
 
     /// Rotate a refresh token: it is revoked and a new access and refresh token issued.
-    /// Presenting a rotated token again revokes its whole session.
+    /// Presenting a rotated token again revokes its whole session, access tokens included.
     #[oai(path = "/auth/refresh", method = "post", operation_id = "auth_refresh")]
-    async fn refresh(&self, nexus: Data<&SharedNexus>, body: Json<RefreshRequest>) -> Result<Json<TokenPairView>, ApiError<CredentialErrors>> {
+    async fn refresh(&self, nexus: Data<&SharedNexus>, body: Json<RefreshRequest>) -> Result<RefreshResponse, ApiError<CredentialErrors>> {
         let (nexus, token) = (nexus.0.clone(), body.0.refresh_token);
         let pair = super::to_the_end(async move { nexus.identity.rotate_refresh(&token).await }).await?;
-        Ok(Json((&pair).into()))
+        Ok(RefreshResponse::Ok(Json((&pair).into()), NO_STORE.to_owned()))
     }
 
-    /// Log out: the refresh token's whole session (its rotation family) is revoked. An
-    /// unknown or already revoked token answers the same: there is nothing to reveal.
+    /// Log out: the refresh token's whole session (its rotation family) is revoked, and the
+    /// access tokens issued in it are refused from now on, by every replica. An unknown or
+    /// already revoked token answers the same: there is nothing to reveal.
     #[oai(path = "/auth/logout", method = "post", operation_id = "auth_logout")]
     async fn logout(&self, nexus: Data<&SharedNexus>, body: Json<RefreshRequest>) -> Result<Done, ApiError<LogoutErrors>> {
         let (nexus, token) = (nexus.0.clone(), body.0.refresh_token);

@@ -43,7 +43,7 @@ pub(crate) async fn to_the_end<T: Send + 'static>(write: impl std::future::Futur
 pub use body_limit::{AUTH_BODY_LIMIT, BODY_LIMIT, BUDGET_WAIT};
 pub use connections::{CONNECTION_MEMORY, ConnectionLimits, GuardedAcceptor, HEAD_BUFFER, HTTP2_HEADER_LIST, HTTP2_WINDOW, REQUEST_MEMORY};
 pub use error::ErrorBody;
-pub use observe::{REQUEST_ID, RequestId};
+pub use observe::{CORRELATION_ID, REQUEST_ID, RequestId};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);

@@ -57,7 +57,7 @@ patterns! {
     /// The SHA-256 digest of an API key, in hex.
     KEY_HASH = r"^[0-9a-f]{64}$";
     /// A page cursor of an audit trail.
-    CURSOR = r"^c[0-9a-f]{1,16}$";
+    CURSOR = r"^[0-9a-f]{80}$";
     /// A period of run metrics: seconds or minutes, hours up to a year, or days.
     PERIOD = r"^([1-9][0-9]{0,3}[sm]|([1-9][0-9]{0,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-7][0-9]|878[0-4])h|([1-9][0-9]?|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d)$";
     /// `If-Match`: `*`, or a comma-separated list of entity tags, each maybe weak

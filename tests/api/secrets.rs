@@ -48,7 +48,10 @@ async fn no_secret_is_ever_logged() {
         let refreshed = server.post("/auth/refresh", &json!({"refreshToken": login.str("refreshToken")})).await;
         let replay = server.post("/auth/refresh", &json!({"refreshToken": login.str("refreshToken")})).await;
         assert_eq!(replay.status, StatusCode::UNAUTHORIZED, "a replay is logged as a warning");
-        let token = refreshed.str("accessToken");
+        // The replay revoked the login's session, access tokens included: go on with the
+        // registration's.
+        assert_eq!(server.get("/api/v1/me", Some(&refreshed.str("accessToken"))).await.status, StatusCode::UNAUTHORIZED);
+        let token = registered.str("accessToken");
         let tenant = server.tenant(&token, "secretive").await.str("id");
         let key = server.key(&token, &tenant, "ci").await;
         assert_eq!(server.call(Method::GET, "/api/v1/me", &[("x-api-key", &key.str("rawKey"))], None).await.status, StatusCode::OK);
@@ -60,7 +63,7 @@ async fn no_secret_is_ever_logged() {
         assert_eq!(server.call(Method::PUT, "/api/v1/me/password", &[(auth.0, &auth.1)], Some(&change)).await.status, StatusCode::NO_CONTENT);
         assert_eq!(server.get("/api/v1/me", Some(&token)).await.status, StatusCode::UNAUTHORIZED);
         secrets.extend([registered.str("accessToken"), registered.str("refreshToken"), login.str("accessToken"), login.str("refreshToken")]);
-        secrets.extend([token, refreshed.str("refreshToken"), key.str("rawKey"), "nxk_wrong-key-value".to_owned()]);
+        secrets.extend([token, refreshed.str("accessToken"), refreshed.str("refreshToken"), key.str("rawKey"), "nxk_wrong-key-value".to_owned()]);
     })
     .await;
     let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();

@@ -11,9 +11,15 @@ use crate::support::{
     Answer, Backend, PASSWORD, Server, config, database, on_both_backends, on_postgres, with_configured_server, with_server, within_a_second,
 };
 
-on_both_backends!(logout_revokes_that_session_only, a_password_change_ends_every_session, a_session_ends_at_its_absolute_lifetime);
+on_both_backends!(
+    logout_revokes_that_session_only,
+    logout_and_reuse_end_the_sessions_access_tokens,
+    token_answers_are_never_stored,
+    a_password_change_ends_every_session,
+    a_session_ends_at_its_absolute_lifetime
+);
 // Several replicas share PostgreSQL only: SQLite serves one process.
-on_postgres!(ending_every_session_holds_on_every_replica);
+on_postgres!(ending_every_session_holds_on_every_replica, a_logged_out_session_is_refused_on_every_replica);
 
 async fn refresh(server: &Server, token: &str) -> Answer {
     server.post("/auth/refresh", &json!({"refreshToken": token})).await
@@ -54,6 +60,98 @@ async fn logout_revokes_that_session_only(backend: Backend) {
         }
     })
     .await;
+}
+
+/// The access tokens of a session (its first one and those its rotations issued) end with
+/// it: at logout, and when a rotated refresh token presented again revokes it. Other
+/// sessions of the same user go on.
+async fn logout_and_reuse_end_the_sessions_access_tokens(backend: Backend) {
+    with_server(backend, async |server: &Server| {
+        let first = server.register("ada@example.com").await;
+        let other = server.login("ada@example.com", PASSWORD).await;
+        let rotated = refresh(server, &first.str("refreshToken")).await;
+        assert_eq!(rotated.status, StatusCode::OK);
+        for token in [first.str("accessToken"), rotated.str("accessToken"), other.str("accessToken")] {
+            assert_eq!(server.get("/api/v1/me", Some(&token)).await.status, StatusCode::OK);
+        }
+        let out = server.post("/auth/logout", &json!({"refreshToken": rotated.str("refreshToken")})).await;
+        assert_eq!(out.status, StatusCode::NO_CONTENT);
+        for token in [first.str("accessToken"), rotated.str("accessToken")] {
+            let me = server.get("/api/v1/me", Some(&token)).await;
+            assert_eq!(me.status, StatusCode::UNAUTHORIZED, "an access token of the logged-out session: {me:?}");
+            assert_eq!(me.error(), "this session has ended; log in again");
+        }
+        assert_eq!(server.get("/api/v1/me", Some(&other.str("accessToken"))).await.status, StatusCode::OK, "the other session goes on");
+
+        // A replayed refresh token revokes its session, access tokens included.
+        let stolen = other.str("refreshToken");
+        let renewed = refresh(server, &stolen).await;
+        assert_eq!(renewed.status, StatusCode::OK);
+        assert_eq!(server.get("/api/v1/me", Some(&renewed.str("accessToken"))).await.status, StatusCode::OK);
+        assert_eq!(refresh(server, &stolen).await.status, StatusCode::UNAUTHORIZED, "the replay");
+        for token in [other.str("accessToken"), renewed.str("accessToken")] {
+            assert_eq!(server.get("/api/v1/me", Some(&token)).await.status, StatusCode::UNAUTHORIZED, "revoked by reuse detection");
+        }
+        let again = server.login("ada@example.com", PASSWORD).await;
+        assert_eq!(server.get("/api/v1/me", Some(&again.str("accessToken"))).await.status, StatusCode::OK, "a new login works");
+    })
+    .await;
+}
+
+/// Answers that carry tokens say `Cache-Control: no-store`, so that no cache keeps them.
+async fn token_answers_are_never_stored(backend: Backend) {
+    with_server(backend, async |server: &Server| {
+        let body = json!({"email": "ada@example.com", "password": PASSWORD});
+        let send = async |path: &str, body: &serde_json::Value| {
+            let response = reqwest::Client::new().post(format!("{}{path}", server.base)).json(body).send().await.unwrap();
+            let cache = response.headers().get("cache-control").map(|value| value.to_str().unwrap().to_owned());
+            let answer: serde_json::Value = response.json().await.unwrap();
+            (cache, answer)
+        };
+        let (cache, registered) = send("/auth/register", &body).await;
+        assert_eq!(cache.as_deref(), Some("no-store"), "register");
+        let (cache, _) = send("/auth/login", &body).await;
+        assert_eq!(cache.as_deref(), Some("no-store"), "login");
+        let (cache, rotated) = send("/auth/refresh", &json!({"refreshToken": registered["refreshToken"]})).await;
+        assert!(rotated["accessToken"].is_string(), "{rotated}");
+        assert_eq!(cache.as_deref(), Some("no-store"), "refresh");
+    })
+    .await;
+}
+
+/// A session logged out (or revoked by reuse) through one replica: its access tokens are
+/// refused there at once and on the other within a second, though both had them in memory.
+async fn a_logged_out_session_is_refused_on_every_replica(backend: Backend) {
+    let Some(db) = database(backend).await else { return };
+    let (a, b) = (Server::start(config(&db.url)).await, Server::start(config(&db.url)).await);
+    let ended = a.register("ada@example.com").await;
+    let replayed = b.login("ada@example.com", PASSWORD).await;
+    let kept = a.login("ada@example.com", PASSWORD).await;
+    for server in [&a, &b] {
+        for session in [&ended, &replayed, &kept] {
+            assert_eq!(server.get("/api/v1/me", Some(&session.str("accessToken"))).await.status, StatusCode::OK);
+        }
+    }
+    assert_eq!(a.post("/auth/logout", &json!({"refreshToken": ended.str("refreshToken")})).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(a.get("/api/v1/me", Some(&ended.str("accessToken"))).await.status, StatusCode::UNAUTHORIZED, "at once where it was logged out");
+    within_a_second("the other replica refuses the logged-out session", async || {
+        b.get("/api/v1/me", Some(&ended.str("accessToken"))).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+
+    assert_eq!(refresh(&b, &replayed.str("refreshToken")).await.status, StatusCode::OK);
+    assert_eq!(refresh(&b, &replayed.str("refreshToken")).await.status, StatusCode::UNAUTHORIZED, "the replay revokes the session");
+    assert_eq!(b.get("/api/v1/me", Some(&replayed.str("accessToken"))).await.status, StatusCode::UNAUTHORIZED);
+    within_a_second("the other replica refuses the revoked session", async || {
+        a.get("/api/v1/me", Some(&replayed.str("accessToken"))).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    for server in [&a, &b] {
+        assert_eq!(server.get("/api/v1/me", Some(&kept.str("accessToken"))).await.status, StatusCode::OK, "the user's other session goes on");
+    }
+    a.stop().await;
+    b.stop().await;
+    db.drop_database().await;
 }
 
 async fn ending_every_session_holds_on_every_replica(backend: Backend) {

@@ -93,6 +93,11 @@ impl Answer {
         seconds
     }
 
+    /// A header of the answer, when present and text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned)
+    }
+
     /// A string field of the body.
     pub fn str(&self, field: &str) -> String {
         self.body[field].as_str().unwrap_or_else(|| panic!("no string {field} in {self:?}")).to_owned()

@@ -390,3 +390,82 @@ fn errors_say_what_to_do_and_help_has_examples() {
     let usage = user.run(&["get", "widgets"]);
     assert_eq!(usage.code, 2, "{usage:?}");
 }
+
+/// The README's quickstart, line by line as written there: a drifting README fails this.
+#[test]
+fn the_readme_quickstart_runs_as_written() {
+    let server = Server::start();
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("the README");
+    let start = readme.find("and in another").expect("the quickstart's client part");
+    let block = &readme[start..];
+    let block = &block[block.find("```sh\n").expect("its commands") + 6..];
+    let block = &block[..block.find("```").expect("their end")];
+    let mut user = User::new();
+    let mut ran = Vec::new();
+    for line in block.lines() {
+        let command = line.split(" #").next().unwrap_or_default().trim().replace("http://localhost:8080", &server.url);
+        if command.is_empty() {
+            continue;
+        }
+        let (variable, command) = match command.strip_prefix("export ").and_then(|rest| rest.split_once("=$(")) {
+            Some((variable, inner)) => (Some(variable.to_owned()), inner.trim_end_matches(')').to_owned()),
+            None => (None, command),
+        };
+        let words = shell_words(&command);
+        assert_eq!(words[0], "nexus", "{line}");
+        let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+        ran.push(args[0].to_owned());
+        match args[0] {
+            "register" => {
+                let mut terminal = user.on_terminal(&args);
+                terminal.expect("Password: ");
+                terminal.type_line(PASSWORD);
+                let (code, text) = terminal.finish();
+                assert_eq!(code, 0, "{line}: {text}");
+            }
+            "events" => {
+                let mut child = user.spawn(&args);
+                std::thread::sleep(Duration::from_secs(2));
+                let _ = child.kill();
+                let output = child.wait_with_output().unwrap();
+                let text = String::from_utf8_lossy(&output.stdout);
+                assert!(text.contains("agent/support-bot  Running"), "{line}: {text}");
+            }
+            _ => {
+                let outcome = user.run_in(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &args).ok();
+                if let Some(variable) = &variable {
+                    user.env.push((variable.clone(), outcome.stdout.trim().to_owned()));
+                }
+                if args[0] == "apply" {
+                    assert!(outcome.stdout.contains("agent/support-bot created"), "{line}: {outcome:?}");
+                }
+                if args[0] == "run" {
+                    assert!(outcome.stdout.contains("Where is my order?"), "{line}: {outcome:?}");
+                }
+            }
+        }
+    }
+    assert_eq!(ran, ["register", "tenants", "keys", "apply", "wait", "get", "events", "run"], "the quickstart's commands");
+}
+
+/// Words of a command line as a shell splits them (double quotes only).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for character in line.chars() {
+        match character {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            _ => word.push(character),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}

@@ -145,6 +145,17 @@ impl User {
         self.run_with_input(args, "")
     }
 
+    /// Runs `nexus ARGS` in `dir` (relative paths are the user's there).
+    pub fn run_in(&self, dir: &Path, args: &[&str]) -> Outcome {
+        let child = self.command(args).current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("nexus runs");
+        let output = wait_bounded(child);
+        Outcome {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     /// Starts `nexus ARGS` in the background, its output piped.
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("nexus runs")

@@ -2,6 +2,9 @@
 //! and `iss`, `sub`, `iat`, `exp`, `jti` and the token type are all required and checked;
 //! expiry is checked against the caller's clock, with no leeway.
 //!
+//! `sid` names the session (refresh-token family) a token was issued in, so that logging
+//! out (or reuse detection) ends the session's access tokens with it.
+//!
 //! `iat` is in whole seconds, as the standard has it; `iat_us` repeats it to the
 //! microsecond, so that "every token issued before this moment" (ending every session)
 //! does not also catch a token issued a moment after, within the same second.
@@ -19,7 +22,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use nexus_ports::identity::UserId;
 use nexus_ports::ports::AccessTokens;
-use nexus_ports::tokens::{AccessClaims, AccessToken};
+use nexus_ports::tokens::{AccessClaims, AccessToken, FamilyId};
 use nexus_ports::{Error, Result};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -42,6 +45,10 @@ struct Claims {
     iss: String,
     typ: String,
     jti: String,
+    /// The session (refresh-token family) the token was issued in; absent from tokens
+    /// issued before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
 }
 
 /// [`AccessTokens`] as HS256 JWTs.
@@ -93,7 +100,8 @@ impl JwtAccessTokens {
             Some(_) => return Err(rejected()),
             None => at(claims.iat)?,
         };
-        Ok(AccessClaims { user_id: UserId::parse(&claims.sub).map_err(|_| rejected())?, token_id: claims.jti, issued_at, expires_at: at(claims.exp)? })
+        let session = claims.sid.as_deref().map(FamilyId::parse).transpose().map_err(|_| rejected())?;
+        Ok(AccessClaims { user_id: UserId::parse(&claims.sub).map_err(|_| rejected())?, session, token_id: claims.jti, issued_at, expires_at: at(claims.exp)? })
     }
 
     /// Keeps a verified token. When full, expired tokens go first, then an arbitrary tenth
@@ -123,7 +131,7 @@ fn rejected() -> Error {
 }
 
 impl AccessTokens for JwtAccessTokens {
-    fn issue(&self, user_id: &UserId, now: DateTime<Utc>) -> Result<AccessToken> {
+    fn issue(&self, user_id: &UserId, session: &FamilyId, now: DateTime<Utc>) -> Result<AccessToken> {
         // `exp` is in whole seconds: round up, so that a token lives at least its lifetime.
         let exact = now + self.ttl;
         let expires_at = Utc
@@ -138,6 +146,7 @@ impl AccessTokens for JwtAccessTokens {
             iss: ISSUER.to_owned(),
             typ: ACCESS_TYPE.to_owned(),
             jti: Uuid::new_v4().simple().to_string(),
+            sid: Some(session.to_string()),
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(Error::internal)?;
         Ok(AccessToken { token, issued_at: now, expires_at })
@@ -169,20 +178,20 @@ mod tests {
     #[test]
     fn issued_tokens_verify_until_they_expire() {
         let (tokens, user, now) = (tokens(), UserId::generate(), Utc::now());
-        let issued = tokens.issue(&user, now).unwrap();
+        let issued = tokens.issue(&user, &FamilyId::generate(), now).unwrap();
         let claims = tokens.verify(&issued.token, now).unwrap();
         assert_eq!(claims.user_id, user);
         assert_eq!(claims.expires_at, issued.expires_at);
         assert!(issued.expires_at >= now + Duration::minutes(15) && issued.expires_at < now + Duration::minutes(15) + Duration::seconds(1));
         assert!(tokens.verify(&issued.token, now + Duration::minutes(15) - Duration::milliseconds(1)).is_ok());
         assert!(tokens.verify(&issued.token, issued.expires_at).is_err());
-        assert_ne!(tokens.issue(&user, now).unwrap().token, issued.token, "jti makes every token unique");
+        assert_ne!(tokens.issue(&user, &FamilyId::generate(), now).unwrap().token, issued.token, "jti makes every token unique");
     }
 
     #[test]
     fn forged_foreign_and_unsigned_tokens_are_refused() {
         let (tokens, now) = (tokens(), Utc::now());
-        let issued = tokens.issue(&UserId::generate(), now).unwrap();
+        let issued = tokens.issue(&UserId::generate(), &FamilyId::generate(), now).unwrap();
         let other = JwtAccessTokens::new(b"another secret that is long enough!", Duration::minutes(15)).unwrap();
         assert!(other.verify(&issued.token, now).is_err());
         assert!(tokens.verify("garbage", now).is_err());
@@ -199,6 +208,7 @@ mod tests {
             iss: ISSUER.into(),
             typ: "refresh".into(),
             jti: "x".into(),
+            sid: None,
         };
         let token = encode(&Header::new(Algorithm::HS256), &refresh_typed, &EncodingKey::from_secret(SECRET).unwrap()).unwrap();
         assert!(tokens.verify(&token, now).is_err());
@@ -208,7 +218,7 @@ mod tests {
     fn tokens_live_at_least_their_lifetime_despite_whole_second_expiry() {
         let tokens = JwtAccessTokens::new(SECRET, Duration::seconds(1)).unwrap();
         let issued_at = Utc.timestamp_opt(1_800_000_000, 999_000_000).single().unwrap();
-        let token = tokens.issue(&UserId::generate(), issued_at).unwrap();
+        let token = tokens.issue(&UserId::generate(), &FamilyId::generate(), issued_at).unwrap();
         assert_eq!(token.expires_at.timestamp(), 1_800_000_001 + 1);
         assert!(tokens.verify(&token.token, issued_at + Duration::milliseconds(999)).is_ok(), "valid for its whole lifetime");
         assert!(tokens.verify(&token.token, token.expires_at).is_err());
@@ -218,7 +228,7 @@ mod tests {
     #[test]
     fn a_kept_token_answers_as_verified_and_an_altered_one_is_checked_anew() {
         let (tokens, now) = (tokens(), Utc::now());
-        let issued = tokens.issue(&UserId::generate(), now).unwrap();
+        let issued = tokens.issue(&UserId::generate(), &FamilyId::generate(), now).unwrap();
         let first = tokens.verify(&issued.token, now).unwrap();
         assert_eq!(tokens.verify(&issued.token, now).unwrap(), first, "the kept claims are the verified ones");
         // The same claims under a signature with one character changed.
@@ -233,7 +243,7 @@ mod tests {
     fn kept_tokens_stay_bounded() {
         let (tokens, now) = (tokens(), Utc::now());
         for _ in 0..MAX_VERIFIED + 10 {
-            let issued = tokens.issue(&UserId::generate(), now).unwrap();
+            let issued = tokens.issue(&UserId::generate(), &FamilyId::generate(), now).unwrap();
             tokens.verify(&issued.token, now).unwrap();
         }
         assert!(tokens.verified.read().unwrap().len() <= MAX_VERIFIED);
@@ -248,7 +258,7 @@ mod tests {
     fn the_issue_time_is_kept_to_the_microsecond() {
         let tokens = tokens();
         let issued_at = Utc.timestamp_opt(1_800_000_000, 123_456_000).single().unwrap();
-        let token = tokens.issue(&UserId::generate(), issued_at).unwrap();
+        let token = tokens.issue(&UserId::generate(), &FamilyId::generate(), issued_at).unwrap();
         assert_eq!(tokens.verify(&token.token, issued_at).unwrap().issued_at, issued_at);
         // A token without `iat_us` (issued before it existed) is taken at its whole second.
         let claims = Claims {
@@ -259,8 +269,31 @@ mod tests {
             iss: ISSUER.into(),
             typ: ACCESS_TYPE.into(),
             jti: "x".into(),
+            sid: None,
         };
         let older = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET).unwrap()).unwrap();
         assert_eq!(tokens.verify(&older, issued_at).unwrap().issued_at.timestamp_micros(), 1_800_000_000_000_000);
+    }
+
+    #[test]
+    fn a_token_names_its_session() {
+        let (tokens, now, session) = (tokens(), Utc::now(), FamilyId::generate());
+        let issued = tokens.issue(&UserId::generate(), &session, now).unwrap();
+        assert_eq!(tokens.verify(&issued.token, now).unwrap().session, Some(session));
+        // A token of before `sid` (none) has no session; a malformed one is refused.
+        let mut claims = Claims {
+            sub: UserId::generate().to_string(),
+            iat: now.timestamp(),
+            iat_us: None,
+            exp: now.timestamp() + 60,
+            iss: ISSUER.into(),
+            typ: ACCESS_TYPE.into(),
+            jti: "y".into(),
+            sid: None,
+        };
+        let sign = |claims: &Claims| encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET).unwrap()).unwrap();
+        assert_eq!(tokens.verify(&sign(&claims), now).unwrap().session, None);
+        claims.sid = Some("not-a-session".into());
+        assert!(tokens.verify(&sign(&claims), now).is_err());
     }
 }

@@ -11,12 +11,12 @@ use nexus_ports::ports::ApiKeyStore;
 use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId};
 use nexus_ports::tokens::SecretDigest;
 use nexus_ports::{Error, Result};
-use sea_orm::sea_query::{Condition, Expr};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait};
+use sea_orm::sea_query::{Condition, Expr, OnConflict};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 
 use crate::SqlStore;
 use crate::audit::record;
-use crate::entity::{api_keys, tenants};
+use crate::entity::{api_keys, revoked_keys, tenants};
 use crate::error::{db, translate};
 use crate::tenants::tenant;
 
@@ -84,6 +84,14 @@ impl ApiKeyStore for SqlStore {
 
     async fn delete_key(&self, tenant: &TenantId, digest: &SecretDigest, audit: &AuditEvent) -> Result<bool> {
         let txn = self.db.begin().await.map_err(db)?;
+        let label: Option<String> = api_keys::Entity::find_by_id(digest.to_hex())
+            .select_only()
+            .column(api_keys::Column::Label)
+            .filter(api_keys::Column::TenantId.eq(tenant.as_uuid()))
+            .into_tuple()
+            .one(&txn)
+            .await
+            .map_err(db)?;
         let deleted = api_keys::Entity::delete_many()
             .filter(api_keys::Column::TenantId.eq(tenant.as_uuid()))
             .filter(api_keys::Column::Digest.eq(digest.to_hex()))
@@ -93,9 +101,22 @@ impl ApiKeyStore for SqlStore {
             .rows_affected;
         if deleted > 0 {
             record(&txn, audit).await?;
+            let remembered = revoked_keys::ActiveModel {
+                digest: Set(digest.to_hex()),
+                tenant_id: Set(tenant.as_uuid()),
+                label: Set(label.unwrap_or_default()),
+                revoked_at: Set(audit.at),
+            };
+            let keep_first = OnConflict::column(revoked_keys::Column::Digest).do_nothing().to_owned();
+            revoked_keys::Entity::insert(remembered).on_conflict(keep_first).exec_without_returning(&txn).await.map_err(db)?;
         }
         txn.commit().await.map_err(db)?;
         Ok(deleted > 0)
+    }
+
+    async fn find_revoked_key(&self, digest: &SecretDigest) -> Result<Option<(TenantId, KeyLabel)>> {
+        let Some(row) = revoked_keys::Entity::find_by_id(digest.to_hex()).one(&self.reads).await.map_err(db)? else { return Ok(None) };
+        Ok(Some((TenantId::from_uuid(row.tenant_id), KeyLabel::parse(&row.label)?)))
     }
 
     async fn record_key_usage(&self, usage: &[(SecretDigest, DateTime<Utc>)]) -> Result<()> {

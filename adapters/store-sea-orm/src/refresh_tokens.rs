@@ -142,6 +142,19 @@ impl RefreshTokenStore for SqlStore {
         Ok(result.rows_affected)
     }
 
+    async fn session_is_live(&self, family: &FamilyId) -> Result<bool> {
+        let live = tokens::Entity::find()
+            .select_only()
+            .column(tokens::Column::Digest)
+            .filter(tokens::Column::FamilyId.eq(family.0))
+            .filter(tokens::Column::RevokedAt.is_null())
+            .into_tuple::<String>()
+            .one(&self.db)
+            .await
+            .map_err(db)?;
+        Ok(live.is_some())
+    }
+
     async fn family_of(&self, digest: &SecretDigest) -> Result<Option<(FamilyId, UserId)>> {
         let found: Option<(uuid::Uuid, uuid::Uuid)> = tokens::Entity::find_by_id(digest.to_hex())
             .select_only()

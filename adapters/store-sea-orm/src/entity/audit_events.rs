@@ -16,6 +16,12 @@ pub struct Model {
     pub target: String,
     pub request_id: Option<String>,
     pub source_ip: Option<String>,
+    /// The client's own id for the request (its `X-Request-ID`).
+    pub correlation_id: Option<String>,
+    /// Refusals only: how many times in the row's minute.
+    pub count: Option<i32>,
+    /// Refusals only: the trail, actor, cause and minute the row counts.
+    pub dedup_key: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

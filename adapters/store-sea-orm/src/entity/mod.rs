@@ -7,6 +7,7 @@ pub(crate) mod api_keys;
 pub(crate) mod audit_events;
 pub(crate) mod login_attempts;
 pub(crate) mod refresh_tokens;
+pub(crate) mod revoked_keys;
 pub(crate) mod settings;
 pub(crate) mod tenants;
 pub(crate) mod users;

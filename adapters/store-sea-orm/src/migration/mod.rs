@@ -14,6 +14,7 @@ mod m20261213_000008_manifest_bytes;
 mod m20261229_000008_change_log;
 mod m20270105_000009_cluster_state;
 mod m20270110_000010_lease_generation;
+mod m20270112_000011_audit_evidence;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261229_000008_change_log::Migration),
             Box::new(m20270105_000009_cluster_state::Migration),
             Box::new(m20270110_000010_lease_generation::Migration),
+            Box::new(m20270112_000011_audit_evidence::Migration),
         ]
     }
 }

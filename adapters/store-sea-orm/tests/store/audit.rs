@@ -5,7 +5,7 @@
 use chrono::Duration;
 use nexus_ports::Error;
 use nexus_ports::agents::{Agent, AgentName};
-use nexus_ports::audit::{AuditAction, AuditEvent};
+use nexus_ports::audit::{AuditAction, AuditCursor, AuditEvent, AuditEventId};
 use nexus_ports::identity::UserId;
 use nexus_ports::ports::{AgentStore, ApiKeyStore, AuditStore, TenantStore, UserStore};
 use nexus_ports::tenancy::{ApiKey, KeyLabel, KeyScope, Tenant, TenantId};
@@ -20,13 +20,17 @@ on_both_backends!(
     events_are_read_back_newest_first_a_page_at_a_time,
     a_failed_change_records_nothing,
     a_users_trail_keeps_the_tenants_it_deleted,
-    old_events_are_pruned
+    old_events_are_pruned,
+    refusals_add_up_in_one_event_per_minute_and_go_with_the_retention,
+    revoked_keys_are_remembered_as_long_as_the_trail,
+    a_cursor_whose_event_was_pruned_goes_on_by_time
 );
 
 fn event(user: UserId, tenant: Option<TenantId>, action: AuditAction, target: &str) -> AuditEvent {
     let mut event = AuditEvent::now(now(), user.to_string(), action, target).of_user(user);
     event.tenant = tenant;
     event.request_id = Some("req-1".into());
+    event.correlation_id = Some("client-1".into());
     event.source_ip = Some("2001:db8::7".into());
     event
 }
@@ -96,7 +100,12 @@ async fn events_are_read_back_newest_first_a_page_at_a_time(url: &str) {
     assert_eq!(all.next, None, "one page holds them all");
     let created = all.events.last().unwrap();
     assert_eq!((created.actor.clone(), created.target.clone(), created.user, created.tenant), (ada.to_string(), t.id.to_string(), Some(ada), Some(t.id)));
-    assert_eq!((created.request_id.as_deref(), created.source_ip.as_deref()), (Some("req-1"), Some("2001:db8::7")), "what the request said is kept");
+    assert_eq!(
+        (created.request_id.as_deref(), created.correlation_id.as_deref(), created.source_ip.as_deref()),
+        (Some("req-1"), Some("client-1"), Some("2001:db8::7")),
+        "what the request said is kept"
+    );
+    assert_eq!(created.count, None, "only refusals are counted");
     assert_eq!(all.events[1].actor, "key:ci");
 
     let mut paged = Vec::new();
@@ -225,4 +234,71 @@ async fn old_events_are_pruned(url: &str) {
     store.record_event(&event(ada, None, AuditAction::UserLoginFailed, "x")).await.unwrap();
     assert_eq!(store.prune_events(now() - Duration::days(90)).await.unwrap(), 1);
     assert_eq!(actions(&store.user_events(&ada, 100, None).await.unwrap().events), ["user.login_failed", "user.register"]);
+}
+
+async fn refusals_add_up_in_one_event_per_minute_and_go_with_the_retention(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let ada = user(&store).await;
+    let t = tenant(&store, ada, 10).await.unwrap();
+    let minute = chrono::DateTime::from_timestamp(now().timestamp().div_euclid(60) * 60, 0).unwrap();
+    let refusal = |at, actor: &str| {
+        let mut event = in_tenant(t.id, actor, AuditAction::AccessReadOnlyKey, "POST /api/v1/agents");
+        event.at = at;
+        event
+    };
+    // Two replicas count the same minute: one event, the counts added.
+    store.record_refusals(&refusal(minute, "key:12345678 (ci)"), 3).await.unwrap();
+    store.record_refusals(&refusal(minute + Duration::seconds(30), "key:12345678 (ci)"), 4).await.unwrap();
+    store.record_refusals(&refusal(minute + Duration::seconds(60), "key:12345678 (ci)"), 1).await.unwrap();
+    store.record_refusals(&refusal(minute, "key:87654321 (ci)"), 2).await.unwrap();
+    let events = store.tenant_events(&t.id, 100, None).await.unwrap().events;
+    let counts: Vec<(String, Option<u32>)> = events.iter().filter(|e| e.action == AuditAction::AccessReadOnlyKey).map(|e| (e.actor.clone(), e.count)).collect();
+    assert_eq!(counts, [("key:87654321 (ci)".to_owned(), Some(2)), ("key:12345678 (ci)".to_owned(), Some(1)), ("key:12345678 (ci)".to_owned(), Some(7))]);
+    let pruned = store.prune_events(minute + Duration::seconds(60)).await.unwrap();
+    assert_eq!(pruned, 2 + 2, "retention bounds refusals too (with user.register and tenant.create)");
+    assert_eq!(store.tenant_events(&t.id, 100, None).await.unwrap().events.len(), 1);
+}
+
+async fn revoked_keys_are_remembered_as_long_as_the_trail(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let ada = user(&store).await;
+    let t = tenant(&store, ada, 10).await.unwrap();
+    let key = ApiKey {
+        digest: SecretDigest::of("revoked"),
+        tenant_id: t.id,
+        label: KeyLabel::parse("old ci").unwrap(),
+        scope: KeyScope::default(),
+        created_at: now(),
+        expires_at: None,
+        last_used_at: None,
+    };
+    store.insert_key(&key, 10, &in_tenant(t.id, "a", AuditAction::KeyCreate, "k")).await.unwrap();
+    assert_eq!(store.find_revoked_key(&key.digest).await.unwrap(), None, "live keys are not revoked");
+    assert!(store.delete_key(&t.id, &key.digest, &in_tenant(t.id, "a", AuditAction::KeyRevoke, "k")).await.unwrap());
+    assert_eq!(store.find_revoked_key(&key.digest).await.unwrap(), Some((t.id, key.label.clone())));
+    assert_eq!(store.find_revoked_key(&SecretDigest::of("never")).await.unwrap(), None);
+    store.prune_events(now() + Duration::seconds(1)).await.unwrap();
+    assert_eq!(store.find_revoked_key(&key.digest).await.unwrap(), None, "forgotten with the trail");
+}
+
+async fn a_cursor_whose_event_was_pruned_goes_on_by_time(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let ada = user(&store).await;
+    for days in [3, 2, 1] {
+        let mut old = event(ada, None, AuditAction::UserLoginFailed, &format!("{days}"));
+        old.at = now() - Duration::days(days);
+        store.record_event(&old).await.unwrap();
+    }
+    let first = store.user_events(&ada, 2, None).await.unwrap();
+    let cursor = first.next.expect("more");
+    assert_eq!(cursor.id, first.events[1].id);
+    // Retention takes the cursor's event: the next page starts before its time.
+    store.prune_events(now() - Duration::days(2) + Duration::seconds(1)).await.unwrap();
+    let next = store.user_events(&ada, 10, Some(cursor)).await.unwrap();
+    assert!(next.events.is_empty(), "everything older went with it: {next:?}");
+    let mut newer = event(ada, None, AuditAction::UserLoginFailed, "0");
+    newer.at = now() - Duration::hours(1);
+    store.record_event(&newer).await.unwrap();
+    let page = store.user_events(&ada, 10, Some(AuditCursor { id: AuditEventId::generate(), at: now() - Duration::minutes(1) })).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(), ["0", "1"], "an unknown event: by its time");
 }

@@ -21,6 +21,7 @@ on_both_backends!(
     a_password_change_ends_every_session,
     sessions_end_at_their_absolute_lifetime,
     logout_finds_the_family_of_any_of_its_tokens,
+    a_session_is_live_until_its_family_is_revoked,
     pruning_keeps_only_tokens_that_can_still_matter,
     login_attempts_are_counted_per_account_in_windows
 );
@@ -221,6 +222,21 @@ async fn logout_finds_the_family_of_any_of_its_tokens(url: &str) {
     assert_eq!(store.family_of(&next.digest).await.unwrap().map(|(family, _)| family), Some(family_id));
     assert_eq!(store.family_of(&SecretDigest::of("unknown")).await.unwrap(), None);
     assert_eq!(store.revoke_family(&family_id, Utc::now(), None).await.unwrap(), 1);
+}
+
+async fn a_session_is_live_until_its_family_is_revoked(url: &str) {
+    let store = SqlStore::connect(url).await.unwrap();
+    let (user, first) = user_with_token(&store, Duration::days(1)).await;
+    let Rotation::Rotated { family_id, .. } = store.rotate_refresh_token(&first, &replacement(), Utc::now()).await.unwrap() else { panic!("rotates") };
+    assert!(store.session_is_live(&family_id).await.unwrap(), "rotated: its replacement is live");
+    let other = session_of(&store, user, Duration::days(1), Duration::days(90)).await;
+    let (other_family, _) = store.family_of(&other).await.unwrap().unwrap();
+    store.revoke_family(&family_id, Utc::now(), None).await.unwrap();
+    assert!(!store.session_is_live(&family_id).await.unwrap(), "logged out");
+    assert!(store.session_is_live(&other_family).await.unwrap(), "another session of the user goes on");
+    assert!(!store.session_is_live(&FamilyId::generate()).await.unwrap(), "unknown (or pruned)");
+    store.end_sessions(&user, Utc::now(), &crate::audit(AuditAction::UserSessionsRevoked)).await.unwrap();
+    assert!(!store.session_is_live(&other_family).await.unwrap(), "every session ended");
 }
 
 async fn pruning_keeps_only_tokens_that_can_still_matter(url: &str) {
