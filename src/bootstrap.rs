@@ -70,8 +70,16 @@ enum Election {
     Alone,
     /// The replica holding the database's lease, renewed this often.
     Database { lease: SqlLease, renew: std::time::Duration },
-    /// The replica holding the Kubernetes Lease.
-    Kube(Box<KubeCluster>),
+    /// The replica holding the Kubernetes Lease, with its timing.
+    Kube(Box<KubeCluster>, nexus_cluster_kube::LeaseTiming),
+}
+
+/// The Kubernetes Lease's timing from the configuration: lasting `--lease-duration`,
+/// renewed (and looked at by followers) every `--lease-renew`; the leader stops leading a
+/// renewal period before its lease could expire unrenewed.
+fn kube_lease_timing(config: &ServeConfig) -> nexus_cluster_kube::LeaseTiming {
+    let (duration, renew) = (*config.lease_duration, *config.lease_renew);
+    nexus_cluster_kube::LeaseTiming { duration, grace: renew, renew_every: renew, retry_every: renew }
 }
 
 /// A name for this process among the replicas: unique per process, so that a restarted
@@ -127,7 +135,7 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
             let settings = KubeSettings { system_namespace: config.system_namespace.clone(), node_image: config.node_image.clone() };
             let kube = KubeCluster::connect(settings).await?;
             let shared = Arc::new(kube.clone());
-            (shared.clone(), shared, Election::Kube(Box::new(kube)))
+            (shared.clone(), shared, Election::Kube(Box::new(kube), kube_lease_timing(config)))
         }
     };
     let node: Arc<dyn NodeProxy> = match config.node {
@@ -194,6 +202,9 @@ pub async fn wire(config: &ServeConfig) -> Result<Wiring> {
     .with_waker(reconciler.waker())
     .with_refusals(refusals.clone())
     .with_cursor_key(cursors);
+    // On Kubernetes only the leader writes tenants' resources: a tenant created through any
+    // replica is provisioned by the leader's loop, which the change feed wakes.
+    let tenancy = if matches!(election, Election::Kube(..)) { tenancy.leaving_provisioning_to_the_leader() } else { tenancy };
     let housekeeping = Housekeeping {
         refresh_tokens: store.clone(),
         login_attempts: store.clone(),
@@ -283,8 +294,8 @@ pub async fn start(wiring: Wiring) -> Result<SharedNexus> {
                 }
             }));
         }
-        Election::Kube(kube) => {
-            let leading = kube.leadership(&replica_identity());
+        Election::Kube(kube, timing) => {
+            let leading = kube.leadership_with(&replica_identity(), timing);
             let waker = reconciler.waker();
             background.push(tokio::spawn(kube.changes().for_each(move |change| {
                 waker.wake(change);

@@ -146,13 +146,14 @@ pub struct ServeConfig {
     #[arg(long, env = "NEXUS_CLUSTER", value_enum, global = true)]
     pub cluster: Option<ClusterKind>,
 
-    /// (database cluster) How long the leader's lease lasts unrenewed: a leader that dies
+    /// (database and kube clusters) How long the leader's lease lasts unrenewed (the
+    /// Kubernetes Lease's whole seconds): a leader that dies
     /// without a word is replaced within this plus `--lease-renew`.
     #[arg(long, env = "NEXUS_LEASE_DURATION", default_value = "8s", global = true)]
     pub lease_duration: humantime::Duration,
 
-    /// (database cluster) How often the leader renews its lease, and followers try to
-    /// take it; at most a third of `--lease-duration`.
+    /// (database and kube clusters) How often the leader renews its lease, and followers
+    /// try to take it; at most a third of `--lease-duration`.
     #[arg(long, env = "NEXUS_LEASE_RENEW", default_value = "2s", global = true)]
     pub lease_renew: humantime::Duration,
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nexus_ports::agents::AgentName;
+use nexus_ports::node_names::NodeAgent;
 use nexus_ports::ports::NodeProxy;
 use nexus_ports::{Error, Result};
 use serde_json::Value;
@@ -44,13 +45,14 @@ enum Operation {
     RegisterAgent,
     DeployAgent,
     RemoveAgent,
+    ListNodeAgents,
     AgentView,
     AgentTraces,
     RunAgent,
 }
 
 /// Each [`Operation`]'s label.
-const OPERATIONS: [&str; 6] = ["register_agent", "deploy_agent", "remove_agent", "agent_view", "agent_traces", "run_agent"];
+const OPERATIONS: [&str; 7] = ["register_agent", "deploy_agent", "remove_agent", "list_node_agents", "agent_view", "agent_traces", "run_agent"];
 
 /// How a call ended, in the order of [`OUTCOMES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +104,10 @@ impl NodeProxy for MeteredNode {
 
     async fn remove_agent(&self, node: &str, name: &AgentName) -> Result<()> {
         self.measured(Operation::RemoveAgent, self.inner.remove_agent(node, name)).await
+    }
+
+    async fn list_node_agents(&self, node: &str) -> Result<Vec<NodeAgent>> {
+        self.measured(Operation::ListNodeAgents, self.inner.list_node_agents(node)).await
     }
 
     async fn agent_view(&self, node: &str, name: &AgentName) -> Result<Option<Value>> {

@@ -491,6 +491,19 @@ impl AgentStatus {
     pub fn pending() -> Self {
         Self { phase: AgentPhase::Pending, node_ack: false, last_synced_at: None, message: None }
     }
+
+    /// The status with `last_synced_at` as users read it: when Nexus last saw the agent as
+    /// it should be on its node. That is its own time (its last push) or, for an agent
+    /// Running the generation it describes (`current`), when its node was last seen
+    /// holding every such agent as it should (`node_seen`), whichever is later: the loop
+    /// records one time per node and period instead of writing every agent's status.
+    #[must_use]
+    pub fn seen_on_node(mut self, current: bool, node_seen: Option<DateTime<Utc>>) -> Self {
+        if current && self.phase == AgentPhase::Running && self.node_ack {
+            self.last_synced_at = self.last_synced_at.max(node_seen);
+        }
+        self
+    }
 }
 
 /// An agent as the cluster holds it: the desired manifest, how far it was reconciled,
@@ -506,6 +519,17 @@ pub struct AgentObject {
     pub status: AgentStatus,
     /// Deletion was asked for; the object goes once its node forgot it.
     pub deleting: bool,
+}
+
+impl AgentObject {
+    /// The object with its status's `last_synced_at` as users read it, given when its node
+    /// was last seen holding every Running agent as it should ([`AgentStatus::seen_on_node`]).
+    #[must_use]
+    pub fn seen_on_node(mut self, node_seen: Option<DateTime<Utc>>) -> Self {
+        let current = self.observed_generation == self.generation && !self.deleting;
+        self.status = self.status.seen_on_node(current, node_seen);
+        self
+    }
 }
 
 /// Something in the cluster that changed and should be looked at again: what watches and

@@ -77,7 +77,9 @@ fn pushed_manifests_name_the_tenants_node_side_agents() {
     assert_eq!(pushed["spec"]["model"], manifest("bot").document().unwrap()["spec"]["model"]);
 
     let own = NodeNames::new(tenant(1), NodeSharing::PerTenant);
-    assert_eq!(own.to_node(&manifest("bot")).unwrap(), manifest("bot").document().unwrap(), "a node of its own gets the manifest as it is");
+    let mut stamped = manifest("bot").document().unwrap();
+    stamped["metadata"]["version"] = own.node_version(&manifest("bot")).unwrap().into();
+    assert_eq!(own.to_node(&manifest("bot")).unwrap(), stamped, "a node of its own gets the manifest as it is, stamped");
 }
 
 #[test]
@@ -97,4 +99,52 @@ fn answers_come_back_in_the_tenants_names() {
     assert_eq!(restored["traces"][0]["spans"][0]["attributes"]["agent"], "bot");
     assert_eq!(restored["status"], "deployed");
     assert_eq!(references(manifest.links()), ["helper", "Not A Label!", "composer"]);
+}
+
+#[test]
+fn pushed_documents_carry_a_stamp_that_tells_changed_from_unchanged() {
+    for sharing in [NodeSharing::Shared, NodeSharing::PerTenant] {
+        let names = NodeNames::new(tenant(1), sharing);
+        let versioned = AgentManifest::parse(json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": "bot", "version": "1.2.0"}, "spec": {"model": {"primary": {"provider": "ollama", "model": "m"}}}})).unwrap();
+        let stamped = names.node_version(&versioned).unwrap();
+        assert!(stamped.starts_with("1.2.0+nexus.") && stamped.len() == "1.2.0+nexus.".len() + 16, "{stamped}");
+        assert_eq!(names.to_node(&versioned).unwrap()["metadata"]["version"], stamped.as_str(), "what is pushed is what the node will list");
+        assert_eq!(names.node_version(&versioned).unwrap(), stamped, "deterministic");
+        assert_eq!(unstamped(&stamped), Some("1.2.0"));
+        let changed = AgentManifest::parse(json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": "bot", "version": "1.2.0"}, "spec": {"model": {"primary": {"provider": "ollama", "model": "m"}}, "prompts": {"system": "hi"}}})).unwrap();
+        assert_ne!(names.node_version(&changed).unwrap(), stamped, "same version, other content: another stamp");
+        let built = AgentManifest::parse(json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": "bot", "version": "1.2.0+build.7"}, "spec": {"model": {"primary": {"provider": "ollama", "model": "m"}}}})).unwrap();
+        let stamped_build = names.node_version(&built).unwrap();
+        assert!(stamped_build.starts_with("1.2.0+build.7.nexus."), "{stamped_build}");
+        assert_eq!(unstamped(&stamped_build), Some("1.2.0+build.7"));
+        let bare = AgentManifest::parse(json!({"apiVersion": "astromesh/v1", "kind": "Agent", "metadata": {"name": "bot"}, "spec": {"model": {"primary": {"provider": "ollama", "model": "m"}}}})).unwrap();
+        assert_eq!(unstamped(&names.node_version(&bare).unwrap()), Some("0.1.0"), "the node's own default version, stamped");
+    }
+    let entry = |version: Option<&str>| NodeAgent { name: "bot".into(), version: version.map(str::to_owned), status: "deployed".into() };
+    assert!(entry(Some("1.0.0+nexus.0123456789abcdef")).is_stamped());
+    for other in [
+        None,
+        Some("1.0.0"),
+        Some("1.0.0+nexus.0123"),
+        Some("1.0.0+nexus.0123456789ABCDEF"),
+        Some("1.0.0.nexus.0123456789abcdef"),
+        Some("nexus.0123456789abcdef"),
+    ] {
+        assert!(!entry(other).is_stamped(), "{other:?}");
+    }
+    assert!(entry(None).is_deployed() && !NodeAgent { status: "draft".into(), ..entry(None) }.is_deployed());
+}
+
+#[test]
+fn restoring_takes_the_stamp_off_what_the_node_answers() {
+    for sharing in [NodeSharing::Shared, NodeSharing::PerTenant] {
+        let names = NodeNames::new(tenant(1), sharing);
+        let agent = manifest("bot");
+        let pushed = names.to_node(&agent).unwrap();
+        let view = json!({"name": pushed["metadata"]["name"], "version": pushed["metadata"]["version"], "manifest": pushed});
+        let restored = names.restore(&agent, view);
+        assert_eq!(restored["version"], "0.1.0", "the node's listed default version");
+        assert_eq!(restored["manifest"], agent.document().unwrap(), "no version where the manifest has none");
+        assert_eq!(restored["name"], "bot");
+    }
 }

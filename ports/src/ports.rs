@@ -17,7 +17,7 @@ use crate::audit::{AuditCursor, AuditEvent, AuditPage};
 use crate::changes::Change;
 use crate::identity::{AttemptWindow, Email, NewUser, Password, PasswordHash, User, UserCredentials, UserId};
 use crate::leadership::Fence;
-use crate::node_names::NodeSharing;
+use crate::node_names::{NodeAgent, NodeSharing};
 use crate::tenancy::{ApiKey, KeyLabel, Tenant, TenantId, TenantStatus};
 use crate::tokens::{AccessClaims, AccessToken, FamilyId, OpaqueSecret, RefreshTokenRecord, Replacement, Rotation, SecretDigest};
 
@@ -278,6 +278,11 @@ pub trait NodeProxy: Send + Sync + 'static {
     /// Forgets an agent: `DELETE {node}/v1/agents/{name}`; an agent it does not know is fine.
     async fn remove_agent(&self, node: &str, name: &AgentName) -> Result<()>;
 
+    /// Every agent the node holds, as its list shows them (name, version, status), in one
+    /// call: `GET {node}/v1/agents`. What the reconcile loop compares with what should be
+    /// there, once per node and period.
+    async fn list_node_agents(&self, node: &str) -> Result<Vec<NodeAgent>>;
+
     /// The node's live view of an agent (its entry in the node's list, with the manifest it
     /// stores), or `None` when the node does not know it.
     async fn agent_view(&self, node: &str, name: &AgentName) -> Result<Option<Value>>;
@@ -301,6 +306,14 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// Whether tenants share the nodes this cluster runs (their agents then go there under
     /// node-side names, see [`crate::node_names`]).
     fn node_sharing(&self) -> NodeSharing;
+
+    /// Whether what the cluster holds of a tenant can change behind the core's back (a
+    /// cluster others edit), so that a ready tenant is provisioned again every resync
+    /// period even when nothing woke it. A cluster that only Nexus writes answers `false`:
+    /// its ready tenants are left alone at rest, costing no read.
+    fn tenants_drift(&self) -> bool {
+        true
+    }
 
     /// Makes the tenant's namespace and node exist; applying it again changes nothing.
     ///
@@ -366,6 +379,22 @@ pub trait ClusterBackend: Send + Sync + 'static {
 
     /// Removes the agent object for good (after its deletion was asked for and handled).
     async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> Result<()>;
+
+    /// Records that the node at `node` was seen at `at` holding, as they should be, every
+    /// agent of `agents` (each with the generation it runs): what their status shows as
+    /// `last_synced_at` from then on, while they stay Running that generation. The default
+    /// writes each agent's status; a cluster that keeps one time per node overrides it with
+    /// one write, joined with each Running agent's own time when statuses are read.
+    ///
+    /// Written only while `fence` holds, as [`ClusterBackend::set_agent_status`].
+    async fn record_node_seen(&self, node: &str, at: DateTime<Utc>, agents: &[(TenantId, AgentName, u64)], fence: Fence) -> Result<()> {
+        let _ = node;
+        let running = AgentStatus { phase: crate::agents::AgentPhase::Running, node_ack: true, last_synced_at: Some(at), message: None };
+        for (tenant, name, generation) in agents {
+            self.set_agent_status(tenant, name, *generation, &running, fence).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Changes told to every replica sharing the store (this one included), so that what

@@ -236,6 +236,10 @@ mod frozen_leader {
             self.after_waking();
             self.inner.remove_agent(node, name).await
         }
+        async fn list_node_agents(&self, node: &str) -> Result<Vec<nexus_ports::node_names::NodeAgent>> {
+            self.after_waking();
+            self.inner.list_node_agents(node).await
+        }
         async fn agent_view(&self, node: &str, name: &AgentName) -> Result<Option<Value>> {
             self.inner.agent_view(node, name).await
         }

@@ -21,6 +21,7 @@
 
 mod agent;
 mod lists;
+mod node;
 mod state;
 mod step;
 mod term;
@@ -81,7 +82,7 @@ impl Reconciler {
     /// A runner resyncing every `resync`, at most [`DEFAULT_RESYNC_RATE`] agents a second.
     pub fn new(ports: ReconcilePorts, resync: Duration) -> Self {
         let ReconcilePorts { cluster, node, agents, tenants, clock } = ports;
-        let state = State::new(DEFAULT_RESYNC_RATE, clock.now());
+        let state = State::new(DEFAULT_RESYNC_RATE, clock.now(), resync);
         let shared = Arc::new(Shared { state: Mutex::new(state), notify: Notify::new(), clock: clock.clone(), following: AtomicBool::new(false) });
         Self { cluster, node, agents, tenants, clock, resync, resync_rate: DEFAULT_RESYNC_RATE, shared, acting: Mutex::new(Acting::Alone) }
     }
@@ -198,6 +199,7 @@ impl Reconciler {
             Item::Sweep => self.sweep(true).await,
             Item::Tenant(id) => self.tenant_item(*id).await,
             Item::Agent(tenant, name) => self.agent_item((*tenant, name.clone())).await,
+            Item::Node(endpoint) => self.node_item(endpoint).await,
         };
         metrics::histogram!("nexus_reconcile_item_duration_seconds", "kind" => item.kind()).record(started.elapsed().as_secs_f64());
         (item, next)

@@ -384,16 +384,34 @@ async fn an_agent_of_a_deleted_tenant_applied_again_leaves_the_shared_node() {
     assert!(node.agent("http://node", &bot_on_node(&kept)).unwrap().deployed, "the other tenant's agent is untouched");
 }
 
-/// The in-memory cluster, counting the agent objects the loop reads.
+/// The in-memory cluster, counting the agent objects the loop reads and what it writes.
 struct Counting {
     inner: MemoryCluster,
     reads: std::sync::atomic::AtomicUsize,
+    /// Objects applied, statuses set, deletions asked for, objects forgotten, tenants
+    /// deprovisioned.
+    writes: std::sync::atomic::AtomicUsize,
+    /// Times a node was recorded as seen.
+    seen: std::sync::atomic::AtomicUsize,
+}
+
+impl Counting {
+    fn new(node: &str) -> Self {
+        Self { inner: MemoryCluster::new(node), reads: 0.into(), writes: 0.into(), seen: 0.into() }
+    }
+
+    fn wrote(&self) {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[async_trait::async_trait]
 impl ClusterBackend for Counting {
     fn node_sharing(&self) -> NodeSharing {
         self.inner.node_sharing()
+    }
+    fn tenants_drift(&self) -> bool {
+        self.inner.tenants_drift()
     }
     async fn provision_tenant(&self, tenant: &Tenant) -> nexus_ports::Result<TenantStatus> {
         self.inner.provision_tenant(tenant).await
@@ -402,15 +420,18 @@ impl ClusterBackend for Counting {
         self.inner.tenant_status(id).await
     }
     async fn deprovision_tenant(&self, id: &TenantId) -> nexus_ports::Result<()> {
+        self.wrote();
         self.inner.deprovision_tenant(id).await
     }
     async fn finish_deletions(&self) -> nexus_ports::Result<()> {
         self.inner.finish_deletions().await
     }
     async fn apply_agent(&self, tenant: &TenantId, manifest: &AgentManifest) -> nexus_ports::Result<()> {
+        self.wrote();
         self.inner.apply_agent(tenant, manifest).await
     }
     async fn request_agent_deletion(&self, tenant: &TenantId, name: &AgentName) -> nexus_ports::Result<()> {
+        self.wrote();
         self.inner.request_agent_deletion(tenant, name).await
     }
     async fn agent_object(&self, tenant: &TenantId, name: &AgentName) -> nexus_ports::Result<Option<AgentObject>> {
@@ -432,17 +453,23 @@ impl ClusterBackend for Counting {
         status: &AgentStatus,
         fence: Fence,
     ) -> nexus_ports::Result<()> {
+        self.wrote();
         self.inner.set_agent_status(tenant, name, observed_generation, status, fence).await
     }
     async fn forget_agent(&self, tenant: &TenantId, name: &AgentName) -> nexus_ports::Result<()> {
+        self.wrote();
         self.inner.forget_agent(tenant, name).await
+    }
+    async fn record_node_seen(&self, node: &str, at: DateTime<Utc>, agents: &[(TenantId, AgentName, u64)], fence: Fence) -> nexus_ports::Result<()> {
+        self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.record_node_seen(node, at, agents, fence).await
     }
 }
 
 #[tokio::test]
 async fn an_event_reconciles_its_object_alone() {
     let tenants: Vec<Tenant> = (0..20).map(|_| a_tenant()).collect();
-    let cluster = Arc::new(Counting { inner: MemoryCluster::new("http://node"), reads: 0.into() });
+    let cluster = Arc::new(Counting::new("http://node"));
     let node = Arc::new(StubNode::new());
     let reconciler = Arc::new(Reconciler::new(
         ReconcilePorts {
@@ -528,10 +555,98 @@ async fn the_sweep_marks_objects_whose_agent_the_registry_lost() {
         clock: Arc::new(TestClock(Mutex::new(t0()))),
     };
     let reconciler = Reconciler::new(ports, RESYNC);
-    assert_eq!(reconciler.apply_registry().await.unwrap(), 0, "every registered agent has its object");
+    assert_eq!(reconciler.apply_registry().await.unwrap(), 1, "one object marked; every registered agent has its object");
     let deleting = async |name: &str| cluster.agent_object(&tenant.id, &AgentName::parse(name).unwrap()).await.unwrap().unwrap().deleting;
     assert!(deleting("lost").await, "the object the registry lost is marked");
     assert!(!deleting("kept").await && !deleting("again").await, "registered agents are not");
+}
+
+#[tokio::test]
+async fn a_pass_over_a_converged_world_writes_nothing_and_only_lists_the_node() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tenants: Vec<Tenant> = (0..3).map(|_| a_tenant()).collect();
+    let cluster = Arc::new(Counting::new("http://node"));
+    let node = Arc::new(StubNode::new());
+    let clock = Arc::new(TestClock(Mutex::new(t0())));
+    let tenant_reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tenant_store = MockTenantStore::new();
+    let (listed, counted) = (tenants.clone(), tenant_reads.clone());
+    tenant_store.expect_list_all_tenants().returning(move || Ok(listed.clone()));
+    let found = tenants.clone();
+    tenant_store.expect_find_tenant().returning(move |id| {
+        counted.fetch_add(1, Relaxed);
+        Ok(found.iter().find(|t| t.id == *id).cloned())
+    });
+    let ports =
+        ReconcilePorts { cluster: cluster.clone(), node: node.clone(), agents: Arc::new(no_registry()), tenants: Arc::new(tenant_store), clock: clock.clone() };
+    let reconciler = Reconciler::new(ports, RESYNC);
+    for tenant in &tenants {
+        for name in ["a", "b", "c"] {
+            cluster.apply_agent(&tenant.id, &testing::manifest(name, "m")).await.unwrap();
+        }
+    }
+    reconciler.pass().await;
+    let all = async || cluster.inner.list_agent_objects().await.unwrap();
+    assert!(all().await.iter().all(|o| o.status.phase == AgentPhase::Running), "converged");
+    let on_node = || node.requests();
+    let pushed_at = clock.now();
+
+    // Resync periods at rest: one list of the node each, one time recorded for it, and
+    // nothing else written anywhere.
+    let (writes, node_before) = (cluster.writes.load(Relaxed), on_node());
+    tenant_reads.store(0, Relaxed);
+    for period in 1..=3 {
+        clock.advance(chrono::Duration::from_std(RESYNC).unwrap());
+        reconciler.pass().await;
+        assert_eq!(cluster.writes.load(Relaxed), writes, "no store write at rest (period {period})");
+        assert_eq!(on_node().writes, node_before.writes, "no node write at rest (period {period})");
+        assert_eq!(on_node().lists, node_before.lists + period, "one list of the node per period");
+        assert_eq!(cluster.seen.load(Relaxed), period as usize, "one time recorded per node and period");
+    }
+    assert_eq!(on_node().reads, node_before.reads);
+    assert_eq!(tenant_reads.load(Relaxed), 0, "a ready tenant nothing woke is not read again");
+    reconciler.wake(Change::Tenant(tenants[0].id));
+    reconciler.pass().await;
+    assert_eq!(tenant_reads.load(Relaxed), 1, "one an event woke is");
+    let synced = all().await[0].status.last_synced_at.unwrap();
+    assert!(synced > pushed_at && synced <= clock.now(), "lastSyncedAt follows the node's last look: {synced}");
+
+    // The node restarted empty: the next look pushes every agent back, and only those.
+    node.restart("http://node");
+    clock.advance(chrono::Duration::from_std(RESYNC).unwrap());
+    reconciler.pass().await;
+    assert_eq!(on_node().writes, node_before.writes + 9 * 2, "each agent registered and deployed once");
+    for tenant in &tenants {
+        for name in ["a", "b", "c"] {
+            let on = NodeNames::new(tenant.id, NodeSharing::Shared).node_name(&AgentName::parse(name).unwrap());
+            assert!(node.agent("http://node", on.as_str()).unwrap().deployed, "{name} is back");
+        }
+    }
+    assert!(all().await.iter().all(|o| o.status.phase == AgentPhase::Running));
+
+    // One agent changed behind Nexus's back, a stray Nexus pushed and one it did not: the
+    // changed one is pushed again, the stray removed, the other left alone.
+    let changed = NodeNames::new(tenants[0].id, NodeSharing::Shared).node_name(&AgentName::parse("b").unwrap());
+    let mut tampered = node.agent("http://node", changed.as_str()).unwrap();
+    tampered.manifest["metadata"]["version"] = "9.9.9".into();
+    node.put("http://node", changed.as_str(), tampered);
+    let stray = nexus_node_stub::StubAgent { manifest: json!({"metadata": {"name": "gone", "version": "1.0.0+nexus.0123456789abcdef"}}), deployed: true };
+    node.put("http://node", "gone", stray);
+    let foreign = nexus_node_stub::StubAgent { manifest: json!({"metadata": {"name": "theirs", "version": "1.0.0"}}), deployed: true };
+    node.put("http://node", "theirs", foreign);
+    let before = on_node();
+    clock.advance(chrono::Duration::from_std(RESYNC).unwrap());
+    reconciler.pass().await;
+    assert_eq!(on_node().writes, before.writes + 3, "one agent pushed again (2 calls), one stray removed");
+    assert!(node.agent("http://node", "gone").is_none() && node.agent("http://node", "theirs").is_some());
+    let version = node.agent("http://node", changed.as_str()).unwrap().manifest["metadata"]["version"].clone();
+    assert!(version.as_str().unwrap().contains("+nexus."), "{version}");
+
+    // Back at rest.
+    let (writes, before) = (cluster.writes.load(Relaxed), on_node());
+    clock.advance(chrono::Duration::from_std(RESYNC).unwrap());
+    reconciler.pass().await;
+    assert_eq!((cluster.writes.load(Relaxed), on_node().writes, on_node().lists), (writes, before.writes, before.lists + 1));
 }
 
 /// A term that lasts `for_` from now, and the channel its election tells it on.

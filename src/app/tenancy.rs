@@ -79,6 +79,9 @@ pub struct TenancyService {
     quotas: Quotas,
     /// Tells the reconcile loop which tenant changed.
     waker: Option<Waker>,
+    /// Whether a new tenant is provisioned by the replica serving its creation; when not,
+    /// the leader's loop provisions it (woken through the change feed).
+    provision_on_create: bool,
     /// Where refusals are counted for the audit trails (none: not recorded).
     refusals: Option<Arc<Refusals>>,
     /// Seals the audit trails' cursors.
@@ -105,7 +108,30 @@ impl TenancyService {
     /// Wires the use cases, bounded by `quotas`.
     pub fn new(ports: TenancyPorts, quotas: Quotas) -> Self {
         let TenancyPorts { tenants, keys, cluster, secrets, clock, usage, audit, users, changes } = ports;
-        Self { tenants, keys, cluster, secrets, clock, usage, audit, users, changes, quotas, waker: None, refusals: None, cursors: CursorKey::random() }
+        Self {
+            tenants,
+            keys,
+            cluster,
+            secrets,
+            clock,
+            usage,
+            audit,
+            users,
+            changes,
+            quotas,
+            waker: None,
+            provision_on_create: true,
+            refusals: None,
+            cursors: CursorKey::random(),
+        }
+    }
+
+    /// The same use cases, leaving a new tenant to the leader's loop rather than
+    /// provisioning it from the replica serving the request: with several replicas on one
+    /// cluster, only the leader writes tenants' resources.
+    #[must_use]
+    pub fn leaving_provisioning_to_the_leader(self) -> Self {
+        Self { provision_on_create: false, ..self }
     }
 
     /// The same use cases, counting refusals in `refusals` for the audit trails.
@@ -136,8 +162,10 @@ impl TenancyService {
         }
     }
 
-    /// Creates a tenant owned by `owner` and provisions it. A cluster that fails leaves
-    /// the tenant stored in phase `Error`; the reconcile loop provisions it again.
+    /// Creates a tenant owned by `owner` and provisions it (or, with
+    /// [`Self::leaving_provisioning_to_the_leader`], has the leader's loop provision it: it
+    /// answers `Pending`). A cluster that fails leaves the tenant stored in phase `Error`;
+    /// the reconcile loop provisions it again.
     ///
     /// # Errors
     /// [`Error::InvalidRequest`] for a bad display name or node profile; [`Error::Conflict`]
@@ -158,7 +186,7 @@ impl TenancyService {
             other => other,
         })?;
         tracing::info!(tenant = %tenant.id, owner = %owner, "tenant created");
-        let status = provision(self.cluster.as_ref(), &tenant).await;
+        let status = if self.provision_on_create { provision(self.cluster.as_ref(), &tenant).await } else { TenantStatus::pending() };
         // The replica that reconciles (maybe another) starts tracking it.
         self.changes.committed(&nexus_ports::changes::Change::TenantChanged { tenant: tenant.id });
         self.changed(tenant.id);

@@ -125,6 +125,16 @@ async fn a_tenants_message_never_carries_internal_detail() {
 }
 
 #[tokio::test]
+async fn a_tenant_left_to_the_leader_is_stored_but_not_provisioned_by_the_serving_replica() {
+    let mut ports = Ports::default();
+    ports.tenants.expect_insert_tenant().times(1).returning(|_, _, _| Ok(()));
+    ports.cluster.expect_provision_tenant().never();
+    let service = ports.service().0.leaving_provisioning_to_the_leader();
+    let state = service.create_tenant(owner(), "org", None).await.unwrap();
+    assert_eq!(state.status, TenantStatus::pending(), "the leader's loop provisions it");
+}
+
+#[tokio::test]
 async fn invalid_tenants_touch_no_port() {
     let (service, _) = Ports::default().service();
     for (name, profile) in [("", None), ("   ", None), (&*"x".repeat(101), None), ("org", Some("Not A Profile"))] {

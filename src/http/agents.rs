@@ -107,6 +107,9 @@ struct AgentStatusView {
     phase: AgentPhaseView,
     /// Whether the node acknowledged the current manifest.
     node_ack: bool,
+    /// When Nexus last saw the agent as it should be on its node: its last push or, while
+    /// it runs its current manifest, its node's last list that showed it so (once per
+    /// resync period).
     last_synced_at: Option<DateTime<Utc>>,
     /// Why it is `Failed`, or what it waits for.
     message: Option<String>,

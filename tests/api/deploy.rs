@@ -131,10 +131,10 @@ fn the_roles_grant_what_the_controllers_call_and_no_more() {
         expected(&[
             ("nexus.astromesh.io", "nexusagents", crud),
             ("nexus.astromesh.io", "nexusagents/status", &["patch"]),
-            ("", "namespaces", &["get", "create", "patch", "delete"]),
+            ("", "namespaces", crud),
             ("apps", "deployments", &["list", "watch", "create", "patch"]),
-            ("", "services", &["create", "patch"]),
-            ("networking.k8s.io", "networkpolicies", &["create", "patch"]),
+            ("", "services", &["list", "watch", "create", "patch"]),
+            ("networking.k8s.io", "networkpolicies", &["list", "watch", "create", "patch"]),
         ])
     );
     let role = kind(&rbac, "Role");

@@ -17,6 +17,7 @@ mod identity;
 mod input;
 mod isolation;
 mod keys;
+mod kube_e2e;
 mod limits;
 mod manifests;
 mod matrix;

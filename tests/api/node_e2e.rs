@@ -125,8 +125,13 @@ impl Drop for Node {
 
 /// Polls until `done` holds (at most 60 s: a retry after a long outage waits up to 30 s).
 async fn eventually<F: AsyncFn() -> bool>(what: &str, done: F) {
+    within(Duration::from_secs(60), what, done).await;
+}
+
+/// Polls until `done` holds, for at most `limit`.
+async fn within<F: AsyncFn() -> bool>(limit: Duration, what: &str, done: F) {
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(60) {
+    while started.elapsed() < limit {
         if done().await {
             return;
         }
@@ -165,7 +170,15 @@ async fn agents_reach_a_real_node_and_survive_its_outage() {
     // Update: the node holds the new manifest.
     let updated = send(&server, Method::PUT, "/api/v1/agents/support-bot", &key, "application/yaml", &SUPPORT_BOT.replace("1.0.0", "1.1.0")).await;
     assert_eq!(updated.status, StatusCode::OK, "{updated:?}");
-    eventually("the node holds version 1.1.0", async || node.agent(&support_bot).await.is_some_and(|a| a["version"] == "1.1.0")).await;
+    // (The node lists the version with Nexus's stamp of what it pushed.)
+    let holds = |version: &Value, own: &str| version.as_str().and_then(nexus_ports::node_names::unstamped) == Some(own);
+    eventually("the node holds version 1.1.0", async || node.agent(&support_bot).await.is_some_and(|a| holds(&a["version"], "1.1.0"))).await;
+    let view = get(&server, "/api/v1/agents/support-bot/status", &key).await.body;
+    assert_eq!(
+        (view["node"]["version"].as_str(), view["node"]["manifest"]["metadata"]["version"].as_str()),
+        (Some("1.1.0"), Some("1.1.0")),
+        "no stamp for users: {view}"
+    );
 
     // Delete: the node forgets it.
     assert_eq!(server.call(Method::DELETE, "/api/v1/agents/support-bot", &[("x-api-key", &key)], None).await.status, StatusCode::OK);
@@ -217,6 +230,46 @@ async fn agents_reach_a_real_node_and_survive_its_outage() {
     node = Node::start(venv, port).await;
     eventually("resilient-bot Running again", async || running(&get(&server, "/api/v1/agents/resilient-bot", &key).await.body)).await;
     eventually("the restarted node holds resilient-bot", async || node.agent(&resilient_bot).await.is_some_and(|a| a["status"] == "deployed")).await;
+
+    server.stop().await;
+    drop(node);
+    db.drop_database().await;
+}
+
+/// A node that restarts empty gets its agents back from the next look at its list (once
+/// per resync period), with no API call: deployed there again within the period plus a
+/// few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_node_restarted_empty_gets_its_agents_back_within_a_resync_period() {
+    let Some(venv) = venv() else { return };
+    let port = free_port();
+    let mut node = Node::start(venv.clone(), port).await;
+    let db = fresh_sqlite();
+    let resync = Duration::from_secs(4);
+    let server =
+        Server::start(nexus::config::ServeConfig { node: nexus::config::NodeKind::Http, node_url: node.url(), resync: resync.into(), ..config(&db.url) }).await;
+    let (_, key) = tenant_with_key(&server, "restart@example.com").await;
+    let names = ["first-bot", "second-bot", "third-bot"];
+    let mut on_node = Vec::new();
+    for name in names {
+        let manifest = SUPPORT_BOT.replace("name: support-bot", &format!("name: {name}"));
+        assert_eq!(send(&server, Method::POST, "/api/v1/agents", &key, "application/yaml", &manifest).await.status, StatusCode::CREATED);
+        eventually("Running", async || running(&get(&server, &format!("/api/v1/agents/{name}"), &key).await.body)).await;
+        on_node.push(node_name(&server, &key, name).await);
+    }
+    let all_deployed = async |node: &Node| {
+        let held = node.agents().await;
+        on_node.iter().all(|name| held.iter().any(|a| &a["name"] == name && a["status"] == "deployed"))
+    };
+    assert!(all_deployed(&node).await);
+
+    node.stop();
+    node = Node::start(venv, port).await;
+    assert!(node.agents().await.is_empty(), "the node restarted empty");
+    within(resync + Duration::from_secs(10), "every agent back on the restarted node", async || all_deployed(&node).await).await;
+    for name in names {
+        eventually("Running", async || running(&get(&server, &format!("/api/v1/agents/{name}"), &key).await.body)).await;
+    }
 
     server.stop().await;
     drop(node);

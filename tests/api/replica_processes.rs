@@ -18,9 +18,9 @@ use crate::support::Server;
 use nexus_store_sea_orm::testing::fresh_postgres;
 
 /// A `nexus` process, killed when dropped. Its log is kept when the test fails.
-struct Replica {
+pub(crate) struct Replica {
     child: Child,
-    server: Server,
+    pub(crate) server: Server,
     metrics: String,
     log: PathBuf,
 }
@@ -41,10 +41,17 @@ fn command(database_url: &str, port: u16, metrics: u16, args: &[&str]) -> Comman
 impl Replica {
     /// Starts `nexus` on `database_url` with `args`; returns once it answers.
     async fn start(database_url: &str, args: &[&str]) -> Self {
+        Self::start_with(database_url, args, &[]).await
+    }
+
+    /// Starts `nexus` on `database_url` with `args` and environment `envs`; returns once
+    /// it answers.
+    pub(crate) async fn start_with(database_url: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let (port, metrics) = (free_port(), free_port());
         let log = std::env::temp_dir().join(format!("nexus-replica-{port}.log"));
         let file = std::fs::File::create(&log).expect("a log file");
         let child = command(database_url, port, metrics, args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::from(file.try_clone().expect("the log file")))
             .stderr(Stdio::from(file))
             .spawn()
@@ -60,14 +67,14 @@ impl Replica {
     }
 
     /// Whether it says it leads (`nexus_reconcile_leader`); `None` when it does not answer.
-    async fn leads(&self) -> Option<bool> {
+    pub(crate) async fn leads(&self) -> Option<bool> {
         let text = reqwest::get(&self.metrics).await.ok()?.text().await.ok()?;
         let line = text.lines().find(|line| line.starts_with("nexus_reconcile_leader "))?;
         Some(line.split_whitespace().nth(1)? == "1")
     }
 
     /// Kills it without warning (SIGKILL).
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -85,7 +92,7 @@ impl Drop for Replica {
 }
 
 /// Polls until `done` holds, failing after `within`; returns how long it took.
-async fn within<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut done: F) -> Duration {
+pub(crate) async fn within<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut done: F) -> Duration {
     let started = Instant::now();
     while !done().await {
         assert!(started.elapsed() < within, "not within {within:?}: {what}");
@@ -95,7 +102,7 @@ async fn within<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut done:
 }
 
 /// The index of the one replica of `alive` that leads, once exactly one says so.
-async fn leader(replicas: &[Replica], alive: &[usize]) -> usize {
+pub(crate) async fn leader(replicas: &[Replica], alive: &[usize]) -> usize {
     let mut found = None;
     within("exactly one replica leads", Duration::from_secs(30), async || {
         let mut leaders = Vec::new();
@@ -111,12 +118,12 @@ async fn leader(replicas: &[Replica], alive: &[usize]) -> usize {
     found.expect("a leader")
 }
 
-fn bearer(token: &str) -> (&'static str, String) {
+pub(crate) fn bearer(token: &str) -> (&'static str, String) {
     ("authorization", format!("Bearer {token}"))
 }
 
 /// The tenant's phase as `server` lists it.
-async fn tenant_phase(server: &Server, token: &str, tenant: &str) -> Value {
+pub(crate) async fn tenant_phase(server: &Server, token: &str, tenant: &str) -> Value {
     let auth = bearer(token);
     let listed = server.call(Method::GET, "/api/v1/tenants", &[(auth.0, &auth.1)], None).await;
     listed.body.as_array().and_then(|tenants| tenants.iter().find(|t| t["id"] == tenant)).map_or(Value::Null, |t| t["phase"].clone())

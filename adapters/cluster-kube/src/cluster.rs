@@ -60,6 +60,14 @@ pub struct KubeCluster {
 pub(crate) struct Stores {
     pub agents: Reflector<AgentEntry>,
     pub tenants: Reflector<NexusTenant>,
+    /// What Nexus made for tenants, as the watches last saw it: tenant namespaces and the
+    /// node's NetworkPolicies, Deployments and Services (see `tenants.rs`, drift).
+    pub namespaces: Reflector<Owned>,
+    pub policies: Reflector<Owned>,
+    pub deployments: Reflector<Owned>,
+    pub services: Reflector<Owned>,
+    /// What this replica last applied of each tenant (by its resource's name).
+    pub applied: std::sync::Mutex<std::collections::HashMap<String, crate::tenants::Applied>>,
 }
 
 impl Stores {
@@ -67,6 +75,31 @@ impl Stores {
     pub(crate) fn stop(&self) {
         self.agents.stop();
         self.tenants.stop();
+        for owned in [&self.namespaces, &self.policies, &self.deployments, &self.services] {
+            owned.stop();
+        }
+    }
+}
+
+/// What is kept of an object Nexus made for a tenant: enough to tell whether anyone but
+/// Nexus changed it since Nexus applied it, and whether a node Deployment is available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Owned {
+    /// Its `resourceVersion`: any change of the object.
+    pub version: Option<u64>,
+    /// Its `metadata.generation`: a change of its spec (a status update leaves it).
+    pub generation: Option<i64>,
+    /// A Deployment's availability (see `tenants::node_available`).
+    pub available: bool,
+}
+
+impl Owned {
+    pub(crate) fn of<K: Resource + kube::ResourceExt>(object: &K) -> Self {
+        Self { version: version_of(object), generation: object.meta().generation, available: false }
+    }
+
+    pub(crate) fn of_deployment(deployment: &k8s_openapi::api::apps::v1::Deployment) -> Self {
+        Self { available: crate::tenants::node_available(deployment), ..Self::of(deployment) }
     }
 }
 
@@ -148,7 +181,8 @@ impl KubeCluster {
         Self::with_clients(client.clone(), client, settings)
     }
 
-    fn with_clients(client: Client, watch_client: Client, settings: KubeSettings) -> Self {
+    /// A backend sending requests on `client` and watching on `watch_client`.
+    pub fn with_clients(client: Client, watch_client: Client, settings: KubeSettings) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.to_owned(), instance: std::env::var("HOSTNAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
         Self { client, watch_client, settings, recorder, stores: Arc::default() }

@@ -78,7 +78,8 @@ impl Record {
 pub(crate) enum Decision {
     /// Write it as ours: take a free or expired lease, or renew our own.
     Write,
-    /// Another replica holds it: look again after this long (when it would expire).
+    /// Another replica holds it: look again after this long (a retry period, or when it
+    /// would expire if sooner).
     Follow(Duration),
 }
 
@@ -90,7 +91,10 @@ pub(crate) fn decide(record: &Record, me: &str, unchanged_for: Duration, timing:
         Some(holder) if holder == me => Decision::Write,
         Some(_) => {
             let theirs = record.duration_seconds.and_then(|s| u64::try_from(s).ok()).map_or(timing.duration, Duration::from_secs);
-            if unchanged_for >= theirs { Decision::Write } else { Decision::Follow(theirs - unchanged_for) }
+            // Looked at again every retry period: the expiry is counted from when this
+            // replica first saw the record, so the sooner it sees the last renewal, the
+            // sooner it takes over from a holder that died.
+            if unchanged_for >= theirs { Decision::Write } else { Decision::Follow((theirs - unchanged_for).min(timing.retry_every)) }
         }
     }
 }
@@ -244,7 +248,8 @@ impl KubeCluster {
         self.leadership_with(identity, LeaseTiming::default())
     }
 
-    pub(crate) fn leadership_with(&self, identity: &str, timing: LeaseTiming) -> watch::Receiver<Option<Term>> {
+    /// [`Self::leadership`] with `timing` rather than the defaults.
+    pub fn leadership_with(&self, identity: &str, timing: LeaseTiming) -> watch::Receiver<Option<Term>> {
         let (leading, receiver) = watch::channel(None);
         let api = Api::namespaced(self.client(), &self.settings().system_namespace);
         let elector = Elector { api, identity: identity.to_owned(), timing, leading, deadline: None, term: 0, seen: None };

@@ -29,14 +29,12 @@ fn a_lease_is_taken_when_free_or_expired_by_our_own_clock() {
     let timing = LeaseTiming::default();
     assert_eq!(decide(&record(None), "a", Duration::ZERO, &timing), Decision::Write, "free");
     assert_eq!(decide(&record(Some("a")), "a", Duration::ZERO, &timing), Decision::Write, "ours: renew");
-    assert_eq!(
-        decide(&record(Some("b")), "a", Duration::from_secs(5), &timing),
-        Decision::Follow(Duration::from_secs(10)),
-        "held: look again when it would expire"
-    );
+    assert_eq!(decide(&record(Some("b")), "a", Duration::from_secs(5), &timing), Decision::Follow(timing.retry_every), "held: look again a retry period later");
     assert_eq!(decide(&record(Some("b")), "a", Duration::from_secs(15), &timing), Decision::Write, "not renewed for its whole duration: expired");
     let longer = Record { duration_seconds: Some(60), ..record(Some("b")) };
-    assert_eq!(decide(&longer, "a", Duration::from_secs(30), &timing), Decision::Follow(Duration::from_secs(30)), "the holder's own duration counts");
+    assert_eq!(decide(&longer, "a", Duration::from_secs(30), &timing), Decision::Follow(timing.retry_every), "the holder's own duration counts");
+    assert_eq!(decide(&longer, "a", Duration::from_secs(59), &timing), Decision::Follow(Duration::from_secs(1)), "looked at again when it would expire");
+    assert_eq!(decide(&longer, "a", Duration::from_secs(60), &timing), Decision::Write);
     assert!(timing.renew_every < timing.renew_deadline() && timing.renew_deadline() < timing.duration);
 }
 
@@ -63,19 +61,25 @@ async fn a_missing_lease_is_created_by_this_replica_as_its_own_field_manager() {
 
 #[tokio::test(start_paused = true)]
 async fn a_held_lease_is_taken_only_once_it_expired_and_only_at_the_version_read() {
-    let (cluster, scenario) = mocked_open(vec![
-        Expect { method: Method::GET, uri: format!("{LEASE}/nexus-controller"), body: crate::fixtures::anything, answer: (200, lease("10", Some("pod-b"), 3)) },
-        Expect { method: Method::GET, uri: format!("{LEASE}/nexus-controller"), body: crate::fixtures::anything, answer: (200, lease("10", Some("pod-b"), 3)) },
-        Expect {
-            method: Method::PUT,
-            uri: format!("{LEASE}/nexus-controller?&fieldManager=nexus-pod-a"),
-            body: |b| {
-                assert_eq!(b["metadata"]["resourceVersion"], "10", "a write over what was read, or a 409");
-                assert_eq!((b["spec"]["holderIdentity"].as_str(), b["spec"]["leaseTransitions"].as_i64()), (Some("pod-a"), Some(4)));
-            },
-            answer: (200, lease("11", Some("pod-a"), 4)),
+    // Looked at every retry period (2 s) and once more when it would expire: at 0, 2, ...
+    // 14 and 15 s.
+    let held = || Expect {
+        method: Method::GET,
+        uri: format!("{LEASE}/nexus-controller"),
+        body: crate::fixtures::anything,
+        answer: (200, lease("10", Some("pod-b"), 3)),
+    };
+    let mut script: Vec<Expect> = (0..9).map(|_| held()).collect();
+    script.extend([Expect {
+        method: Method::PUT,
+        uri: format!("{LEASE}/nexus-controller?&fieldManager=nexus-pod-a"),
+        body: |b| {
+            assert_eq!(b["metadata"]["resourceVersion"], "10", "a write over what was read, or a 409");
+            assert_eq!((b["spec"]["holderIdentity"].as_str(), b["spec"]["leaseTransitions"].as_i64()), (Some("pod-a"), Some(4)));
         },
-    ]);
+        answer: (200, lease("11", Some("pod-a"), 4)),
+    }]);
+    let (cluster, scenario) = mocked_open(script);
     let started = Instant::now();
     let mut leading = cluster.leadership_with("pod-a", LeaseTiming::default());
     leading.wait_for(Option::is_some).await.unwrap();

@@ -4,6 +4,8 @@
 
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::watcher::{Config, Event};
@@ -13,8 +15,8 @@ use nexus_ports::tenancy::TenantId;
 
 use crate::KubeCluster;
 use crate::agents::AgentEntry;
-use crate::cluster::Stores;
-use crate::crd::{NexusAgent, NexusTenant};
+use crate::cluster::{Owned, Stores};
+use crate::crd::{MANAGED_LABEL, NexusAgent, NexusTenant};
 use crate::reflector::{Reflector, key_of, version_of};
 use crate::resources::MANAGED_BY;
 
@@ -56,8 +58,9 @@ fn agent_change(agent: &NexusAgent) -> Option<Change> {
 }
 
 impl KubeCluster {
-    /// One item per change of a `NexusAgent` (that agent), a `NexusTenant` or a managed
-    /// node Deployment (that tenant): the controllers' watches. A relist after a watch was
+    /// One item per change of a `NexusAgent` (that agent), a `NexusTenant`, or what Nexus
+    /// made for a tenant (its namespace, the node's Deployment, Service or NetworkPolicy:
+    /// that tenant): the controllers' watches. A relist after a watch was
     /// interrupted reports every object it lists. Watch errors are logged and the watches
     /// resume. While the stream is polled, the agents' and tenants' watches keep the
     /// stores this backend reads from; once it is dropped, reads go to the API server.
@@ -81,10 +84,39 @@ impl KubeCluster {
                     touched(event).and_then(|tenant| TenantId::from_cr_name(&tenant.name_any())).map(Change::Tenant)
                 })
             });
-        let nodes = watcher(Api::<Deployment>::all(client), managed)
-            .default_backoff()
-            .map(|event| event.map(|event| touched(event).as_ref().and_then(tenant_of).map(Change::Tenant)));
-        futures_util::stream::select(futures_util::stream::select(agents, tenants), nodes).filter_map(|event| async move {
+        // What Nexus made for tenants: each change (by anyone) wakes its tenant, whose
+        // provisioning then sees from these stores whether it drifted.
+        let owned_stores = self.stores().clone();
+        let nodes = watcher(Api::<Deployment>::all(client.clone()), managed.clone()).default_backoff().map(move |event| {
+            event.map(|event| {
+                reflect(&owned_stores.deployments, &event, Owned::of_deployment);
+                touched(event).as_ref().and_then(tenant_of).map(Change::Tenant)
+            })
+        });
+        let owned_stores = self.stores().clone();
+        let services = watcher(Api::<Service>::all(client.clone()), managed.clone()).default_backoff().map(move |event| {
+            event.map(|event| {
+                reflect(&owned_stores.services, &event, Owned::of);
+                touched(event).as_ref().and_then(tenant_of).map(Change::Tenant)
+            })
+        });
+        let owned_stores = self.stores().clone();
+        let policies = watcher(Api::<NetworkPolicy>::all(client.clone()), managed).default_backoff().map(move |event| {
+            event.map(|event| {
+                reflect(&owned_stores.policies, &event, Owned::of);
+                touched(event).as_ref().and_then(tenant_of).map(Change::Tenant)
+            })
+        });
+        let owned_stores = self.stores().clone();
+        let labelled = Config::default().labels(&format!("{MANAGED_LABEL}=true"));
+        let namespaces = watcher(Api::<Namespace>::all(client), labelled).default_backoff().map(move |event| {
+            event.map(|event| {
+                reflect(&owned_stores.namespaces, &event, Owned::of);
+                touched(event).and_then(|namespace| TenantId::from_cr_name(&namespace.name_any())).map(Change::Tenant)
+            })
+        });
+        let owned = futures_util::stream::select(futures_util::stream::select(nodes, services), futures_util::stream::select(policies, namespaces));
+        futures_util::stream::select(futures_util::stream::select(agents, tenants), owned).filter_map(|event| async move {
             match event {
                 Ok(change) => change,
                 Err(err) => {

@@ -20,9 +20,23 @@ use nexus_ports::{Error, Result};
 use serde_json::json;
 
 use crate::KubeCluster;
-use crate::cluster::{absent_ok, apply, release_finalizer, translate};
+use crate::cluster::{Owned, absent_ok, apply, release_finalizer, translate};
 use crate::crd::{Condition, MANAGED_LABEL, NexusTenant, NexusTenantPhase, NexusTenantStatus, TENANT_FINALIZER};
+use crate::reflector::{key_of, version_of};
 use crate::resources::{NODE_NAME, node_deployment, node_endpoint, node_network_policy, node_service, tenant_namespace};
+
+/// What this replica last applied of a tenant, and what the API server answered (see
+/// [`KubeCluster::unchanged`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// The tenant's resource as applied, with the settings its node's resources follow.
+    desired: String,
+    tenant_generation: Option<i64>,
+    namespace: Option<u64>,
+    policy: Option<u64>,
+    deployment_generation: Option<i64>,
+    service: Option<u64>,
+}
 
 /// Whether the node's Deployment is available: it observed its current generation and
 /// has an available replica.
@@ -65,6 +79,21 @@ pub(crate) fn failed_status(current: &NexusTenantStatus, error: &Error, now: Dat
     }
 }
 
+/// Translates a failure to apply the tenant's `what`. A refusal by the cluster's policy (an
+/// admission webhook or policy, a ResourceQuota, RBAC: a 403, or a 422 an admission policy
+/// denied) is said in words the tenant's owner or the cluster's operator can act on, with
+/// the API server's reason: it is the cluster's rule, not an internal detail. Anything
+/// else translates as usual.
+pub(crate) fn refused(what: &'static str) -> impl Fn(kube::Error) -> Error {
+    move |err| match err {
+        kube::Error::Api(status) if status.code == 403 || (status.code == 422 && status.message.contains("denied request")) => {
+            tracing::warn!(code = status.code, reason = %status.reason, message = %status.message, "the cluster refused a tenant's {what}");
+            Error::Forbidden(format!("the cluster refused to create the tenant's {what}: {}", status.message))
+        }
+        other => translate(other),
+    }
+}
+
 /// What the core sees of a tenant's status.
 pub(crate) fn port_status(status: &NexusTenantStatus) -> TenantStatus {
     let phase = status.phase.map_or(TenantPhase::Pending, TenantPhase::from);
@@ -77,7 +106,8 @@ fn being_deleted() -> TenantStatus {
 }
 
 impl KubeCluster {
-    /// Applies the tenant and its namespace's resources; returns its status.
+    /// Applies the tenant and its namespace's resources, unless nothing drifted since this
+    /// replica last applied them (see [`KubeCluster::unchanged`]); returns its status.
     pub(crate) async fn provision(&self, tenant: &Tenant) -> Result<TenantStatus> {
         let name = tenant.id.cr_name();
         let resource = json!({
@@ -86,6 +116,13 @@ impl KubeCluster {
             "metadata": {"name": name, "finalizers": [TENANT_FINALIZER]},
             "spec": {"displayName": tenant.display_name.as_str(), "nodeProfile": tenant.node_profile.as_str(), "resourceQuota": {"maxAgents": tenant.max_agents}}
         });
+        let desired = format!("{resource} {} {}", self.settings().node_image, self.settings().system_namespace);
+        if let Some((current, available)) = self.unchanged(&name, &desired) {
+            let status = applied_status(&name, available, &current, Utc::now());
+            self.write_status(&name, &current, &status).await?;
+            return Ok(port_status(&status));
+        }
+        self.forget_applied(&name);
         let applied = self.tenants().patch(&name, &apply(), &Patch::Apply(&resource)).await.map_err(translate)?;
         self.keep_tenant(&applied);
         if applied.metadata.deletion_timestamp.is_some() {
@@ -93,7 +130,9 @@ impl KubeCluster {
         }
         let current = applied.status.clone().unwrap_or_default();
         match self.apply_node(&name, &applied).await {
-            Ok(available) => {
+            Ok((available, record)) => {
+                let record = Applied { desired, tenant_generation: applied.metadata.generation, ..record };
+                self.stores().applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), record);
                 let status = applied_status(&name, available, &current, Utc::now());
                 self.write_status(&name, &current, &status).await?;
                 Ok(port_status(&status))
@@ -106,17 +145,72 @@ impl KubeCluster {
         }
     }
 
+    fn forget_applied(&self, name: &str) {
+        self.stores().applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+    }
+
+    /// Whether nothing drifted since this replica last applied the tenant `name` as
+    /// `desired`: the watches' stores are ready and see its resource at the generation
+    /// applied (not being deleted), and its namespace, NetworkPolicy and Service at the
+    /// versions, its Deployment at the generation the applies answered. Then the tenant's
+    /// current status and whether its node is available; `None` when anything differs,
+    /// is gone, or is not known (the watches are not running): then everything is applied.
+    fn unchanged(&self, name: &str, desired: &str) -> Option<(NexusTenantStatus, bool)> {
+        let stores = self.stores();
+        let record = stores.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()?;
+        if record.desired != desired {
+            return None;
+        }
+        let tenant = stores.tenants.get(&(self.settings().system_namespace.clone(), name.to_owned()))??;
+        if tenant.metadata.deletion_timestamp.is_some() || tenant.metadata.generation != record.tenant_generation {
+            return None;
+        }
+        let node = (name.to_owned(), NODE_NAME.to_owned());
+        let namespace = stores.namespaces.get(&(String::new(), name.to_owned()))??;
+        let policy = stores.policies.get(&node)??;
+        let service = stores.services.get(&node)??;
+        let deployment = stores.deployments.get(&node)??;
+        let same = namespace.version == record.namespace
+            && policy.version == record.policy
+            && service.version == record.service
+            && deployment.generation == record.deployment_generation;
+        same.then(|| (tenant.status.clone().unwrap_or_default(), deployment.available))
+    }
+
     /// Namespace, NetworkPolicy (before any pod runs), Deployment and Service of the node;
-    /// whether the node is available.
-    async fn apply_node(&self, name: &str, tenant: &NexusTenant) -> Result<bool> {
+    /// whether the node is available, and what the API server answered. Each answer goes
+    /// into the watches' stores at once.
+    async fn apply_node(&self, name: &str, tenant: &NexusTenant) -> Result<(bool, Applied)> {
+        let stores = self.stores();
         let namespace = tenant_namespace(name, MANAGED_LABEL);
-        Api::<Namespace>::all(self.client()).patch(name, &apply(), &Patch::Apply(&namespace)).await.map_err(translate)?;
+        let namespace = Api::<Namespace>::all(self.client()).patch(name, &apply(), &Patch::Apply(&namespace)).await.map_err(refused("namespace"))?;
+        stores.namespaces.written(&key_of(&namespace), version_of(&namespace), Owned::of(&namespace));
         let policy = node_network_policy(&self.settings().system_namespace);
-        Api::<NetworkPolicy>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&policy)).await.map_err(translate)?;
+        let policy = Api::<NetworkPolicy>::namespaced(self.client(), name)
+            .patch(NODE_NAME, &apply(), &Patch::Apply(&policy))
+            .await
+            .map_err(refused("network policy"))?;
+        stores.policies.written(&key_of(&policy), version_of(&policy), Owned::of(&policy));
         let deployment = node_deployment(tenant, &self.settings().node_image);
-        let deployment = Api::<Deployment>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&deployment)).await.map_err(translate)?;
-        Api::<Service>::namespaced(self.client(), name).patch(NODE_NAME, &apply(), &Patch::Apply(&node_service())).await.map_err(translate)?;
-        Ok(node_available(&deployment))
+        let deployment = Api::<Deployment>::namespaced(self.client(), name)
+            .patch(NODE_NAME, &apply(), &Patch::Apply(&deployment))
+            .await
+            .map_err(refused("node Deployment"))?;
+        stores.deployments.written(&key_of(&deployment), version_of(&deployment), Owned::of_deployment(&deployment));
+        let service = Api::<Service>::namespaced(self.client(), name)
+            .patch(NODE_NAME, &apply(), &Patch::Apply(&node_service()))
+            .await
+            .map_err(refused("node Service"))?;
+        stores.services.written(&key_of(&service), version_of(&service), Owned::of(&service));
+        let record = Applied {
+            desired: String::new(),
+            tenant_generation: None,
+            namespace: version_of(&namespace),
+            policy: version_of(&policy),
+            deployment_generation: deployment.metadata.generation,
+            service: version_of(&service),
+        };
+        Ok((node_available(&deployment), record))
     }
 
     /// Writes `status` through the status subresource, unless it is `current`.
@@ -153,6 +247,7 @@ impl KubeCluster {
     /// deletes its namespace.
     pub(crate) async fn deprovision(&self, id: &TenantId) -> Result<()> {
         let name = id.cr_name();
+        self.forget_applied(&name);
         let answer = absent_ok(self.tenants().delete(&name, &DeleteParams::default()).await)?;
         match answer.and_then(|answer| answer.left()) {
             Some(tenant) => self.keep_tenant(&tenant),

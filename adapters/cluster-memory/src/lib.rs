@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::RwLock;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use nexus_ports::agents::{AgentManifest, AgentName, AgentObject, AgentStatus};
 use nexus_ports::leadership::Fence;
 use nexus_ports::node_names::NodeSharing;
@@ -27,12 +28,24 @@ pub struct MemoryCluster {
     /// Deprovisioned tenants whose agents are still being removed from the node.
     terminating: RwLock<HashSet<TenantId>>,
     agents: RwLock<Agents>,
+    /// When the node was last seen holding every Running agent as it should.
+    node_seen: RwLock<Option<DateTime<Utc>>>,
 }
 
 impl MemoryCluster {
     /// A cluster where every tenant's node answers at `node_endpoint`.
     pub fn new(node_endpoint: impl Into<String>) -> Self {
-        Self { node_endpoint: node_endpoint.into(), tenants: RwLock::default(), terminating: RwLock::default(), agents: RwLock::default() }
+        Self {
+            node_endpoint: node_endpoint.into(),
+            tenants: RwLock::default(),
+            terminating: RwLock::default(),
+            agents: RwLock::default(),
+            node_seen: RwLock::default(),
+        }
+    }
+
+    fn node_seen(&self) -> Result<Option<DateTime<Utc>>> {
+        self.node_seen.read().map(|seen| *seen).map_err(poisoned)
     }
 
     fn agents(&self) -> Result<std::sync::RwLockWriteGuard<'_, Agents>> {
@@ -49,6 +62,11 @@ impl ClusterBackend for MemoryCluster {
     /// Every tenant's node is the one configured endpoint.
     fn node_sharing(&self) -> NodeSharing {
         NodeSharing::Shared
+    }
+
+    /// Only Nexus writes what it holds of tenants.
+    fn tenants_drift(&self) -> bool {
+        false
     }
 
     async fn provision_tenant(&self, tenant: &Tenant) -> Result<TenantStatus> {
@@ -117,15 +135,33 @@ impl ClusterBackend for MemoryCluster {
     }
 
     async fn agent_object(&self, tenant: &TenantId, name: &AgentName) -> Result<Option<AgentObject>> {
-        Ok(self.agents.read().map_err(poisoned)?.get(tenant).and_then(|agents| agents.get(name)).cloned())
+        let seen = self.node_seen()?;
+        Ok(self.agents.read().map_err(poisoned)?.get(tenant).and_then(|agents| agents.get(name)).map(|object| object.clone().seen_on_node(seen)))
     }
 
     async fn list_agent_objects(&self) -> Result<Vec<AgentObject>> {
-        Ok(self.agents.read().map_err(poisoned)?.values().flat_map(BTreeMap::values).cloned().collect())
+        let seen = self.node_seen()?;
+        Ok(self.agents.read().map_err(poisoned)?.values().flat_map(BTreeMap::values).map(|object| object.clone().seen_on_node(seen)).collect())
     }
 
     async fn list_tenant_agent_objects(&self, tenant: &TenantId) -> Result<Vec<AgentObject>> {
-        Ok(self.agents.read().map_err(poisoned)?.get(tenant).map(|agents| agents.values().cloned().collect()).unwrap_or_default())
+        let seen = self.node_seen()?;
+        Ok(self
+            .agents
+            .read()
+            .map_err(poisoned)?
+            .get(tenant)
+            .map(|agents| agents.values().map(|object| object.clone().seen_on_node(seen)).collect())
+            .unwrap_or_default())
+    }
+
+    /// One time for the one node, in memory.
+    async fn record_node_seen(&self, node: &str, at: DateTime<Utc>, _agents: &[(TenantId, AgentName, u64)], _fence: Fence) -> Result<()> {
+        if node == self.node_endpoint {
+            let mut seen = self.node_seen.write().map_err(poisoned)?;
+            *seen = (*seen).max(Some(at));
+        }
+        Ok(())
     }
 
     /// One process, nothing shares this memory: the loop's own check of its term is the fence.

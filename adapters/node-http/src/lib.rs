@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nexus_ports::agents::AgentName;
+use nexus_ports::node_names::NodeAgent;
 use nexus_ports::ports::NodeProxy;
 use nexus_ports::{Error, Result};
 use reqwest::{Client, Method, RequestBuilder, StatusCode};
@@ -159,6 +160,25 @@ impl NodeProxy for HttpNode {
             (status, _) if status.is_success() || status == StatusCode::NOT_FOUND => Ok(()),
             (status, body) => Err(refusal(node, "to remove the agent", status, &body)),
         }
+    }
+
+    /// Entries without a name are passed over; a version that is not a string reads as
+    /// none.
+    async fn list_node_agents(&self, node: &str) -> Result<Vec<NodeAgent>> {
+        let listed = self.expect_success(node, "to list its agents", self.request(Method::GET, node, "/v1/agents")).await?;
+        let Some(agents) = listed.get("agents").and_then(Value::as_array) else {
+            tracing::warn!(%node, "the node's list of agents has no `agents` array");
+            return Err(Error::Upstream("the agent's node answered its list of agents in an unknown form".to_owned()));
+        };
+        Ok(agents
+            .iter()
+            .filter_map(|agent| {
+                let name = agent.get("name")?.as_str()?.to_owned();
+                let version = agent.get("version").and_then(Value::as_str).map(str::to_owned);
+                let status = agent.get("status").and_then(Value::as_str).unwrap_or_default().to_owned();
+                Some(NodeAgent { name, version, status })
+            })
+            .collect())
     }
 
     async fn agent_view(&self, node: &str, name: &AgentName) -> Result<Option<Value>> {
@@ -360,6 +380,34 @@ mod tests {
         assert_eq!(err, Error::Upstream("the agent's node refused the run (500 Internal Server Error)".into()), "no exception text");
         let (answering, _) = serve(answer("200 OK", "Content-Type: application/json\r\n", r#"{"answer": "hello", "steps": []}"#)).await;
         assert_eq!(node.run_agent(&answering, &name, &request, Duration::from_secs(5)).await.unwrap()["answer"], "hello");
+    }
+
+    #[tokio::test]
+    async fn the_nodes_list_reads_each_agents_name_version_and_status_in_one_call() {
+        let listed = r#"{"agents": [
+            {"name": "bot", "version": "1.0.0+nexus.0123456789abcdef", "namespace": "t", "status": "deployed"},
+            {"name": "draft", "version": "0.1.0", "namespace": "default", "status": "draft", "error": "boom"},
+            {"version": "2"}, {"name": "odd", "version": 3, "status": "paused"}
+        ]}"#;
+        let (url, hits) = serve(answer("200 OK", "Content-Type: application/json\r\n", listed)).await;
+        let agents = HttpNode::new().unwrap().list_node_agents(&url).await.unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            agents,
+            vec![
+                NodeAgent { name: "bot".into(), version: Some("1.0.0+nexus.0123456789abcdef".into()), status: "deployed".into() },
+                NodeAgent { name: "draft".into(), version: Some("0.1.0".into()), status: "draft".into() },
+                NodeAgent { name: "odd".into(), version: None, status: "paused".into() },
+            ]
+        );
+        assert!(agents[0].is_stamped() && agents[0].is_deployed() && !agents[1].is_stamped());
+        let (strange, _) = serve(answer("200 OK", "Content-Type: application/json\r\n", r#"{"items": []}"#)).await;
+        assert!(matches!(HttpNode::new().unwrap().list_node_agents(&strange).await, Err(Error::Upstream(_))), "an unknown form is no empty node");
+        let (failing, _) = serve(answer("503 Service Unavailable", "", "")).await;
+        assert_eq!(
+            HttpNode::new().unwrap().list_node_agents(&failing).await.unwrap_err(),
+            Error::Upstream("the agent's node refused to list its agents (503 Service Unavailable)".into())
+        );
     }
 
     #[tokio::test]

@@ -5,6 +5,10 @@
 //! tenant's node is the one configured endpoint: tenants share it, and their agents go
 //! there under node-side names. Only the leader's reconcile loop writes statuses and
 //! forgets objects; the API writes desired state (a manifest, a deletion) from any replica.
+//!
+//! At rest the leader writes one row per period: when it last saw the node holding every
+//! Running agent as it should (`cluster_nodes`), joined into each Running agent's
+//! `last_synced_at` as statuses are read, in the same statement.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -56,6 +60,8 @@ pub(crate) fn statement(backend: DatabaseBackend, sql: &str, values: impl IntoIt
 }
 
 const AGENT_COLUMNS: &str = "tenant_id, name, version, manifest, generation, observed_generation, phase, node_ack, last_synced_micros, message, deleting";
+/// The node's last seen time, read with every agent row (one node: every tenant's).
+const NODE_SEEN: &str = "(SELECT seen_micros FROM cluster_nodes WHERE endpoint = ?) AS node_seen_micros";
 
 /// A stored phase; one a newer replica wrote and this one does not know reads as Pending.
 fn agent_phase(text: &str) -> AgentPhase {
@@ -82,7 +88,8 @@ fn agent_object(row: &QueryResult) -> Result<AgentObject> {
     let observed: i64 = row.try_get("", "observed_generation").map_err(db)?;
     let phase: String = row.try_get("", "phase").map_err(db)?;
     let synced: Option<i64> = row.try_get("", "last_synced_micros").map_err(db)?;
-    Ok(AgentObject {
+    let node_seen: Option<i64> = row.try_get("", "node_seen_micros").map_err(db)?;
+    let object = AgentObject {
         tenant_id: TenantId::parse(&tenant).map_err(|_| corrupt("tenant id"))?,
         manifest: AgentManifest::from_stored(name, version, manifest),
         generation: u64::try_from(generation).unwrap_or_default(),
@@ -94,7 +101,8 @@ fn agent_object(row: &QueryResult) -> Result<AgentObject> {
             message: row.try_get("", "message").map_err(db)?,
         },
         deleting: row.try_get("", "deleting").map_err(db)?,
-    })
+    };
+    Ok(object.seen_on_node(node_seen.and_then(DateTime::<Utc>::from_timestamp_micros)))
 }
 
 fn generation(value: u64) -> Value {
@@ -107,7 +115,8 @@ impl SqlCluster {
     }
 
     async fn agents_where(&self, filter: &str, values: Vec<Value>) -> Result<Vec<AgentObject>> {
-        let query = statement(self.backend(), &format!("SELECT {AGENT_COLUMNS} FROM cluster_agents {filter} ORDER BY tenant_id, name"), values);
+        let values = std::iter::once(self.node_endpoint.clone().into()).chain(values);
+        let query = statement(self.backend(), &format!("SELECT {AGENT_COLUMNS}, {NODE_SEEN} FROM cluster_agents {filter} ORDER BY tenant_id, name"), values);
         let rows = self.db.query_all_raw(query).await.map_err(db)?;
         Ok(rows
             .iter()
@@ -137,6 +146,11 @@ impl ClusterBackend for SqlCluster {
     /// Every tenant's node is the one configured endpoint.
     fn node_sharing(&self) -> NodeSharing {
         NodeSharing::Shared
+    }
+
+    /// Only Nexus writes what it holds of tenants.
+    fn tenants_drift(&self) -> bool {
+        false
     }
 
     /// Written only when it changes: the leader provisions every tenant at each resync.
@@ -236,22 +250,30 @@ impl ClusterBackend for SqlCluster {
     async fn list_tenant_agent_statuses(&self, tenant: &TenantId) -> Result<Vec<(AgentName, AgentStatus)>> {
         let query = statement(
             self.backend(),
-            "SELECT name, phase, node_ack, last_synced_micros, message FROM cluster_agents WHERE tenant_id = ? ORDER BY name",
-            [tenant.to_string().into()],
+            &format!(
+                "SELECT name, phase, node_ack, last_synced_micros, message, generation, observed_generation, deleting, {NODE_SEEN} FROM cluster_agents WHERE tenant_id = ? ORDER BY name"
+            ),
+            [self.node_endpoint.clone().into(), tenant.to_string().into()],
         );
         let rows = self.db.query_all_raw(query).await.map_err(db)?;
         let status = |row: &QueryResult| -> Result<(AgentName, AgentStatus)> {
             let name: String = row.try_get("", "name").map_err(db)?;
             let phase: String = row.try_get("", "phase").map_err(db)?;
             let synced: Option<i64> = row.try_get("", "last_synced_micros").map_err(db)?;
+            let node_seen: Option<i64> = row.try_get("", "node_seen_micros").map_err(db)?;
+            let generation: i64 = row.try_get("", "generation").map_err(db)?;
+            let observed: i64 = row.try_get("", "observed_generation").map_err(db)?;
+            let deleting: bool = row.try_get("", "deleting").map_err(db)?;
+            let status = AgentStatus {
+                phase: agent_phase(&phase),
+                node_ack: row.try_get("", "node_ack").map_err(db)?,
+                last_synced_at: synced.and_then(DateTime::<Utc>::from_timestamp_micros),
+                message: row.try_get("", "message").map_err(db)?,
+            };
+            let current = generation == observed && !deleting;
             Ok((
                 AgentName::parse(&name).map_err(|_| corrupt("agent name"))?,
-                AgentStatus {
-                    phase: agent_phase(&phase),
-                    node_ack: row.try_get("", "node_ack").map_err(db)?,
-                    last_synced_at: synced.and_then(DateTime::<Utc>::from_timestamp_micros),
-                    message: row.try_get("", "message").map_err(db)?,
-                },
+                status.seen_on_node(current, node_seen.and_then(DateTime::<Utc>::from_timestamp_micros)),
             ))
         };
         Ok(rows.iter().filter_map(|row| status(row).inspect_err(|err| tracing::error!(error = %err, "skipping an unreadable agent status")).ok()).collect())
@@ -287,6 +309,34 @@ impl ClusterBackend for SqlCluster {
             Some(_) => Ok(()),
             None => Err(Error::Unavailable(format!("status not written: term {term} of the leader lease is over"))),
         }
+    }
+
+    /// One row for the one node, whatever the number of agents: never moved back. With a
+    /// term's fence, written only while that term is the lease's current one and
+    /// unexpired, in the same statement.
+    async fn record_node_seen(&self, node: &str, at: DateTime<Utc>, _agents: &[(TenantId, AgentName, u64)], fence: Fence) -> Result<()> {
+        if node != self.node_endpoint {
+            return Ok(());
+        }
+        let backend = self.backend();
+        let mut values: Vec<Value> = vec![node.into(), at.timestamp_micros().into()];
+        let condition = match fence {
+            Fence::Alone => String::new(),
+            Fence::Term(term) => {
+                values.push(generation(term));
+                format!(" AND {}", term_lasts(backend))
+            }
+        };
+        // An INSERT ... SELECT, so that the fence guards the first write as well.
+        let upsert = statement(
+            backend,
+            &format!(
+                "INSERT INTO cluster_nodes (endpoint, seen_micros) SELECT ?, ? WHERE 1 = 1{condition} \
+                 ON CONFLICT (endpoint) DO UPDATE SET seen_micros = excluded.seen_micros WHERE cluster_nodes.seen_micros < excluded.seen_micros"
+            ),
+            values,
+        );
+        self.db.execute_raw(upsert).await.map(drop).map_err(db)
     }
 
     /// Only an object still marked for deletion goes (one applied again meanwhile stays);

@@ -16,6 +16,8 @@
 //!
 //! What to do with each attempt's outcome is [`Election`], pure and tested without I/O.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nexus_ports::Result;
@@ -128,13 +130,16 @@ pub struct SqlLease {
     db: DatabaseConnection,
     holder: String,
     duration: Duration,
+    /// Whether the lease's row is known to exist (it is never deleted): then an attempt is
+    /// one statement, one commit, not two.
+    created: Arc<AtomicBool>,
 }
 
 impl SqlStore {
     /// The candidacy of the replica named `holder` (unique per process) for the lease of
     /// the reconcile loop.
     pub fn lease(&self, holder: impl Into<String>, duration: Duration) -> SqlLease {
-        SqlLease { db: self.db.clone(), holder: holder.into(), duration }
+        SqlLease { db: self.db.clone(), holder: holder.into(), duration, created: Arc::new(AtomicBool::new(false)) }
     }
 }
 
@@ -148,9 +153,12 @@ impl SqlLease {
     /// [`nexus_ports::Error::Unavailable`] when the database cannot be reached.
     pub async fn try_hold(&self) -> Result<Option<u64>> {
         let backend = self.db.get_database_backend();
-        let create =
-            statement(backend, "INSERT INTO leader_lease (name, holder, expires_millis) VALUES (?, '', 0) ON CONFLICT (name) DO NOTHING", [LEASE.into()]);
-        self.db.execute_raw(create).await.map_err(db)?;
+        if !self.created.load(Ordering::Relaxed) {
+            let create =
+                statement(backend, "INSERT INTO leader_lease (name, holder, expires_millis) VALUES (?, '', 0) ON CONFLICT (name) DO NOTHING", [LEASE.into()]);
+            self.db.execute_raw(create).await.map_err(db)?;
+            self.created.store(true, Ordering::Relaxed);
+        }
         let now = database_now(backend);
         // Every right-hand side reads the row as it was before the update.
         let take = statement(

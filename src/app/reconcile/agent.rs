@@ -1,6 +1,7 @@
 //! The runner's work on one agent object: reads it and what it goes by, lets
 //! [`next_step`] decide, and performs the step (node calls, status writes).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,7 +10,7 @@ use nexus_ports::agents::{AgentObject, AgentPhase, AgentStatus};
 use nexus_ports::node_names::NodeSharing;
 
 use super::Reconciler;
-use super::state::{AgentKey, Item, after};
+use super::state::{AgentKey, Item, OnNode, after};
 use super::step::{Retry, Step, backoff, chains_in, is_resync, next_step};
 use super::term::is_term_over;
 use crate::app::chains::{NodeCheck, node_check};
@@ -21,6 +22,7 @@ impl Reconciler {
         let now = self.clock.now();
         let retry_soon = Some(after(now, backoff(1)));
         let listed = self.state().listed.remove(&key);
+        let from_sweep = listed.is_some();
         let read = match listed {
             Some(object) => Ok(Some(object)),
             None => self.cluster.agent_object(&key.0, &key.1).await,
@@ -45,16 +47,24 @@ impl Reconciler {
             }
             (tenant, state.retries.get(&key).copied())
         };
+        self.expect_on_node(&key, &object);
         let (check, chained) = if self.cluster.node_sharing() == NodeSharing::PerTenant {
             (NodeCheck::Clear, false)
         } else {
-            match self.cluster.list_tenant_agent_objects(&key.0).await {
-                Ok(siblings) => (node_check(&object, &siblings.iter().collect::<Vec<_>>(), &self.names(&key.0)), chains_in(&siblings)),
-                Err(err) => {
-                    tracing::warn!(agent = %key.1, error = %err, "cannot list the tenant's agent objects; will retry");
-                    return retry_soon;
-                }
-            }
+            // An agent the sweep woke goes by the tenant's objects the sweep listed with it;
+            // one an event woke reads them afresh.
+            let swept = if from_sweep { self.state().siblings.get(&key.0).cloned() } else { None };
+            let siblings = match swept {
+                Some(siblings) => siblings,
+                None => match self.cluster.list_tenant_agent_objects(&key.0).await {
+                    Ok(siblings) => Arc::new(siblings),
+                    Err(err) => {
+                        tracing::warn!(agent = %key.1, error = %err, "cannot list the tenant's agent objects; will retry");
+                        return retry_soon;
+                    }
+                },
+            };
+            (node_check(&object, &siblings.iter().collect::<Vec<_>>(), &self.names(&key.0)), chains_in(&siblings))
         };
         let resync = spread(self.resync, &key);
         // On a shared node, what one agent of a tenant with chains did may change what its
@@ -64,7 +74,18 @@ impl Reconciler {
                 self.state().wake_agents_of(key.0, Some(&key.1), self.clock.now());
             }
         };
-        let wait = match next_step(&object, tenant.as_ref(), &check, retry, resync, now) {
+        let step = next_step(&object, tenant.as_ref(), &check, retry, resync, now);
+        if is_resync(&object) && matches!(step, Step::Deploy | Step::Wait(_)) {
+            // At rest: its node's list, once a period, tells whether it must be pushed
+            // again. Until then it is not looked at (a sweep or an event brings it back).
+            let mut state = self.state();
+            if !state.drifted.contains(&key) {
+                state.reserved.remove(&key);
+                return None;
+            }
+        }
+        let step = if is_resync(&object) && matches!(step, Step::Wait(_)) { Step::Deploy } else { step };
+        let wait = match step {
             Step::Wait(wait) => {
                 if object.deleting && check == NodeCheck::Needed {
                     wake_siblings();
@@ -114,6 +135,7 @@ impl Reconciler {
                         return Some(after(now, wait));
                     }
                 }
+                self.state().drifted.remove(&key);
                 let node = tenant.and_then(|t| t.node_endpoint).unwrap_or_default();
                 let (deployed, wait) = self.deploy(&object, &node, now).await;
                 if deployed && !object.status.node_ack {
@@ -176,8 +198,9 @@ impl Reconciler {
             self.record(object, &deploying).await;
         }
         let names = self.names(&object.tenant_id);
-        let outcome = match names.to_node(&object.manifest) {
-            Ok(document) => match self.in_term(self.node.register_agent(node, &document)).await {
+        let document = names.to_node(&object.manifest);
+        let outcome = match &document {
+            Ok(document) => match self.in_term(self.node.register_agent(node, document)).await {
                 Ok(()) => self.in_term(self.node.deploy_agent(node, &names.node_name(&key.1))).await,
                 Err(err) => Err(err),
             },
@@ -188,7 +211,18 @@ impl Reconciler {
         };
         match outcome {
             Ok(()) => {
-                self.state().retries.remove(&key);
+                {
+                    let mut state = self.state();
+                    state.retries.remove(&key);
+                    if let Ok(document) = &document {
+                        let should = OnNode {
+                            generation: object.generation,
+                            name: names.node_name(&key.1).as_str().to_owned(),
+                            version: document["metadata"]["version"].as_str().unwrap_or_default().to_owned(),
+                        };
+                        state.on_node.insert(key.clone(), should);
+                    }
+                }
                 let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: Some(self.clock.now()), message: None };
                 self.record(object, &running).await;
                 (true, spread(self.resync, &key))
@@ -205,6 +239,29 @@ impl Reconciler {
                 self.record(object, &failed).await;
                 (false, backoff(failures))
             }
+        }
+    }
+
+    /// Keeps what the node should list for the agent: for one Running its current
+    /// generation, its node-side name and stamped version (worked out once per
+    /// generation); for any other, nothing (its own item takes it to its node).
+    fn expect_on_node(&self, key: &AgentKey, object: &AgentObject) {
+        let at_rest =
+            object.status.phase == AgentPhase::Running && object.status.node_ack && object.observed_generation == object.generation && !object.deleting;
+        if !at_rest {
+            self.state().on_node.remove(key);
+            return;
+        }
+        if self.state().on_node.get(key).is_some_and(|should| should.generation == object.generation) {
+            return;
+        }
+        let names = self.names(&key.0);
+        match names.node_version(&object.manifest) {
+            Ok(version) => {
+                let should = OnNode { generation: object.generation, name: names.node_name(&key.1).as_str().to_owned(), version };
+                self.state().on_node.insert(key.clone(), should);
+            }
+            Err(err) => tracing::error!(tenant = %key.0, agent = %key.1, error = %err, "an agent's stored manifest cannot be read"),
         }
     }
 

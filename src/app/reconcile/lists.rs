@@ -3,6 +3,7 @@
 //! store whose agents must still leave their node.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,16 +24,22 @@ impl Reconciler {
     /// (objects are only forgotten by this same loop). An agent the cluster refuses (its
     /// namespace deleted by hand or terminating, a policy) is logged (the cluster marks it
     /// where it can) and the others applied: the next sweep tries it again. Returns how
-    /// many it applied.
+    /// many objects it applied or marked for deletion.
     ///
     /// # Errors
     /// When the store or the cluster cannot be listed.
     pub async fn apply_registry(&self) -> nexus_ports::Result<usize> {
         let objects = self.cluster.list_agent_objects().await?;
+        self.apply_registry_over(&objects).await
+    }
+
+    /// [`Self::apply_registry`], given the objects the cluster has (listed before the
+    /// registry). Objects whose agent the registry lost are marked for deletion first.
+    async fn apply_registry_over(&self, objects: &[AgentObject]) -> nexus_ports::Result<usize> {
         let registry = self.agents.list_all_agents().await?;
-        self.mark_unregistered(&objects, &registry).await;
-        let existing: HashSet<AgentKey> = objects.into_iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
-        let mut applied = 0;
+        // Marked objects count as applied: the caller's listing of them is stale.
+        let mut applied = self.mark_unregistered(objects, &registry).await;
+        let existing: HashSet<AgentKey> = objects.iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
         for agent in registry {
             if existing.contains(&(agent.tenant_id, agent.manifest.name().clone())) {
                 continue;
@@ -50,21 +57,25 @@ impl Reconciler {
     /// between its commit and its mark, or whose mark the cluster refused. Objects are
     /// made after their registry row, so such an object's agent was deleted; it is read
     /// again just before, in case it was registered again since.
-    async fn mark_unregistered(&self, objects: &[AgentObject], registry: &[Agent]) {
+    /// Returns how many it marked.
+    async fn mark_unregistered(&self, objects: &[AgentObject], registry: &[Agent]) -> usize {
+        let mut marked = 0;
         let registered: HashSet<(TenantId, &AgentName)> = registry.iter().map(|agent| (agent.tenant_id, agent.manifest.name())).collect();
         for object in objects.iter().filter(|object| !object.deleting && !registered.contains(&(object.tenant_id, object.manifest.name()))) {
             let (tenant, name) = (&object.tenant_id, object.manifest.name());
             match self.agents.find_agent(tenant, name).await {
                 Ok(None) => {
                     tracing::warn!(%tenant, agent = %name, "the registry lost an agent its cluster object was not marked for; marking it now");
-                    if let Err(err) = self.cluster.request_agent_deletion(tenant, name).await {
-                        tracing::warn!(%tenant, agent = %name, error = %err, "cannot mark the deleted agent's object; will retry");
+                    match self.in_term(self.cluster.request_agent_deletion(tenant, name)).await {
+                        Ok(()) => marked += 1,
+                        Err(err) => tracing::warn!(%tenant, agent = %name, error = %err, "cannot mark the deleted agent's object; will retry"),
                     }
                 }
                 Ok(Some(_)) => {}
                 Err(err) => tracing::warn!(%tenant, agent = %name, error = %err, "cannot read the agent; will retry"),
             }
         }
+        marked
     }
 
     /// Provisions every stored tenant (all of them at start-up on the in-memory cluster),
@@ -89,7 +100,7 @@ impl Reconciler {
         let mut statuses = HashMap::new();
         for (id, status, wait) in outcomes {
             let next = after(now, wait.unwrap_or_else(|| self.tenant_period(&id, &status)));
-            state.note_tenant(id, status.clone());
+            state.note_tenant(id, status.clone(), now);
             state.queue.wake(Item::Tenant(id), next);
             statuses.insert(id, status);
         }
@@ -115,24 +126,48 @@ impl Reconciler {
             }
         };
         let unseen: Vec<Tenant> = {
-            let state = self.state();
+            let mut state = self.state();
+            state.tenants_listed = tenants.iter().map(|t| t.id).collect();
             tenants.into_iter().filter(|t| !state.tenants.contains_key(&t.id) && !state.queue.contains(&Item::Tenant(t.id))).collect()
         };
         self.provision_all(unseen).await;
-        if with_registry && let Err(err) = self.apply_registry().await {
-            tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry");
+        // With the registry, it is compared with the objects listed first, and they are
+        // listed again only when it applied some: one list of them a sweep at rest, not two.
+        let mut listed = None;
+        if with_registry {
+            match self.cluster.list_agent_objects().await {
+                Ok(objects) => match self.apply_registry_over(&objects).await {
+                    Ok(0) => listed = Some(objects),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry"),
+                },
+                Err(err) => tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry"),
+            }
         }
         if let Err(err) = self.in_term(self.cluster.finish_deletions()).await {
             tracing::warn!(error = %err, "cannot finish deletions yet; will retry");
         }
-        let objects = match self.cluster.list_agent_objects().await {
-            Ok(objects) => objects,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot list agent objects; will retry");
-                return retry;
-            }
+        let objects = match listed {
+            Some(objects) => objects,
+            None => match self.cluster.list_agent_objects().await {
+                Ok(objects) => objects,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot list agent objects; will retry");
+                    return retry;
+                }
+            },
         };
+        // A tenant's agents, for the chain checks of those this sweep wakes: read once here,
+        // not once per agent.
+        let mut siblings: HashMap<TenantId, Vec<AgentObject>> = HashMap::new();
+        if self.cluster.node_sharing() == NodeSharing::Shared {
+            for object in &objects {
+                siblings.entry(object.tenant_id).or_default().push(object.clone());
+            }
+        }
         let mut state = self.state();
+        state.siblings = siblings.into_iter().map(|(tenant, objects)| (tenant, Arc::new(objects))).collect();
+        state.swept = true;
         for object in objects {
             let (tenant, name) = (object.tenant_id, object.manifest.name().clone());
             // The tenant of objects the store no longer has (deleted, whose agents must
@@ -155,6 +190,16 @@ impl Reconciler {
     /// has of it while its agents leave); wakes its agents when what they go by changed.
     pub(super) async fn tenant_item(&self, id: TenantId) -> Option<DateTime<Utc>> {
         let now = self.clock.now();
+        {
+            // At rest on a cluster only Nexus writes: a ready tenant the last sweep listed
+            // and nothing woke is as it was; nothing is read.
+            let mut state = self.state();
+            let woken = state.tenant_wakes.remove(&id);
+            let ready = state.tenants.get(&id).is_some_and(|status| status.phase == TenantPhase::Ready);
+            if !woken && ready && !self.cluster.tenants_drift() && state.tenants_listed.contains(&id) && !state.tenant_retries.contains_key(&id) {
+                return Some(after(now, spread(self.resync, &id)));
+            }
+        }
         let (status, next) = match self.tenants.find_tenant(&id).await {
             Ok(Some(tenant)) => {
                 let (id, status, wait) = self.reconcile_tenant(tenant, now).await;
@@ -192,7 +237,7 @@ impl Reconciler {
             }
         };
         let mut state = self.state();
-        if state.note_tenant(id, status) {
+        if state.note_tenant(id, status, now) {
             state.wake_agents_of(id, None, now);
         }
         Some(next)

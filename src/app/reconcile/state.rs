@@ -26,6 +26,8 @@ pub(super) enum Item {
     Sweep,
     Tenant(TenantId),
     Agent(TenantId, AgentName),
+    /// Lists a node's agents once a period and compares them with what should be there.
+    Node(String),
 }
 
 impl Item {
@@ -34,11 +36,22 @@ impl Item {
             Self::Sweep => "sweep",
             Self::Tenant(_) => "tenant",
             Self::Agent(..) => "agent",
+            Self::Node(_) => "node",
         }
     }
 }
 
 pub(super) type AgentKey = (TenantId, AgentName);
+
+/// What a node should list for an agent Running its current generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct OnNode {
+    pub(super) generation: u64,
+    /// Its node-side name.
+    pub(super) name: String,
+    /// The stamped version of the document pushed ([`nexus_ports::node_names`]).
+    pub(super) version: String,
+}
 
 /// What the loop knows between items.
 pub(super) struct State {
@@ -62,11 +75,27 @@ pub(super) struct State {
     /// Agents whose resync the bucket deferred: each holds a token reserved for when it is
     /// due again, and goes then without asking the bucket again.
     pub(super) reserved: HashSet<AgentKey>,
+    /// What each node should list for each agent Running its current generation.
+    pub(super) on_node: HashMap<AgentKey, OnNode>,
+    /// Agents their node's list showed missing or changed: pushed again when next looked at.
+    pub(super) drifted: HashSet<AgentKey>,
+    /// Each tenant's agent objects as the last sweep listed them: what the chain check of an
+    /// agent woken by that sweep reads, instead of the tenant's list again per agent.
+    pub(super) siblings: HashMap<TenantId, Arc<Vec<AgentObject>>>,
+    /// Whether a sweep has found every object: until then, no node's list is compared (an
+    /// agent not tracked yet would look like a stray).
+    pub(super) swept: bool,
+    /// The resync period: how often each node is listed.
+    pub(super) resync: Duration,
+    /// The tenants the last sweep listed from the store.
+    pub(super) tenants_listed: HashSet<TenantId>,
+    /// Tenants an event woke since their item last ran: looked at in full.
+    pub(super) tenant_wakes: HashSet<TenantId>,
 }
 
 impl State {
     /// Knowing nothing yet, letting `rate` resyncs a second reach nodes.
-    pub(super) fn new(rate: u32, now: DateTime<Utc>) -> Self {
+    pub(super) fn new(rate: u32, now: DateTime<Utc>, resync: Duration) -> Self {
         Self {
             queue: WorkQueue::default(),
             tenants: HashMap::new(),
@@ -79,6 +108,13 @@ impl State {
             depth_published: None,
             listed: HashMap::new(),
             reserved: HashSet::new(),
+            on_node: HashMap::new(),
+            drifted: HashSet::new(),
+            siblings: HashMap::new(),
+            swept: false,
+            resync,
+            tenants_listed: HashSet::new(),
+            tenant_wakes: HashSet::new(),
         }
     }
 
@@ -113,8 +149,18 @@ impl State {
         }
     }
 
-    /// Records a tenant's status; says whether it differs from what its agents went by.
-    pub(super) fn note_tenant(&mut self, id: TenantId, status: TenantStatus) -> bool {
+    /// Records a tenant's status; says whether it differs from what its agents went by. Its
+    /// node, once ready, is listed every period from then on.
+    pub(super) fn note_tenant(&mut self, id: TenantId, status: TenantStatus, now: DateTime<Utc>) -> bool {
+        if status.phase == TenantPhase::Ready
+            && let Some(endpoint) = &status.node_endpoint
+        {
+            let item = Item::Node(endpoint.clone());
+            if !self.queue.contains(&item) {
+                let first = after(now, crate::app::work_queue::spread(self.resync, endpoint));
+                self.queue.wake(item, first);
+            }
+        }
         let changed = self.tenants.get(&id).is_none_or(|old| old.phase != status.phase || old.node_endpoint != status.node_endpoint);
         self.tenants.insert(id, status);
         if changed {
@@ -142,6 +188,7 @@ impl State {
         match change {
             // What changed of a tenant may change what each of its agents must do.
             Change::Tenant(tenant) => {
+                self.tenant_wakes.insert(tenant);
                 self.queue.wake(Item::Tenant(tenant), now);
                 self.wake_agents_of(tenant, None, now);
             }
@@ -157,6 +204,8 @@ impl State {
     pub(super) fn forget_agent(&mut self, key: &AgentKey) {
         self.retries.remove(key);
         self.reserved.remove(key);
+        self.on_node.remove(key);
+        self.drifted.remove(key);
         self.note_phase(key, None);
         if let Some(names) = self.agents_of.get_mut(&key.0) {
             names.remove(&key.1);

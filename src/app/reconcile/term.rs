@@ -91,7 +91,7 @@ impl Reconciler {
     }
 
     fn forget_everything(&self) {
-        let fresh = State::new(self.resync_rate, self.clock.now());
+        let fresh = State::new(self.resync_rate, self.clock.now(), self.resync);
         let mut state = self.state();
         *state = fresh;
         state.publish_counts();

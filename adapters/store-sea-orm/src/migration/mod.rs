@@ -15,6 +15,7 @@ mod m20261229_000008_change_log;
 mod m20270105_000009_cluster_state;
 mod m20270110_000010_lease_generation;
 mod m20270112_000011_audit_evidence;
+mod m20270113_000012_node_seen;
 
 /// Every migration of the store.
 pub(crate) struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20270105_000009_cluster_state::Migration),
             Box::new(m20270110_000010_lease_generation::Migration),
             Box::new(m20270112_000011_audit_evidence::Migration),
+            Box::new(m20270113_000012_node_seen::Migration),
         ]
     }
 }

@@ -22,9 +22,46 @@ on_both_backends!(
     replicas_share_tenant_statuses,
     agent_objects_track_generations_and_deletion,
     the_lease_has_one_holder,
+    a_nodes_seen_time_is_every_running_agents_last_sync,
     status_writes_of_a_term_that_is_over_are_refused,
     leadership_recovers_once_the_database_answers_again
 );
+
+async fn a_nodes_seen_time_is_every_running_agents_last_sync(url: &str) {
+    let endpoint = format!("http://seen-{}:8000", uuid::Uuid::new_v4().simple());
+    let (a, b) = (SqlStore::connect(url).await.unwrap().cluster(endpoint.clone()), SqlStore::connect(url).await.unwrap().cluster(endpoint.clone()));
+    let tenant = nexus_ports::testing::tenant(UserId::generate()).id;
+    let (bot, other) = (AgentName::parse("bot").unwrap(), AgentName::parse("other").unwrap());
+    let pushed = now() - chrono::Duration::seconds(120);
+    a.apply_agent(&tenant, &manifest("bot", "a")).await.unwrap();
+    a.apply_agent(&tenant, &manifest("other", "a")).await.unwrap();
+    a.set_agent_status(
+        &tenant,
+        &bot,
+        1,
+        &AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: Some(pushed), message: None },
+        Fence::Alone,
+    )
+    .await
+    .unwrap();
+    let failed = AgentStatus { phase: AgentPhase::Failed, node_ack: false, last_synced_at: Some(pushed), message: Some("why".into()) };
+    a.set_agent_status(&tenant, &other, 1, &failed, Fence::Alone).await.unwrap();
+    let synced = async |name: &AgentName| b.agent_object(&tenant, name).await.unwrap().unwrap().status.last_synced_at;
+    assert_eq!(synced(&bot).await, Some(pushed), "never seen: its own push");
+
+    let seen = now() - chrono::Duration::seconds(60);
+    a.record_node_seen(&endpoint, seen, &[(tenant, bot.clone(), 1)], Fence::Alone).await.unwrap();
+    a.record_node_seen("http://elsewhere:8000", now(), &[], Fence::Alone).await.unwrap();
+    assert_eq!(synced(&bot).await, Some(seen), "one row for the node: every Running agent reads it");
+    assert_eq!(synced(&other).await, Some(pushed), "a failed agent keeps its own time");
+    assert_eq!(b.list_tenant_agent_statuses(&tenant).await.unwrap()[0].1.last_synced_at, Some(seen), "listings join it too");
+    assert!(b.list_agent_objects().await.unwrap().iter().any(|o| o.tenant_id == tenant && o.status.last_synced_at == Some(seen)));
+    a.record_node_seen(&endpoint, pushed, &[], Fence::Alone).await.unwrap();
+    assert_eq!(synced(&bot).await, Some(seen), "never moved back");
+
+    a.apply_agent(&tenant, &manifest("bot", "b")).await.unwrap();
+    assert_eq!(synced(&bot).await, Some(pushed), "a generation not yet pushed is not what the node was seen holding");
+}
 
 async fn replicas_share_tenant_statuses(url: &str) {
     let (a, b) = (SqlStore::connect(url).await.unwrap().cluster("http://node:8000"), SqlStore::connect(url).await.unwrap().cluster("http://node:8000"));
@@ -126,6 +163,21 @@ async fn status_writes_of_a_term_that_is_over_are_refused(url: &str) {
     assert!(matches!(err, nexus_ports::Error::Unavailable(_)), "{err:?}");
     cluster.set_agent_status(&tenant, &name, 1, &status(AgentPhase::Running, "b"), Fence::Term(next)).await.unwrap();
     assert_eq!(phase().await.message.as_deref(), Some("b"), "the new term writes; the old one never again");
+
+    // The node's seen time is fenced alike.
+    let endpoint = format!("http://fenced-{}:8000", uuid::Uuid::new_v4().simple());
+    let seen_by = store.cluster(endpoint.clone());
+    let other = nexus_ports::testing::tenant(UserId::generate()).id;
+    seen_by.apply_agent(&other, &manifest("bot", "a")).await.unwrap();
+    let pushed = now() - chrono::Duration::seconds(60);
+    let running = AgentStatus { phase: AgentPhase::Running, node_ack: true, last_synced_at: Some(pushed), message: None };
+    seen_by.set_agent_status(&other, &name, 1, &running, Fence::Term(next)).await.unwrap();
+    let synced = async || seen_by.agent_object(&other, &name).await.unwrap().unwrap().status.last_synced_at;
+    seen_by.record_node_seen(&endpoint, now(), &[], Fence::Term(term)).await.unwrap();
+    assert_eq!(synced().await, Some(pushed), "an old term records no time");
+    let seen = now();
+    seen_by.record_node_seen(&endpoint, seen, &[], Fence::Term(next)).await.unwrap();
+    assert_eq!(synced().await.map(|at| at.timestamp_micros()), Some(seen.timestamp_micros()), "the current one does");
 
     cluster.forget_agent(&tenant, &name).await.unwrap();
     cluster.request_agent_deletion(&tenant, &name).await.unwrap();
