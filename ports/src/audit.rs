@@ -10,9 +10,12 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::agents::AgentName;
+use crate::changes::Change;
 use crate::identity::{Email, UserId};
 use crate::tenancy::{KeyLabel, TenantId};
 use crate::tokens::SecretDigest;
@@ -251,6 +254,34 @@ impl AuditEvent {
         self.user = Some(user);
         self
     }
+
+    /// What the audited change makes stale in every replica's memory, if anything: the
+    /// store sends it to the other replicas in the transaction that records the event, so
+    /// that a change is never committed without them being told.
+    #[must_use]
+    pub fn change(&self) -> Option<Change> {
+        match self.action {
+            AuditAction::UserSessionsRevoked | AuditAction::UserPasswordChange => Some(Change::SessionsEnded { user: self.user? }),
+            AuditAction::TenantCreate => Some(Change::TenantChanged { tenant: self.tenant? }),
+            AuditAction::TenantDelete => Some(Change::TenantDeleted { tenant: self.tenant? }),
+            AuditAction::KeyRevoke => Some(Change::KeyRevoked { tenant: self.tenant?, key: SecretDigest::from_hex(&self.target).ok()? }),
+            AuditAction::AgentCreate | AuditAction::AgentUpdate | AuditAction::AgentRollback | AuditAction::AgentDelete => {
+                Some(Change::AgentChanged { tenant: self.tenant?, name: AgentName::parse(&self.target).ok()? })
+            }
+            // A session's own end names its session, which no event holds: it is announced
+            // by the use case. Refusals change nothing.
+            AuditAction::UserRegister
+            | AuditAction::UserLogin
+            | AuditAction::UserLoginFailed
+            | AuditAction::UserLogout
+            | AuditAction::UserRefreshReused
+            | AuditAction::KeyCreate
+            | AuditAction::AccessCrossTenant
+            | AuditAction::AccessReadOnlyKey
+            | AuditAction::AccessExpiredKey
+            | AuditAction::AccessRevokedKey => None,
+        }
+    }
 }
 
 /// Where a page of a trail ends: its last event (id and time). The next page starts
@@ -342,16 +373,9 @@ impl CursorKey {
 
 /// HMAC-SHA256 (RFC 2104) of `message` under `key`.
 fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
-    Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize().into()
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
 }
 
 /// One page of a trail, newest first, and where the next begins (if there is more).
@@ -368,6 +392,25 @@ pub const DEFAULT_AUDIT_PAGE: u32 = 100;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_that_make_memory_stale_are_named_by_their_event() {
+        let (user, tenant) = (UserId::generate(), TenantId::generate());
+        let digest = SecretDigest::of("key");
+        let event = |action, target: &str| AuditEvent::now(Utc::now(), "usr_x", action, target).in_tenant(tenant).of_user(user);
+        let name = AgentName::parse("bot").unwrap();
+        assert_eq!(event(AuditAction::KeyRevoke, &digest.to_hex()).change(), Some(Change::KeyRevoked { tenant, key: digest }));
+        assert_eq!(event(AuditAction::UserSessionsRevoked, &user.to_string()).change(), Some(Change::SessionsEnded { user }));
+        assert_eq!(event(AuditAction::UserPasswordChange, &user.to_string()).change(), Some(Change::SessionsEnded { user }));
+        assert_eq!(event(AuditAction::TenantCreate, &tenant.to_string()).change(), Some(Change::TenantChanged { tenant }));
+        assert_eq!(event(AuditAction::TenantDelete, &tenant.to_string()).change(), Some(Change::TenantDeleted { tenant }));
+        for action in [AuditAction::AgentCreate, AuditAction::AgentUpdate, AuditAction::AgentRollback, AuditAction::AgentDelete] {
+            assert_eq!(event(action, "bot").change(), Some(Change::AgentChanged { tenant, name: name.clone() }));
+        }
+        for action in [AuditAction::UserRegister, AuditAction::UserLogin, AuditAction::UserLoginFailed, AuditAction::KeyCreate] {
+            assert_eq!(event(action, "x").change(), None, "{action}");
+        }
+    }
 
     #[test]
     fn actions_round_trip_by_name() {

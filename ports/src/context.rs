@@ -44,3 +44,27 @@ pub async fn with_source_ip<F: Future>(address: IpAddr, work: F) -> F::Output {
 pub fn source_ip() -> Option<IpAddr> {
     SOURCE_IP.try_with(|address| *address).ok()
 }
+
+/// `work`, still part of the current task's request (its id, the client's correlation id
+/// and its address): for a task spawned to do part of the request.
+pub fn carried<F: Future>(work: F) -> impl Future<Output = F::Output> {
+    let (id, correlation, address) = (request_id(), correlation_id(), source_ip());
+    async move {
+        let work = async move {
+            match address {
+                Some(address) => with_source_ip(address, work).await,
+                None => work.await,
+            }
+        };
+        let work = async move {
+            match correlation {
+                Some(correlation) => with_correlation_id(correlation, work).await,
+                None => work.await,
+            }
+        };
+        match id {
+            Some(id) => with_request_id(id, work).await,
+            None => work.await,
+        }
+    }
+}

@@ -3,7 +3,10 @@
 //! registry and the cluster on a short interval, as any replica can (the status is written
 //! by whichever replica reconciles), rather than listening to this process only. Open
 //! streams are bounded per tenant (per replica), and each ends after a maximum duration
-//! (clients reconnect, as Server-Sent Events clients do).
+//! (clients reconnect, as Server-Sent Events clients do). The caller's credential is
+//! checked again at every look (so at least at every heartbeat): once it no longer holds
+//! (the key revoked or expired, the user's sessions ended, the tenant gone), the stream
+//! sends a final `revoked` and ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,7 +48,14 @@ pub enum AgentEvent {
     Status { name: AgentName, status: AgentStatus, version_number: u32 },
     /// The agent was deleted; the stream ends.
     Deleted { name: AgentName },
+    /// The credential that opened the stream no longer holds (why, in `reason`); the
+    /// stream ends.
+    Revoked { name: AgentName, reason: String },
 }
+
+/// Checks that the caller who opened a stream may still read it: `Err` with
+/// [`Error::Unauthorized`] or [`Error::Forbidden`] once it may not.
+pub type StillAllowed = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<()>> + Send + Sync>;
 
 /// Open streams per tenant.
 #[derive(Debug, Default)]
@@ -96,6 +106,8 @@ struct Watch {
     ends_at: Instant,
     /// Phase and `nodeAck` last sent; `None` before the first event.
     sent: Option<(AgentPhase, bool)>,
+    /// Whether the caller may still read the stream.
+    allowed: StillAllowed,
     done: bool,
     _slot: StreamSlot,
 }
@@ -108,6 +120,26 @@ impl Watch {
             return None;
         }
         loop {
+            match (self.allowed)().await {
+                Ok(()) => {}
+                Err(Error::Unauthorized(reason) | Error::Forbidden(reason)) => {
+                    self.done = true;
+                    return Some(AgentEvent::Revoked { name: self.name.clone(), reason });
+                }
+                Err(err) => {
+                    tracing::warn!(agent = %self.name, error = %err, "an event stream could not check its caller's credential; ending it");
+                    return None;
+                }
+            }
+            // The object is read before the registry: an agent deleted (and its object let
+            // go) between the two reads then reads as deleted, never as Pending.
+            let object = match self.cluster.agent_object(&self.tenant, &self.name).await {
+                Ok(object) => object,
+                Err(err) => {
+                    tracing::warn!(agent = %self.name, error = %err, "an event stream could not read its agent's status; ending it");
+                    return None;
+                }
+            };
             let found = match self.agents.find_agent(&self.tenant, &self.name).await {
                 Ok(found) => found,
                 Err(err) => {
@@ -118,13 +150,6 @@ impl Watch {
             let Some(agent) = found else {
                 self.done = true;
                 return Some(AgentEvent::Deleted { name: self.name.clone() });
-            };
-            let object = match self.cluster.agent_object(&self.tenant, &self.name).await {
-                Ok(object) => object,
-                Err(err) => {
-                    tracing::warn!(agent = %self.name, error = %err, "an event stream could not read its agent's status; ending it");
-                    return None;
-                }
             };
             let status = object.map_or_else(AgentStatus::pending, |o| o.status);
             let seen = (status.phase, status.node_ack);
@@ -146,12 +171,12 @@ impl AgentService {
         self.events
     }
 
-    /// The agent's live status stream.
+    /// The agent's live status stream, for as long as `allowed` holds.
     ///
     /// # Errors
     /// [`Error::NotFound`] when there is no such agent; [`Error::RateLimited`] when the
     /// tenant holds as many open streams as allowed.
-    pub async fn events(&self, tenant: &Tenant, name: &str) -> Result<impl Stream<Item = AgentEvent> + Send + 'static> {
+    pub async fn events(&self, tenant: &Tenant, name: &str, allowed: StillAllowed) -> Result<impl Stream<Item = AgentEvent> + Send + 'static> {
         let agent = self.find(tenant, name).await?;
         let slot = self.open_streams.open(tenant.id, self.events.max_streams).ok_or_else(|| {
             Error::rate_limited(format!("this tenant has {} event streams open already; close one first", self.events.max_streams), self.events.poll)
@@ -161,9 +186,11 @@ impl AgentService {
             cluster: self.cluster.clone(),
             tenant: tenant.id,
             name: agent.manifest.name().clone(),
-            poll: self.events.poll,
+            // Looks (and checks the credential) at least at every heartbeat.
+            poll: self.events.poll.min(self.events.heartbeat),
             ends_at: Instant::now() + self.events.max_duration,
             sent: None,
+            allowed,
             done: false,
             _slot: slot,
         };

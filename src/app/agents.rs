@@ -19,7 +19,7 @@ use nexus_ports::{Error, Result};
 use serde_json::Value;
 
 use self::events::OpenStreams;
-pub use self::events::{AgentEvent, EventSettings};
+pub use self::events::{AgentEvent, EventSettings, StillAllowed};
 use super::changes::Changes;
 use super::reconcile::Reconciler;
 use super::traces::{NODE_TRACE_WINDOW, RunMetrics, run_metrics, started_at};
@@ -223,16 +223,19 @@ impl AgentService {
         NodeNames::new(*tenant, self.cluster.node_sharing())
     }
 
-    /// The desired state goes to the cluster, then every replica is told of the change
-    /// (the leader's loop, woken by it, finds the object applied) and this loop wakes. A
-    /// new agent the cluster fails to take now is applied by the loop's next timed pass,
-    /// which re-applies what the cluster lacks of the registry; a failed update is retried
-    /// by the next update.
+    /// Once the registry committed the change (and with it told every replica, which
+    /// dropped what they kept of the agent), the desired state goes to the cluster, then
+    /// every replica is told again, so that the leader's loop, woken by it, finds the
+    /// object applied (it may have looked before), and this loop wakes. A new agent the
+    /// cluster fails to take now, or whose second word is lost, is applied or found by the
+    /// loop's next sweep, which re-applies what the cluster lacks of the registry; a failed
+    /// update is retried by the next update.
     async fn apply(&self, agent: &Agent) {
+        self.committed(&agent.tenant_id, agent.manifest.name());
         if let Err(err) = self.cluster.apply_agent(&agent.tenant_id, &agent.manifest).await {
             tracing::warn!(agent = %agent.manifest.name(), error = %err, "could not apply the agent to the cluster yet");
         }
-        self.announce(&agent.tenant_id, agent.manifest.name()).await;
+        self.changes.announce(nexus_ports::changes::Change::AgentChanged { tenant: agent.tenant_id, name: agent.manifest.name().clone() }).await;
         self.reconciler.wake(Change::Agent(agent.tenant_id, agent.manifest.name().clone()));
     }
 
@@ -291,9 +294,10 @@ impl AgentService {
         Ok(summaries)
     }
 
-    /// Tells every replica the agent changed (this one at once).
-    async fn announce(&self, tenant: &TenantId, name: &AgentName) {
-        self.changes.announce(nexus_ports::changes::Change::AgentChanged { tenant: *tenant, name: name.clone() }).await;
+    /// Drops what this replica kept of the agent; the store told the others with the
+    /// change.
+    fn committed(&self, tenant: &TenantId, name: &AgentName) {
+        self.changes.committed(&nexus_ports::changes::Change::AgentChanged { tenant: *tenant, name: name.clone() });
     }
 
     /// One agent with its status.
@@ -424,11 +428,13 @@ impl AgentService {
             return Err(missing(&name));
         }
         tracing::info!(tenant = %tenant.id, agent = %name, "agent deleted");
-        // Marked for deletion before every replica is told, so that the leader, woken by
-        // the change, finds the mark.
-        let marked = self.cluster.request_agent_deletion(&tenant.id, &name).await;
-        self.announce(&tenant.id, &name).await;
-        marked?;
+        self.committed(&tenant.id, &name);
+        // The database cluster marked the object in the delete's transaction; elsewhere it
+        // is marked now, and an object the registry lost that no mark reached (this
+        // request cut short, the cluster failing) is marked by the loop's next sweep.
+        if let Err(err) = self.cluster.request_agent_deletion(&tenant.id, &name).await {
+            tracing::warn!(tenant = %tenant.id, agent = %name, error = %err, "could not mark the deleted agent's object yet; the next sweep will");
+        }
         self.reconciler.wake(Change::Agent(tenant.id, name.clone()));
         Ok(name)
     }

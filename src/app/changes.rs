@@ -82,6 +82,9 @@ impl HotCaches {
     }
 }
 
+/// How often a failed publication is tried again.
+pub const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The caches and the feed that keeps them right.
 pub struct Changes {
     caches: HotCaches,
@@ -109,13 +112,33 @@ impl Changes {
         &self.caches
     }
 
-    /// Tells this replica (at once) and every other (through the feed) that `change` was
-    /// stored. When the feed cannot carry it, the others learn of it when their entries
-    /// expire.
+    /// Drops what `change` made stale in this replica, once the store committed it: the
+    /// store told every other replica in the same transaction (see the store's audit
+    /// events), so nothing after the commit is needed for them to learn of it.
+    pub fn committed(&self, change: &Change) {
+        self.caches.apply(change);
+    }
+
+    /// Tells this replica (at once) and every other (through the feed) of a change no
+    /// transaction carried. A publication that fails is retried in the background (every
+    /// [`PUBLISH_RETRY`]) until it goes through or the others' entries have expired anyway
+    /// ([`ENTRY_LIFETIME`]), whether or not the caller is still waiting.
     pub async fn announce(&self, change: Change) {
         self.caches.apply(&change);
         if let Err(err) = self.feed.publish(&change).await {
-            tracing::warn!(error = %err, change = %change, "could not tell the other replicas about a change");
+            tracing::warn!(error = %err, change = %change, "could not tell the other replicas about a change; retrying");
+            let feed = self.feed.clone();
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + ENTRY_LIFETIME;
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(PUBLISH_RETRY).await;
+                    match feed.publish(&change).await {
+                        Ok(()) => return,
+                        Err(err) => tracing::debug!(error = %err, change = %change, "still cannot tell the other replicas about a change"),
+                    }
+                }
+                tracing::warn!(change = %change, "gave up telling the other replicas about a change: their entries have expired since");
+            });
         }
     }
 
@@ -153,6 +176,25 @@ mod tests {
             last_used_at: None,
         };
         (digest, (key, tenant.clone()))
+    }
+
+    /// A change no transaction carried, whose publication fails, is published again in
+    /// the background until it goes through, even once its caller has moved on.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_publication_is_retried_until_it_goes_through() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let attempts = Arc::new(AtomicU32::new(0));
+        let mut feed = nexus_ports::ports::MockChangeFeed::new();
+        feed.expect_subscribe().returning(|| broadcast::channel(1).1);
+        let counted = attempts.clone();
+        feed.expect_publish().returning(move |_| {
+            if counted.fetch_add(1, Ordering::SeqCst) < 3 { Err(nexus_ports::Error::Unavailable("the database is down".into())) } else { Ok(()) }
+        });
+        let changes = Changes::new(Arc::new(feed));
+        changes.announce(Change::SessionsEnded { user: UserId::generate() }).await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "the caller does not wait for the retries");
+        tokio::time::sleep(PUBLISH_RETRY * 10).await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 4, "retried until it went through, then no more");
     }
 
     #[tokio::test]

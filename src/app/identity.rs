@@ -232,7 +232,7 @@ impl IdentityService {
         let now = self.ports.clock.now();
         let audit = self.user_event(user, now, AuditAction::UserSessionsRevoked).await?;
         self.ports.users.end_sessions(user, now, &audit).await.map_err(gone_as_unauthorized)?;
-        self.ports.changes.announce(Change::SessionsEnded { user: *user }).await;
+        self.ports.changes.committed(&Change::SessionsEnded { user: *user });
         tracing::info!(user = %user, "every session of the user was ended");
         Ok(())
     }
@@ -259,7 +259,7 @@ impl IdentityService {
         let now = self.ports.clock.now();
         let audit = self.user_event(user, now, AuditAction::UserPasswordChange).await?;
         self.ports.users.change_password(user, &hash, now, &audit).await.map_err(gone_as_unauthorized)?;
-        self.ports.changes.announce(Change::SessionsEnded { user: *user }).await;
+        self.ports.changes.committed(&Change::SessionsEnded { user: *user });
         tracing::info!(user = %user, "password changed; every session of the user was ended");
         Ok(())
     }

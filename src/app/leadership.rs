@@ -101,7 +101,7 @@ mod tests {
     use chrono::Utc;
     use nexus_cluster_memory::MemoryCluster;
     use nexus_node_stub::StubNode;
-    use nexus_ports::agents::{AgentManifest, AgentPhase};
+    use nexus_ports::agents::{Agent, AgentManifest, AgentPhase};
     use nexus_ports::identity::UserId;
     use nexus_ports::ports::{Clock, ClusterBackend, MockAgentStore, MockClock, MockTenantStore};
     use nexus_ports::tenancy::TenantId;
@@ -132,8 +132,10 @@ mod tests {
         let mut tenants = MockTenantStore::new();
         let listed = tenant.clone();
         tenants.expect_list_all_tenants().returning(move || Ok(vec![listed.clone()]));
+        let manifest = nexus_ports::testing::manifest("bot", "m");
+        let registered = Agent { tenant_id: tenant.id, manifest: manifest.clone(), version_number: 1, created_at: Utc::now(), updated_at: Utc::now() };
         let mut agents = MockAgentStore::new();
-        agents.expect_list_all_agents().returning(|| Ok(vec![]));
+        agents.expect_list_all_agents().returning(move || Ok(vec![registered.clone()]));
         let mut clock = MockClock::new();
         clock.expect_now().returning(Utc::now);
         let clock: Arc<dyn Clock> = Arc::new(clock);
@@ -141,7 +143,6 @@ mod tests {
             ReconcilePorts { cluster: cluster.clone(), node: Arc::new(StubNode::new()), agents: Arc::new(agents), tenants: Arc::new(tenants), clock },
             Duration::from_secs(60),
         ));
-        let manifest = nexus_ports::testing::manifest("bot", "m");
         cluster.apply_agent(&tenant.id, &manifest).await.unwrap();
 
         let (lead, leading) = watch::channel(None);
@@ -264,7 +265,18 @@ mod frozen_leader {
         tenants.expect_find_tenant().returning(move |_| Ok(Some(tenant.clone())));
         let mut agents = MockAgentStore::new();
         agents.expect_list_all_agents().returning(|| Ok(vec![]));
-        agents.expect_find_agent().returning(|_, _| Ok(None));
+        // The test applies its object directly; asked again, the registry has the agent
+        // (a sweep marks objects whose agent the registry lost).
+        agents.expect_find_agent().returning(|tenant, name| {
+            let now = chrono::Utc::now();
+            Ok(Some(nexus_ports::agents::Agent {
+                tenant_id: *tenant,
+                manifest: nexus_ports::testing::manifest(name.as_str(), "m"),
+                version_number: 1,
+                created_at: now,
+                updated_at: now,
+            }))
+        });
         let mut clock = MockClock::new();
         clock.expect_now().returning(chrono::Utc::now);
         let clock: Arc<dyn Clock> = Arc::new(clock);

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 
 pub use access::{AccessPorts, AccessService, Credentials, Principal};
 pub use agents::{
-    AgentDetail, AgentEvent, AgentLimits, AgentListing, AgentPorts, AgentService, AgentState, Condition, EventSettings, LiveStatus, LogQuery, RunRequest, etag,
+    AgentDetail, AgentEvent, AgentLimits, AgentListing, AgentPorts, AgentService, AgentState, Condition, EventSettings, LiveStatus, LogQuery, RunRequest,
+    StillAllowed, etag,
 };
 pub use changes::{Changes, HotCaches};
 pub use health::{CheckOutcome, Readiness};

@@ -170,6 +170,11 @@ fn tenant_store(tenants: Vec<Tenant>) -> MockTenantStore {
 fn no_registry() -> MockAgentStore {
     let mut store = MockAgentStore::new();
     store.expect_list_all_agents().returning(|| Ok(vec![]));
+    // The tests put objects in the cluster directly: asked again, the registry has them
+    // (no object is taken for one whose agent was deleted).
+    store.expect_find_agent().returning(|tenant, name| {
+        Ok(Some(Agent { tenant_id: *tenant, manifest: testing::manifest(name.as_str(), "m"), version_number: 1, created_at: t0(), updated_at: t0() }))
+    });
     store
 }
 
@@ -522,6 +527,38 @@ fn a_follower_drops_wakes_instead_of_piling_them_up() {
     reconciler.set_following(false);
     reconciler.wake(Change::Tenant(tenant.id));
     assert_eq!(reconciler.state().queue.len(), 1, "the leader keeps what it is woken for");
+}
+
+/// A delete cut short between the registry's commit and the cluster's mark (a client gone,
+/// the cluster failing) leaves an object no mark reached: the sweep marks it, so that the
+/// loop takes it off its node. An object whose agent was registered again since the
+/// listing, and one still registered, are left alone.
+#[tokio::test]
+async fn the_sweep_marks_objects_whose_agent_the_registry_lost() {
+    let tenant = a_tenant();
+    let cluster = Arc::new(MemoryCluster::new("http://node"));
+    for name in ["lost", "kept", "again"] {
+        cluster.apply_agent(&tenant.id, &testing::manifest(name, "m")).await.unwrap();
+    }
+    let registered = |name: &str| Agent { tenant_id: tenant.id, manifest: testing::manifest(name, "m"), version_number: 1, created_at: t0(), updated_at: t0() };
+    let mut agents = MockAgentStore::new();
+    let listed = vec![registered("kept")];
+    agents.expect_list_all_agents().returning(move || Ok(listed.clone()));
+    let again = registered("again");
+    agents.expect_find_agent().withf(|_, name| name.as_str() == "again").returning(move |_, _| Ok(Some(again.clone())));
+    agents.expect_find_agent().withf(|_, name| name.as_str() == "lost").times(1).returning(|_, _| Ok(None));
+    let ports = ReconcilePorts {
+        cluster: cluster.clone(),
+        node: Arc::new(StubNode::new()),
+        agents: Arc::new(agents),
+        tenants: Arc::new(tenant_store(vec![tenant.clone()])),
+        clock: Arc::new(TestClock(Mutex::new(t0()))),
+    };
+    let reconciler = Reconciler::new(ports, RESYNC);
+    assert_eq!(reconciler.apply_registry().await.unwrap(), 1, "one object marked; every registered agent has its object");
+    let deleting = async |name: &str| cluster.agent_object(&tenant.id, &AgentName::parse(name).unwrap()).await.unwrap().unwrap().deleting;
+    assert!(deleting("lost").await, "the object the registry lost is marked");
+    assert!(!deleting("kept").await && !deleting("again").await, "registered agents are not");
 }
 
 #[tokio::test]

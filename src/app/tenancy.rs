@@ -188,7 +188,7 @@ impl TenancyService {
         tracing::info!(tenant = %tenant.id, owner = %owner, "tenant created");
         let status = if self.provision_on_create { provision(self.cluster.as_ref(), &tenant).await } else { TenantStatus::pending() };
         // The replica that reconciles (maybe another) starts tracking it.
-        self.changes.announce(nexus_ports::changes::Change::TenantChanged { tenant: tenant.id }).await;
+        self.changes.committed(&nexus_ports::changes::Change::TenantChanged { tenant: tenant.id });
         self.changed(tenant.id);
         Ok(TenantState { tenant, status })
     }
@@ -217,7 +217,7 @@ impl TenancyService {
         let audit =
             AuditEvent::now(self.clock.now(), self.actor(owner).await?, AuditAction::TenantDelete, tenant.id.to_string()).in_tenant(tenant.id).of_user(*owner);
         self.tenants.delete_tenant(&tenant.id, &audit).await?;
-        self.changes.announce(nexus_ports::changes::Change::TenantDeleted { tenant: tenant.id }).await;
+        self.changes.committed(&nexus_ports::changes::Change::TenantDeleted { tenant: tenant.id });
         tracing::info!(tenant = %tenant.id, "tenant deleted");
         self.changed(tenant.id);
         Ok(tenant.id)
@@ -273,7 +273,7 @@ impl TenancyService {
             return Err(Error::NotFound("this tenant has no API key with this hash".to_owned()));
         }
         self.usage.forget(&digest);
-        self.changes.announce(nexus_ports::changes::Change::KeyRevoked { tenant: tenant.id, key: digest }).await;
+        self.changes.committed(&nexus_ports::changes::Change::KeyRevoked { tenant: tenant.id, key: digest });
         tracing::info!(tenant = %tenant.id, key = %digest, "API key revoked");
         Ok(digest)
     }

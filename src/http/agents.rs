@@ -3,8 +3,10 @@
 //! tenant answers 404 exactly as a missing one.
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
+use std::sync::Arc;
+
 use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
 use nexus_ports::agents::{AgentName, AgentPhase, AgentStatus, AgentVersion, PublishedVersion};
 use nexus_ports::tenancy::Tenant;
 use poem::web::Data;
@@ -24,7 +26,7 @@ use super::manifest::ManifestBody;
 use super::preconditions::{if_match, none_match, quoted};
 use super::text::Text;
 use crate::app::traces::RunMetrics;
-use crate::app::{AgentDetail, AgentEvent, AgentState, LogQuery, RunRequest, SharedNexus, etag};
+use crate::app::{AccessService, AgentDetail, AgentEvent, AgentState, Credentials, LogQuery, RunRequest, SharedNexus, StillAllowed, etag};
 
 /// A log level to filter traces by.
 #[derive(Enum, Clone, Copy)]
@@ -351,7 +353,8 @@ impl From<Value> for RunView {
 #[oai(rename_all = "camelCase")]
 struct AgentEventView {
     /// `status`: the agent's status (at once, then on every change of phase or `nodeAck`);
-    /// `deleted`: the agent was deleted, and the stream ends.
+    /// `deleted`: the agent was deleted, and the stream ends; `revoked`: the credential
+    /// that opened the stream no longer holds (`message` says why), and the stream ends.
     event: String,
     name: String,
     phase: Option<AgentPhaseView>,
@@ -377,6 +380,15 @@ impl From<AgentEvent> for AgentEventView {
             AgentEvent::Deleted { name } => {
                 Self { event: "deleted".to_owned(), name: name.to_string(), phase: None, node_ack: None, last_synced_at: None, message: None, version: None }
             }
+            AgentEvent::Revoked { name, reason } => Self {
+                event: "revoked".to_owned(),
+                name: name.to_string(),
+                phase: None,
+                node_ack: None,
+                last_synced_at: None,
+                message: Some(reason),
+                version: None,
+            },
         }
     }
 }
@@ -385,7 +397,8 @@ impl From<AgentEvent> for AgentEventView {
 #[derive(ApiResponse)]
 enum AgentEvents {
     /// Server-Sent Events: `status` at once and on every change of phase or `nodeAck`,
-    /// `deleted` when the agent goes (then the stream ends); heartbeat comments while idle.
+    /// `deleted` when the agent goes, `revoked` when the caller's credential no longer
+    /// holds (then the stream ends); heartbeat comments while idle.
     #[oai(status = 200)]
     Stream(EventStream<BoxStream<'static, AgentEventView>>),
 }
@@ -449,7 +462,9 @@ impl AgentApi {
         body: ManifestBody,
     ) -> Result<AgentCreated, ApiError<AgentCreateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        let state = nexus.agents.create(&tenant, &nexus.access.actor(&caller.0).await?, body.into_document()).await?;
+        let (author, document) = (nexus.access.actor(&caller.0).await?, body.into_document());
+        let (nexus, written) = (nexus.0.clone(), tenant.clone());
+        let state = super::to_the_end(async move { nexus.agents.create(&written, &author, document).await }).await?;
         Ok(AgentCreated::Created(Json(AgentCreatedView {
             name: state.agent.manifest.name().to_string(),
             namespace: tenant.id.cr_name(),
@@ -521,7 +536,9 @@ impl AgentApi {
     ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        Ok(nexus.agents.update(&tenant, &nexus.access.actor(&caller.0).await?, &name, body.into_document(), condition.as_ref()).await?.into())
+        let (author, name, document) = (nexus.access.actor(&caller.0).await?, name.0, body.into_document());
+        let nexus = nexus.0.clone();
+        Ok(super::to_the_end(async move { nexus.agents.update(&tenant, &author, &name, document, condition.as_ref()).await }).await?.into())
     }
 
     /// Delete an agent; its node forgets it. With `If-Match`, only if it names the current
@@ -539,9 +556,10 @@ impl AgentApi {
     ) -> Result<Json<AgentDeletedView>, ApiError<AgentDeleteErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        Ok(Json(AgentDeletedView {
-            deleted: nexus.agents.delete(&tenant, &nexus.access.actor(&caller.0).await?, &name, condition.as_ref()).await?.to_string(),
-        }))
+        let (author, name) = (nexus.access.actor(&caller.0).await?, name.0);
+        let nexus = nexus.0.clone();
+        let deleted = super::to_the_end(async move { nexus.agents.delete(&tenant, &author, &name, condition.as_ref()).await }).await?;
+        Ok(Json(AgentDeletedView { deleted: deleted.to_string() }))
     }
 
     /// Phase, nodeAck and lastSyncedAt, with the node's live view of the agent.
@@ -634,13 +652,27 @@ impl AgentApi {
     #[oai(path = "/api/v1/agents/:name/events", method = "get", operation_id = "agent_events")]
     async fn events(
         &self,
+        request: &poem::Request,
         nexus: Data<&SharedNexus>,
         caller: Caller,
         #[oai(name = "X-Tenant-ID", validator(custom = "&super::patterns::TENANT_HEADER"))] tenant_id: Header<Option<String>>,
         #[oai(validator(max_length = 63, custom = "&super::patterns::AGENT_NAME"))] name: Path<String>,
     ) -> Result<AgentEvents, ApiError<EventsErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
-        let events = nexus.agents.events(&tenant, &name).await?.map(AgentEventView::from).boxed();
+        // The credential as presented, checked again at every look of the stream.
+        let bearer = super::auth::bearer_token(request).map(str::to_owned);
+        let api_key = request.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let (checking, scoped) = (nexus.0.clone(), tenant_id.0.clone());
+        let allowed: StillAllowed = Arc::new(move || {
+            let (nexus, bearer, api_key, scoped) = (checking.clone(), bearer.clone(), api_key.clone(), scoped.clone());
+            async move {
+                let principal = nexus.access.authenticate(Credentials { bearer: bearer.as_deref(), api_key: api_key.as_deref() }).await?;
+                AccessService::permits(&principal, true)?;
+                nexus.access.tenant_scope(&principal, scoped.as_deref()).await.map(drop)
+            }
+            .boxed()
+        });
+        let events = nexus.agents.events(&tenant, &name, allowed).await?.map(AgentEventView::from).boxed();
         let stream = EventStream::new(events)
             .keep_alive(nexus.agents.event_settings().heartbeat)
             .to_event(|view: AgentEventView| poem::web::sse::Event::message(poem_openapi::types::ToJSON::to_json_string(&view)).event_type(view.event));
@@ -692,6 +724,8 @@ impl AgentApi {
     ) -> Result<AgentChanged, ApiError<AgentUpdateErrors>> {
         let tenant = scope(&nexus, &caller, &tenant_id).await?;
         let condition = if_match(if_match_header.0.as_deref());
-        Ok(nexus.agents.rollback(&tenant, &nexus.access.actor(&caller.0).await?, &name, body.version, condition.as_ref()).await?.into())
+        let (author, name, version) = (nexus.access.actor(&caller.0).await?, name.0, body.version);
+        let nexus = nexus.0.clone();
+        Ok(super::to_the_end(async move { nexus.agents.rollback(&tenant, &author, &name, version, condition.as_ref()).await }).await?.into())
     }
 }

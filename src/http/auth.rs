@@ -30,7 +30,7 @@ struct ApiKeyScheme(ApiKey);
 /// The authenticated caller of an operation.
 pub(crate) struct Caller(pub Principal);
 
-fn bearer_token(req: &Request) -> Option<&str> {
+pub(crate) fn bearer_token(req: &Request) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())

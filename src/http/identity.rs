@@ -235,7 +235,8 @@ impl AuthApi {
     #[oai(path = "/auth/register", method = "post", operation_id = "auth_register")]
     async fn register(&self, nexus: Data<&SharedNexus>, body: Json<RegisterRequest>) -> Result<RegisterResponse, ApiError<RegisterErrors>> {
         let Json(RegisterRequest { email, password, display_name }) = body;
-        let session = nexus.identity.register(Registration { email: email.0, password: password.0, display_name: display_name.map(|name| name.0) }).await?;
+        let (nexus, registration) = (nexus.0.clone(), Registration { email: email.0, password: password.0, display_name: display_name.map(|name| name.0) });
+        let session = super::to_the_end(async move { nexus.identity.register(registration).await }).await?;
         Ok(RegisterResponse::Created(Json(session.into()), NO_STORE.to_owned()))
     }
 
@@ -243,14 +244,17 @@ impl AuthApi {
     #[oai(path = "/auth/login", method = "post", operation_id = "auth_login")]
     async fn login(&self, nexus: Data<&SharedNexus>, body: Json<LoginRequest>) -> Result<LoginResponse, ApiError<CredentialErrors>> {
         let Json(LoginRequest { email, password }) = body;
-        Ok(LoginResponse::Ok(Json(nexus.identity.login(&email, password.0).await?.into()), NO_STORE.to_owned()))
+        let nexus = nexus.0.clone();
+        let session = super::to_the_end(async move { nexus.identity.login(&email, password.0).await }).await?;
+        Ok(LoginResponse::Ok(Json(session.into()), NO_STORE.to_owned()))
     }
 
     /// Rotate a refresh token: it is revoked and a new access and refresh token issued.
     /// Presenting a rotated token again revokes its whole session, access tokens included.
     #[oai(path = "/auth/refresh", method = "post", operation_id = "auth_refresh")]
     async fn refresh(&self, nexus: Data<&SharedNexus>, body: Json<RefreshRequest>) -> Result<RefreshResponse, ApiError<CredentialErrors>> {
-        let pair = nexus.identity.rotate_refresh(&body.refresh_token).await?;
+        let (nexus, token) = (nexus.0.clone(), body.0.refresh_token);
+        let pair = super::to_the_end(async move { nexus.identity.rotate_refresh(&token).await }).await?;
         Ok(RefreshResponse::Ok(Json((&pair).into()), NO_STORE.to_owned()))
     }
 
@@ -259,7 +263,8 @@ impl AuthApi {
     /// already revoked token answers the same: there is nothing to reveal.
     #[oai(path = "/auth/logout", method = "post", operation_id = "auth_logout")]
     async fn logout(&self, nexus: Data<&SharedNexus>, body: Json<RefreshRequest>) -> Result<Done, ApiError<LogoutErrors>> {
-        nexus.identity.logout(&body.refresh_token).await?;
+        let (nexus, token) = (nexus.0.clone(), body.0.refresh_token);
+        super::to_the_end(async move { nexus.identity.logout(&token).await }).await?;
         Ok(Done::NoContent)
     }
 }
@@ -300,7 +305,8 @@ impl MeApi {
     #[oai(path = "/api/v1/me/sessions", method = "delete", operation_id = "me_sessions_end")]
     async fn end_sessions(&self, nexus: Data<&SharedNexus>, caller: Caller) -> Result<Done, ApiError<AuthenticatedErrors>> {
         let user = AccessService::require_user(&caller.0)?;
-        nexus.identity.end_sessions(&user).await?;
+        let nexus = nexus.0.clone();
+        super::to_the_end(async move { nexus.identity.end_sessions(&user).await }).await?;
         Ok(Done::NoContent)
     }
 
@@ -311,7 +317,8 @@ impl MeApi {
     async fn change_password(&self, nexus: Data<&SharedNexus>, caller: Caller, body: Json<ChangePasswordRequest>) -> Result<Done, ApiError<PasswordErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         let Json(ChangePasswordRequest { current_password, new_password }) = body;
-        nexus.identity.change_password(&user, current_password.0, new_password.0).await?;
+        let nexus = nexus.0.clone();
+        super::to_the_end(async move { nexus.identity.change_password(&user, current_password.0, new_password.0).await }).await?;
         Ok(Done::NoContent)
     }
 }

@@ -28,6 +28,18 @@ use poem_openapi::{LicenseObject, OpenApiService, ServerObject, Tags};
 
 use crate::app::SharedNexus;
 
+/// Runs a write in a task of its own and waits for it, so that a client going away or a
+/// request timing out cancels only the wait: the write is never cut short between two of
+/// its steps (a commit and what follows it). It stays part of the request (its id and
+/// client address in audit events and node calls).
+pub(crate) async fn to_the_end<T: Send + 'static>(write: impl std::future::Future<Output = nexus_ports::Result<T>> + Send + 'static) -> nexus_ports::Result<T> {
+    match tokio::spawn(nexus_ports::context::carried(write)).await {
+        Ok(done) => done,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(nexus_ports::Error::Unavailable("the server is shutting down".to_owned())),
+    }
+}
+
 pub use body_limit::{AUTH_BODY_LIMIT, BODY_LIMIT, BUDGET_WAIT};
 pub use connections::{CONNECTION_MEMORY, ConnectionLimits, GuardedAcceptor, HEAD_BUFFER, HTTP2_HEADER_LIST, HTTP2_WINDOW, REQUEST_MEMORY};
 pub use error::ErrorBody;
@@ -256,4 +268,41 @@ pub async fn serve(
     let served = connections::serve_connections(acceptor, endpoint(nexus.clone(), limits), limits, shutdown, SHUTDOWN_GRACE).await;
     nexus.shutdown().await;
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::sync::Notify;
+
+    /// A write whose caller is cancelled between two of its steps (the client went away)
+    /// still takes its second step, and stays part of its request.
+    #[tokio::test]
+    async fn a_write_runs_to_its_end_when_its_caller_is_cancelled() {
+        let (between, resume, done) = (Arc::new(Notify::new()), Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)));
+        let request: Arc<str> = Arc::from("req-1");
+        let write = {
+            let (between, resume, done) = (between.clone(), resume.clone(), done.clone());
+            async move {
+                between.notify_one();
+                resume.notified().await;
+                done.store(nexus_ports::context::request_id().as_deref() == Some("req-1"), Ordering::SeqCst);
+                Ok(())
+            }
+        };
+        let caller = tokio::spawn(nexus_ports::context::with_request_id(request, super::to_the_end(write)));
+        between.notified().await;
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        resume.notify_one();
+        for _ in 0..100 {
+            if done.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the write did not finish, or lost its request");
+    }
 }

@@ -216,7 +216,8 @@ impl TenantApi {
     #[oai(path = "/api/v1/tenants", method = "post", operation_id = "tenant_create")]
     async fn create(&self, nexus: Data<&SharedNexus>, caller: Caller, body: Json<CreateTenantRequest>) -> Result<TenantCreated, ApiError<QuotaCreateErrors>> {
         let user = AccessService::require_user(&caller.0)?;
-        let state = nexus.tenancy.create_tenant(user, &body.display_name, body.node_profile.as_deref()).await?;
+        let (nexus, Json(CreateTenantRequest { display_name, node_profile })) = (nexus.0.clone(), body);
+        let state = super::to_the_end(async move { nexus.tenancy.create_tenant(user, &display_name, node_profile.as_deref()).await }).await?;
         Ok(TenantCreated::Created(Json(state.into())))
     }
 
@@ -236,7 +237,8 @@ impl TenantApi {
         #[oai(name = "tenantId", validator(custom = "&super::patterns::TENANT_ID"))] id: Path<String>,
     ) -> Result<Json<DeletedView>, ApiError<AuthenticatedErrors>> {
         let user = AccessService::require_user(&caller.0)?;
-        let deleted = nexus.tenancy.delete_tenant(&user, &id).await?;
+        let (nexus, id) = (nexus.0.clone(), id.0);
+        let deleted = super::to_the_end(async move { nexus.tenancy.delete_tenant(&user, &id).await }).await?;
         Ok(Json(DeletedView { deleted: deleted.to_string() }))
     }
 }
@@ -258,7 +260,8 @@ impl KeyApi {
     ) -> Result<KeyCreated, ApiError<QuotaCreateErrors>> {
         let user = AccessService::require_user(&caller.0)?;
         let grant = KeyGrant { scope: body.scope.map(Into::into).unwrap_or_default(), expires_at: body.expires_at };
-        let NewKey { raw, key } = nexus.tenancy.create_key(&user, &id, &body.label, grant).await?;
+        let (nexus, id, label) = (nexus.0.clone(), id.0, body.0.label);
+        let NewKey { raw, key } = super::to_the_end(async move { nexus.tenancy.create_key(&user, &id, &label, grant).await }).await?;
         let view = CreatedKeyView {
             raw_key: raw.expose().to_owned(),
             label: key.label.as_str().to_owned(),
@@ -292,7 +295,8 @@ impl KeyApi {
         #[oai(name = "keyHash", validator(custom = "&super::patterns::KEY_HASH"))] hash: Path<String>,
     ) -> Result<Json<RevokedView>, ApiError<AuthenticatedItemErrors>> {
         let user = AccessService::require_user(&caller.0)?;
-        let revoked = nexus.tenancy.revoke_key(&user, &id, &hash).await?;
+        let (nexus, id, hash) = (nexus.0.clone(), id.0, hash.0);
+        let revoked = super::to_the_end(async move { nexus.tenancy.revoke_key(&user, &id, &hash).await }).await?;
         Ok(Json(RevokedView { revoked: revoked.to_hex() }))
     }
 }

@@ -9,7 +9,11 @@ use reqwest::{Method, StatusCode};
 use crate::agents::{SUPPORT_BOT, send, tenant_with_key};
 use crate::support::{Backend, Server, on_both_backends, with_configured_server};
 
-on_both_backends!(the_stream_follows_an_agent_until_it_is_deleted, streams_are_bounded_per_tenant_and_end_in_time);
+on_both_backends!(
+    the_stream_follows_an_agent_until_it_is_deleted,
+    streams_are_bounded_per_tenant_and_end_in_time,
+    a_stream_ends_when_its_credential_no_longer_holds
+);
 
 /// An open stream, read chunk by chunk.
 struct Stream {
@@ -26,7 +30,15 @@ enum Sse {
 
 impl Stream {
     async fn open(server: &Server, key: &str, name: &str) -> Result<Self, reqwest::Response> {
-        let response = reqwest::Client::new().get(format!("{}/api/v1/agents/{name}/events", server.base)).header("x-api-key", key).send().await.unwrap();
+        Self::open_with(server, &[("x-api-key", key)], name).await
+    }
+
+    async fn open_with(server: &Server, headers: &[(&str, &str)], name: &str) -> Result<Self, reqwest::Response> {
+        let mut request = reqwest::Client::new().get(format!("{}/api/v1/agents/{name}/events", server.base));
+        for (header, value) in headers {
+            request = request.header(*header, *value);
+        }
+        let response = request.send().await.unwrap();
         if response.status() != StatusCode::OK {
             return Err(response);
         }
@@ -152,6 +164,48 @@ async fn streams_are_bounded_per_tenant_and_end_in_time(backend: Backend) {
         for stream in [&mut second, &mut theirs, &mut reopened] {
             while stream.next().await.is_some() {}
         }
+    })
+    .await;
+}
+
+/// The credential that opened a stream is checked again while it is open (at least at
+/// every heartbeat): a revoked key, and a user whose sessions ended, get a final
+/// `revoked` event, then the stream ends.
+async fn a_stream_ends_when_its_credential_no_longer_holds(backend: Backend) {
+    with_configured_server(backend, config, async |server: &Server| {
+        let token = server.user("revoked@example.com").await;
+        let tenant = server.tenant(&token, "revoked").await.str("id");
+        let created = server.key(&token, &tenant, "doomed").await;
+        let (key, hash) = (created.str("rawKey"), created.str("hash"));
+        assert_eq!(send(server, Method::POST, "/api/v1/agents", &key, "application/yaml", SUPPORT_BOT).await.status, StatusCode::CREATED);
+        let bearer = format!("Bearer {token}");
+        let ended = |stream: &'static str| format!("the {stream} stream sends revoked, then ends");
+
+        let mut by_key = Stream::open(server, &key, "support-bot").await.expect("the stream opens");
+        assert_eq!(by_key.next_event().await.expect("the current status").0, "status");
+        let revoked = server.call(Method::DELETE, &format!("/api/v1/tenants/{tenant}/keys/{hash}"), &[("authorization", &bearer)], None).await;
+        assert_eq!(revoked.status, StatusCode::OK);
+        let (kind, last) = loop {
+            let (kind, data) = by_key.next_event().await.unwrap_or_else(|| panic!("{}", ended("key's")));
+            if kind != "status" {
+                break (kind, data);
+            }
+        };
+        assert_eq!((kind.as_str(), last["name"].as_str()), ("revoked", Some("support-bot")), "{last}");
+        assert!(last["message"].is_string(), "{last}");
+        assert!(by_key.next_event().await.is_none(), "{}", ended("key's"));
+
+        let mut by_user = Stream::open_with(server, &[("authorization", &bearer), ("x-tenant-id", &tenant)], "support-bot").await.expect("the stream opens");
+        assert_eq!(by_user.next_event().await.expect("the current status").0, "status");
+        assert_eq!(server.call(Method::DELETE, "/api/v1/me/sessions", &[("authorization", &bearer)], None).await.status, StatusCode::NO_CONTENT);
+        let (kind, last) = loop {
+            let (kind, data) = by_user.next_event().await.unwrap_or_else(|| panic!("{}", ended("user's")));
+            if kind != "status" {
+                break (kind, data);
+            }
+        };
+        assert_eq!(kind, "revoked", "{last}");
+        assert!(by_user.next_event().await.is_none(), "{}", ended("user's"));
     })
     .await;
 }

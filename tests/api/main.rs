@@ -10,6 +10,7 @@ mod concurrency;
 mod connections;
 mod deploy;
 mod events;
+mod faults;
 mod h2_flood;
 mod health;
 mod identity;

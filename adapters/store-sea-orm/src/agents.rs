@@ -271,6 +271,15 @@ impl AgentStore for SqlStore {
             .map_err(db)?;
         let deleted = agents::Entity::delete_many().filter(of_agent(tenant, name)).exec(&txn).await.map_err(db)?.rows_affected;
         if deleted > 0 {
+            // Where the cluster is held in this database too, its object is marked for
+            // deletion in the same transaction: nothing after the commit is needed for
+            // the loop to take the agent off its node (elsewhere the table is empty).
+            let mark = crate::cluster::statement(
+                txn.get_database_backend(),
+                "UPDATE cluster_agents SET deleting = ? WHERE tenant_id = ? AND name = ?",
+                [true.into(), tenant.to_string().into(), name.as_str().into()],
+            );
+            txn.execute_raw(mark).await.map_err(db)?;
             record(&txn, audit).await?;
         }
         txn.commit().await.map_err(db)?;

@@ -33,9 +33,16 @@ fn row(event: &AuditEvent) -> events::ActiveModel {
     }
 }
 
-/// Writes `event` on `conn` (the transaction of the change it records).
+/// Writes `event` on `conn` (the transaction of the change it records), and sends what
+/// the change makes stale ([`AuditEvent::change`]) to every replica in the same
+/// transaction: PostgreSQL delivers a `NOTIFY` at commit, and a row of the change log
+/// commits with the change, so a change is never committed without the others being told
+/// (and a failed announcement fails the change).
 pub(crate) async fn record(conn: &impl ConnectionTrait, event: &AuditEvent) -> Result<()> {
     events::Entity::insert(row(event)).exec_without_returning(conn).await.map_err(db)?;
+    if let Some(change) = event.change() {
+        crate::changes::announce_in(conn, &change).await?;
+    }
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use nexus_ports::changes::{Change, LocalChangeFeed};
 use nexus_ports::ports::ChangeFeed;
 use nexus_ports::{Error, Result};
-use sea_orm::sqlx::postgres::PgListener;
+use sea_orm::sqlx::postgres::{PgListener, PgPoolOptions};
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement};
 
 use crate::SqlStore;
@@ -77,48 +77,120 @@ impl SqlStore {
     }
 }
 
+/// How often the relay sends a heartbeat (a `NOTIFY` to itself) on its own LISTEN
+/// connection.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the relay goes without hearing anything (its heartbeats included) before it
+/// takes its LISTEN connection for dead and listens again on a new one.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(3);
+
+/// The payload of a heartbeat: no change, only a sign the connection carries what is sent.
+const HEARTBEAT: &str = "heartbeat";
+
+/// Listens on a connection of its own (a pool of one made from the store's options), with
+/// TCP keepalive asked of the server so that it too drops a connection whose client went
+/// away.
 async fn listen(db: &DatabaseConnection) -> Result<PgListener> {
     let unavailable = |err: sea_orm::sqlx::Error| {
         tracing::warn!(error = %err, "cannot listen for changes on the database");
         Error::Unavailable("cannot listen for changes on the database".to_owned())
     };
-    let mut listener = PgListener::connect_with(db.get_postgres_connection_pool()).await.map_err(unavailable)?;
+    let options = (*db.get_postgres_connection_pool().connect_options()).clone().options([
+        ("tcp_keepalives_idle", "5"),
+        ("tcp_keepalives_interval", "2"),
+        ("tcp_keepalives_count", "3"),
+    ]);
+    let pool = PgPoolOptions::new().max_connections(1).max_lifetime(None).idle_timeout(None).acquire_timeout(SILENCE_LIMIT).connect_lazy_with(options);
+    let mut listener = PgListener::connect_with(&pool).await.map_err(unavailable)?;
+    listener.ignore_pool_close_event(true);
     listener.listen(CHANNEL).await.map_err(unavailable)?;
     Ok(listener)
 }
 
 impl SqlChangeFeed {
     /// Relays what other replicas (and this one) send to this process's subscribers, until
-    /// the store closes. When the connection was lost, it listens again and tells the
-    /// subscribers that changes may have been missed. On SQLite it polls the change log.
+    /// the store closes. On PostgreSQL the LISTEN connection is live or known dead: a
+    /// heartbeat goes through it every [`HEARTBEAT_EVERY`], and one that hears nothing for
+    /// [`SILENCE_LIMIT`] (or fails) is dropped for a new one. Changes may have been missed
+    /// meanwhile, so every subscriber is told ([`Change::Missed`]) when the connection is
+    /// found dead, after each failed attempt to listen again (what was read from the store
+    /// in between may be stale), and once more as soon as it listens again. On SQLite it
+    /// polls the change log.
     pub async fn relay(self: Arc<Self>) {
-        let Some(mut listener) = self.listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
+        let Some(listener) = self.listener.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
             return self.poll().await;
         };
-        let mut lost = false;
+        let mut listening = Some(listener);
+        while !self.db.get_postgres_connection_pool().is_closed() {
+            let mut listener = match listening.take() {
+                Some(listener) => listener,
+                None => {
+                    self.local.send(Change::Missed);
+                    match listen(&self.db).await {
+                        Ok(listener) => {
+                            self.local.send(Change::Missed);
+                            tracing::info!("the change feed listens again");
+                            listener
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(RETRY_AFTER).await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.hear(&mut listener).await;
+        }
+    }
+
+    /// Relays what `listener` hears, sending heartbeats through it, until it fails, goes
+    /// silent or the store closes.
+    async fn hear(&self, listener: &mut PgListener) {
+        let mut last_heard = tokio::time::Instant::now();
+        let mut next_beat = last_heard;
         loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => {
-                    if std::mem::take(&mut lost) {
-                        self.local.send(Change::Missed);
+            let until_beat = next_beat.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(until_beat, listener.try_recv()).await {
+                Err(_) => {
+                    if self.db.get_postgres_connection_pool().is_closed() {
+                        return;
+                    }
+                    if last_heard.elapsed() >= SILENCE_LIMIT {
+                        tracing::warn!(silent_for = ?last_heard.elapsed(), "the change feed heard nothing, not even its heartbeat; listening on a new connection");
+                        return;
+                    }
+                    let beat = sea_orm::sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(HEARTBEAT);
+                    match tokio::time::timeout(SILENCE_LIMIT, beat.execute(&mut *listener)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(err)) => {
+                            tracing::warn!(error = %err, "the change feed's heartbeat failed; listening on a new connection");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!("the change feed's heartbeat got no answer; listening on a new connection");
+                            return;
+                        }
+                    }
+                    next_beat = tokio::time::Instant::now() + HEARTBEAT_EVERY;
+                }
+                Ok(Ok(Some(notification))) => {
+                    last_heard = tokio::time::Instant::now();
+                    if notification.payload() == HEARTBEAT {
+                        continue;
                     }
                     match Change::parse(notification.payload()) {
                         Some(change) => self.local.send(change),
                         None => tracing::debug!(payload = notification.payload(), "ignoring a change this version does not know"),
                     }
                 }
-                // The connection dropped; the listener has connected and listens again (or
-                // the next call tries): what was sent meanwhile is lost.
-                Ok(None) => {
-                    tracing::warn!("lost the change feed's connection; listening again");
-                    self.local.send(Change::Missed);
+                Ok(Ok(None)) => {
+                    tracing::warn!("lost the change feed's connection; listening on a new one");
+                    return;
                 }
-                Err(sea_orm::sqlx::Error::PoolClosed) => return,
-                Err(err) => {
-                    tracing::warn!(error = %err, "the change feed cannot listen; retrying");
-                    lost = true;
-                    self.local.send(Change::Missed);
-                    tokio::time::sleep(RETRY_AFTER).await;
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "the change feed cannot listen; listening on a new connection");
+                    return;
                 }
             }
         }
@@ -183,23 +255,29 @@ impl SqlChangeFeed {
     }
 }
 
+/// Sends `change` to every replica on `conn`: within a transaction, when it commits
+/// (PostgreSQL delivers `NOTIFY` at commit; the change log's row commits with the rest).
+pub(crate) async fn announce_in(conn: &impl ConnectionTrait, change: &Change) -> Result<()> {
+    let backend = conn.get_database_backend();
+    let statement = if backend == DatabaseBackend::Postgres {
+        Statement::from_sql_and_values(backend, "SELECT pg_notify($1, $2)", [CHANNEL.into(), change.to_string().into()])
+    } else {
+        Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO change_log (change, at_millis) VALUES (?, ?)",
+            [change.to_string().into(), millis(std::time::SystemTime::now()).into()],
+        )
+    };
+    conn.execute_raw(statement).await.map(drop).map_err(|err| {
+        tracing::warn!(error = %err, "cannot publish a change");
+        Error::Unavailable("cannot tell the other replicas about a change".to_owned())
+    })
+}
+
 #[async_trait]
 impl ChangeFeed for SqlChangeFeed {
     async fn publish(&self, change: &Change) -> Result<()> {
-        let backend = self.db.get_database_backend();
-        if backend != DatabaseBackend::Postgres {
-            let insert = Statement::from_sql_and_values(
-                backend,
-                "INSERT INTO change_log (change, at_millis) VALUES (?, ?)",
-                [change.to_string().into(), millis(std::time::SystemTime::now()).into()],
-            );
-            return self.db.execute_raw(insert).await.map(drop).map_err(|err| unavailable(&err));
-        }
-        let notify = Statement::from_sql_and_values(DatabaseBackend::Postgres, "SELECT pg_notify($1, $2)", [CHANNEL.into(), change.to_string().into()]);
-        self.db.execute_raw(notify).await.map(drop).map_err(|err| {
-            tracing::warn!(error = %err, "cannot publish a change");
-            Error::Unavailable("cannot tell the other replicas about a change".to_owned())
-        })
+        announce_in(&self.db, change).await
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {

@@ -21,7 +21,7 @@ mod users;
 
 use std::time::Duration;
 
-pub use changes::{CHANNEL, SqlChangeFeed};
+pub use changes::{CHANNEL, HEARTBEAT_EVERY, SILENCE_LIMIT, SqlChangeFeed};
 pub use cluster::SqlCluster;
 pub use lease::{Attempt, Election, SqlLease};
 
@@ -34,6 +34,10 @@ use sea_orm_migration::MigratorTrait;
 
 /// How long to wait for a connection before answering "unavailable".
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long PostgreSQL lets a transaction sit idle (its client frozen or gone) before it
+/// ends the session, releasing its locks. Nexus's transactions never wait on anything but
+/// the database between their statements.
+const IDLE_IN_TRANSACTION: &str = "10s";
 /// How long a SQLite writer waits for another writer's lock.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections of a SQLite file for reads outside write transactions.
@@ -95,7 +99,10 @@ impl SqlStore {
                 .connect_timeout(CONNECT_TIMEOUT)
                 .acquire_timeout(CONNECT_TIMEOUT)
                 .sqlx_logging(false)
-                .map_sqlx_sqlite_opts(|o| o.journal_mode(SqliteJournalMode::Wal).busy_timeout(SQLITE_BUSY_TIMEOUT).foreign_keys(true));
+                .map_sqlx_sqlite_opts(|o| o.journal_mode(SqliteJournalMode::Wal).busy_timeout(SQLITE_BUSY_TIMEOUT).foreign_keys(true))
+                // A transaction whose process froze (a GC pause, SIGSTOP) is ended by the
+                // server, so that the rows it locked hold other replicas up no longer.
+                .map_sqlx_postgres_opts(|o| o.options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)]));
             if let Some(connections) = connections {
                 options.max_connections(connections);
             }

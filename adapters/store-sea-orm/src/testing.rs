@@ -90,4 +90,10 @@ impl crate::SqlStore {
         }
         held
     }
+
+    /// A PostgreSQL setting as the store's connections have it (`SHOW name`).
+    pub async fn setting(&self, name: &str) -> String {
+        let row = self.db.query_one_raw(sea_orm::Statement::from_string(self.db.get_database_backend(), format!("SHOW {name}"))).await.expect("SHOW runs");
+        row.expect("a row").try_get_by_index::<String>(0).expect("a text setting")
+    }
 }

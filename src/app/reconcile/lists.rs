@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use nexus_ports::agents::{AgentObject, Change};
+use nexus_ports::agents::{Agent, AgentName, AgentObject, Change};
 use nexus_ports::node_names::NodeSharing;
 use nexus_ports::tenancy::{Tenant, TenantId, TenantPhase, TenantStatus};
 
@@ -24,19 +24,23 @@ impl Reconciler {
     /// (objects are only forgotten by this same loop). An agent the cluster refuses (its
     /// namespace deleted by hand or terminating, a policy) is logged (the cluster marks it
     /// where it can) and the others applied: the next sweep tries it again. Returns how
-    /// many it applied.
+    /// many objects it applied or marked for deletion.
     ///
     /// # Errors
     /// When the store or the cluster cannot be listed.
     pub async fn apply_registry(&self) -> nexus_ports::Result<usize> {
-        let existing: HashSet<AgentKey> = self.cluster.list_agent_objects().await?.into_iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
-        self.apply_registry_over(&existing).await
+        let objects = self.cluster.list_agent_objects().await?;
+        self.apply_registry_over(&objects).await
     }
 
-    /// [`Self::apply_registry`], given the objects the cluster has.
-    async fn apply_registry_over(&self, existing: &HashSet<AgentKey>) -> nexus_ports::Result<usize> {
-        let mut applied = 0;
-        for agent in self.agents.list_all_agents().await? {
+    /// [`Self::apply_registry`], given the objects the cluster has (listed before the
+    /// registry). Objects whose agent the registry lost are marked for deletion first.
+    async fn apply_registry_over(&self, objects: &[AgentObject]) -> nexus_ports::Result<usize> {
+        let registry = self.agents.list_all_agents().await?;
+        // Marked objects count as applied: the caller's listing of them is stale.
+        let mut applied = self.mark_unregistered(objects, &registry).await;
+        let existing: HashSet<AgentKey> = objects.iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
+        for agent in registry {
             if existing.contains(&(agent.tenant_id, agent.manifest.name().clone())) {
                 continue;
             }
@@ -46,6 +50,32 @@ impl Reconciler {
             }
         }
         Ok(applied)
+    }
+
+    /// Marks for deletion every object (listed before the registry) whose agent the
+    /// registry no longer has and that no deletion mark reached: a delete cut short
+    /// between its commit and its mark, or whose mark the cluster refused. Objects are
+    /// made after their registry row, so such an object's agent was deleted; it is read
+    /// again just before, in case it was registered again since.
+    /// Returns how many it marked.
+    async fn mark_unregistered(&self, objects: &[AgentObject], registry: &[Agent]) -> usize {
+        let mut marked = 0;
+        let registered: HashSet<(TenantId, &AgentName)> = registry.iter().map(|agent| (agent.tenant_id, agent.manifest.name())).collect();
+        for object in objects.iter().filter(|object| !object.deleting && !registered.contains(&(object.tenant_id, object.manifest.name()))) {
+            let (tenant, name) = (&object.tenant_id, object.manifest.name());
+            match self.agents.find_agent(tenant, name).await {
+                Ok(None) => {
+                    tracing::warn!(%tenant, agent = %name, "the registry lost an agent its cluster object was not marked for; marking it now");
+                    match self.in_term(self.cluster.request_agent_deletion(tenant, name)).await {
+                        Ok(()) => marked += 1,
+                        Err(err) => tracing::warn!(%tenant, agent = %name, error = %err, "cannot mark the deleted agent's object; will retry"),
+                    }
+                }
+                Ok(Some(_)) => {}
+                Err(err) => tracing::warn!(%tenant, agent = %name, error = %err, "cannot read the agent; will retry"),
+            }
+        }
+        marked
     }
 
     /// Provisions every stored tenant (all of them at start-up on the in-memory cluster),
@@ -106,14 +136,11 @@ impl Reconciler {
         let mut listed = None;
         if with_registry {
             match self.cluster.list_agent_objects().await {
-                Ok(objects) => {
-                    let existing: HashSet<AgentKey> = objects.iter().map(|o| (o.tenant_id, o.manifest.name().clone())).collect();
-                    match self.apply_registry_over(&existing).await {
-                        Ok(0) => listed = Some(objects),
-                        Ok(_) => {}
-                        Err(err) => tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry"),
-                    }
-                }
+                Ok(objects) => match self.apply_registry_over(&objects).await {
+                    Ok(0) => listed = Some(objects),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry"),
+                },
                 Err(err) => tracing::warn!(error = %err, "cannot re-apply the agent registry; will retry"),
             }
         }

@@ -21,7 +21,8 @@ on_both_backends!(
     versions_keep_their_manifest_and_writes_can_be_conditional,
     the_manifest_budget_holds_for_creates_and_updates,
     stored_rows_are_trusted_and_a_corrupt_one_stays_its_own,
-    reads_in_progress_never_hold_a_write_up
+    reads_in_progress_never_hold_a_write_up,
+    a_deletion_marks_the_database_cluster_object_in_its_own_transaction
 );
 
 async fn tenant(store: &SqlStore) -> TenantId {
@@ -263,4 +264,24 @@ async fn reads_in_progress_never_hold_a_write_up(url: &str) {
     assert!(store.delete_agent(&t, &name, Some(2), &crate::audit(AuditAction::AgentDelete)).await.unwrap());
     drop(held);
     assert_eq!(store.find_agent(&t, &name).await.unwrap(), None, "read after the writes");
+}
+
+/// Where the cluster is held in the same database, deleting an agent marks its object for
+/// deletion in the same transaction: nothing after the commit (which a cancelled request
+/// could skip) is needed for the loop to take it off its node.
+async fn a_deletion_marks_the_database_cluster_object_in_its_own_transaction(url: &str) {
+    use nexus_ports::ports::ClusterBackend;
+    let store = SqlStore::connect(url).await.unwrap();
+    let cluster = store.cluster("http://node:8000");
+    let (t, other) = (tenant(&store).await, tenant(&store).await);
+    let name = AgentName::parse("bot").unwrap();
+    for owner in [t, other] {
+        let bot = agent(owner, "bot");
+        store.insert_agent(&bot, "usr_a", quota(50), &crate::audit(AuditAction::AgentCreate)).await.unwrap();
+        cluster.apply_agent(&owner, &bot.manifest).await.unwrap();
+    }
+    assert!(!cluster.agent_object(&t, &name).await.unwrap().expect("an object").deleting);
+    assert!(store.delete_agent(&t, &name, None, &crate::audit(AuditAction::AgentDelete)).await.unwrap());
+    assert!(cluster.agent_object(&t, &name).await.unwrap().expect("an object").deleting, "marked with the deletion");
+    assert!(!cluster.agent_object(&other, &name).await.unwrap().expect("an object").deleting, "another tenant's agent of that name is not");
 }

@@ -210,3 +210,15 @@ async fn leadership_recovers_once_the_database_answers_again(url: &str) {
     assert!(again.number > first.number, "in a new term: the lease ran out meanwhile");
     campaign.abort();
 }
+
+/// A replica frozen mid-transaction (a GC pause, SIGSTOP) would hold the rows it locked,
+/// and every other replica's writes to them, for as long as it is frozen: the server ends
+/// a transaction idle for 10 s on every connection of the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_ends_a_frozen_replicas_idle_transaction() {
+    let Some(db) = nexus_store_sea_orm::testing::fresh_postgres().await else { return };
+    let store = SqlStore::connect(&db.url).await.unwrap();
+    assert_eq!(store.setting("idle_in_transaction_session_timeout").await, "10s");
+    store.close().await;
+    db.drop_database().await;
+}

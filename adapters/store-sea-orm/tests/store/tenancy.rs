@@ -22,19 +22,19 @@ on_both_backends!(
     the_key_quota_holds_under_racing_creates
 );
 
-async fn owner(store: &SqlStore) -> UserId {
+pub(crate) async fn owner(store: &SqlStore) -> UserId {
     let user = new_user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
     store.insert_user(&user, &crate::audit(AuditAction::UserRegister)).await.unwrap();
     user.user.id
 }
 
-async fn tenant_of(store: &SqlStore, owner: UserId, name: &str) -> Tenant {
+pub(crate) async fn tenant_of(store: &SqlStore, owner: UserId, name: &str) -> Tenant {
     let tenant = Tenant { display_name: DisplayName::parse(name).unwrap(), created_at: now(), ..nexus_ports::testing::tenant(owner) };
     store.insert_tenant(&tenant, 100, &crate::audit(AuditAction::TenantCreate)).await.unwrap();
     tenant
 }
 
-async fn key_of(store: &SqlStore, tenant: &Tenant, label: &str) -> ApiKey {
+pub(crate) async fn key_of(store: &SqlStore, tenant: &Tenant, label: &str) -> ApiKey {
     let key = ApiKey {
         digest: SecretDigest::of(&uuid::Uuid::new_v4().to_string()),
         tenant_id: tenant.id,
