@@ -40,15 +40,13 @@ impl Housekeeping {
     /// Prunes now and then every `every`, for ever; a failure is logged and retried at
     /// the next turn.
     pub async fn run(self, every: Duration) {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+        super::periodic::every(every, || async {
             match self.prune().await {
                 Ok((tokens, windows, events)) => tracing::debug!(tokens, windows, events, "pruned refresh tokens, login-attempt windows and audit events"),
                 Err(err) => tracing::warn!(error = %err, "pruning failed; will retry"),
             }
-        }
+        })
+        .await;
     }
 }
 

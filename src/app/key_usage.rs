@@ -68,14 +68,12 @@ impl KeyUsage {
 
     /// Flushes every `every`, forever; run it as a background task.
     pub async fn run(self: Arc<Self>, every: Duration) {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+        super::periodic::every(every, || async {
             if let Err(err) = self.flush().await {
                 tracing::warn!(error = %err, "could not record API key usage; will retry");
             }
-        }
+        })
+        .await;
     }
 }
 

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod key_usage;
 pub mod leadership;
 pub mod login_limit;
+pub mod periodic;
 pub mod reconcile;
 pub mod refusals;
 pub mod tenancy;
