@@ -147,42 +147,17 @@ impl AccessService {
     /// # Errors
     /// What the store answered.
     pub async fn session_is_current(&self, claims: &AccessClaims) -> Result<bool> {
-        let sessions = &self.changes.caches().sessions;
-        let cutoff = match sessions.get(&claims.user_id) {
-            Some(cutoff) => cutoff,
-            None => {
-                let ticket = sessions.ticket();
-                let cutoff = self.users.sessions_valid_after(&claims.user_id).await?;
-                sessions.insert(ticket, claims.user_id, cutoff);
-                cutoff
-            }
-        };
+        let cutoff = self.changes.caches().sessions.get_or_load(&claims.user_id, || self.users.sessions_valid_after(&claims.user_id)).await?;
         if issued_before_cutoff(claims.issued_at, cutoff) {
             return Ok(false);
         }
         let Some(session) = claims.session else { return Ok(true) };
-        let live = &self.changes.caches().live_sessions;
-        if let Some(live) = live.get(&session) {
-            return Ok(live);
-        }
-        let ticket = live.ticket();
-        let is_live = self.sessions.session_is_live(&session).await?;
-        live.insert(ticket, session, is_live);
-        Ok(is_live)
+        self.changes.caches().live_sessions.get_or_load(&session, || self.sessions.session_is_live(&session)).await
     }
 
     /// The key with this digest and its tenant, from memory when kept there.
     async fn find_key(&self, digest: &SecretDigest) -> Result<Option<(ApiKey, Tenant)>> {
-        let keys = &self.changes.caches().keys;
-        if let Some(found) = keys.get(digest) {
-            return Ok(Some(found));
-        }
-        let ticket = keys.ticket();
-        let found = self.keys.find_key(digest).await?;
-        if let Some(found) = &found {
-            keys.insert(ticket, *digest, found.clone());
-        }
-        Ok(found)
+        self.changes.caches().keys.get_or_find(digest, || self.keys.find_key(digest)).await
     }
 
     /// Who the credentials belong to. An API key costs one indexed lookup by its SHA-256
@@ -269,16 +244,7 @@ impl AccessService {
 
     /// The tenant with this id, from memory when kept there.
     async fn find_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
-        let tenants = &self.changes.caches().tenants;
-        if let Some(tenant) = tenants.get(id) {
-            return Ok(Some(tenant));
-        }
-        let ticket = tenants.ticket();
-        let found = self.tenants.find_tenant(id).await?;
-        if let Some(tenant) = &found {
-            tenants.insert(ticket, *id, tenant.clone());
-        }
-        Ok(found)
+        self.changes.caches().tenants.get_or_find(id, || self.tenants.find_tenant(id)).await
     }
 
     /// Whether the principal may make a request that reads only (`GET`, `HEAD`) or one that

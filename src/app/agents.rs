@@ -284,14 +284,7 @@ impl AgentService {
 
     /// The tenant's agents, by name: from memory when kept there.
     async fn registry(&self, tenant: &TenantId) -> Result<Arc<Vec<AgentSummary>>> {
-        let kept = &self.changes.caches().agents;
-        if let Some(summaries) = kept.get(tenant) {
-            return Ok(summaries);
-        }
-        let ticket = kept.ticket();
-        let summaries = Arc::new(self.agents.list_agents(tenant).await?);
-        kept.insert(ticket, *tenant, summaries.clone());
-        Ok(summaries)
+        self.changes.caches().agents.get_or_load(tenant, || async { Ok(Arc::new(self.agents.list_agents(tenant).await?)) }).await
     }
 
     /// Drops what this replica kept of the agent; the store told the others with the
@@ -318,15 +311,9 @@ impl AgentService {
     /// The agent's stored record: from memory when kept there (every change of the agent
     /// is announced, which drops it, so a read after a write sees the write).
     async fn record(&self, tenant: &TenantId, name: AgentName) -> Result<Agent> {
-        let kept = &self.changes.caches().agent_records;
         let key = (*tenant, name);
-        if let Some(agent) = kept.get(&key) {
-            return Ok(agent);
-        }
-        let ticket = kept.ticket();
-        let agent = self.agents.find_agent(tenant, &key.1).await?.ok_or_else(|| missing(&key.1))?;
-        kept.insert(ticket, key, agent.clone());
-        Ok(agent)
+        let load = || async { self.agents.find_agent(tenant, &key.1).await?.ok_or_else(|| missing(&key.1)) };
+        self.changes.caches().agent_records.get_or_load(&key, load).await
     }
 
     /// Replaces an agent's manifest (a new version; the oldest past `max_versions` are

@@ -8,6 +8,7 @@
 //! size varies (agents with their manifests) is bounded in bytes too ([`Cache::weighed`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -73,6 +74,37 @@ impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
     /// Taken before asking the store.
     pub fn ticket(&self) -> Ticket {
         Ticket(self.read().generation)
+    }
+
+    /// The value kept for `key`, or else the one `load` reads from the store, kept under a
+    /// ticket taken before reading.
+    ///
+    /// # Errors
+    /// What `load` failed with; nothing is kept then.
+    pub async fn get_or_load<E, F: Future<Output = Result<V, E>>>(&self, key: &K, load: impl FnOnce() -> F) -> Result<V, E> {
+        if let Some(value) = self.get(key) {
+            return Ok(value);
+        }
+        let ticket = self.ticket();
+        let value = load().await?;
+        self.insert(ticket, key.clone(), value.clone());
+        Ok(value)
+    }
+
+    /// [`Cache::get_or_load`] for a lookup that may find nothing: only what is found is kept.
+    ///
+    /// # Errors
+    /// What `find` failed with.
+    pub async fn get_or_find<E, F: Future<Output = Result<Option<V>, E>>>(&self, key: &K, find: impl FnOnce() -> F) -> Result<Option<V>, E> {
+        if let Some(value) = self.get(key) {
+            return Ok(Some(value));
+        }
+        let ticket = self.ticket();
+        let found = find().await?;
+        if let Some(value) = &found {
+            self.insert(ticket, key.clone(), value.clone());
+        }
+        Ok(found)
     }
 
     /// Keeps `value` for `key` if nothing was invalidated since `ticket` was taken. When

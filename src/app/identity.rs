@@ -269,14 +269,8 @@ impl IdentityService {
     /// # Errors
     /// [`Error::Unauthorized`] when that user no longer exists.
     pub async fn current_user(&self, user_id: &UserId) -> Result<User> {
-        let users = &self.ports.changes.caches().users;
-        if let Some(user) = users.get(user_id) {
-            return Ok(user);
-        }
-        let ticket = users.ticket();
-        let user = self.ports.users.find_user(user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))?;
-        users.insert(ticket, *user_id, user.clone());
-        Ok(user)
+        let load = || async { self.ports.users.find_user(user_id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists")) };
+        self.ports.changes.caches().users.get_or_load(user_id, load).await
     }
 
     /// A page of the user's own audit trail, newest first: at most `limit` events (at most

@@ -30,13 +30,8 @@ pub const MAX_PENDING: usize = 10_000;
 /// # Errors
 /// [`Error::Unauthorized`] when the user no longer exists; what the store answered.
 pub async fn actor_of_user(users: &dyn UserStore, changes: &Changes, id: &UserId) -> Result<String> {
-    let cache = &changes.caches().users;
-    if let Some(user) = cache.get(id) {
-        return Ok(user_actor(&user.id, &user.email));
-    }
-    let ticket = cache.ticket();
-    let user = users.find_user(id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists"))?;
-    cache.insert(ticket, *id, user.clone());
+    let load = || async { users.find_user(id).await?.ok_or_else(|| Error::unauthorized("the user of this token no longer exists")) };
+    let user = changes.caches().users.get_or_load(id, load).await?;
     Ok(user_actor(&user.id, &user.email))
 }
 
